@@ -1,0 +1,41 @@
+# `make run` and `make test` work on a fresh machine: each makes the virtualenv it needs.
+PYTHON ?= $(shell scripts/find-python)
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint typecheck bench check clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.run-installed: requirements.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-installed: requirements.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@ $(VENV)/.run-installed
+
+run: $(VENV)/.run-installed
+	$(BIN)/python manage.py runstack
+
+# Uses DATABASE_URL / REDIS_URL / AWS_* when set; otherwise SQLite and a private Redis.
+test: $(VENV)/.dev-installed
+	$(BIN)/python -m downloads_project.embedded $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.dev-installed
+	$(BIN)/mypy .
+
+check: lint typecheck
+	$(BIN)/python manage.py makemigrations --check --dry-run
+
+bench: $(VENV)/.dev-installed
+	$(BIN)/python -m downloads_project.embedded $(BIN)/python bench/staging.py
+
+clean:
+	rm -rf $(VENV) var

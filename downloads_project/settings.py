@@ -1,0 +1,246 @@
+"""Settings, read from the environment (see `.env.example` for every variable).
+
+With no variable set the service runs on its embedded default: SQLite, the Redis that
+`manage.py runstack` starts, local-filesystem storage with signed expiring URLs, and the
+synthetic origin. Each production part is switched on by its variable.
+"""
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+# Runtime files of the embedded default: SQLite database, local storage, Redis.
+VAR_DIR = Path(env("VAR_DIR", default=str(BASE_DIR / "var")))
+
+# --- Django core -------------------------------------------------------------------------
+
+SECRET_KEY = env("DJANGO_SECRET_KEY", default="insecure-embedded-default-change-me")
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "storages",
+    "channels",
+    "jobs",
+    "realtime",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "downloads_project.urls"
+WSGI_APPLICATION = "downloads_project.wsgi.application"
+ASGI_APPLICATION = "downloads_project.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_TZ = True
+USE_I18N = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = VAR_DIR / "staticfiles"
+
+LOGIN_URL = "/admin/login/"
+
+# Behind a TLS-terminating proxy that sets X-Forwarded-Proto. Only switch this on when
+# the proxy strips the header from clients, or anyone can claim https.
+if env.bool("TRUST_X_FORWARDED_PROTO", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+USE_X_FORWARDED_HOST = env.bool("USE_X_FORWARDED_HOST", default=False)
+
+# --- Database ----------------------------------------------------------------------------
+
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    # The web process and the worker write concurrently: WAL and a busy timeout keep
+    # SQLite from answering "database is locked"; the test database is a file so that a
+    # real worker process can open it too.
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+    }
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+else:
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+
+# --- Redis -------------------------------------------------------------------------------
+# One server, separate logical databases: the broker must never be evicted, while hot job
+# state and the channel layer are disposable. Point each at its own instance if needed.
+
+REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379").rstrip("/")
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=f"{REDIS_URL}/0")
+REDIS_STATE_URL = env("REDIS_STATE_URL", default=f"{REDIS_URL}/1")
+CHANNEL_LAYER_URL = env("CHANNEL_LAYER_URL", default=f"{REDIS_URL}/2")
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_STATE_URL,
+        "KEY_PREFIX": "cache",
+    }
+}
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [CHANNEL_LAYER_URL], "capacity": 1000, "expiry": 30},
+    }
+}
+
+# --- Celery ------------------------------------------------------------------------------
+
+JOB_SOFT_TIME_LIMIT_S = env.int("JOB_SOFT_TIME_LIMIT_S", default=150)
+JOB_HARD_TIME_LIMIT_S = env.int("JOB_HARD_TIME_LIMIT_S", default=JOB_SOFT_TIME_LIMIT_S + 30)
+
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    # An unacknowledged message is redelivered after this long; it must exceed the hard
+    # time limit plus the longest retry countdown, or a long job would run twice.
+    "visibility_timeout": env.int(
+        "CELERY_VISIBILITY_TIMEOUT_S", default=max(3600, 4 * JOB_HARD_TIME_LIMIT_S)
+    ),
+    # Serve downloads.high before downloads.normal before downloads.low.
+    "queue_order_strategy": "priority",
+}
+CELERY_TASK_DEFAULT_QUEUE = "downloads.normal"
+CELERY_TIMEZONE = TIME_ZONE
+
+# --- Download jobs -----------------------------------------------------------------------
+
+JOB_MAX_ATTEMPTS = env.int("JOB_MAX_ATTEMPTS", default=3)
+JOB_RETRY_BACKOFF_S = env.float("JOB_RETRY_BACKOFF_S", default=5.0)  # 5, 10, 20 ...
+JOB_RETRY_BACKOFF_MAX_S = env.float("JOB_RETRY_BACKOFF_MAX_S", default=300.0)
+JOB_RETRY_JITTER = env.float("JOB_RETRY_JITTER", default=0.2)  # +/- 20 %
+JOB_MAX_ACTIVE_PER_USER = env.int("JOB_MAX_ACTIVE_PER_USER", default=5)
+JOB_ACTIVE_LIMIT_RETRY_AFTER_S = env.int("JOB_ACTIVE_LIMIT_RETRY_AFTER_S", default=30)
+JOB_INITIATE_RATE = env("JOB_INITIATE_RATE", default="10/min")
+JOB_RETENTION_S = env.int("JOB_RETENTION_S", default=24 * 3600)
+JOB_DEFAULT_ESTIMATE_S = env.int("JOB_DEFAULT_ESTIMATE_S", default=60)
+JOB_POLLING_INTERVAL_MS = env.int("JOB_POLLING_INTERVAL_MS", default=2000)
+JOB_METADATA_MAX_BYTES = 4096
+JOB_MAX_FILE_BYTES = env.int("JOB_MAX_FILE_BYTES", default=10 * 1024**3)
+
+PRESIGNED_URL_TTL_S = env.int("PRESIGNED_URL_TTL_S", default=15 * 60)
+PROGRESS_PUSH_INTERVAL_S = env.float("PROGRESS_PUSH_INTERVAL_S", default=0.25)
+PROGRESS_DB_INTERVAL_S = env.float("PROGRESS_DB_INTERVAL_S", default=5.0)
+HOT_STATE_TTL_S = env.int("HOT_STATE_TTL_S", default=3600)
+
+STAGING_CHUNK_BYTES = env.int("STAGING_CHUNK_BYTES", default=1024 * 1024)
+# S3 needs parts of at least 5 MiB (but the last); memory per job is about one part.
+STAGING_PART_BYTES = env.int("STAGING_PART_BYTES", default=8 * 1024 * 1024)
+
+# --- Origins -----------------------------------------------------------------------------
+
+ORIGIN = env("ORIGIN", default="synthetic")  # synthetic | http | directory
+ORIGIN_URL_TEMPLATE = env("ORIGIN_URL_TEMPLATE", default="")  # e.g. https://files.internal/{file_id}
+ORIGIN_CONNECT_TIMEOUT_S = env.float("ORIGIN_CONNECT_TIMEOUT_S", default=10.0)
+ORIGIN_READ_TIMEOUT_S = env.float("ORIGIN_READ_TIMEOUT_S", default=30.0)
+ORIGIN_DIRECTORY = env("ORIGIN_DIRECTORY", default=str(VAR_DIR / "origin"))
+# Synthetic origin: deterministic bytes at a fixed rate, sized so a demo job takes ~20 s.
+SYNTHETIC_FILE_BYTES = env.int("SYNTHETIC_FILE_BYTES", default=40 * 1024 * 1024)
+SYNTHETIC_RATE_BPS = env.int("SYNTHETIC_RATE_BPS", default=2 * 1024 * 1024)  # 0 = unthrottled
+
+# --- Storage -----------------------------------------------------------------------------
+
+AWS_STORAGE_BUCKET_NAME = env("AWS_STORAGE_BUCKET_NAME", default="")
+DOWNLOADS_LOCATION = "downloads"
+if AWS_STORAGE_BUCKET_NAME:
+    _downloads_storage = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": AWS_STORAGE_BUCKET_NAME,
+            "endpoint_url": env("AWS_S3_ENDPOINT_URL", default=None),
+            "region_name": env("AWS_S3_REGION_NAME", default=None),
+            "access_key": env("AWS_ACCESS_KEY_ID", default=None),
+            "secret_key": env("AWS_SECRET_ACCESS_KEY", default=None),
+            "addressing_style": env("AWS_S3_ADDRESSING_STYLE", default=None),
+            "signature_version": "s3v4",
+            "querystring_expire": PRESIGNED_URL_TTL_S,
+            "file_overwrite": True,
+            "default_acl": None,
+        },
+    }
+else:
+    _downloads_storage = {
+        "BACKEND": "jobs.storage.SignedFileSystemStorage",
+        "OPTIONS": {"location": str(VAR_DIR / "media"), "base_url": "/files/"},
+    }
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "downloads": _downloads_storage,
+}
+
+# --- REST framework ----------------------------------------------------------------------
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "jobs.api_errors.exception_handler",
+    "DEFAULT_THROTTLE_RATES": {"initiate": JOB_INITIATE_RATE},
+    "UNAUTHENTICATED_USER": None,
+}
+
+# --- Logging -----------------------------------------------------------------------------
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

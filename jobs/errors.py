@@ -1,0 +1,59 @@
+"""Error codes of a job's work, and which of them are worth another attempt.
+
+Origins and staging raise `JobError` with one of these codes; the services decide from
+`retryable` whether the job is retried or fails at once. Nothing else classifies errors.
+"""
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    # Retryable: the same request may well succeed later.
+    NETWORK_ERROR = "NETWORK_ERROR"
+    TEMPORARY_UNAVAILABLE = "TEMPORARY_UNAVAILABLE"
+    RATE_LIMIT = "RATE_LIMIT"
+    PROCESSING_ERROR = "PROCESSING_ERROR"
+    TIMEOUT = "TIMEOUT"
+    STORAGE_ERROR = "STORAGE_ERROR"
+    # Not retryable: asking again gives the same answer.
+    FILE_NOT_FOUND = "FILE_NOT_FOUND"
+    INVALID_FILE_ID = "INVALID_FILE_ID"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    FILE_TOO_LARGE = "FILE_TOO_LARGE"
+    # The job ran past its time limit: another attempt would run past it again.
+    DOWNLOAD_TIMEOUT = "DOWNLOAD_TIMEOUT"
+
+
+RETRYABLE_CODES = frozenset(
+    {
+        ErrorCode.NETWORK_ERROR,
+        ErrorCode.TEMPORARY_UNAVAILABLE,
+        ErrorCode.RATE_LIMIT,
+        ErrorCode.PROCESSING_ERROR,
+        ErrorCode.TIMEOUT,
+        # A storage hiccup (S3 5xx, throttling) is transient; a misconfigured bucket is
+        # not, but it fails every attempt quickly and ends dead-lettered for an operator.
+        ErrorCode.STORAGE_ERROR,
+    }
+)
+
+
+class JobError(Exception):
+    """A classified failure of a job's work. `message` is shown to the job's owner."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+    @property
+    def retryable(self) -> bool:
+        return self.code in RETRYABLE_CODES
+
+
+class JobCancelled(Exception):
+    """The job was cancelled while its work ran; the worker stops and cleans up."""
+
+
+class JobSuperseded(Exception):
+    """The job is no longer this attempt's to write (cancelled, or a newer attempt runs)."""

@@ -1,0 +1,118 @@
+import secrets
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+def new_job_id() -> str:
+    """`job_` + 32 hex characters (128 bits) from the OS CSPRNG: unguessable."""
+    return f"job_{secrets.token_hex(16)}"
+
+
+class Status(models.TextChoices):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+class Priority(models.TextChoices):
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+
+
+ACTIVE_STATUSES = (Status.QUEUED, Status.PROCESSING)
+TERMINAL_STATUSES = (Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.EXPIRED)
+
+# The one table of allowed state changes. Services refuse anything else.
+#   processing -> processing: a redelivered task restarts a job whose worker died.
+#   processing -> queued: a retryable failure waits for its next attempt.
+#   failed/cancelled -> queued: an operator retries the job.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    Status.QUEUED: frozenset({Status.PROCESSING, Status.CANCELLED, Status.FAILED}),
+    Status.PROCESSING: frozenset(
+        {Status.PROCESSING, Status.QUEUED, Status.COMPLETED, Status.FAILED, Status.CANCELLED}
+    ),
+    Status.COMPLETED: frozenset({Status.EXPIRED}),
+    Status.FAILED: frozenset({Status.QUEUED}),
+    Status.CANCELLED: frozenset({Status.QUEUED}),
+    Status.EXPIRED: frozenset(),
+}
+
+
+def can_transition(from_status: str, to_status: str) -> bool:
+    return to_status in TRANSITIONS[from_status]
+
+
+class DownloadJob(models.Model):
+    job_id = models.CharField(max_length=50, unique=True, default=new_job_id, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="download_jobs"
+    )
+    file_id = models.BigIntegerField()
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    priority = models.CharField(max_length=10, choices=Priority.choices, default=Priority.NORMAL)
+
+    progress = models.PositiveSmallIntegerField(default=0)
+    bytes_done = models.BigIntegerField(default=0)
+    bytes_total = models.BigIntegerField(null=True, blank=True)
+
+    # `attempts` counts started attempts and doubles as the fencing token of the running
+    # one: a worker writes only while the row still carries its attempt number.
+    attempts = models.PositiveSmallIntegerField(default=0)
+    max_attempts = models.PositiveSmallIntegerField(default=3)
+    next_retry_at = models.DateTimeField(null=True, blank=True)
+    dead_lettered_at = models.DateTimeField(null=True, blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    failed_at = models.DateTimeField(null=True, blank=True)
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+    duration_seconds = models.FloatField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="When the stored file is deleted.")
+
+    storage_key = models.CharField(max_length=500, blank=True)
+    upload_id = models.CharField(max_length=500, blank=True, help_text="In-flight multipart upload.")
+    file_name = models.CharField(max_length=255, blank=True)
+    file_size_bytes = models.BigIntegerField(null=True, blank=True)
+    content_type = models.CharField(max_length=255, blank=True)
+    sha256 = models.CharField(max_length=64, blank=True)
+
+    error_code = models.CharField(max_length=50, blank=True)
+    error_message = models.TextField(blank=True)
+    error_retryable = models.BooleanField(null=True, blank=True)
+
+    metadata = models.JSONField(default=dict, blank=True)
+    idempotency_key = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["owner", "-created_at"], name="idx_owner_created"),
+            models.Index(fields=["status", "-created_at"], name="idx_status_created"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "idempotency_key"],
+                condition=~Q(idempotency_key=""),
+                name="uniq_owner_idempotency_key",
+            ),
+            models.CheckConstraint(condition=Q(progress__lte=100), name="progress_at_most_100"),
+            models.CheckConstraint(condition=Q(file_id__gt=0), name="file_id_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return self.job_id
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE_STATUSES
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES

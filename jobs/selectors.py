@@ -1,0 +1,127 @@
+"""Reads: finding a user's jobs and describing them as the API and the events do."""
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db.models import QuerySet
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.http import content_disposition_header
+
+from . import hotstate
+from .hotstate import HotProgress
+from .models import ACTIVE_STATUSES, DownloadJob, Status
+from .storage import downloads_storage
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a `Z`, to the millisecond, as API.md writes timestamps."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def download_job_get_for_owner(*, owner: User, job_id: str) -> DownloadJob:
+    """Raises DownloadJob.DoesNotExist for an unknown job and for another user's job alike."""
+    return DownloadJob.objects.get(job_id=job_id, owner=owner)
+
+
+def download_job_list_for_owner(*, owner: User, status: str | None) -> QuerySet[DownloadJob]:
+    jobs = DownloadJob.objects.filter(owner=owner)
+    if status == "active":
+        jobs = jobs.filter(status__in=ACTIVE_STATUSES)
+    elif status:
+        jobs = jobs.filter(status=status)
+    return jobs.order_by("-created_at", "-id")
+
+
+def download_job_estimate_s() -> int:
+    """Mean duration of the last 100 jobs completed within 24 hours, or the configured guess."""
+    since = timezone.now() - timedelta(hours=24)
+    recent = [
+        seconds
+        for seconds in DownloadJob.objects.filter(status=Status.COMPLETED, completed_at__gte=since)
+        .order_by("-completed_at")
+        .values_list("duration_seconds", flat=True)[:100]
+        if seconds is not None
+    ]
+    return round(sum(recent) / len(recent)) if recent else settings.JOB_DEFAULT_ESTIMATE_S
+
+
+def download_job_hot(jobs: list[DownloadJob]) -> dict[str, HotProgress]:
+    """Live progress of the jobs that are processing, from Redis, in one round trip."""
+    return hotstate.progress_read_many([job.job_id for job in jobs if job.status == Status.PROCESSING])
+
+
+def _merged_progress(job: DownloadJob, hot: HotProgress | None) -> tuple[int, int, int | None]:
+    if job.status == Status.COMPLETED:
+        return 100, job.file_size_bytes or job.bytes_done, job.file_size_bytes
+    if hot is not None and hot.attempt == job.attempts and hot.bytes_done >= job.bytes_done:
+        return hot.progress, hot.bytes_done, hot.bytes_total
+    return job.progress, job.bytes_done, job.bytes_total
+
+
+def download_job_status(*, job: DownloadJob, hot: HotProgress | None) -> dict[str, Any]:
+    """The status object of API.md: the row merged with the hot progress."""
+    progress, bytes_done, bytes_total = _merged_progress(job, hot)
+    data: dict[str, Any] = {
+        "job_id": job.job_id,
+        "file_id": job.file_id,
+        "priority": job.priority,
+        "status": job.status,
+        "progress": progress,
+        "created_at": iso(job.created_at),
+        "updated_at": iso(job.updated_at),
+    }
+    if job.status == Status.PROCESSING:
+        data["bytes_done"] = bytes_done
+        data["bytes_total"] = bytes_total
+        data["estimated_completion"] = iso(_estimated_completion(job, bytes_done, bytes_total))
+    elif job.status == Status.COMPLETED:
+        data["download_url"] = reverse("download-job", kwargs={"job_id": job.job_id})
+        data["expires_at"] = iso(job.expires_at)
+        data["file_name"] = job.file_name
+        data["file_size"] = job.file_size_bytes
+    if job.error_code and job.status in (Status.FAILED, Status.QUEUED):
+        data["error"] = {
+            "code": job.error_code,
+            "message": job.error_message,
+            "retryable": bool(job.error_retryable),
+        }
+    if job.status == Status.QUEUED and job.attempts:
+        data["attempts"] = job.attempts
+        data["next_retry_at"] = iso(job.next_retry_at)
+    return data
+
+
+def _estimated_completion(job: DownloadJob, bytes_done: int, bytes_total: int | None) -> datetime | None:
+    if job.started_at is None or not bytes_total or not bytes_done:
+        return None
+    now = timezone.now()
+    elapsed_s = (now - job.started_at).total_seconds()
+    return now + timedelta(seconds=elapsed_s * (bytes_total - bytes_done) / bytes_done)
+
+
+def download_job_link(*, job: DownloadJob) -> dict[str, Any]:
+    """A fresh presigned URL of a completed job's file: every call mints a new one."""
+    ttl_s = settings.PRESIGNED_URL_TTL_S
+    storage: Any = downloads_storage()  # S3Storage or SignedFileSystemStorage: both take these
+    url = storage.url(
+        job.storage_key,
+        parameters={
+            "ResponseContentDisposition": content_disposition_header(True, job.file_name) or "attachment",
+            "ResponseContentType": job.content_type,
+        },
+        expire=ttl_s,
+    )
+    return {
+        "download_url": url,
+        "expires_at": iso(timezone.now() + timedelta(seconds=ttl_s)),
+        "retained_until": iso(job.expires_at),
+        "file_name": job.file_name,
+        "file_size": job.file_size_bytes,
+        "content_type": job.content_type,
+        "sha256": job.sha256,
+    }

@@ -1,0 +1,377 @@
+"""Writes: every change of a download job's state happens here.
+
+Each state change is a compare-and-swap (`UPDATE ... WHERE status = <expected>`), checked
+against the one table of allowed transitions in `models.py`. A worker's writes also carry
+its attempt number, so the writes of an attempt that was cancelled or replaced are refused.
+Work that must follow a write (dispatching the task, publishing an event) runs on commit.
+"""
+
+import logging
+import random
+import time
+from datetime import timedelta
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from realtime.events import job_event_publish
+
+from . import hotstate
+from .errors import ErrorCode, JobCancelled, JobError, JobSuperseded
+from .hotstate import HotProgress
+from .models import ACTIVE_STATUSES, DownloadJob, Priority, Status, can_transition
+from .origins import get_origin
+from .selectors import download_job_status, iso
+from .staging import StagedFile, stage_file
+from .storage import stored_file_delete
+
+logger = logging.getLogger(__name__)
+
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+
+
+class InvalidTransition(Exception):
+    def __init__(self, job: DownloadJob, to_status: str) -> None:
+        super().__init__(f"{job.job_id}: {job.status} -> {to_status} is not allowed")
+        self.job = job
+        self.to_status = to_status
+
+
+class JobStateConflict(Exception):
+    """The row changed under us (another process moved it first)."""
+
+
+class ActiveLimitExceeded(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"Maximum {limit} concurrent downloads per user")
+        self.limit = limit
+
+
+# --- transitions ----------------------------------------------------------------------------
+
+
+def _transition(job: DownloadJob, to_status: str, *, attempt: int | None = None, **fields: Any) -> None:
+    """Moves `job` to `to_status` if the row still has the status (and attempt) we read."""
+    if not can_transition(job.status, to_status):
+        raise InvalidTransition(job, to_status)
+    fields["updated_at"] = timezone.now()
+    rows = DownloadJob.objects.filter(pk=job.pk, status=job.status)
+    if attempt is not None:
+        rows = rows.filter(attempts=attempt)
+    if rows.update(status=to_status, **fields) != 1:
+        raise JobStateConflict(f"{job.job_id} is no longer {job.status}")
+    job.status = to_status
+    for name, value in fields.items():
+        setattr(job, name, value)
+
+
+def _publish_on_commit(job: DownloadJob, event_type: str, **extra: Any) -> None:
+    event = {
+        **download_job_status(job=job, hot=None),
+        "type": event_type,
+        "timestamp": iso(timezone.now()),
+        **extra,
+    }
+    transaction.on_commit(lambda: job_event_publish(job.job_id, event))
+
+
+def _queue_name(priority: str) -> str:
+    return f"downloads.{priority}"
+
+
+def _dispatch_on_commit(job: DownloadJob, *, countdown_s: float = 0) -> None:
+    from .tasks import download_job_stage
+
+    def send() -> None:
+        try:
+            download_job_stage.apply_async(
+                args=(job.pk,), queue=_queue_name(job.priority), countdown=countdown_s
+            )
+        except Exception:
+            # The row stays queued; the reaper re-dispatches jobs queued for too long.
+            logger.exception("Could not dispatch %s to the broker", job.job_id)
+
+    transaction.on_commit(send)
+
+
+# --- create and cancel ----------------------------------------------------------------------
+
+
+def download_job_create(
+    *,
+    owner: User,
+    file_id: int,
+    priority: str = Priority.NORMAL,
+    metadata: dict[str, Any] | None = None,
+    idempotency_key: str | None = None,
+) -> tuple[DownloadJob, bool]:
+    """Creates a queued job and dispatches it, or returns the job that the same
+    idempotency key made within 24 hours. Returns (job, created)."""
+    with transaction.atomic():
+        # Locking the owner's row serialises this user's initiates, so parallel requests
+        # cannot all pass the active-jobs check.
+        User.objects.select_for_update().filter(pk=owner.pk).first()
+        if idempotency_key:
+            existing = DownloadJob.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
+            if existing and existing.created_at >= timezone.now() - IDEMPOTENCY_WINDOW:
+                return existing, False
+            if existing:
+                existing.idempotency_key = ""
+                existing.save(update_fields=["idempotency_key", "updated_at"])
+        active = DownloadJob.objects.filter(owner=owner, status__in=ACTIVE_STATUSES).count()
+        if active >= settings.JOB_MAX_ACTIVE_PER_USER:
+            raise ActiveLimitExceeded(settings.JOB_MAX_ACTIVE_PER_USER)
+        try:
+            with transaction.atomic():
+                job = DownloadJob.objects.create(
+                    owner=owner,
+                    file_id=file_id,
+                    priority=priority,
+                    metadata=metadata or {},
+                    idempotency_key=idempotency_key or "",
+                    max_attempts=settings.JOB_MAX_ATTEMPTS,
+                )
+        except IntegrityError:
+            if not idempotency_key:
+                raise
+            return DownloadJob.objects.get(owner=owner, idempotency_key=idempotency_key), False
+        _dispatch_on_commit(job)
+    return job, True
+
+
+def download_job_cancel(*, job: DownloadJob) -> DownloadJob:
+    """Cancels a queued or processing job. A processing worker sees the flag within one
+    chunk, aborts its upload and leaves nothing in storage."""
+    with transaction.atomic():
+        _transition(job, Status.CANCELLED, cancelled_at=timezone.now(), next_retry_at=None)
+        transaction.on_commit(lambda: hotstate.cancel_flag_set(job.job_id))
+        _publish_on_commit(job, "cancelled")
+    return job
+
+
+# --- the worker's side ----------------------------------------------------------------------
+
+
+def _storage_key(job: DownloadJob) -> str:
+    return f"{settings.DOWNLOADS_LOCATION}/{job.owner_id}/{job.job_id}"
+
+
+def download_job_start(*, job_pk: int) -> DownloadJob | None:
+    """Marks the job processing as a new attempt, or returns None if there is nothing to
+    do (finished, cancelled, or taken by another worker). A job found already processing
+    was redelivered after its worker died: its leftover upload is aborted and it restarts,
+    unless that was its last attempt."""
+    job = DownloadJob.objects.filter(pk=job_pk).first()
+    if job is None or job.status not in ACTIVE_STATUSES:
+        return None
+    if job.status == Status.PROCESSING:
+        if job.upload_id:
+            _abort_leftover_upload(job)
+        if job.attempts >= job.max_attempts:
+            _fail(
+                job,
+                attempt=job.attempts,
+                error=JobError(ErrorCode.PROCESSING_ERROR, "The worker stopped during the last attempt"),
+                dead_letter=True,
+            )
+            return None
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            _transition(
+                job,
+                Status.PROCESSING,
+                attempt=job.attempts,
+                attempts=job.attempts + 1,
+                started_at=now,
+                next_retry_at=None,
+                progress=0,
+                bytes_done=0,
+                bytes_total=None,
+                upload_id="",
+                storage_key=_storage_key(job),
+            )
+            _publish_on_commit(job, "status_update")
+    except JobStateConflict:
+        return None
+    return job
+
+
+def _abort_leftover_upload(job: DownloadJob) -> None:
+    try:
+        stored_file_delete(job.storage_key, upload_id=job.upload_id)
+    except Exception:
+        logger.exception("Could not abort the leftover upload of %s", job.job_id)
+
+
+class _AttemptHooks:
+    """Progress of one attempt: pushed to Redis and the job's watchers on each whole
+    percent (at most every PROGRESS_PUSH_INTERVAL_S), written to the row at most every
+    PROGRESS_DB_INTERVAL_S. Between chunks it checks the cancel flag and stops the work."""
+
+    def __init__(self, job: DownloadJob) -> None:
+        self.job = job
+        self.attempt = job.attempts
+        self.last_push_at = 0.0
+        self.last_percent = -1
+        self.last_db_at = time.monotonic()
+
+    def upload_opened(self, *, upload_id: str, bytes_total: int | None) -> None:
+        self._write_row(upload_id=upload_id, bytes_total=bytes_total)
+        self.chunk_staged(bytes_done=0, bytes_total=bytes_total)
+
+    def chunk_staged(self, *, bytes_done: int, bytes_total: int | None) -> None:
+        if hotstate.cancel_flag_is_set(self.job.job_id):
+            raise JobCancelled(self.job.job_id)
+        # 100 % is said by the completion, not while the upload is being finished.
+        percent = min(99, bytes_done * 100 // bytes_total) if bytes_total else 0
+        now = time.monotonic()
+        due = now - self.last_push_at >= settings.PROGRESS_PUSH_INTERVAL_S
+        if due and (percent != self.last_percent or not bytes_total):
+            self.last_push_at, self.last_percent = now, percent
+            self._push(percent, bytes_done, bytes_total)
+        if now - self.last_db_at >= settings.PROGRESS_DB_INTERVAL_S:
+            self.last_db_at = now
+            self._write_row(progress=percent, bytes_done=bytes_done, bytes_total=bytes_total)
+
+    def _push(self, percent: int, bytes_done: int, bytes_total: int | None) -> None:
+        job_id = self.job.job_id
+        hotstate.progress_write(
+            job_id=job_id,
+            progress=HotProgress(self.attempt, bytes_done, bytes_total, percent),
+        )
+        job_event_publish(
+            job_id,
+            {
+                "type": "progress",
+                "job_id": job_id,
+                "status": Status.PROCESSING,
+                "progress": percent,
+                "bytes_done": bytes_done,
+                "bytes_total": bytes_total,
+                "timestamp": iso(timezone.now()),
+            },
+        )
+
+    def _write_row(self, **fields: Any) -> None:
+        rows = DownloadJob.objects.filter(pk=self.job.pk, status=Status.PROCESSING, attempts=self.attempt)
+        if rows.update(updated_at=timezone.now(), **fields) != 1:
+            raise JobSuperseded(self.job.job_id)
+
+
+def download_job_run(*, job_pk: int) -> None:
+    """One attempt of a job: start it, stage the file, then complete, retry or fail."""
+    job = download_job_start(job_pk=job_pk)
+    if job is None:
+        return
+    attempt = job.attempts
+    try:
+        staged = stage_file(
+            origin=get_origin(), file_id=job.file_id, key=job.storage_key, hooks=_AttemptHooks(job)
+        )
+    except (JobCancelled, JobSuperseded):
+        logger.info("%s attempt %s stopped: cancelled or superseded", job.job_id, attempt)
+        hotstate.progress_clear(job.job_id)
+        return
+    except JobError as error:
+        _fail(job, attempt=attempt, error=error)
+        return
+    except SoftTimeLimitExceeded:
+        limit_s = settings.JOB_SOFT_TIME_LIMIT_S
+        _fail(
+            job,
+            attempt=attempt,
+            error=JobError(ErrorCode.DOWNLOAD_TIMEOUT, f"File download exceeded {limit_s} s"),
+        )
+        return
+    except Exception:
+        logger.exception("%s attempt %s failed unexpectedly", job.job_id, attempt)
+        _fail(job, attempt=attempt, error=JobError(ErrorCode.PROCESSING_ERROR, "Failed to process file"))
+        return
+    download_job_complete(job=job, attempt=attempt, staged=staged)
+
+
+def download_job_complete(*, job: DownloadJob, attempt: int, staged: StagedFile) -> None:
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            _transition(
+                job,
+                Status.COMPLETED,
+                attempt=attempt,
+                progress=100,
+                bytes_done=staged.size,
+                bytes_total=staged.size,
+                completed_at=now,
+                duration_seconds=(now - job.started_at).total_seconds() if job.started_at else None,
+                expires_at=now + timedelta(seconds=settings.JOB_RETENTION_S),
+                upload_id="",
+                file_name=staged.file_name,
+                file_size_bytes=staged.size,
+                content_type=staged.content_type,
+                sha256=staged.sha256,
+                error_code="",
+                error_message="",
+                error_retryable=None,
+            )
+            _publish_on_commit(job, "completed")
+    except JobStateConflict:
+        # Cancelled (or superseded) after the last chunk: the file must not stay behind.
+        stored_file_delete(staged.key)
+        logger.info("%s attempt %s finished after it was cancelled; file removed", job.job_id, attempt)
+    hotstate.progress_clear(job.job_id)
+
+
+def retry_delay_s(attempt: int) -> float:
+    """Exponential backoff with jitter: 5, 10, 20 s ... by default, each +/- 20 %."""
+    base = min(settings.JOB_RETRY_BACKOFF_MAX_S, settings.JOB_RETRY_BACKOFF_S * 2 ** (attempt - 1))
+    jitter = settings.JOB_RETRY_JITTER
+    return base * random.uniform(1 - jitter, 1 + jitter)  # noqa: S311 (jitter, not a secret)
+
+
+def _fail(job: DownloadJob, *, attempt: int, error: JobError, dead_letter: bool = False) -> None:
+    """Ends an attempt that failed: queued again after a backoff if the error is
+    retryable and attempts remain, otherwise failed (dead-lettered if it was retryable)."""
+    now = timezone.now()
+    error_fields = {
+        "error_code": error.code,
+        "error_message": error.message,
+        "error_retryable": error.retryable,
+    }
+    try:
+        with transaction.atomic():
+            if error.retryable and attempt < job.max_attempts and not dead_letter:
+                delay_s = retry_delay_s(attempt)
+                _transition(
+                    job,
+                    Status.QUEUED,
+                    attempt=attempt,
+                    next_retry_at=now + timedelta(seconds=delay_s),
+                    upload_id="",
+                    **error_fields,
+                )
+                _publish_on_commit(job, "status_update")
+                _dispatch_on_commit(job, countdown_s=delay_s)
+                logger.info(
+                    "%s attempt %s failed with %s; retry in %.1f s", job.job_id, attempt, error.code, delay_s
+                )
+            else:
+                exhausted = error.retryable or dead_letter
+                _transition(
+                    job,
+                    Status.FAILED,
+                    attempt=attempt,
+                    failed_at=now,
+                    upload_id="",
+                    dead_lettered_at=now if exhausted else None,
+                    **error_fields,
+                )
+                _publish_on_commit(job, "error")
+                logger.warning("%s failed with %s after %s attempt(s)", job.job_id, error.code, attempt)
+    except JobStateConflict:
+        logger.info("%s attempt %s failed after it was cancelled or superseded", job.job_id, attempt)
+    hotstate.progress_clear(job.job_id)

@@ -1,0 +1,23 @@
+"""Celery tasks: thin wrappers that load nothing but an id and call a service."""
+
+from celery import shared_task
+from django.conf import settings
+
+from . import services
+
+
+@shared_task(
+    name="jobs.download_job_stage",
+    # A job is acknowledged only when its attempt ended, and handed back to the queue if
+    # the worker process died, so a crash never loses it; the services make a
+    # redelivered job restart cleanly and never complete twice.
+    acks_late=True,
+    reject_on_worker_lost=True,
+    soft_time_limit=settings.JOB_SOFT_TIME_LIMIT_S,
+    time_limit=settings.JOB_HARD_TIME_LIMIT_S,
+    # Retries are the job's, not Celery's: the service re-dispatches a retryable failure
+    # with backoff and jitter and counts attempts on the row.
+    max_retries=0,
+)
+def download_job_stage(job_pk: int) -> None:
+    services.download_job_run(job_pk=job_pk)

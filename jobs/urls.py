@@ -1,0 +1,26 @@
+from django.urls import path, register_converter
+
+from . import apis, views
+
+
+class JobIdConverter:
+    regex = "job_[0-9a-f]{24,46}"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(JobIdConverter, "job_id")
+
+urlpatterns = [
+    path("v1/download/initiate", apis.DownloadJobInitiateApi.as_view(), name="download-job-initiate"),
+    path(
+        "v1/download/status/<job_id:job_id>", apis.DownloadJobStatusApi.as_view(), name="download-job-status"
+    ),
+    path("v1/download/subscribe/<job_id:job_id>", views.websocket_only, name="download-job-subscribe"),
+    path("v1/download/<job_id:job_id>", apis.DownloadJobApi.as_view(), name="download-job"),
+    path("v1/downloads", apis.DownloadJobListApi.as_view(), name="download-job-list"),
+]
