@@ -4,7 +4,7 @@ from . import apis, views
 
 
 class JobIdConverter:
-    regex = "job_[0-9a-f]{24,46}"
+    regex = "[A-Za-z0-9_-]{1,64}"
 
     def to_python(self, value: str) -> str:
         return value

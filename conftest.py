@@ -1,0 +1,321 @@
+"""Fixtures shared by every test module: users and API clients, the real HTTP origin, an
+S3 endpoint (moto's standalone server), and whole stacks of real processes (ASGI server
++ Celery worker) running against the test database."""
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+import redis
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import connection
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from jobs.tests.origin_server import OriginServer
+
+ROOT = Path(__file__).resolve().parent
+ARTIFACTS = ROOT / "test-artifacts"
+QUEUES = "downloads.high,downloads.normal,downloads.low"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for_port(port: int, *, timeout_s: float = 30, process: subprocess.Popen[Any] | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+# --- users and clients -------------------------------------------------------------------
+
+
+@pytest.fixture
+def user(db: None) -> User:
+    return User.objects.create_user("alice", password="alice-password")
+
+
+@pytest.fixture
+def other_user(db: None) -> User:
+    return User.objects.create_user("bob", password="bob-password")
+
+
+@pytest.fixture
+def api_client(user: User) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    return client
+
+
+@pytest.fixture
+def other_client(other_user: User) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=other_user).key}")
+    return client
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache() -> Iterator[None]:
+    """Throttle counters live in the Redis cache: each test starts with none."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+
+
+# --- the origin --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def origin_server() -> Iterator[OriginServer]:
+    server = OriginServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def origin(origin_server: OriginServer, settings: Any) -> Iterator[OriginServer]:
+    """The HTTP origin, emptied, and this process's settings pointed at it."""
+    origin_server.reset()
+    settings.ORIGIN = "http"
+    settings.ORIGIN_URL_TEMPLATE = origin_server.url_template
+    settings.ORIGIN_READ_TIMEOUT_S = 1.0
+    yield origin_server
+    origin_server.reset()
+
+
+# --- S3 ----------------------------------------------------------------------------------
+
+
+@dataclass
+class S3Endpoint:
+    endpoint_url: str
+    bucket: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    def client(self) -> Any:
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+            region_name=self.env["AWS_S3_REGION_NAME"],
+        )
+
+    def keys(self) -> list[str]:
+        listed = self.client().list_objects_v2(Bucket=self.bucket)
+        return [item["Key"] for item in listed.get("Contents", [])]
+
+    def open_multipart_uploads(self) -> list[dict[str, Any]]:
+        return self.client().list_multipart_uploads(Bucket=self.bucket).get("Uploads", [])
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Endpoint]:
+    """An S3 endpoint: the one configured (CI starts a moto server) or a moto server of
+    our own. moto speaks the S3 protocol over real HTTP, but does not enforce the expiry
+    of presigned URLs; tests check the expiry another way."""
+    process = None
+    endpoint = os.environ.get("AWS_S3_ENDPOINT_URL")
+    if not endpoint:
+        port = free_port()
+        process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(port, process=process)
+        endpoint = f"http://127.0.0.1:{port}"
+    env = {
+        "AWS_S3_ENDPOINT_URL": endpoint,
+        "AWS_STORAGE_BUCKET_NAME": f"downloads-test-{os.getpid()}",
+        "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+        "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
+        "AWS_S3_REGION_NAME": os.environ.get("AWS_S3_REGION_NAME", "us-east-1"),
+    }
+    s3 = S3Endpoint(endpoint_url=endpoint, bucket=env["AWS_STORAGE_BUCKET_NAME"], env=env)
+    s3.client().create_bucket(Bucket=s3.bucket)
+    yield s3
+    if process is not None:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+# --- whole stacks of real processes -------------------------------------------------------
+
+
+def _database_url() -> str:
+    db = connection.settings_dict
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{Path(db['NAME']).resolve()}"
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+class _LogTail:
+    """Copies a child's output to a log file and lets a test wait for a line."""
+
+    def __init__(self, process: subprocess.Popen[str], path: Path) -> None:
+        self.lines: list[str] = []
+        self.changed = threading.Condition()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = path.open("a")
+        threading.Thread(target=self._pump, args=(process,), daemon=True).start()
+
+    def _pump(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            self.file.write(line)
+            self.file.flush()
+            with self.changed:
+                self.lines.append(line)
+                self.changed.notify_all()
+
+    def wait_for(self, text: str, *, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        with self.changed:
+            while not any(text in line for line in self.lines):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"no {text!r} in the log")
+                self.changed.wait(remaining)
+
+
+class Stack:
+    """A real ASGI server (uvicorn) and a real Celery worker (prefork), both child
+    processes, sharing the test database, Redis, storage and the test origin."""
+
+    def __init__(self, name: str, env: dict[str, str]) -> None:
+        self.name = name
+        self.env = env
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.web: subprocess.Popen[str] | None = None
+        self.worker: subprocess.Popen[str] | None = None
+
+    def _spawn(self, role: str, argv: list[str]) -> tuple[subprocess.Popen[str], _LogTail]:
+        process = subprocess.Popen(
+            argv,
+            env=self.env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        return process, _LogTail(process, ARTIFACTS / "logs" / f"{self.name}-{role}.log")
+
+    def start(self) -> "Stack":
+        self.web, _ = self._spawn(
+            "web",
+            [sys.executable, "-m", "uvicorn", "downloads_project.asgi:application", "--port", str(self.port)],
+        )
+        self.start_worker()
+        wait_for_port(self.port, process=self.web)
+        return self
+
+    def start_worker(self) -> None:
+        self.worker, log = self._spawn(
+            "worker",
+            [sys.executable, "-m", "celery", "-A", "downloads_project", "worker", "-Q", QUEUES,
+             "-c", "2", "-n", f"{self.name}-{time.monotonic_ns()}@%h", "--loglevel", "INFO", "--without-gossip",
+             "--without-mingle"],
+        )  # fmt: skip
+        log.wait_for(" ready.")
+
+    def kill_worker(self) -> None:
+        """SIGKILL the worker and its pool children, as a crash would."""
+        if self.worker is not None:
+            os.killpg(self.worker.pid, 9)
+            self.worker.wait()
+
+    def stop(self) -> None:
+        for process in (self.worker, self.web):
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, 15)
+        for process in (self.worker, self.web):
+            if process is None:
+                continue
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, 9)
+                process.wait()
+
+    def client(self, token: str) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Token {token}"}, timeout=10)
+
+
+def stack_env(origin_server: OriginServer, extra: dict[str, str], *, broker_db: int) -> dict[str, str]:
+    """Each stack gets a broker database of its own, so its worker takes only its jobs."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("AWS_", "DJANGO_SETTINGS", "PYTEST"))
+    }
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "downloads_project.settings",
+            "DATABASE_URL": _database_url(),
+            "REDIS_URL": settings.REDIS_URL,
+            "CELERY_BROKER_URL": f"{settings.REDIS_URL}/{broker_db}",
+            "VAR_DIR": str(settings.VAR_DIR),
+            "ORIGIN": "http",
+            "ORIGIN_URL_TEMPLATE": origin_server.url_template,
+            "ORIGIN_READ_TIMEOUT_S": "1.0",
+            "ORIGIN_CONNECT_TIMEOUT_S": "2.0",
+            "JOB_RETRY_BACKOFF_S": "0.3",
+            "JOB_RETRY_JITTER": "0",
+            "JOB_INITIATE_RATE": "1000/min",
+            "PROGRESS_DB_INTERVAL_S": "0.5",
+            "STAGING_CHUNK_BYTES": str(64 * 1024),
+            "STAGING_PART_BYTES": str(5 * 1024 * 1024),
+        }
+    )
+    env.update(extra)
+    return env
+
+
+LOCAL_BROKER_DB, S3_BROKER_DB = 5, 6
+
+
+def _flush(db: int) -> None:
+    redis.Redis.from_url(f"{settings.REDIS_URL}/{db}").flushdb()
+
+
+@pytest.fixture(scope="session")
+def local_stack(django_db_setup: None, origin_server: OriginServer) -> Iterator[Stack]:
+    _flush(LOCAL_BROKER_DB)
+    stack = Stack("local", stack_env(origin_server, {}, broker_db=LOCAL_BROKER_DB)).start()
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_stack(django_db_setup: None, origin_server: OriginServer, s3: S3Endpoint) -> Iterator[Stack]:
+    _flush(S3_BROKER_DB)
+    stack = Stack("s3", stack_env(origin_server, s3.env, broker_db=S3_BROKER_DB)).start()
+    yield stack
+    stack.stop()

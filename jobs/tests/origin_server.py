@@ -1,0 +1,137 @@
+"""A real HTTP origin for the tests: serves deterministic files slowly, and fails on cue.
+
+Each file id has a script: its size, its serving rate, and a list of faults that the next
+requests meet one by one (`500`, `404`, `drop` = connection closed mid-body, `stall` =
+body stops for longer than the client's read timeout). Requests and bytes sent are
+counted so tests can assert on origin traffic.
+"""
+
+import hashlib
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from jobs.origins import synthetic_chunks
+
+CHUNK = 64 * 1024
+
+
+@dataclass
+class FileScript:
+    size: int
+    rate_bps: int = 0  # 0 = as fast as possible
+    faults: list[str] = field(default_factory=list)
+    content_type: str = "application/pdf"
+    file_name: str | None = None
+
+    def sha256(self, file_id: int) -> str:
+        digest = hashlib.sha256()
+        for chunk in synthetic_chunks(file_id, self.size, CHUNK):
+            digest.update(chunk)
+        return digest.hexdigest()
+
+    def content(self, file_id: int) -> bytes:
+        return b"".join(synthetic_chunks(file_id, self.size, CHUNK))
+
+
+class OriginServer(ThreadingHTTPServer):
+    daemon_threads = True
+    stall_s = 5.0
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.files: dict[int, FileScript] = {}
+        self.requests: Counter[int] = Counter()
+        self.bytes_sent: Counter[int] = Counter()
+        self.lock = threading.Lock()
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    @property
+    def url_template(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/files/{{file_id}}"
+
+    def add(self, file_id: int, script: FileScript) -> FileScript:
+        with self.lock:
+            self.files[file_id] = script
+        return script
+
+    def next_fault(self, file_id: int) -> str | None:
+        with self.lock:
+            self.requests[file_id] += 1
+            script = self.files.get(file_id)
+            if script is None or not script.faults:
+                return None
+            return script.faults.pop(0)
+
+    def start(self) -> "OriginServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.files.clear()
+            self.requests.clear()
+            self.bytes_sent.clear()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: OriginServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        try:
+            file_id = int(self.path.rstrip("/").rsplit("/", 1)[-1])
+        except ValueError:
+            self._status(400)
+            return
+        fault = self.server.next_fault(file_id)
+        script = self.server.files.get(file_id)
+        if script is None or fault == "404":
+            self._status(404)
+            return
+        if fault is not None and fault.isdigit():
+            self._status(int(fault))
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", script.content_type)
+        self.send_header("Content-Length", str(script.size))
+        if script.file_name:
+            self.send_header("Content-Disposition", f'attachment; filename="{script.file_name}"')
+        self.end_headers()
+        self._body(file_id, script, fault)
+
+    def _body(self, file_id: int, script: FileScript, fault: str | None) -> None:
+        started = time.monotonic()
+        sent = 0
+        for chunk in synthetic_chunks(file_id, script.size, CHUNK):
+            if fault in ("drop", "stall") and sent >= script.size // 2:
+                if fault == "stall":
+                    time.sleep(self.server.stall_s)
+                self.close_connection = True
+                return
+            try:
+                self.wfile.write(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                return
+            sent += len(chunk)
+            with self.server.lock:
+                self.server.bytes_sent[file_id] += len(chunk)
+            if script.rate_bps:
+                time.sleep(max(0.0, started + sent / script.rate_bps - time.monotonic()))
+
+    def _status(self, code: int) -> None:
+        body = f"status {code}\n".encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
