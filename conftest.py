@@ -77,12 +77,11 @@ def other_client(other_user: User) -> APIClient:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_cache() -> Iterator[None]:
+def _fresh_cache() -> None:
     """Throttle counters live in the Redis cache: each test starts with none."""
     from django.core.cache import cache
 
     cache.clear()
-    yield
 
 
 # --- the origin --------------------------------------------------------------------------
@@ -240,8 +239,8 @@ class Stack:
         self.worker, log = self._spawn(
             "worker",
             [sys.executable, "-m", "celery", "-A", "downloads_project", "worker", "-Q", QUEUES,
-             "-c", "2", "-n", f"{self.name}-{time.monotonic_ns()}@%h", "--loglevel", "INFO", "--without-gossip",
-             "--without-mingle"],
+             "-c", "2", "-n", f"{self.name}-{time.monotonic_ns()}@%h", "--loglevel", "INFO",
+             "--without-gossip", "--without-mingle"],
         )  # fmt: skip
         log.wait_for(" ready.")
 
