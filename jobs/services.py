@@ -156,8 +156,10 @@ def download_job_cancel(*, job: DownloadJob) -> DownloadJob:
 # --- the worker's side ----------------------------------------------------------------------
 
 
-def _storage_key(job: DownloadJob) -> str:
-    return f"{settings.DOWNLOADS_LOCATION}/{job.owner_id}/{job.job_id}"
+def _storage_key(job: DownloadJob, *, attempt: int) -> str:
+    """Each attempt writes its own key: a late attempt that lost the race to complete
+    removes only its own file, never the one the job completed with."""
+    return f"{settings.DOWNLOADS_LOCATION}/{job.owner_id}/{job.job_id}-{attempt}"
 
 
 def download_job_start(*, job_pk: int) -> DownloadJob | None:
@@ -193,7 +195,7 @@ def download_job_start(*, job_pk: int) -> DownloadJob | None:
                 bytes_done=0,
                 bytes_total=None,
                 upload_id="",
-                storage_key=_storage_key(job),
+                storage_key=_storage_key(job, attempt=job.attempts + 1),
             )
             _publish_on_commit(job, "status_update")
     except JobStateConflict:
