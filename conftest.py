@@ -78,7 +78,7 @@ def other_client(other_user: User) -> APIClient:
 
 @pytest.fixture(autouse=True)
 def _fresh_cache() -> None:
-    """Throttle counters live in the Redis cache: each test starts with none."""
+    """Throttle counters live in the Redis cache (its own database): each test starts with none."""
     from django.core.cache import cache
 
     cache.clear()

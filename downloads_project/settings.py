@@ -112,14 +112,9 @@ REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379").rstrip("/")
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=f"{REDIS_URL}/0")
 REDIS_STATE_URL = env("REDIS_STATE_URL", default=f"{REDIS_URL}/1")
 CHANNEL_LAYER_URL = env("CHANNEL_LAYER_URL", default=f"{REDIS_URL}/2")
+REDIS_CACHE_URL = env("REDIS_CACHE_URL", default=f"{REDIS_URL}/3")  # may evict
 
-CACHES = {
-    "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
-        "LOCATION": REDIS_STATE_URL,
-        "KEY_PREFIX": "cache",
-    }
-}
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_CACHE_URL}}
 
 CHANNEL_LAYERS = {
     "default": {
