@@ -77,6 +77,12 @@ def other_client(other_user: User) -> APIClient:
 
 
 @pytest.fixture(autouse=True)
+def _fast_password_hasher(settings: Any) -> None:
+    """The default hasher spends ~0.5 s per user on purpose; tests need no such cost."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
 def _fresh_cache() -> None:
     """Throttle counters live in the Redis cache (its own database): each test starts with none."""
     from django.core.cache import cache
@@ -235,11 +241,11 @@ class Stack:
         wait_for_port(self.port, process=self.web)
         return self
 
-    def start_worker(self) -> None:
+    def start_worker(self, *, concurrency: int = 2) -> None:
         self.worker, log = self._spawn(
             "worker",
             [sys.executable, "-m", "celery", "-A", "downloads_project", "worker", "-Q", QUEUES,
-             "-c", "2", "-n", f"{self.name}-{time.monotonic_ns()}@%h", "--loglevel", "INFO",
+             "-c", str(concurrency), "-n", f"{self.name}-{time.monotonic_ns()}@%h", "--loglevel", "INFO",
              "--without-gossip", "--without-mingle"],
         )  # fmt: skip
         log.wait_for(" ready.")

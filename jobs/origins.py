@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from email.message import Message
+from email.utils import collapse_rfc2231_value
 from pathlib import Path
 from typing import Protocol
 
@@ -98,6 +99,11 @@ def _transport_error(exc: httpx.HTTPError) -> JobError:
 def _name_from_disposition(header: str) -> str | None:
     msg = Message()
     msg["content-disposition"] = header
+    # RFC 6266 4.3: when both are sent, `filename*` (RFC 5987, any charset) wins over the
+    # plain `filename` fallback, wherever it stands; get_filename() takes the first.
+    for name, value in msg.get_params(header="content-disposition") or []:
+        if name.lower() == "filename" and isinstance(value, tuple):
+            return collapse_rfc2231_value(value)
     return msg.get_filename()
 
 

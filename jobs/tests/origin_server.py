@@ -7,6 +7,7 @@ counted so tests can assert on origin traffic.
 """
 
 import hashlib
+import sys
 import threading
 import time
 from collections import Counter
@@ -64,6 +65,11 @@ class OriginServer(ThreadingHTTPServer):
             if script is None or not script.faults:
                 return None
             return script.faults.pop(0)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client that hangs up (a cancelled or timed-out download) is expected here."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
 
     def start(self) -> "OriginServer":
         self._thread.start()

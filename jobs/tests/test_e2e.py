@@ -1,0 +1,464 @@
+"""End to end: real processes (uvicorn + a Celery prefork worker) driven through the HTTP
+API only, against the test database, Redis, storage (local files or S3 through moto) and a
+real HTTP origin that fails on cue. Nothing runs eagerly in this process.
+
+Each test polls with a deadline; none sleeps for long. Child process logs are in
+test-artifacts/logs/.
+"""
+
+import contextlib
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+from uuid import uuid4
+
+import httpx
+import pytest
+import redis
+from django.conf import settings
+from rest_framework.authtoken.models import Token
+
+from conftest import S3Endpoint, Stack, stack_env
+from jobs.models import DownloadJob
+from jobs.tests.origin_server import FileScript, OriginServer
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+MiB = 1024 * 1024
+TERMINAL = {"completed", "failed", "cancelled", "expired"}
+STATUS_ORDER = {"queued": 0, "processing": 1, "completed": 2}
+POLL_S = 0.03
+
+
+# --- fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["local", "s3"])
+def stack(request: pytest.FixtureRequest) -> Stack:
+    return request.getfixturevalue(f"{request.param}_stack")
+
+
+@pytest.fixture
+def token(django_user_model: Any) -> str:
+    """A user of its own per test; committed, so the stack's processes see it."""
+    user = django_user_model.objects.create_user(f"e2e-{uuid4().hex[:12]}")
+    return Token.objects.create(user=user).key
+
+
+# The Redis transport hands an unacknowledged message back to the queue only once it is
+# older than the visibility timeout, when a worker starts (and every ~100 s after). The
+# redelivery test needs a stack whose timeout is short enough to wait out.
+REDELIVERY_BROKER_DB = 7
+REDELIVERY_VISIBILITY_TIMEOUT_S = 3
+
+
+@pytest.fixture(scope="module")
+def redelivery_stack(django_db_setup: None, origin_server: OriginServer, s3: S3Endpoint) -> Iterator[Stack]:
+    broker_url = f"{settings.REDIS_URL}/{REDELIVERY_BROKER_DB}"
+    redis.Redis.from_url(broker_url).flushdb()
+    env = stack_env(
+        origin_server,
+        {**s3.env, "CELERY_VISIBILITY_TIMEOUT_S": str(REDELIVERY_VISIBILITY_TIMEOUT_S)},
+        broker_db=REDELIVERY_BROKER_DB,
+    )
+    stack = Stack("redelivery", env).start()
+    yield stack
+    stack.stop()
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def initiate(api: httpx.Client, file_id: int, **body: Any) -> str:
+    response = api.post("/v1/download/initiate", json={"file_id": file_id, **body})
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    assert data["status"] == "queued"
+    return data["job_id"]
+
+
+def job_status(api: httpx.Client, job_id: str) -> dict[str, Any]:
+    response = api.get(f"/v1/download/status/{job_id}")
+    assert response.status_code == 200, response.text
+    return response.json()["data"]
+
+
+def wait_for_status(
+    api: httpx.Client,
+    job_id: str,
+    until: Callable[[dict[str, Any]], bool],
+    *,
+    timeout_s: float = 15,
+    seen: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Polls the status endpoint until `until(status)`; every status read goes to `seen`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        data = job_status(api, job_id)
+        if seen is not None:
+            seen.append(data)
+        if until(data):
+            return data
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{job_id} did not reach the awaited status in {timeout_s} s: {data}")
+        time.sleep(POLL_S)
+
+
+def wait_until_finished(api: httpx.Client, job_id: str, **kwargs: Any) -> dict[str, Any]:
+    return wait_for_status(api, job_id, lambda data: data["status"] in TERMINAL, **kwargs)
+
+
+def eventually(check: Callable[[], bool], *, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s} s: {what}")
+        time.sleep(POLL_S)
+
+
+def wait_until_stable(read: Callable[[], int], *, window_s: float, timeout_s: float) -> int:
+    """Waits until `read()` stops changing for `window_s`; returns the value."""
+    deadline = time.monotonic() + timeout_s
+    value, since = read(), time.monotonic()
+    while time.monotonic() - since < window_s:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still changing after {timeout_s} s (now {value})")
+        time.sleep(0.05)
+        current = read()
+        if current != value:
+            value, since = current, time.monotonic()
+    return value
+
+
+def stack_s3(stack: Stack) -> S3Endpoint | None:
+    if "AWS_STORAGE_BUCKET_NAME" not in stack.env:
+        return None
+    return S3Endpoint(
+        endpoint_url=stack.env["AWS_S3_ENDPOINT_URL"],
+        bucket=stack.env["AWS_STORAGE_BUCKET_NAME"],
+        env=stack.env,
+    )
+
+
+def stored_files(stack: Stack, job_id: str) -> list[str]:
+    """Everything of the job in the stack's storage: files, objects, unfinished uploads."""
+    s3 = stack_s3(stack)
+    if s3 is None:
+        root = settings.VAR_DIR / "media" / "downloads"
+        return sorted(str(path.relative_to(root)) for path in root.glob(f"*/{job_id}*"))
+    objects = s3.keys()  # S3Endpoint.keys(): the bucket's object keys
+    keys = [key for key in objects if job_id in key]
+    uploads = [f"upload:{up['Key']}" for up in s3.open_multipart_uploads() if job_id in up["Key"]]
+    return sorted(keys + uploads)
+
+
+def broker(stack: Stack) -> redis.Redis:
+    return redis.Redis.from_url(stack.env["CELERY_BROKER_URL"])
+
+
+def wait_until_broker_idle(stack: Stack) -> None:
+    """No message delivered and not yet acknowledged: killing the worker now loses nothing."""
+    eventually(lambda: broker(stack).hlen("unacked") == 0, timeout_s=5, what="all messages acknowledged")
+
+
+def fetch_download(api: httpx.Client, job_id: str) -> tuple[dict[str, Any], httpx.Response]:
+    response = api.get(f"/v1/download/{job_id}")
+    assert response.status_code == 200, response.text
+    link = response.json()["data"]
+    file_response = httpx.get(link["download_url"], timeout=30)
+    assert file_response.status_code == 200, file_response.text[:500]
+    return link, file_response
+
+
+def assert_downloads_exactly(api: httpx.Client, job_id: str, script: FileScript, file_id: int) -> None:
+    link, file_response = fetch_download(api, job_id)
+    expected = script.sha256(file_id)
+    assert link["sha256"] == expected
+    assert link["file_size"] == script.size
+    assert hashlib.sha256(file_response.content).hexdigest() == expected
+
+
+# --- 1. the happy path ---------------------------------------------------------------------
+
+
+def test_download_reports_progress_and_delivers_the_origin_bytes(
+    stack: Stack, origin: OriginServer, token: str
+) -> None:
+    file_id = 71001
+    # > 5 MiB: two parts of an S3 multipart upload; ~2 s at 3 MiB/s, so progress shows.
+    script = origin.add(
+        file_id,
+        FileScript(
+            size=6 * MiB + 123,
+            rate_bps=3 * MiB,
+            content_type="application/pdf",
+            file_name="annual report.pdf",
+        ),
+    )
+    seen: list[dict[str, Any]] = []
+    with stack.client(token) as api:
+        job_id = initiate(api, file_id, priority="normal", metadata={"source": "e2e"})
+        final = wait_until_finished(api, job_id, seen=seen)
+
+        assert final["status"] == "completed", final
+        statuses = [data["status"] for data in seen]
+        order = [STATUS_ORDER[status] for status in statuses]
+        assert order == sorted(order), statuses
+        progress = [data["progress"] for data in seen]
+        assert progress == sorted(progress), progress
+
+        processing = [data for data in seen if data["status"] == "processing"]
+        assert processing, statuses
+        for data in processing:
+            assert {"bytes_done", "bytes_total", "estimated_completion"} <= data.keys(), data
+            assert data["bytes_total"] in (None, script.size), data
+        done = [data["bytes_done"] for data in processing]
+        assert done == sorted(done), done
+        assert any(
+            0 < data["bytes_done"] < script.size and 0 < data["progress"] < 100 and data["bytes_total"]
+            for data in processing
+        ), processing
+
+        assert final["progress"] == 100
+        assert final["download_url"] == f"/v1/download/{job_id}"
+        assert final["file_name"] == "annual report.pdf"
+        assert final["file_size"] == script.size
+        assert final["expires_at"]
+        assert "error" not in final
+
+        link, file_response = fetch_download(api, job_id)
+        # Each call mints a fresh link to the same file.
+        again = api.get(f"/v1/download/{job_id}").json()["data"]
+
+    expected = script.sha256(file_id)
+    assert hashlib.sha256(file_response.content).hexdigest() == expected == link["sha256"]
+    assert len(file_response.content) == script.size
+    assert link["file_name"] == "annual report.pdf"
+    assert link["content_type"] == "application/pdf"
+    assert link["file_size"] == script.size
+    assert {"expires_at", "retained_until"} <= link.keys()
+    assert again["sha256"] == expected
+    assert 'filename="annual report.pdf"' in file_response.headers["content-disposition"]
+    assert file_response.headers["content-type"] == "application/pdf"
+
+    row = DownloadJob.objects.get(job_id=job_id)
+    assert row.attempts == 1
+    assert row.metadata == {"source": "e2e"}
+    assert origin.requests[file_id] == 1
+    assert len(stored_files(stack, job_id)) == 1, stored_files(stack, job_id)
+
+
+# --- 2. cancel mid-stream ------------------------------------------------------------------
+
+
+def test_cancel_mid_stream_stops_the_origin_and_leaves_nothing_stored(
+    stack: Stack, origin: OriginServer, token: str
+) -> None:
+    file_id = 71002
+    script = origin.add(file_id, FileScript(size=8 * MiB, rate_bps=2 * MiB))  # ~4 s if not stopped
+    with stack.client(token) as api:
+        job_id = initiate(api, file_id)
+        wait_for_status(api, job_id, lambda data: data["status"] == "processing" and data["bytes_done"] > 0)
+
+        response = api.delete(f"/v1/download/{job_id}")
+        assert response.status_code == 200, response.text
+        assert response.json() == {"success": True, "message": "Job cancelled successfully"}
+        assert job_status(api, job_id)["status"] == "cancelled"
+
+        # The worker stops within a chunk and closes the origin connection.
+        sent = wait_until_stable(lambda: origin.bytes_sent[file_id], window_s=0.5, timeout_s=3)
+        assert sent < script.size, sent
+        eventually(lambda: stored_files(stack, job_id) == [], timeout_s=3, what="nothing left in storage")
+
+        after = job_status(api, job_id)
+        assert after["status"] == "cancelled", after
+        assert "download_url" not in after
+        assert origin.bytes_sent[file_id] == sent
+        assert origin.requests[file_id] == 1
+
+        again = api.delete(f"/v1/download/{job_id}")
+        assert again.status_code == 409, again.text
+        assert again.json()["error"]["code"] == "JOB_ALREADY_FINISHED"
+        assert api.get(f"/v1/download/{job_id}").status_code == 409
+
+    row = DownloadJob.objects.get(job_id=job_id)
+    assert row.status == "cancelled"
+    assert row.cancelled_at is not None
+    assert row.completed_at is None
+
+
+# --- 3. retryable faults -------------------------------------------------------------------
+
+FAULT_CODES = {"500": "TEMPORARY_UNAVAILABLE", "drop": "NETWORK_ERROR", "stall": "TIMEOUT"}
+
+
+@pytest.mark.parametrize(
+    ("faults", "attempts"),
+    [pytest.param(["500", "drop"], 3, id="500-then-drop"), pytest.param(["stall"], 2, id="stall")],
+)
+def test_retryable_origin_faults_retry_then_succeed(
+    stack: Stack, origin: OriginServer, token: str, faults: list[str], attempts: int
+) -> None:
+    file_id = 71003
+    script = origin.add(file_id, FileScript(size=MiB + 7, faults=list(faults)))
+    seen: list[dict[str, Any]] = []
+    with stack.client(token) as api:
+        job_id = initiate(api, file_id)
+        final = wait_until_finished(api, job_id, seen=seen)
+        assert final["status"] == "completed", final
+        assert "error" not in final
+
+        # Between attempts the job may be seen queued with its last error.
+        expected_codes = {FAULT_CODES[fault] for fault in faults}
+        for data in seen:
+            if data["status"] == "queued" and data.get("attempts"):
+                assert 1 <= data["attempts"] < attempts, data
+                assert data["next_retry_at"], data
+                assert data["error"]["code"] in expected_codes, data
+                assert data["error"]["retryable"] is True, data
+
+        assert_downloads_exactly(api, job_id, script, file_id)
+
+    row = DownloadJob.objects.get(job_id=job_id)
+    assert row.attempts == attempts
+    assert row.error_code == ""
+    assert row.dead_lettered_at is None
+    assert origin.requests[file_id] == attempts
+    # The failed attempts' partial uploads were aborted: only the completed file remains.
+    files = stored_files(stack, job_id)
+    assert len(files) == 1, files
+    assert files[0].endswith(f"{job_id}-{attempts}")
+
+
+# --- 4. not retryable ----------------------------------------------------------------------
+
+
+def test_origin_404_fails_at_once_without_retry(stack: Stack, origin: OriginServer, token: str) -> None:
+    file_id = 71004
+    # A second request would succeed: the job must not make one.
+    origin.add(file_id, FileScript(size=MiB, faults=["404"]))
+    with stack.client(token) as api:
+        job_id = initiate(api, file_id)
+        final = wait_until_finished(api, job_id)
+        assert final["status"] == "failed", final
+        assert final["error"]["code"] == "FILE_NOT_FOUND"
+        assert final["error"]["retryable"] is False
+        assert final["error"]["message"]
+
+        response = api.get(f"/v1/download/{job_id}")
+        assert response.status_code == 409, response.text
+        assert response.json()["success"] is False
+        assert "failed" in response.json()["error"]["message"]
+
+        again = api.delete(f"/v1/download/{job_id}")
+        assert again.status_code == 409
+        assert again.json()["error"]["code"] == "JOB_ALREADY_FINISHED"
+
+    row = DownloadJob.objects.get(job_id=job_id)
+    assert row.attempts == 1
+    assert row.dead_lettered_at is None
+    assert origin.requests[file_id] == 1
+    assert stored_files(stack, job_id) == []
+
+
+# --- 5. the last attempt fails -------------------------------------------------------------
+
+
+def test_last_attempt_failing_dead_letters_the_job(stack: Stack, origin: OriginServer, token: str) -> None:
+    file_id = 71005
+    origin.add(file_id, FileScript(size=MiB, faults=["500", "500", "500"]))
+    with stack.client(token) as api:
+        job_id = initiate(api, file_id)
+        final = wait_until_finished(api, job_id)
+        assert final["status"] == "failed", final
+        assert final["error"]["code"] == "TEMPORARY_UNAVAILABLE"
+        assert final["error"]["retryable"] is True
+        assert "attempts" not in final  # only said of a job queued for its next attempt
+        assert api.get(f"/v1/download/{job_id}").status_code == 409
+
+    row = DownloadJob.objects.get(job_id=job_id)
+    assert row.attempts == 3
+    assert row.dead_lettered_at is not None
+    assert row.failed_at is not None
+    assert origin.requests[file_id] == 3
+    assert stored_files(stack, job_id) == []
+
+
+# --- 6. priority (local stack) -------------------------------------------------------------
+
+
+def test_high_priority_is_served_before_low(local_stack: Stack, origin: OriginServer, token: str) -> None:
+    """With the worker down, 3 low jobs then 1 high job are queued. A worker with a single
+    process (prefetch 1) then takes one message at a time, and takes downloads.high first."""
+    stack = local_stack
+    low_ids, high_id = [71061, 71062, 71063], 71064
+    for file_id in [*low_ids, high_id]:
+        origin.add(file_id, FileScript(size=256 * 1024, rate_bps=2 * MiB))
+    wait_until_broker_idle(stack)
+    stack.kill_worker()
+    try:
+        with stack.client(token) as api:
+            lows = [initiate(api, file_id, priority="low") for file_id in low_ids]
+            high = initiate(api, high_id, priority="high")
+            stack.start_worker(concurrency=1)
+            for job_id in [*lows, high]:
+                assert wait_until_finished(api, job_id)["status"] == "completed"
+        rows = {row.job_id: row for row in DownloadJob.objects.filter(job_id__in=[*lows, high])}
+        high_started = rows[high].started_at
+        started = [at for job_id in lows if (at := rows[job_id].started_at) is not None]
+        assert high_started is not None
+        assert len(started) == len(lows)
+        assert all(high_started < low_started for low_started in started), (high_started, started)
+        # Within one priority, first come first served.
+        assert started == sorted(started)
+    finally:
+        # Back to the worker the other tests expect (without hiding why the test failed).
+        with contextlib.suppress(AssertionError):
+            wait_until_broker_idle(stack)
+        if stack.worker is not None and stack.worker.poll() is None:
+            stack.kill_worker()
+        stack.start_worker()
+
+
+# --- 7. a worker dies mid-job --------------------------------------------------------------
+
+
+def test_job_of_a_killed_worker_is_redelivered_and_completes_once(
+    redelivery_stack: Stack, origin: OriginServer, token: str
+) -> None:
+    stack = redelivery_stack
+    file_id = 71007
+    script = origin.add(file_id, FileScript(size=6 * MiB, rate_bps=1 * MiB))  # slow first attempt
+    with stack.client(token) as api:
+        job_id = initiate(api, file_id)
+        wait_for_status(api, job_id, lambda data: data["status"] == "processing" and data["bytes_done"] > 0)
+        stack.kill_worker()
+
+        row = DownloadJob.objects.get(job_id=job_id)
+        assert row.status == "processing"
+        assert row.attempts == 1
+        assert row.upload_id  # the crashed attempt left an unfinished upload behind
+        # The message was delivered and never acknowledged: the broker still holds it.
+        unacked = broker(stack).zrange("unacked_index", 0, -1, withscores=True)
+        assert len(unacked) == 1, unacked
+        delivered_at = float(unacked[0][1])
+
+        script.rate_bps = 0  # the next attempt runs at full speed
+        # A starting worker restores only messages older than the visibility timeout.
+        while time.time() < delivered_at + REDELIVERY_VISIBILITY_TIMEOUT_S + 0.3:
+            time.sleep(0.1)
+        stack.start_worker()
+
+        final = wait_until_finished(api, job_id)
+        assert final["status"] == "completed", final
+        eventually(lambda: broker(stack).hlen("unacked") == 0, timeout_s=5, what="redelivered message acked")
+        assert_downloads_exactly(api, job_id, script, file_id)
+
+    row = DownloadJob.objects.get(job_id=job_id)
+    assert row.status == "completed"
+    assert row.attempts == 2
+    assert origin.requests[file_id] == 2
+    # The crashed attempt's multipart upload was aborted; one object: the second attempt's.
+    assert stored_files(stack, job_id) == [row.storage_key]
+    assert row.storage_key.endswith(f"{job_id}-2")

@@ -1,0 +1,384 @@
+"""The downloads storage: signed local URLs served by `file_download`, the two staged
+writes (local rename, S3 multipart through the moto endpoint) and presigned S3 URLs."""
+
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from django.core import signing
+from django.core.files.base import ContentFile
+from django.core.files.storage import Storage, storages
+from django.test import Client
+from django.utils import timezone
+from storages.backends.s3 import S3Storage
+
+from jobs.errors import ErrorCode, JobError
+from jobs.models import DownloadJob, Status
+from jobs.selectors import download_job_link
+from jobs.storage import S3MultipartWrite, SignedFileSystemStorage, staged_write_open, stored_file_delete
+
+MiB = 1024 * 1024
+KEY = "downloads/1/job_0123456789abcdef0123456789abcdef-1"
+PDF = {
+    "ResponseContentDisposition": 'attachment; filename="report.pdf"',
+    "ResponseContentType": "application/pdf",
+}
+
+
+def s3_downloads_storage(s3: Any, *, bucket: str | None = None) -> dict[str, Any]:
+    """The `downloads` entry of settings.STORAGES for the moto endpoint, as settings.py writes it."""
+    return {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": bucket or s3.bucket,
+            "endpoint_url": s3.endpoint_url,
+            "region_name": s3.env["AWS_S3_REGION_NAME"],
+            "access_key": s3.env["AWS_ACCESS_KEY_ID"],
+            "secret_key": s3.env["AWS_SECRET_ACCESS_KEY"],
+            "signature_version": "s3v4",
+            "querystring_expire": 900,
+            "file_overwrite": True,
+            "default_acl": None,
+        },
+    }
+
+
+@pytest.fixture
+def local(settings: Any, tmp_path: Path) -> SignedFileSystemStorage:
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "downloads": {
+            "BACKEND": "jobs.storage.SignedFileSystemStorage",
+            "OPTIONS": {"location": str(tmp_path / "media"), "base_url": "/files/"},
+        },
+    }
+    storage = storages["downloads"]
+    assert isinstance(storage, SignedFileSystemStorage)
+    return storage
+
+
+@pytest.fixture(scope="module")
+def s3_storage_instance(s3: Any) -> Storage:
+    return S3Storage(**s3_downloads_storage(s3)["OPTIONS"])
+
+
+@pytest.fixture
+def s3_storage(settings: Any, s3: Any, s3_storage_instance: Storage) -> Storage:
+    settings.STORAGES = {**settings.STORAGES, "downloads": s3_downloads_storage(s3)}
+    # One S3Storage for the module (building its boto3 resource takes ~0.4 s), put in the
+    # handler's cache, which the settings change has just emptied.
+    storages._storages["downloads"] = s3_storage_instance  # type: ignore[attr-defined]
+    assert storages["downloads"] is s3_storage_instance
+    return s3_storage_instance
+
+
+@pytest.fixture
+def s3_key() -> str:
+    """The moto bucket lives for the session: each test writes keys of its own."""
+    return f"downloads/1/job_{uuid.uuid4().hex}-1"
+
+
+def files_under(root: Path) -> list[str]:
+    return sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.is_file())
+
+
+# --- signed local URLs ---------------------------------------------------------------------
+
+
+def get(url: str) -> Any:
+    """The link works for anyone who holds it: no credentials."""
+    return Client().get(url)
+
+
+def test_signed_url_serves_the_file_with_its_name_and_type(local):
+    local.save(KEY, ContentFile(b"%PDF-1.7 content"))
+
+    url = local.url(KEY, parameters=PDF, expire=60)
+    response = get(url)
+
+    assert url.startswith("/files/")
+    assert response.status_code == 200
+    assert b"".join(response.streaming_content) == b"%PDF-1.7 content"
+    assert response["Content-Type"] == "application/pdf"
+    assert response["Content-Disposition"] == 'attachment; filename="report.pdf"'
+    assert response["Cache-Control"] == "private, no-store"
+    assert response["X-Content-Type-Options"] == "nosniff"
+
+
+def test_signed_url_without_parameters_serves_octet_stream(local):
+    local.save(KEY, ContentFile(b"bytes"))
+
+    response = get(local.url(KEY))
+
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/octet-stream"
+
+
+def test_signed_url_needs_a_name(local):
+    with pytest.raises(ValueError, match="name is required"):
+        local.url(None)
+
+
+def tamper(url: str) -> str:
+    token = url.rsplit("/", 1)[1]
+    last = "A" if token[-1] != "A" else "B"
+    return url[:-1] + last
+
+
+@pytest.mark.parametrize(
+    "make_url",
+    [
+        pytest.param(lambda storage: tamper(storage.url(KEY)), id="signature-changed"),
+        pytest.param(
+            lambda storage: "/files/" + signing.dumps({"key": KEY, "exp": 2**40, "cd": "", "ct": ""}),
+            id="signed-with-another-salt",
+        ),
+        pytest.param(
+            lambda storage: (
+                "/files/"
+                + signing.dumps(
+                    {"key": KEY, "exp": 2**40, "cd": "", "ct": ""},
+                    key="not-the-secret-key",
+                    salt="jobs.storage.download-url",
+                )
+            ),
+            id="signed-with-another-key",
+        ),
+        pytest.param(lambda storage: "/files/not-a-token", id="garbage"),
+    ],
+)
+def test_bad_token_is_404(local, make_url):
+    local.save(KEY, ContentFile(b"secret"))
+
+    response = get(make_url(local))
+
+    assert response.status_code == 404
+    assert b"secret" not in response.content
+
+
+def test_expired_url_is_404(local):
+    local.save(KEY, ContentFile(b"bytes"))
+
+    assert get(local.url(KEY, expire=-1)).status_code == 404
+
+
+def test_url_is_valid_until_its_expiry(local, monkeypatch):
+    local.save(KEY, ContentFile(b"bytes"))
+    url = local.url(KEY, expire=900)
+    minted_at = time.time()
+
+    monkeypatch.setattr(time, "time", lambda: minted_at + 898)
+    just_before = get(url)
+    monkeypatch.setattr(time, "time", lambda: minted_at + 902)
+    just_after = get(url)
+
+    assert (just_before.status_code, just_after.status_code) == (200, 404)
+
+
+def test_url_of_a_deleted_file_is_404(local):
+    local.save(KEY, ContentFile(b"bytes"))
+    url = local.url(KEY)
+    local.delete(KEY)
+
+    assert get(url).status_code == 404
+
+
+# --- local staged writes -------------------------------------------------------------------
+
+
+def test_local_write_is_visible_only_after_commit(local):
+    root = Path(local.location)
+    write = staged_write_open(KEY, content_type="application/pdf", part_bytes=5 * MiB)
+    write.write(b"part one, ")
+    write.write(b"part two")
+
+    assert files_under(root) == [f"{KEY}.{write.upload_id}.part"]
+    write.commit()
+
+    assert files_under(root) == [KEY]
+    assert (root / KEY).read_bytes() == b"part one, part two"
+
+
+def test_local_write_abort_leaves_nothing(local):
+    root = Path(local.location)
+    write = staged_write_open(KEY, content_type="application/pdf", part_bytes=5 * MiB)
+    write.write(b"half")
+
+    write.abort()
+
+    assert files_under(root) == []
+
+
+def test_stored_file_delete_removes_the_file_and_its_unfinished_upload(local):
+    root = Path(local.location)
+    local.save(KEY, ContentFile(b"done"))
+    unfinished = staged_write_open(KEY, content_type="text/plain", part_bytes=5 * MiB)
+    unfinished.write(b"half")
+
+    stored_file_delete(KEY, upload_id=unfinished.upload_id)
+    stored_file_delete(KEY, upload_id=unfinished.upload_id)  # idempotent
+
+    assert files_under(root) == []
+
+
+# --- S3 multipart writes -------------------------------------------------------------------
+
+
+class Bucket:
+    """What is in the moto bucket under one test's key; one boto3 client for the module."""
+
+    def __init__(self, s3: Any) -> None:
+        self.name = s3.bucket
+        self.client = s3.client()
+
+    def has(self, key: str) -> bool:
+        listed = self.client.list_objects_v2(Bucket=self.name, Prefix=key)
+        return any(item["Key"] == key for item in listed.get("Contents", []))
+
+    def read(self, key: str) -> dict[str, Any]:
+        return self.client.get_object(Bucket=self.name, Key=key)
+
+    def open_uploads(self, key: str) -> list[str]:
+        uploads = self.client.list_multipart_uploads(Bucket=self.name, Prefix=key).get("Uploads", [])
+        return [upload["UploadId"] for upload in uploads if upload["Key"] == key]
+
+
+@pytest.fixture(scope="module")
+def bucket(s3: Any) -> Bucket:
+    return Bucket(s3)
+
+
+def test_s3_write_uploads_parts_and_commits_the_object(bucket, s3_storage, s3_key):
+    content = bytes(range(256)) * (5 * MiB // 256) + b"tail"
+    write = staged_write_open(s3_key, content_type="application/pdf", part_bytes=5 * MiB)
+    assert isinstance(write, S3MultipartWrite)
+    for offset in range(0, len(content), MiB):
+        write.write(content[offset : offset + MiB])
+
+    assert not bucket.has(s3_key)
+    assert bucket.open_uploads(s3_key) == [write.upload_id]
+    write.commit()
+
+    assert [part["PartNumber"] for part in write.parts] == [1, 2]
+    stored = bucket.read(s3_key)
+    assert stored["Body"].read() == content
+    assert stored["ContentType"] == "application/pdf"
+    assert bucket.open_uploads(s3_key) == []
+
+
+def test_s3_write_part_size_is_at_least_the_s3_minimum(bucket, s3_storage, s3_key):
+    write = staged_write_open(s3_key, content_type="text/plain", part_bytes=1024)
+    write.write(b"x" * (5 * MiB - 1))
+
+    assert write.parts == []  # a part below 5 MiB would be refused by S3
+    write.abort()
+
+
+@pytest.mark.parametrize("content", [b"", b"small file"])
+def test_s3_write_commits_a_small_or_empty_file(bucket, s3_storage, s3_key, content):
+    write = staged_write_open(s3_key, content_type="text/plain", part_bytes=5 * MiB)
+    write.write(content)
+
+    write.commit()
+
+    assert bucket.read(s3_key)["Body"].read() == content
+    assert bucket.open_uploads(s3_key) == []
+
+
+def test_s3_write_abort_leaves_no_object_and_no_open_upload(bucket, s3_storage, s3_key):
+    write = staged_write_open(s3_key, content_type="text/plain", part_bytes=5 * MiB)
+    write.write(b"x" * (5 * MiB))
+    assert len(write.parts) == 1
+
+    write.abort()
+    write.abort()  # idempotent: the upload is already gone
+
+    assert not bucket.has(s3_key)
+    assert bucket.open_uploads(s3_key) == []
+
+
+def test_stored_file_delete_aborts_an_unfinished_s3_upload(bucket, s3_storage, s3_key):
+    write = staged_write_open(s3_key, content_type="text/plain", part_bytes=5 * MiB)
+    write.write(b"x" * (6 * MiB))
+
+    stored_file_delete(s3_key, upload_id=write.upload_id)
+
+    assert bucket.open_uploads(s3_key) == []
+    assert not bucket.has(s3_key)
+
+
+def test_stored_file_delete_removes_a_committed_s3_object(bucket, s3_storage, s3_key):
+    s3_storage.save(s3_key, ContentFile(b"done"))
+    assert bucket.has(s3_key)
+
+    stored_file_delete(s3_key)
+    stored_file_delete(s3_key)  # idempotent
+
+    assert not bucket.has(s3_key)
+
+
+def test_s3_refusal_is_a_storage_error_without_details(s3, settings, s3_key):
+    settings.STORAGES = {**settings.STORAGES, "downloads": s3_downloads_storage(s3, bucket="no-such-bucket")}
+
+    with pytest.raises(JobError) as caught:
+        staged_write_open(s3_key, content_type="text/plain", part_bytes=5 * MiB)
+
+    assert (caught.value.code, caught.value.message) == (
+        ErrorCode.STORAGE_ERROR,
+        "Storage refused the upload",
+    )
+    assert caught.value.retryable
+
+
+# --- presigned S3 URLs ---------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_s3_download_link_is_presigned_for_15_minutes_with_the_file_name(s3, s3_storage, s3_key, user):
+    s3_storage.save(s3_key, ContentFile(b"%PDF-1.7"))
+    job = DownloadJob.objects.create(
+        owner=user,
+        file_id=1,
+        status=Status.COMPLETED,
+        storage_key=s3_key,
+        file_name="résumé.pdf",
+        file_size_bytes=8,
+        content_type="application/pdf",
+        expires_at=timezone.now() + timedelta(hours=24),
+    )
+
+    link = download_job_link(job=job)
+
+    url = urlsplit(link["download_url"])
+    query = {name: values[0] for name, values in parse_qs(url.query).items()}
+    assert f"{url.scheme}://{url.netloc}" == s3.endpoint_url
+    assert url.path.endswith(f"/{s3_key}")
+    assert query["X-Amz-Algorithm"] == "AWS4-HMAC-SHA256"
+    assert query["X-Amz-Expires"] == "900"
+    assert query["response-content-disposition"] == "attachment; filename*=utf-8''r%C3%A9sum%C3%A9.pdf"
+    assert query["response-content-type"] == "application/pdf"
+    assert "X-Amz-Signature" in query
+    # moto checks neither signatures nor expiry, but it does serve the file as asked.
+    response = httpx.get(link["download_url"])
+    assert response.status_code == 200
+    assert response.content == b"%PDF-1.7"
+    assert response.headers["content-disposition"] == "attachment; filename*=utf-8''r%C3%A9sum%C3%A9.pdf"
+    assert response.headers["content-type"] == "application/pdf"
+
+
+@pytest.mark.django_db
+def test_s3_download_link_lifetime_is_a_setting(s3, s3_storage, s3_key, user, settings):
+    settings.PRESIGNED_URL_TTL_S = 60
+    job = DownloadJob.objects.create(owner=user, file_id=1, status=Status.COMPLETED, storage_key=s3_key)
+
+    before = timezone.now()
+    link = download_job_link(job=job)
+
+    assert parse_qs(urlsplit(link["download_url"]).query)["X-Amz-Expires"] == ["60"]
+    expires_at = timezone.datetime.fromisoformat(link["expires_at"])
+    assert before + timedelta(seconds=59) <= expires_at <= timezone.now() + timedelta(seconds=61)
