@@ -78,7 +78,8 @@ STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = VAR_DIR / "staticfiles"
 
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
 
 # Behind a TLS-terminating proxy that sets X-Forwarded-Proto. Only switch this on when
 # the proxy strips the header from clients, or anyone can claim https.
