@@ -3,17 +3,14 @@ S3 endpoint (moto's standalone server), and whole stacks of real processes (ASGI
 + Celery worker) running against the test database."""
 
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 import pytest
 import redis
@@ -23,30 +20,12 @@ from django.db import connection
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from jobs.tests.local_servers import S3Endpoint, free_port, s3_endpoint, wait_for_port
 from jobs.tests.origin_server import OriginServer
 
 ROOT = Path(__file__).resolve().parent
 ARTIFACTS = ROOT / "test-artifacts"
 QUEUES = "downloads.high,downloads.normal,downloads.low"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_for_port(port: int, *, timeout_s: float = 30, process: subprocess.Popen[Any] | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on port {port}")
 
 
 # --- users and clients -------------------------------------------------------------------
@@ -114,58 +93,13 @@ def origin(origin_server: OriginServer, settings: Any) -> Iterator[OriginServer]
 # --- S3 ----------------------------------------------------------------------------------
 
 
-@dataclass
-class S3Endpoint:
-    endpoint_url: str
-    bucket: str
-    env: dict[str, str] = field(default_factory=dict)
-
-    def client(self) -> Any:
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint_url,
-            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
-            region_name=self.env["AWS_S3_REGION_NAME"],
-        )
-
-    def keys(self) -> list[str]:
-        listed = self.client().list_objects_v2(Bucket=self.bucket)
-        return [item["Key"] for item in listed.get("Contents", [])]
-
-    def open_multipart_uploads(self) -> list[dict[str, Any]]:
-        return self.client().list_multipart_uploads(Bucket=self.bucket).get("Uploads", [])
-
-
 @pytest.fixture(scope="session")
 def s3() -> Iterator[S3Endpoint]:
-    """An S3 endpoint: the one configured (CI starts a moto server) or a moto server of
-    our own. moto speaks the S3 protocol over real HTTP, but does not enforce the expiry
-    of presigned URLs; tests check the expiry another way."""
-    process = None
-    endpoint = os.environ.get("AWS_S3_ENDPOINT_URL")
-    if not endpoint:
-        port = free_port()
-        process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for_port(port, process=process)
-        endpoint = f"http://127.0.0.1:{port}"
-    env = {
-        "AWS_S3_ENDPOINT_URL": endpoint,
-        "AWS_STORAGE_BUCKET_NAME": f"downloads-test-{os.getpid()}",
-        "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
-        "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
-        "AWS_S3_REGION_NAME": os.environ.get("AWS_S3_REGION_NAME", "us-east-1"),
-    }
-    s3 = S3Endpoint(endpoint_url=endpoint, bucket=env["AWS_STORAGE_BUCKET_NAME"], env=env)
-    s3.client().create_bucket(Bucket=s3.bucket)
-    yield s3
-    if process is not None:
-        process.terminate()
-        process.wait(timeout=10)
+    """An S3 endpoint with a bucket of this session's: the configured one (CI starts a
+    moto server) or a moto server of our own. moto speaks the S3 protocol over real HTTP
+    but does not enforce the expiry of presigned URLs: tests check the signed expiry."""
+    with s3_endpoint(bucket_prefix="downloads-test") as endpoint:
+        yield endpoint
 
 
 # --- whole stacks of real processes -------------------------------------------------------

@@ -19,8 +19,9 @@ import redis
 from django.conf import settings
 from rest_framework.authtoken.models import Token
 
-from conftest import S3Endpoint, Stack, stack_env
+from conftest import Stack, stack_env
 from jobs.models import DownloadJob
+from jobs.tests.local_servers import S3Endpoint
 from jobs.tests.origin_server import FileScript, OriginServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
