@@ -52,6 +52,7 @@ def embedded_redis() -> Iterator[str]:
                 "--loglevel", "warning",
             ],
             stdout=subprocess.DEVNULL,
+            start_new_session=True,  # stopped by us, after the processes that use it
         )  # fmt: skip
         url = f"redis://127.0.0.1:{port}"
         try:

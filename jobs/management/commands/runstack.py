@@ -52,7 +52,12 @@ class Command(BaseCommand):
                 "beat": [python, "-m", "celery", "-A", "downloads_project", "beat", "--loglevel", "INFO",
                          "--schedule", str(settings.VAR_DIR / "celerybeat-schedule")],
             }  # fmt: skip
-            children = {name: subprocess.Popen(argv, env=env) for name, argv in commands.items()}
+            # Own sessions: Ctrl-C reaches only this command, which stops the children in
+            # order (the worker before the Redis it needs), not all at once.
+            children = {
+                name: subprocess.Popen(argv, env=env, start_new_session=True)
+                for name, argv in commands.items()
+            }
             base = f"http://{host}:{port}"
             self.stdout.write(
                 f"\nDownload service on {base}  (Redis {env['REDIS_URL']})\n"
@@ -79,12 +84,16 @@ class Command(BaseCommand):
             dead = [name for name, child in children.items() if child.poll() is not None]
             self.stderr.write(f"{', '.join(dead)} stopped; stopping the rest")
         except KeyboardInterrupt:
-            pass
-        for child in children.values():
+            self.stdout.write("Stopping…")
+        # The worker stops at once (cold shutdown): its job was not acknowledged, so it
+        # is handed back and runs again as a new attempt.
+        stop_signals = {"worker": signal.SIGQUIT, "web": signal.SIGTERM, "beat": signal.SIGTERM}
+        for name, child in children.items():
             if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
+                child.send_signal(stop_signals[name])
         for child in children.values():
             try:
-                child.wait(timeout=30)
+                child.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 child.kill()
+                child.wait()
