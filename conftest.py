@@ -2,6 +2,7 @@
 S3 endpoint (moto's standalone server), and whole stacks of real processes (ASGI server
 + Celery worker) running against the test database."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -183,6 +184,25 @@ class Stack:
              "--without-gossip", "--without-mingle"],
         )  # fmt: skip
         log.wait_for(" ready.")
+
+    @contextlib.contextmanager
+    def extra_web(self, role: str = "web-2") -> Iterator[str]:
+        """One more ASGI process with this stack's settings, on a port of its own, for as
+        long as the block runs; yields its base URL. Any process may serve a job's socket."""
+        port = free_port()
+        process, _ = self._spawn(
+            role, [sys.executable, "-m", "uvicorn", "downloads_project.asgi:application", "--port", str(port)]
+        )
+        try:
+            wait_for_port(port, process=process)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            os.killpg(process.pid, 15)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, 9)
+                process.wait()
 
     def kill_worker(self) -> None:
         """SIGKILL the worker and its pool children, as a crash would."""

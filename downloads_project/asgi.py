@@ -6,11 +6,10 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "downloads_project.settings")
 # Django must be set up before anything imports models (the consumers do).
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from realtime.auth import AllowedHostsOrNoOriginValidator, TokenAuthMiddlewareStack  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
@@ -18,6 +17,9 @@ application = ProtocolTypeRouter(
         # The page's script and styles come from the app server itself (found by the
         # staticfiles finders, no collectstatic step); a proxy may serve /static/ instead.
         "http": ASGIStaticFilesHandler(django_asgi_app),
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        # Session cookie or `?token=`; browsers must come from a page of ALLOWED_HOSTS.
+        "websocket": AllowedHostsOrNoOriginValidator(
+            TokenAuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+        ),
     }
 )

@@ -166,6 +166,9 @@ JOB_MAX_FILE_BYTES = env.int("JOB_MAX_FILE_BYTES", default=10 * 1024**3)
 
 PRESIGNED_URL_TTL_S = env.int("PRESIGNED_URL_TTL_S", default=15 * 60)
 PROGRESS_PUSH_INTERVAL_S = env.float("PROGRESS_PUSH_INTERVAL_S", default=0.25)
+# A job's socket hears from the server at least this often while the job is active, so
+# proxies that close idle connections (nginx 60 s, ALB) keep it.
+WEBSOCKET_HEARTBEAT_S = env.float("WEBSOCKET_HEARTBEAT_S", default=15.0)
 PROGRESS_DB_INTERVAL_S = env.float("PROGRESS_DB_INTERVAL_S", default=5.0)
 HOT_STATE_TTL_S = env.int("HOT_STATE_TTL_S", default=3600)
 

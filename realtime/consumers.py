@@ -1,13 +1,21 @@
-"""WebSocket of one job: a snapshot first, then the job's events until a terminal one."""
+"""WebSocket of one job: a snapshot first, then the job's events until a terminal one.
 
+Every message carries `status` and `progress`. Within an attempt the progress that a socket
+shows never goes backwards: the snapshot is read after joining the job's group, so events
+already queued for the socket can be older than it, and those are dropped. While the job is
+active, a heartbeat repeats the last state sent, so that proxies keep an idle socket open.
+"""
+
+import asyncio
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
 from django.utils import timezone
 
 from jobs import selectors
-from jobs.models import DownloadJob, Status
+from jobs.models import ACTIVE_STATUSES, DownloadJob, Status
 
 from .events import job_group_name
 
@@ -17,44 +25,110 @@ TERMINAL_EVENT_TYPES = frozenset({"completed", "error", "cancelled"})
 
 
 @database_sync_to_async
-def _snapshot(user: Any, job_id: str) -> dict[str, Any] | None:
+def _snapshot(user: Any, job_id: str) -> tuple[dict[str, Any], int] | None:
+    """The job's status object (as the status API gives it) and its attempt number."""
     try:
         job = selectors.download_job_get_for_owner(owner=user, job_id=job_id)
     except DownloadJob.DoesNotExist:
         return None
     hot = selectors.download_job_hot([job]).get(job.job_id)
-    return selectors.download_job_status(job=job, hot=hot)
+    return selectors.download_job_status(job=job, hot=hot), job.attempts
+
+
+@database_sync_to_async
+def _attempts(job_id: str) -> int | None:
+    return DownloadJob.objects.filter(job_id=job_id).values_list("attempts", flat=True).first()
 
 
 class JobConsumer(AsyncJsonWebsocketConsumer):
     job_id: str
     group: str | None = None
+    heartbeat: asyncio.Task[None] | None = None
+    closing = False
+    # What this socket last told its client, and the attempt that was in.
+    status = ""
+    progress = 0
+    attempt: int | None = None
 
     async def connect(self) -> None:
         self.job_id = self.scope["url_route"]["kwargs"]["job_id"]
         user = self.scope.get("user")
         await self.accept()
         if user is None or not user.is_authenticated:
-            await self.close(code=CLOSE_UNAUTHENTICATED)
+            await self._close(code=CLOSE_UNAUTHENTICATED)
             return
         # Join before reading the snapshot: an event sent in between arrives after the
         # snapshot instead of being lost.
         self.group = job_group_name(self.job_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
-        snapshot = await _snapshot(user, self.job_id)
-        if snapshot is None:
-            await self.close(code=CLOSE_NOT_FOUND)
+        found = await _snapshot(user, self.job_id)
+        if found is None:
+            await self._close(code=CLOSE_NOT_FOUND)
             return
-        await self.send_json({**snapshot, "type": "snapshot", "timestamp": selectors.iso(timezone.now())})
-        if snapshot["status"] not in (Status.QUEUED, Status.PROCESSING):
-            await self.close()
+        snapshot, self.attempt = found
+        await self._send({**snapshot, "type": "snapshot", "timestamp": selectors.iso(timezone.now())})
+        if snapshot["status"] in ACTIVE_STATUSES:
+            self.heartbeat = asyncio.create_task(self._beat(), name=f"heartbeat {self.job_id}")
+        else:
+            await self._close()
 
     async def disconnect(self, code: int) -> None:
+        self._stop_heartbeat()
         if self.group is not None:
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def job_event(self, message: dict[str, Any]) -> None:
         event = message["event"]
-        await self.send_json(event)
+        if self.closing or await self._is_outdated(event):
+            return
+        await self._send(event)
         if event.get("type") in TERMINAL_EVENT_TYPES:
-            await self.close()
+            await self._close()
+
+    async def _is_outdated(self, event: dict[str, Any]) -> bool:
+        """True for a lower progress than this socket sent in the same attempt. Only a
+        status change lowers it: queued for a retry, then processing from 0."""
+        if not (event.get("status") == self.status == Status.PROCESSING):
+            return False
+        if event.get("progress", 0) >= self.progress:
+            return False
+        if event.get("type") == "progress":
+            return True
+        # A status_update to processing that is lower than what was sent: the start of
+        # this attempt, queued before the snapshot was read (outdated), or the start of a
+        # new attempt of a job redelivered after its worker died. The row tells which.
+        attempt, self.attempt = self.attempt, await _attempts(self.job_id)
+        return attempt == self.attempt
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        self.status = message.get("status", self.status)
+        self.progress = message.get("progress", self.progress)
+        await self.send_json(message)
+
+    async def _beat(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(settings.WEBSOCKET_HEARTBEAT_S)
+                await self.send_json(
+                    {
+                        "type": "heartbeat",
+                        "job_id": self.job_id,
+                        "status": self.status,
+                        "progress": self.progress,
+                        "timestamp": selectors.iso(timezone.now()),
+                    }
+                )
+        except OSError:
+            return  # the client is gone (uvicorn's ClientDisconnected); its disconnect follows
+
+    async def _close(self, code: int | None = None) -> None:
+        """Closes from the server's end; nothing is sent after (the ASGI server would
+        refuse it), though queued events may still be delivered until the disconnect."""
+        self.closing = True
+        self._stop_heartbeat()
+        await self.close(code=code)
+
+    def _stop_heartbeat(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.cancel()
+            self.heartbeat = None

@@ -1,0 +1,415 @@
+"""The job socket through channels' WebsocketCommunicator, on the configured (Redis) channel
+layer: authentication and ownership, the snapshot, the events in order, progress that
+never goes backwards within an attempt, the heartbeat, and the Origin check.
+
+Each test is a plain function that runs its async scenario with asgiref's `async_to_sync`
+(no pytest-asyncio): the consumer's database reads then run in the test's own thread, and
+the scenario's sync setup and checks use the usual fixtures and the test client.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync, sync_to_async
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import User
+from django.test import Client
+from django.utils import timezone
+from rest_framework.authtoken.models import Token
+
+from downloads_project.asgi import application
+from jobs import hotstate
+from jobs.hotstate import HotProgress
+from jobs.models import DownloadJob, Status
+from jobs.selectors import iso
+from realtime.events import job_event_publish
+from realtime.routing import websocket_urlpatterns
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ROUTER = URLRouter(websocket_urlpatterns)
+TIMEOUT_S = 5
+NORMAL_CLOSE = 1000
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def run(scenario: Callable[[], Awaitable[Any]]) -> Any:
+    return async_to_sync(scenario)()
+
+
+def make_job(owner: User, **fields: Any) -> DownloadJob:
+    fields.setdefault("file_id", 70000)
+    return DownloadJob.objects.create(owner=owner, **fields)
+
+
+def processing_job(owner: User, *, progress: int, attempts: int = 1) -> DownloadJob:
+    job = make_job(owner, status=Status.PROCESSING, attempts=attempts, started_at=timezone.now())
+    total = 1000
+    hotstate.progress_write(
+        job_id=job.job_id, progress=HotProgress(attempts, progress * total // 100, total, progress)
+    )
+    return job
+
+
+def subscribe_path(job_id: str, query: str = "") -> str:
+    return f"/v1/download/subscribe/{job_id}" + (f"?{query}" if query else "")
+
+
+@asynccontextmanager
+async def socket(
+    path: str, *, user: Any = None, app: Any = ROUTER, headers: list[tuple[bytes, bytes]] | None = None
+) -> AsyncIterator[WebsocketCommunicator]:
+    """A connected socket (the consumer accepts before it checks anything), disconnected
+    at the end. `user` goes into the scope, as the session middleware would put it."""
+    communicator = WebsocketCommunicator(app, path, headers=headers)
+    if user is not None:
+        communicator.scope["user"] = user
+    connected, _ = await communicator.connect(timeout=TIMEOUT_S)
+    assert connected
+    try:
+        yield communicator
+    finally:
+        await communicator.disconnect(timeout=TIMEOUT_S)
+
+
+async def receive(communicator: WebsocketCommunicator) -> dict[str, Any]:
+    message: dict[str, Any] = await communicator.receive_json_from(timeout=TIMEOUT_S)
+    return message
+
+
+async def receive_skipping_heartbeats(communicator: WebsocketCommunicator) -> dict[str, Any]:
+    while (message := await receive(communicator))["type"] == "heartbeat":
+        pass
+    return message
+
+
+async def close_code(communicator: WebsocketCommunicator) -> int:
+    output = await communicator.receive_output(timeout=TIMEOUT_S)
+    assert output["type"] == "websocket.close", output
+    code: int = output.get("code", NORMAL_CLOSE)
+    return code
+
+
+async def publish(job_id: str, event: dict[str, Any]) -> None:
+    await sync_to_async(job_event_publish)(job_id, event)
+
+
+def event(job: DownloadJob, kind: str, status: str, progress: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "job_id": job.job_id,
+        "status": status,
+        "progress": progress,
+        "timestamp": iso(timezone.now()),
+        **extra,
+    }
+
+
+def progress_event(job: DownloadJob, progress: int) -> dict[str, Any]:
+    return event(job, "progress", Status.PROCESSING, progress, bytes_done=progress * 10, bytes_total=1000)
+
+
+def heartbeat_tasks() -> list[asyncio.Task[Any]]:
+    return [task for task in asyncio.all_tasks() if task.get_name().startswith("heartbeat ")]
+
+
+def without_envelope(snapshot: dict[str, Any]) -> dict[str, Any]:
+    assert snapshot["type"] == "snapshot"
+    assert snapshot["timestamp"].endswith("Z")
+    return {key: value for key, value in snapshot.items() if key not in ("type", "timestamp")}
+
+
+# --- authentication and ownership ----------------------------------------------------------
+
+
+def test_unauthenticated_socket_is_closed_4401(user):
+    job = make_job(user)
+
+    async def scenario() -> int:
+        async with socket(subscribe_path(job.job_id)) as ws:  # no user in the scope at all
+            return await close_code(ws)
+
+    assert run(scenario) == 4401
+
+
+@pytest.mark.parametrize("credentials", ["none", "unknown token", "inactive user's token"])
+def test_socket_without_valid_credentials_is_closed_4401(user, credentials):
+    job = make_job(user)
+    query = ""
+    if credentials == "unknown token":
+        query = "token=" + "0" * 40
+    elif credentials == "inactive user's token":
+        query = f"token={Token.objects.create(user=user).key}"
+        User.objects.filter(pk=user.pk).update(is_active=False)
+
+    async def scenario() -> int:
+        async with socket(subscribe_path(job.job_id, query), app=application) as ws:
+            return await close_code(ws)
+
+    assert run(scenario) == 4401
+
+
+@pytest.mark.parametrize("whose", ["another user's", "unknown"])
+def test_foreign_or_unknown_job_is_closed_4404(user, other_user, whose):
+    job_id = make_job(other_user).job_id if whose == "another user's" else "job_" + "0" * 32
+
+    async def scenario() -> tuple[int, bool]:
+        async with socket(subscribe_path(job_id), user=user) as ws:
+            return await close_code(ws), await ws.receive_nothing()
+
+    assert run(scenario) == (4404, True)
+
+
+def test_token_in_the_query_string_authenticates_an_api_client_without_origin(user):
+    """API clients send no Origin header; the full application lets them in, by token."""
+    job = make_job(user)
+    key = Token.objects.create(user=user).key
+
+    async def scenario() -> dict[str, Any]:
+        async with socket(subscribe_path(job.job_id, f"token={key}"), app=application) as ws:
+            return await receive(ws)
+
+    assert run(scenario)["job_id"] == job.job_id
+
+
+def test_session_cookie_authenticates_a_page_of_an_allowed_host(user):
+    job = make_job(user)
+    browser = Client()
+    browser.force_login(user)
+    headers = [
+        (b"origin", b"http://localhost:8000"),
+        (b"cookie", f"sessionid={browser.cookies['sessionid'].value}".encode()),
+    ]
+
+    async def scenario() -> dict[str, Any]:
+        async with socket(subscribe_path(job.job_id), app=application, headers=headers) as ws:
+            return await receive(ws)
+
+    assert run(scenario)["job_id"] == job.job_id
+
+
+def test_a_page_of_another_site_is_refused(user):
+    """AllowedHostsOriginValidator: a browser on a foreign page never reaches the consumer,
+    even with valid credentials."""
+    job = make_job(user)
+    key = Token.objects.create(user=user).key
+    headers = [(b"origin", b"https://evil.example")]
+
+    async def scenario() -> bool:
+        ws = WebsocketCommunicator(application, subscribe_path(job.job_id, f"token={key}"), headers=headers)
+        connected, _ = await ws.connect(timeout=TIMEOUT_S)
+        await ws.disconnect(timeout=TIMEOUT_S)
+        return bool(connected)
+
+    assert run(scenario) is False
+
+
+# --- snapshot ------------------------------------------------------------------------------
+
+
+def test_snapshot_of_a_queued_job_is_the_status_api_object(user, api_client):
+    job = make_job(user)
+
+    async def scenario() -> tuple[dict[str, Any], bool]:
+        async with socket(subscribe_path(job.job_id), user=user) as ws:
+            return await receive(ws), await ws.receive_nothing()
+
+    snapshot, quiet = run(scenario)
+    api = api_client.get(f"/v1/download/status/{job.job_id}").json()["data"]
+    assert without_envelope(snapshot) == api
+    assert (snapshot["status"], snapshot["progress"]) == ("queued", 0)
+    assert quiet  # open, waiting for events
+
+
+def test_snapshot_of_a_completed_job_then_a_normal_close(user, api_client):
+    now = timezone.now()
+    job = make_job(
+        user,
+        status=Status.COMPLETED,
+        attempts=1,
+        progress=100,
+        bytes_done=2048,
+        bytes_total=2048,
+        file_size_bytes=2048,
+        file_name="report.pdf",
+        started_at=now - timedelta(seconds=3),
+        completed_at=now,
+        expires_at=now + timedelta(hours=24),
+    )
+
+    async def scenario() -> tuple[dict[str, Any], int, bool]:
+        async with socket(subscribe_path(job.job_id), user=user) as ws:
+            return await receive(ws), await close_code(ws), heartbeat_tasks() == []
+
+    snapshot, code, no_heartbeat = run(scenario)
+    api = api_client.get(f"/v1/download/status/{job.job_id}").json()["data"]
+    assert without_envelope(snapshot) == api
+    assert (snapshot["status"], snapshot["progress"]) == ("completed", 100)
+    assert snapshot["download_url"] == f"/v1/download/{job.job_id}"
+    assert code == NORMAL_CLOSE
+    assert no_heartbeat
+
+
+# --- events --------------------------------------------------------------------------------
+
+
+def test_events_arrive_in_order_after_the_snapshot_and_completed_closes(user):
+    job = make_job(user)
+    events = [
+        event(job, "status_update", Status.PROCESSING, 0),
+        *(progress_event(job, percent) for percent in (1, 2, 10, 10, 50, 99)),
+        event(job, "completed", Status.COMPLETED, 100, download_url=f"/v1/download/{job.job_id}"),
+    ]
+
+    async def scenario() -> tuple[list[dict[str, Any]], int, bool]:
+        async with socket(subscribe_path(job.job_id), user=user) as ws:
+            received = [await receive(ws)]
+            for sent in events:
+                await publish(job.job_id, sent)
+            received += [await receive(ws) for _ in events]
+            code = await close_code(ws)
+            # Whatever is still delivered after the close is not sent on a closed socket.
+            await publish(job.job_id, progress_event(job, 100))
+            return received, code, await ws.receive_nothing(timeout=0.3)
+
+    received, code, quiet = run(scenario)
+    assert received[0]["type"] == "snapshot"
+    assert received[1:] == events
+    assert code == NORMAL_CLOSE
+    assert quiet
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "extra"),
+    [
+        ("error", Status.FAILED, {"error": {"code": "FILE_NOT_FOUND", "message": "No", "retryable": False}}),
+        ("cancelled", Status.CANCELLED, {}),
+    ],
+)
+def test_every_terminal_event_closes_normally(user, kind, status, extra):
+    job = processing_job(user, progress=40)
+    terminal = event(job, kind, status, 40, **extra)
+
+    async def scenario() -> tuple[dict[str, Any], int]:
+        async with socket(subscribe_path(job.job_id), user=user) as ws:
+            await receive(ws)
+            await publish(job.job_id, terminal)
+            return await receive(ws), await close_code(ws)
+
+    assert run(scenario) == (terminal, NORMAL_CLOSE)
+
+
+def test_a_lower_progress_is_not_forwarded(user):
+    """The snapshot (row + hot progress) is at 50: older events queued behind it are
+    dropped, and so is any later one that is lower than what was sent."""
+    job = processing_job(user, progress=50)
+    stale_start = event(job, "status_update", Status.PROCESSING, 0)  # this attempt's own start
+
+    async def scenario() -> tuple[list[dict[str, Any]], bool]:
+        async with socket(subscribe_path(job.job_id), user=user) as ws:
+            received = [await receive(ws)]
+            for sent in (stale_start, progress_event(job, 40), progress_event(job, 60)):
+                await publish(job.job_id, sent)
+            received.append(await receive(ws))
+            for percent in (55, 60, 70):
+                await publish(job.job_id, progress_event(job, percent))
+            received += [await receive(ws), await receive(ws)]
+            return received, await ws.receive_nothing(timeout=0.3)
+
+    received, quiet = run(scenario)
+    assert [(m["type"], m["status"], m["progress"]) for m in received] == [
+        ("snapshot", "processing", 50),
+        ("progress", "processing", 60),
+        ("progress", "processing", 60),
+        ("progress", "processing", 70),
+    ]
+    assert quiet
+
+
+def test_a_new_attempt_starts_progress_again(user):
+    """A retry (queued, then processing from 0) and a redelivered job (processing again
+    with the next attempt number in the row) lower the progress; nothing else does."""
+    job = processing_job(user, progress=50, attempts=1)
+
+    async def next_attempt(attempts: int) -> None:
+        await sync_to_async(DownloadJob.objects.filter(pk=job.pk).update)(attempts=attempts)
+
+    async def scenario() -> list[tuple[str, str, int]]:
+        async with socket(subscribe_path(job.job_id), user=user) as ws:
+            received = [await receive(ws)]
+            # Attempt 1 fails and is queued for a retry; attempt 2 starts.
+            await publish(job.job_id, event(job, "status_update", Status.QUEUED, 50))
+            await next_attempt(2)
+            for sent in (
+                event(job, "status_update", Status.PROCESSING, 0),
+                progress_event(job, 5),
+                progress_event(job, 4),  # dropped
+            ):
+                await publish(job.job_id, sent)
+            received += [await receive(ws) for _ in range(3)]
+            # Attempt 2's worker dies; the job is redelivered and attempt 3 starts.
+            await next_attempt(3)
+            for sent in (event(job, "status_update", Status.PROCESSING, 0), progress_event(job, 2)):
+                await publish(job.job_id, sent)
+            received += [await receive(ws) for _ in range(2)]
+            assert await ws.receive_nothing(timeout=0.3)
+            return [(m["type"], m["status"], m["progress"]) for m in received]
+
+    assert run(scenario) == [
+        ("snapshot", "processing", 50),
+        ("status_update", "queued", 50),
+        ("status_update", "processing", 0),
+        ("progress", "processing", 5),
+        ("status_update", "processing", 0),
+        ("progress", "processing", 2),
+    ]
+
+
+# --- heartbeat -----------------------------------------------------------------------------
+
+
+def test_heartbeat_repeats_the_last_state_while_the_job_is_active(user, settings):
+    settings.WEBSOCKET_HEARTBEAT_S = 0.05
+    job = processing_job(user, progress=30)
+
+    async def scenario() -> tuple[list[dict[str, Any]], int, int]:
+        async with socket(subscribe_path(job.job_id), user=user) as ws:
+            received = [await receive(ws), await receive(ws)]
+            await publish(job.job_id, progress_event(job, 35))
+            received.append(await receive_skipping_heartbeats(ws))
+            received.append(await receive(ws))
+            running = len(heartbeat_tasks())
+        await asyncio.sleep(0)
+        return received, running, len(heartbeat_tasks())
+
+    received, running, left = run(scenario)
+    snapshot, first_beat, progress, next_beat = received
+    assert (snapshot["type"], snapshot["progress"]) == ("snapshot", 30)
+    assert first_beat.keys() == {"type", "job_id", "status", "progress", "timestamp"}
+    assert first_beat == {**first_beat, "type": "heartbeat", "job_id": job.job_id, "status": "processing"}
+    assert (first_beat["progress"], progress["progress"], next_beat["progress"]) == (30, 35, 35)
+    assert next_beat["type"] == "heartbeat"
+    assert (running, left) == (1, 0)  # cancelled at the disconnect
+
+
+def test_heartbeat_stops_with_a_terminal_event(user, settings):
+    settings.WEBSOCKET_HEARTBEAT_S = 0.05
+    job = processing_job(user, progress=90)
+
+    async def scenario() -> tuple[str, int, int, bool]:
+        async with socket(subscribe_path(job.job_id), user=user) as ws:
+            await receive(ws)
+            await publish(job.job_id, event(job, "completed", Status.COMPLETED, 100))
+            completed = await receive_skipping_heartbeats(ws)
+            code = await close_code(ws)
+            await asyncio.sleep(0)
+            return completed["type"], code, len(heartbeat_tasks()), await ws.receive_nothing(timeout=0.3)
+
+    assert run(scenario) == ("completed", NORMAL_CLOSE, 0, True)
