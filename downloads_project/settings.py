@@ -120,7 +120,14 @@ CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", 
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [CHANNEL_LAYER_URL], "capacity": 1000, "expiry": 30},
+        "CONFIG": {
+            # redis-py 8 times out reads after 5 s by default, as long as channels_redis's
+            # blocking receive waits: an idle consumer would die every 5 s. And its pool
+            # fails instead of waiting when full, so a burst of handshakes needs room.
+            "hosts": [{"address": CHANNEL_LAYER_URL, "socket_timeout": 30, "max_connections": 1000}],
+            "capacity": 1000,
+            "expiry": 30,
+        },
     }
 }
 

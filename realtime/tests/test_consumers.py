@@ -413,3 +413,20 @@ def test_heartbeat_stops_with_a_terminal_event(user, settings):
             return completed["type"], code, len(heartbeat_tasks()), await ws.receive_nothing(timeout=0.3)
 
     assert run(scenario) == ("completed", NORMAL_CLOSE, 0, True)
+
+
+def test_an_idle_socket_outlives_the_redis_read_timeout(user, settings):
+    """redis-py 8 times reads out after 5 s by default, as long as channels_redis's blocking
+    receive waits; the layer's settings must give the read more time, or an idle consumer
+    dies."""
+    settings.WEBSOCKET_HEARTBEAT_S = 60
+    job = make_job(user)
+
+    async def scenario() -> None:
+        async with socket(subscribe_path(job.job_id), user=user) as communicator:
+            assert (await receive(communicator))["type"] == "snapshot"
+            await asyncio.sleep(6.5)
+            await publish(job.job_id, event(job, "status_update", Status.PROCESSING, 0))
+            assert (await receive(communicator))["status"] == Status.PROCESSING
+
+    run(scenario)

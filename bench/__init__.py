@@ -1,0 +1,1 @@
+"""Benchmarks: scripts run by path (`python bench/NAME.py`), not imported by the service."""
