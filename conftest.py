@@ -17,10 +17,13 @@ import pytest
 import redis
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.core.files.storage import storages
 from django.db import connection
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from jobs import tasks
+from jobs.storage import SignedFileSystemStorage
 from jobs.tests.local_servers import S3Endpoint, free_port, s3_endpoint, wait_for_port
 from jobs.tests.origin_server import OriginServer
 
@@ -68,6 +71,33 @@ def _fresh_cache() -> None:
     from django.core.cache import cache
 
     cache.clear()
+
+
+# --- storage and broker ------------------------------------------------------------------
+
+
+@pytest.fixture
+def local_storage(settings: Any, tmp_path: Path) -> SignedFileSystemStorage:
+    """Local downloads storage in a directory of this test's own."""
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "downloads": {
+            "BACKEND": "jobs.storage.SignedFileSystemStorage",
+            "OPTIONS": {"location": str(tmp_path / "media"), "base_url": "/files/"},
+        },
+    }
+    storage = storages["downloads"]
+    assert isinstance(storage, SignedFileSystemStorage)
+    return storage
+
+
+@pytest.fixture
+def dispatched(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Named fake: the send to the Celery broker, recorded instead of sent (the real
+    worker path is tested end to end)."""
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(tasks.download_job_stage, "apply_async", lambda **kwargs: calls.append(kwargs))
+    return calls
 
 
 # --- the origin --------------------------------------------------------------------------

@@ -14,13 +14,13 @@ from urllib.parse import urlsplit
 import pytest
 from django.contrib.auth.models import User
 from django.core.files.base import ContentFile
-from django.core.files.storage import Storage, storages
+from django.core.files.storage import Storage
 from django.db import connection
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from jobs import hotstate, tasks
+from jobs import hotstate
 from jobs.apis import InitiateRateThrottle
 from jobs.hotstate import HotProgress
 from jobs.models import DownloadJob, Status
@@ -51,26 +51,6 @@ def make_job(owner: User, **fields: Any) -> DownloadJob:
 
 def error(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"success": False, "error": {"code": code, "message": message, **extra}}
-
-
-@pytest.fixture
-def dispatched(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """Named fake: the send to the Celery broker, recorded instead of sent."""
-    calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(tasks.download_job_stage, "apply_async", lambda **kwargs: calls.append(kwargs))
-    return calls
-
-
-@pytest.fixture
-def local_storage(settings: Any, tmp_path: Any) -> Storage:
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "downloads": {
-            "BACKEND": "jobs.storage.SignedFileSystemStorage",
-            "OPTIONS": {"location": str(tmp_path / "media"), "base_url": "/files/"},
-        },
-    }
-    return storages["downloads"]
 
 
 # --- envelope and authentication -----------------------------------------------------------

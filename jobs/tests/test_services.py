@@ -17,24 +17,17 @@ from django.core.files.storage import storages
 from django.db import connection
 from django.utils import timezone
 
-from jobs import hotstate, services, tasks
+from jobs import hotstate, services
 from jobs.errors import JobSuperseded
 from jobs.models import TRANSITIONS, DownloadJob, Status
 from jobs.origins import get_origin
 from jobs.staging import StagedFile, stage_file
+from jobs.storage import SignedFileSystemStorage
 from jobs.tests.origin_server import FileScript, OriginServer
 from jobs.tests.test_storage import s3_downloads_storage
 from realtime.events import job_group_name
 
 FILE_ID = 70000
-
-
-@pytest.fixture
-def dispatched(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """Named fake: the send to the Celery broker, recorded instead of sent."""
-    calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(tasks.download_job_stage, "apply_async", lambda **kwargs: calls.append(kwargs))
-    return calls
 
 
 @pytest.fixture
@@ -46,17 +39,9 @@ def worker_settings(settings: Any, origin: OriginServer) -> Any:
 
 
 @pytest.fixture
-def media(worker_settings: Any, tmp_path: Path) -> Path:
+def media(worker_settings: Any, local_storage: SignedFileSystemStorage) -> Path:
     """Local storage in a directory of this test's own."""
-    root = tmp_path / "media"
-    worker_settings.STORAGES = {
-        **worker_settings.STORAGES,
-        "downloads": {
-            "BACKEND": "jobs.storage.SignedFileSystemStorage",
-            "OPTIONS": {"location": str(root), "base_url": "/files/"},
-        },
-    }
-    return root
+    return Path(local_storage.location)
 
 
 def stored_files(root: Path) -> list[str]:

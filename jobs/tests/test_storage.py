@@ -20,7 +20,7 @@ from storages.backends.s3 import S3Storage
 from jobs.errors import ErrorCode, JobError
 from jobs.models import DownloadJob, Status
 from jobs.selectors import download_job_link
-from jobs.storage import S3MultipartWrite, SignedFileSystemStorage, staged_write_open, stored_file_delete
+from jobs.storage import S3MultipartWrite, staged_write_open, stored_file_delete
 
 MiB = 1024 * 1024
 KEY = "downloads/1/job_0123456789abcdef0123456789abcdef-1"
@@ -46,20 +46,6 @@ def s3_downloads_storage(s3: Any, *, bucket: str | None = None) -> dict[str, Any
             "default_acl": None,
         },
     }
-
-
-@pytest.fixture
-def local(settings: Any, tmp_path: Path) -> SignedFileSystemStorage:
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "downloads": {
-            "BACKEND": "jobs.storage.SignedFileSystemStorage",
-            "OPTIONS": {"location": str(tmp_path / "media"), "base_url": "/files/"},
-        },
-    }
-    storage = storages["downloads"]
-    assert isinstance(storage, SignedFileSystemStorage)
-    return storage
 
 
 @pytest.fixture(scope="module")
@@ -95,10 +81,10 @@ def get(url: str) -> Any:
     return Client().get(url)
 
 
-def test_signed_url_serves_the_file_with_its_name_and_type(local):
-    local.save(KEY, ContentFile(b"%PDF-1.7 content"))
+def test_signed_url_serves_the_file_with_its_name_and_type(local_storage):
+    local_storage.save(KEY, ContentFile(b"%PDF-1.7 content"))
 
-    url = local.url(KEY, parameters=PDF, expire=60)
+    url = local_storage.url(KEY, parameters=PDF, expire=60)
     response = get(url)
 
     assert url.startswith("/files/")
@@ -110,18 +96,18 @@ def test_signed_url_serves_the_file_with_its_name_and_type(local):
     assert response["X-Content-Type-Options"] == "nosniff"
 
 
-def test_signed_url_without_parameters_serves_octet_stream(local):
-    local.save(KEY, ContentFile(b"bytes"))
+def test_signed_url_without_parameters_serves_octet_stream(local_storage):
+    local_storage.save(KEY, ContentFile(b"bytes"))
 
-    response = get(local.url(KEY))
+    response = get(local_storage.url(KEY))
 
     assert response.status_code == 200
     assert response["Content-Type"] == "application/octet-stream"
 
 
-def test_signed_url_needs_a_name(local):
+def test_signed_url_needs_a_name(local_storage):
     with pytest.raises(ValueError, match="name is required"):
-        local.url(None)
+        local_storage.url(None)
 
 
 def tamper(url: str) -> str:
@@ -152,24 +138,24 @@ def tamper(url: str) -> str:
         pytest.param(lambda storage: "/files/not-a-token", id="garbage"),
     ],
 )
-def test_bad_token_is_404(local, make_url):
-    local.save(KEY, ContentFile(b"secret"))
+def test_bad_token_is_404(local_storage, make_url):
+    local_storage.save(KEY, ContentFile(b"secret"))
 
-    response = get(make_url(local))
+    response = get(make_url(local_storage))
 
     assert response.status_code == 404
     assert b"secret" not in response.content
 
 
-def test_expired_url_is_404(local):
-    local.save(KEY, ContentFile(b"bytes"))
+def test_expired_url_is_404(local_storage):
+    local_storage.save(KEY, ContentFile(b"bytes"))
 
-    assert get(local.url(KEY, expire=-1)).status_code == 404
+    assert get(local_storage.url(KEY, expire=-1)).status_code == 404
 
 
-def test_url_is_valid_until_its_expiry(local, monkeypatch):
-    local.save(KEY, ContentFile(b"bytes"))
-    url = local.url(KEY, expire=900)
+def test_url_is_valid_until_its_expiry(local_storage, monkeypatch):
+    local_storage.save(KEY, ContentFile(b"bytes"))
+    url = local_storage.url(KEY, expire=900)
     minted_at = time.time()
 
     monkeypatch.setattr(time, "time", lambda: minted_at + 898)
@@ -180,10 +166,10 @@ def test_url_is_valid_until_its_expiry(local, monkeypatch):
     assert (just_before.status_code, just_after.status_code) == (200, 404)
 
 
-def test_url_of_a_deleted_file_is_404(local):
-    local.save(KEY, ContentFile(b"bytes"))
-    url = local.url(KEY)
-    local.delete(KEY)
+def test_url_of_a_deleted_file_is_404(local_storage):
+    local_storage.save(KEY, ContentFile(b"bytes"))
+    url = local_storage.url(KEY)
+    local_storage.delete(KEY)
 
     assert get(url).status_code == 404
 
@@ -191,8 +177,8 @@ def test_url_of_a_deleted_file_is_404(local):
 # --- local staged writes -------------------------------------------------------------------
 
 
-def test_local_write_is_visible_only_after_commit(local):
-    root = Path(local.location)
+def test_local_write_is_visible_only_after_commit(local_storage):
+    root = Path(local_storage.location)
     write = staged_write_open(KEY, content_type="application/pdf", part_bytes=5 * MiB)
     write.write(b"part one, ")
     write.write(b"part two")
@@ -204,8 +190,8 @@ def test_local_write_is_visible_only_after_commit(local):
     assert (root / KEY).read_bytes() == b"part one, part two"
 
 
-def test_local_write_abort_leaves_nothing(local):
-    root = Path(local.location)
+def test_local_write_abort_leaves_nothing(local_storage):
+    root = Path(local_storage.location)
     write = staged_write_open(KEY, content_type="application/pdf", part_bytes=5 * MiB)
     write.write(b"half")
 
@@ -214,9 +200,9 @@ def test_local_write_abort_leaves_nothing(local):
     assert files_under(root) == []
 
 
-def test_stored_file_delete_removes_the_file_and_its_unfinished_upload(local):
-    root = Path(local.location)
-    local.save(KEY, ContentFile(b"done"))
+def test_stored_file_delete_removes_the_file_and_its_unfinished_upload(local_storage):
+    root = Path(local_storage.location)
+    local_storage.save(KEY, ContentFile(b"done"))
     unfinished = staged_write_open(KEY, content_type="text/plain", part_bytes=5 * MiB)
     unfinished.write(b"half")
 
