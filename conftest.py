@@ -22,7 +22,7 @@ from django.db import connection
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from jobs import tasks
+from jobs import metrics, tasks
 from jobs.storage import SignedFileSystemStorage
 from jobs.tests.local_servers import S3Endpoint, free_port, s3_endpoint, wait_for_port
 from jobs.tests.origin_server import OriginServer
@@ -198,6 +198,8 @@ class Stack:
         return process, _LogTail(process, ARTIFACTS / "logs" / f"{self.name}-{role}.log")
 
     def start(self) -> "Stack":
+        if "PROMETHEUS_MULTIPROC_DIR" in self.env:
+            metrics.multiprocess_dir_reset(self.env["PROMETHEUS_MULTIPROC_DIR"])
         self.web, _ = self._spawn(
             "web",
             [sys.executable, "-m", "uvicorn", "downloads_project.asgi:application", "--port", str(self.port)],
@@ -271,6 +273,8 @@ def stack_env(origin_server: OriginServer, extra: dict[str, str], *, broker_db: 
             "REDIS_URL": settings.REDIS_URL,
             "CELERY_BROKER_URL": f"{settings.REDIS_URL}/{broker_db}",
             "VAR_DIR": str(settings.VAR_DIR),
+            # The metrics of all the stack's processes, added up by /metrics; emptied by start().
+            "PROMETHEUS_MULTIPROC_DIR": str(settings.VAR_DIR / "prometheus" / f"stack-{broker_db}"),
             "ORIGIN": "http",
             "ORIGIN_URL_TEMPLATE": origin_server.url_template,
             "ORIGIN_READ_TIMEOUT_S": "1.0",

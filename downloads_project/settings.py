@@ -8,6 +8,7 @@ synthetic origin. Each production part is switched on by its variable.
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -156,6 +157,24 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 CELERY_TASK_DEFAULT_QUEUE = "downloads.normal"
 CELERY_TIMEZONE = TIME_ZONE
 
+# Maintenance runs on downloads.high, which every worker serves first, so a backlog of
+# downloads never holds it up. Each message expires after one period: runs missed while
+# no worker was up do not pile up and run back to back.
+JOB_EXPIRE_EVERY_S = env.float("JOB_EXPIRE_EVERY_S", default=300.0)
+JOB_REAP_EVERY_S = env.float("JOB_REAP_EVERY_S", default=30.0)
+CELERY_BEAT_SCHEDULE = {
+    "download-jobs-expire": {
+        "task": "jobs.download_jobs_expire",
+        "schedule": JOB_EXPIRE_EVERY_S,
+        "options": {"queue": "downloads.high", "expires": JOB_EXPIRE_EVERY_S},
+    },
+    "download-jobs-reap": {
+        "task": "jobs.download_jobs_reap",
+        "schedule": JOB_REAP_EVERY_S,
+        "options": {"queue": "downloads.high", "expires": JOB_REAP_EVERY_S},
+    },
+}
+
 # --- Download jobs -----------------------------------------------------------------------
 
 JOB_MAX_ATTEMPTS = env.int("JOB_MAX_ATTEMPTS", default=3)
@@ -178,6 +197,12 @@ PROGRESS_PUSH_INTERVAL_S = env.float("PROGRESS_PUSH_INTERVAL_S", default=0.25)
 WEBSOCKET_HEARTBEAT_S = env.float("WEBSOCKET_HEARTBEAT_S", default=15.0)
 PROGRESS_DB_INTERVAL_S = env.float("PROGRESS_DB_INTERVAL_S", default=5.0)
 HOT_STATE_TTL_S = env.int("HOT_STATE_TTL_S", default=3600)
+# The reaper re-queues a processing job whose worker wrote no heartbeat (the progress
+# write, every PROGRESS_DB_INTERVAL_S while chunks flow) for this long. A live attempt can
+# wait up to ORIGIN_READ_TIMEOUT_S for one chunk, so the threshold must be well above both.
+JOB_HEARTBEAT_STALE_S = env.float("JOB_HEARTBEAT_STALE_S", default=90.0)
+# ... and sends again a queued job no worker took for this long (the broker lost it).
+JOB_QUEUED_STALE_S = env.float("JOB_QUEUED_STALE_S", default=600.0)
 
 STAGING_CHUNK_BYTES = env.int("STAGING_CHUNK_BYTES", default=1024 * 1024)
 # S3 needs parts of at least 5 MiB (but the last); memory per job is about one part.
@@ -189,6 +214,11 @@ ORIGIN = env("ORIGIN", default="synthetic")  # synthetic | http | directory
 ORIGIN_URL_TEMPLATE = env("ORIGIN_URL_TEMPLATE", default="")  # e.g. https://files.internal/{file_id}
 ORIGIN_CONNECT_TIMEOUT_S = env.float("ORIGIN_CONNECT_TIMEOUT_S", default=10.0)
 ORIGIN_READ_TIMEOUT_S = env.float("ORIGIN_READ_TIMEOUT_S", default=30.0)
+if JOB_HEARTBEAT_STALE_S <= 2 * (ORIGIN_READ_TIMEOUT_S + PROGRESS_DB_INTERVAL_S):
+    raise ImproperlyConfigured(
+        "JOB_HEARTBEAT_STALE_S must exceed twice ORIGIN_READ_TIMEOUT_S + PROGRESS_DB_INTERVAL_S, "
+        "or the reaper would restart live jobs"
+    )
 ORIGIN_DIRECTORY = env("ORIGIN_DIRECTORY", default=str(VAR_DIR / "origin"))
 # Synthetic origin: deterministic bytes at a fixed rate, sized so a demo job takes ~20 s.
 SYNTHETIC_FILE_BYTES = env.int("SYNTHETIC_FILE_BYTES", default=40 * 1024 * 1024)

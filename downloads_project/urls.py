@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from jobs import ops
 from jobs.storage import file_download
 from jobs.views import downloads_page
 
@@ -10,6 +11,9 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(next_page="login"), name="logout"),
     path("files/<str:token>", file_download, name="file-download"),
+    path("health", ops.health, name="health"),
+    path("ready", ops.ready, name="ready"),
+    path("metrics", ops.metrics_view, name="metrics"),
     path("", downloads_page, name="downloads"),
     path("", include("jobs.urls")),
 ]

@@ -84,3 +84,7 @@ def cancel_flag_set(job_id: str) -> None:
 
 def cancel_flag_is_set(job_id: str) -> bool:
     return bool(client().exists(_cancel_key(job_id)))
+
+
+def cancel_flag_clear(job_id: str) -> None:
+    client().delete(_cancel_key(job_id))

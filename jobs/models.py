@@ -66,6 +66,12 @@ class DownloadJob(models.Model):
     attempts = models.PositiveSmallIntegerField(default=0)
     max_attempts = models.PositiveSmallIntegerField(default=3)
     next_retry_at = models.DateTimeField(null=True, blank=True)
+    # Written by the running attempt with its throttled progress write; the reaper
+    # re-queues a processing job whose heartbeat went stale (its worker is gone).
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # The Celery task id of the message running the current attempt: a redelivery of that
+    # same message may restart the attempt, any other message (a duplicate) may not.
+    task_id = models.CharField(max_length=255, blank=True)
     dead_lettered_at = models.DateTimeField(null=True, blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True)

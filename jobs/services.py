@@ -9,18 +9,19 @@ Work that must follow a write (dispatching the task, publishing an event) runs o
 import logging
 import random
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from realtime.events import job_event_publish
 
-from . import hotstate
+from . import hotstate, metrics
 from .errors import ErrorCode, JobCancelled, JobError, JobSuperseded
 from .hotstate import HotProgress
 from .models import ACTIVE_STATUSES, DownloadJob, Priority, Status, can_transition
@@ -150,6 +151,7 @@ def download_job_cancel(*, job: DownloadJob) -> DownloadJob:
         _transition(job, Status.CANCELLED, cancelled_at=timezone.now(), next_retry_at=None)
         transaction.on_commit(lambda: hotstate.cancel_flag_set(job.job_id))
         _publish_on_commit(job, "cancelled")
+        transaction.on_commit(lambda: metrics.job_ended("cancelled"))
     return job
 
 
@@ -162,13 +164,19 @@ def _storage_key(job: DownloadJob, *, attempt: int) -> str:
     return f"{settings.DOWNLOADS_LOCATION}/{job.owner_id}/{job.job_id}-{attempt}"
 
 
-def download_job_start(*, job_pk: int) -> DownloadJob | None:
+def download_job_start(*, job_pk: int, task_id: str = "") -> DownloadJob | None:
     """Marks the job processing as a new attempt, or returns None if there is nothing to
     do (finished, cancelled, or taken by another worker). A job found already processing
     was redelivered after its worker died: its leftover upload is aborted and it restarts,
-    unless that was its last attempt."""
+    unless that was its last attempt.
+
+    Only a redelivery of the message that runs the attempt (same `task_id`) may restart
+    it: another message for the job (the reaper's, or a duplicate dispatch) that finds it
+    processing lost the race to start it, and does nothing."""
     job = DownloadJob.objects.filter(pk=job_pk).first()
     if job is None or job.status not in ACTIVE_STATUSES:
+        return None
+    if job.status == Status.PROCESSING and job.task_id and task_id and job.task_id != task_id:
         return None
     if job.status == Status.PROCESSING:
         if job.upload_id:
@@ -196,6 +204,8 @@ def download_job_start(*, job_pk: int) -> DownloadJob | None:
                 bytes_total=None,
                 upload_id="",
                 storage_key=_storage_key(job, attempt=job.attempts + 1),
+                heartbeat_at=now,
+                task_id=task_id,
             )
             _publish_on_commit(job, "status_update")
     except JobStateConflict:
@@ -261,13 +271,15 @@ class _AttemptHooks:
 
     def _write_row(self, **fields: Any) -> None:
         rows = DownloadJob.objects.filter(pk=self.job.pk, status=Status.PROCESSING, attempts=self.attempt)
-        if rows.update(updated_at=timezone.now(), **fields) != 1:
+        now = timezone.now()
+        # The same write is the attempt's heartbeat, which the reaper watches.
+        if rows.update(updated_at=now, heartbeat_at=now, **fields) != 1:
             raise JobSuperseded(self.job.job_id)
 
 
-def download_job_run(*, job_pk: int) -> None:
+def download_job_run(*, job_pk: int, task_id: str = "") -> None:
     """One attempt of a job: start it, stage the file, then complete, retry or fail."""
-    job = download_job_start(job_pk=job_pk)
+    job = download_job_start(job_pk=job_pk, task_id=task_id)
     if job is None:
         return
     attempt = job.attempts
@@ -321,6 +333,7 @@ def download_job_complete(*, job: DownloadJob, attempt: int, staged: StagedFile)
                 error_retryable=None,
             )
             _publish_on_commit(job, "completed")
+            transaction.on_commit(lambda: metrics.job_completed(job, size=staged.size))
     except JobStateConflict:
         # Cancelled (or superseded) after the last chunk: the file must not stay behind.
         stored_file_delete(staged.key)
@@ -358,6 +371,7 @@ def _fail(job: DownloadJob, *, attempt: int, error: JobError, dead_letter: bool 
                 )
                 _publish_on_commit(job, "status_update")
                 _dispatch_on_commit(job, countdown_s=delay_s)
+                transaction.on_commit(lambda: metrics.job_ended("retried", error.code))
                 logger.info(
                     "%s attempt %s failed with %s; retry in %.1f s", job.job_id, attempt, error.code, delay_s
                 )
@@ -373,7 +387,177 @@ def _fail(job: DownloadJob, *, attempt: int, error: JobError, dead_letter: bool 
                     **error_fields,
                 )
                 _publish_on_commit(job, "error")
+                transaction.on_commit(lambda: metrics.job_ended("failed", error.code))
                 logger.warning("%s failed with %s after %s attempt(s)", job.job_id, error.code, attempt)
     except JobStateConflict:
         logger.info("%s attempt %s failed after it was cancelled or superseded", job.job_id, attempt)
     hotstate.progress_clear(job.job_id)
+
+
+# --- operator retry (admin) -----------------------------------------------------------------
+
+
+class NotDeadLettered(InvalidTransition):
+    def __str__(self) -> str:
+        return f"{self.job.job_id} is not dead-lettered"
+
+
+def download_job_retry(*, job: DownloadJob, dead_lettered_only: bool = False) -> DownloadJob:
+    """Queues a failed or cancelled job again as a fresh run of attempts.
+
+    `attempts` is never reset: it is the fencing token, so a late worker of an earlier
+    attempt stays refused and each attempt keeps its own storage key. The job gets
+    JOB_MAX_ATTEMPTS more attempts on top of those it has used. The cancel flag is cleared
+    before the task is sent, or the worker would stop the new attempt at its first chunk."""
+    # The table also allows processing -> queued, for a worker's own retry; an operator
+    # retries only a job that has ended.
+    if job.status not in (Status.FAILED, Status.CANCELLED):
+        raise InvalidTransition(job, Status.QUEUED)
+    if dead_lettered_only and (job.status != Status.FAILED or job.dead_lettered_at is None):
+        raise NotDeadLettered(job, Status.QUEUED)
+    with transaction.atomic():
+        _transition(
+            job,
+            Status.QUEUED,
+            max_attempts=job.attempts + settings.JOB_MAX_ATTEMPTS,
+            next_retry_at=None,
+            dead_lettered_at=None,
+            failed_at=None,
+            cancelled_at=None,
+            progress=0,
+            bytes_done=0,
+            bytes_total=None,
+            error_code="",
+            error_message="",
+            error_retryable=None,
+        )
+        transaction.on_commit(lambda: hotstate.cancel_flag_clear(job.job_id))
+        _publish_on_commit(job, "status_update")
+        _dispatch_on_commit(job)
+    return job
+
+
+# --- maintenance (beat): retention and the reaper -------------------------------------------
+
+
+def download_jobs_expire(*, now: datetime | None = None, batch: int = 500) -> int:
+    """Deletes the files of completed jobs past their retention and marks them expired;
+    returns how many it expired. At most `batch` per call (beat calls again).
+
+    The file is deleted before the row changes: a delete that fails leaves the job
+    completed, to be tried again next time, rather than a file no row points to. The row
+    keeps its `storage_key` as a record of where the file was. Two runs at once are safe:
+    deleting is idempotent and only one compare-and-swap to expired succeeds."""
+    now = now or timezone.now()
+    due = DownloadJob.objects.filter(status=Status.COMPLETED, expires_at__lte=now).order_by("expires_at")
+    expired = 0
+    for job in due[:batch]:
+        try:
+            stored_file_delete(job.storage_key)
+        except Exception:
+            logger.exception("Could not delete the file of %s; it stays completed", job.job_id)
+            continue
+        try:
+            _transition(job, Status.EXPIRED)
+        except JobStateConflict:
+            continue
+        expired += 1
+    if expired:
+        logger.info("Expired %s job(s) past their retention", expired)
+    return expired
+
+
+def _stale_heartbeat(cutoff: datetime) -> Q:
+    # A row written before heartbeats existed has none: its last write stands in for it.
+    return Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, updated_at__lt=cutoff)
+
+
+def download_jobs_reap(*, now: datetime | None = None, batch: int = 500) -> int:
+    """Sends again the jobs the broker lost; returns how many it re-queued or failed.
+
+    A processing job whose heartbeat is older than JOB_HEARTBEAT_STALE_S lost its worker.
+    Before anything is sent, a compare-and-swap that holds only while the heartbeat is
+    still stale moves it back to queued (or to failed, dead-lettered, on its last
+    attempt): the old attempt's next progress write or completion is then refused, so it
+    can never finish beside the new one. The new attempt starts from queued through the
+    same compare-and-swap as any other message, so if the broker also redelivers the old
+    message, exactly one of the two starts it and the other does nothing.
+
+    A queued job untouched for JOB_QUEUED_STALE_S (and not waiting for a retry) is sent
+    again; a duplicate message is harmless for the same reason."""
+    now = now or timezone.now()
+    heartbeat_cutoff = now - timedelta(seconds=settings.JOB_HEARTBEAT_STALE_S)
+    queued_cutoff = now - timedelta(seconds=settings.JOB_QUEUED_STALE_S)
+    reaped = 0
+    stalled = DownloadJob.objects.filter(_stale_heartbeat(heartbeat_cutoff), status=Status.PROCESSING)
+    for job in stalled.order_by("pk")[:batch]:
+        reaped += _reap_stalled(job, heartbeat_cutoff=heartbeat_cutoff)
+    lost = DownloadJob.objects.filter(status=Status.QUEUED, updated_at__lt=queued_cutoff).filter(
+        Q(next_retry_at__isnull=True) | Q(next_retry_at__lt=queued_cutoff)
+    )
+    for job in lost.order_by("pk")[:batch]:
+        reaped += _reap_lost(job)
+    return reaped
+
+
+def _reap_stalled(job: DownloadJob, *, heartbeat_cutoff: datetime) -> int:
+    now = timezone.now()
+    last_attempt = job.attempts >= job.max_attempts
+    to_status = Status.FAILED if last_attempt else Status.QUEUED
+    if not can_transition(job.status, to_status):
+        raise InvalidTransition(job, to_status)
+    fields: dict[str, Any] = {"upload_id": "", "heartbeat_at": None, "next_retry_at": None}
+    if last_attempt:
+        error = JobError(ErrorCode.PROCESSING_ERROR, "The worker stopped during the last attempt")
+        fields |= {
+            "failed_at": now,
+            "dead_lettered_at": now,
+            "error_code": error.code,
+            "error_message": error.message,
+            "error_retryable": error.retryable,
+        }
+    leftover_key, leftover_upload_id, last_heartbeat = job.storage_key, job.upload_id, job.heartbeat_at
+    rows = DownloadJob.objects.filter(
+        _stale_heartbeat(heartbeat_cutoff), pk=job.pk, status=Status.PROCESSING, attempts=job.attempts
+    )
+    with transaction.atomic():
+        if rows.update(status=to_status, updated_at=now, **fields) != 1:
+            return 0  # it wrote a heartbeat meanwhile, or moved on
+        job.status = to_status
+        for name, value in fields.items():
+            setattr(job, name, value)
+        if last_attempt:
+            _publish_on_commit(job, "error")
+            transaction.on_commit(lambda: metrics.job_ended("failed", ErrorCode.PROCESSING_ERROR))
+        else:
+            _publish_on_commit(job, "status_update")
+            _dispatch_on_commit(job)
+    if leftover_upload_id:
+        # Fenced out, the old attempt can no longer complete: its upload is garbage.
+        try:
+            stored_file_delete(leftover_key, upload_id=leftover_upload_id)
+        except Exception:
+            logger.exception("Could not abort the leftover upload of %s", job.job_id)
+    hotstate.progress_clear(job.job_id)
+    logger.warning(
+        "%s attempt %s wrote no heartbeat since %s: %s",
+        job.job_id,
+        job.attempts,
+        iso(last_heartbeat),
+        "failed (last attempt)" if last_attempt else "re-queued",
+    )
+    return 1
+
+
+def _reap_lost(job: DownloadJob) -> int:
+    """Touching `updated_at` in the same compare-and-swap keeps two reapers (or the next
+    run, while the broker is merely backed up) from sending it again at once."""
+    rows = DownloadJob.objects.filter(
+        pk=job.pk, status=Status.QUEUED, attempts=job.attempts, updated_at=job.updated_at
+    )
+    with transaction.atomic():
+        if rows.update(updated_at=timezone.now()) != 1:
+            return 0
+        _dispatch_on_commit(job)
+    logger.warning("%s queued since %s and no worker took it: sent again", job.job_id, iso(job.updated_at))
+    return 1

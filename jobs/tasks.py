@@ -1,6 +1,6 @@
 """Celery tasks: thin wrappers that load nothing but an id and call a service."""
 
-from celery import shared_task
+from celery import Task, shared_task
 from django.conf import settings
 
 from . import services
@@ -8,6 +8,7 @@ from . import services
 
 @shared_task(
     name="jobs.download_job_stage",
+    bind=True,
     # A job is acknowledged only when its attempt ended, and handed back to the queue if
     # the worker process died, so a crash never loses it; the services make a
     # redelivered job restart cleanly and never complete twice.
@@ -19,5 +20,20 @@ from . import services
     # with backoff and jitter and counts attempts on the row.
     max_retries=0,
 )
-def download_job_stage(job_pk: int) -> None:
-    services.download_job_run(job_pk=job_pk)
+def download_job_stage(self: Task, job_pk: int) -> None:
+    # The task id tells a redelivery of this message (which may restart its attempt)
+    # from another message for the same job (which may not).
+    services.download_job_run(job_pk=job_pk, task_id=self.request.id or "")
+
+
+# Maintenance, sent by beat (CELERY_BEAT_SCHEDULE). Both are safe to run twice at once.
+
+
+@shared_task(name="jobs.download_jobs_expire")
+def download_jobs_expire() -> int:
+    return services.download_jobs_expire()
+
+
+@shared_task(name="jobs.download_jobs_reap")
+def download_jobs_reap() -> int:
+    return services.download_jobs_reap()

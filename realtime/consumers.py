@@ -14,7 +14,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.utils import timezone
 
-from jobs import selectors
+from jobs import metrics, selectors
 from jobs.models import ACTIVE_STATUSES, DownloadJob, Status
 
 from .events import job_group_name
@@ -49,11 +49,14 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
     status = ""
     progress = 0
     attempt: int | None = None
+    counted = False  # in the open-connections gauge
 
     async def connect(self) -> None:
         self.job_id = self.scope["url_route"]["kwargs"]["job_id"]
         user = self.scope.get("user")
         await self.accept()
+        metrics.websocket_connections.inc()
+        self.counted = True
         if user is None or not user.is_authenticated:
             await self._close(code=CLOSE_UNAUTHENTICATED)
             return
@@ -73,6 +76,9 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
             await self._close()
 
     async def disconnect(self, code: int) -> None:
+        if self.counted:
+            self.counted = False
+            metrics.websocket_connections.dec()
         self._stop_heartbeat()
         if self.group is not None:
             await self.channel_layer.group_discard(self.group, self.channel_name)

@@ -536,3 +536,48 @@ def test_run_of_a_deleted_job_does_nothing(origin, media, run_attempt):
     run_attempt(123456)
 
     assert origin.requests == {}
+
+
+# --- operator retry --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [Status.QUEUED, Status.PROCESSING, Status.COMPLETED, Status.EXPIRED])
+def test_retry_of_a_job_neither_failed_nor_cancelled_is_refused(user, status, dispatched):
+    job = make_job(user, status=status, attempts=1)
+
+    with pytest.raises(services.InvalidTransition):
+        services.download_job_retry(job=job)
+
+    job.refresh_from_db()
+    assert (job.status, job.max_attempts, dispatched) == (status, 3, [])
+
+
+def test_requeue_dead_lettered_refuses_a_failed_job_that_was_not_dead_lettered(user, dispatched):
+    job = make_job(user, status=Status.FAILED, attempts=1, failed_at=timezone.now())
+
+    with pytest.raises(services.NotDeadLettered, match=f"{job.job_id} is not dead-lettered"):
+        services.download_job_retry(job=job, dead_lettered_only=True)
+
+    job.refresh_from_db()
+    assert job.status == Status.FAILED
+
+
+def test_a_retried_cancelled_job_runs_a_new_attempt_to_completion(
+    user, origin, media, dispatched, run_attempt, django_capture_on_commit_callbacks
+):
+    origin.add(FILE_ID, FileScript(size=1000))
+    job = make_job(user, status=Status.PROCESSING, attempts=1)
+    stale = services._AttemptHooks(job)
+    services.download_job_cancel(job=job)
+    hotstate.cancel_flag_set(job.job_id)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        services.download_job_retry(job=job)
+    run_attempt(job.pk)
+
+    job.refresh_from_db()
+    assert (job.status, job.attempts, job.max_attempts, job.cancelled_at) == (Status.COMPLETED, 2, 4, None)
+    assert stored_files(media) == [f"downloads/{user.pk}/{job.job_id}-2"]
+    assert [call["args"] for call in dispatched] == [(job.pk,)]
+    with pytest.raises(JobSuperseded):  # the cancelled attempt's worker stays fenced off
+        stale.upload_opened(upload_id="late", bytes_total=1000)

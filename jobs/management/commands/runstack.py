@@ -20,6 +20,7 @@ from django.core.management.base import BaseCommand
 from rest_framework.authtoken.models import Token
 
 from downloads_project.embedded import embedded_redis
+from jobs.metrics import multiprocess_dir_reset
 
 QUEUES = "downloads.high,downloads.normal,downloads.low"
 
@@ -43,6 +44,10 @@ class Command(BaseCommand):
             env = dict(os.environ)
             if not env.get("REDIS_URL"):
                 env["REDIS_URL"] = stack.enter_context(embedded_redis())
+            # Every child writes its metrics here and /metrics adds them up; a new start
+            # must not count the last run's processes.
+            env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(settings.VAR_DIR / "prometheus"))
+            multiprocess_dir_reset(env["PROMETHEUS_MULTIPROC_DIR"])
             python = sys.executable
             commands = {
                 "web": [python, "-m", "uvicorn", "downloads_project.asgi:application",

@@ -1,0 +1,200 @@
+"""The operators' view of download jobs.
+
+Jobs are created through the API and change state only through the services, so the
+admin never writes a row itself: job pages are read-only (a form save would write back
+every column it read, over a worker's progress or a cancel that landed meanwhile), jobs
+cannot be added or deleted here, and the actions call the same services as the API, one
+row at a time, each a compare-and-swap that refuses a row in the wrong state.
+"""
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.auth.admin import UserAdmin
+from django.contrib.auth.models import User
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
+
+from . import services
+from .models import DownloadJob
+
+ACTION_CHUNK_ROWS = 500
+REFUSED_IDS_SHOWN = 10
+
+
+class DeadLetteredFilter(admin.SimpleListFilter):
+    title = "dead-lettered"
+    parameter_name = "dead_lettered"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", "Yes"), ("no", "No")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() == "yes":
+            return queryset.filter(dead_lettered_at__isnull=False)
+        if self.value() == "no":
+            return queryset.filter(dead_lettered_at__isnull=True)
+        return queryset
+
+
+def _in_chunks(queryset: QuerySet[DownloadJob]) -> Iterator[DownloadJob]:
+    """The selected rows, read a chunk at a time by primary key: the services change the
+    rows as we go, so no cursor stays open over the table being written."""
+    pks = list(queryset.order_by("pk").values_list("pk", flat=True))
+    for start in range(0, len(pks), ACTION_CHUNK_ROWS):
+        yield from DownloadJob.objects.filter(pk__in=pks[start : start + ACTION_CHUNK_ROWS]).order_by("pk")
+
+
+@admin.register(DownloadJob)
+class DownloadJobAdmin(admin.ModelAdmin):
+    list_display = [
+        "job_id",
+        "status",
+        "owner",
+        "file_id",
+        "progress_display",
+        "attempts_display",
+        "duration_display",
+        "created_at",
+    ]
+    list_select_related = ["owner"]
+    list_filter = ["status", "priority", DeadLetteredFilter, "created_at"]
+    search_fields = ["job_id__exact", "=owner__username", "file_id__exact"]
+    search_help_text = "A job id, a username or a file id."
+    date_hierarchy = "created_at"
+    ordering = ["-created_at"]
+    show_full_result_count = False
+    actions = ["cancel_jobs", "retry_jobs", "requeue_dead_lettered_jobs"]
+    fieldsets = [
+        (None, {"fields": ["job_id", "owner", "file_id", "priority", "status", "metadata"]}),
+        ("Progress", {"fields": ["progress", "bytes_done", "bytes_total", "attempts", "max_attempts"]}),
+        (
+            "Timeline",
+            {
+                "fields": [
+                    "created_at",
+                    "updated_at",
+                    "started_at",
+                    "next_retry_at",
+                    "completed_at",
+                    "failed_at",
+                    "dead_lettered_at",
+                    "cancelled_at",
+                    "duration_seconds",
+                    "expires_at",
+                ]
+            },
+        ),
+        ("Error", {"fields": ["error_code", "error_message", "error_retryable"]}),
+        (
+            "Stored file",
+            {
+                "fields": [
+                    "file_name",
+                    "file_size_bytes",
+                    "content_type",
+                    "sha256",
+                    "storage_key",
+                    "upload_id",
+                ]
+            },
+        ),
+        ("Request", {"fields": ["idempotency_key"]}),
+    ]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: DownloadJob | None = None) -> bool:
+        # Deleting a row would leave its stored file or in-flight upload behind.
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: DownloadJob | None = None) -> bool:
+        # Job pages are view-only; the change permission is what the actions require.
+        return obj is None and super().has_change_permission(request)
+
+    @admin.display(description="progress", ordering="progress")
+    def progress_display(self, job: DownloadJob) -> str:
+        return f"{job.progress} %"
+
+    @admin.display(description="attempts", ordering="attempts")
+    def attempts_display(self, job: DownloadJob) -> str:
+        return f"{job.attempts} / {job.max_attempts}"
+
+    @admin.display(description="duration", ordering="duration_seconds")
+    def duration_display(self, job: DownloadJob) -> str:
+        return "-" if job.duration_seconds is None else f"{job.duration_seconds:.1f} s"
+
+    def _apply(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[DownloadJob],
+        service: Callable[[DownloadJob], object],
+        done_verb: str,
+    ) -> None:
+        done, refused = 0, []
+        for job in _in_chunks(queryset):
+            try:
+                service(job)
+            except (services.InvalidTransition, services.JobStateConflict):
+                refused.append(job.job_id)
+            else:
+                done += 1
+        if done:
+            self.message_user(request, f"{done_verb} {done} job(s).", messages.SUCCESS)
+        if refused:
+            shown = ", ".join(refused[:REFUSED_IDS_SHOWN])
+            more = f" and {len(refused) - REFUSED_IDS_SHOWN} more" if len(refused) > REFUSED_IDS_SHOWN else ""
+            self.message_user(
+                request,
+                f"Refused {len(refused)} job(s) not in a state that allows it: {shown}{more}.",
+                messages.WARNING,
+            )
+
+    @admin.action(description="Cancel selected jobs", permissions=["change"])
+    def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[DownloadJob]) -> None:
+        self._apply(request, queryset, lambda job: services.download_job_cancel(job=job), "Cancelled")
+
+    @admin.action(description="Retry selected failed or cancelled jobs", permissions=["change"])
+    def retry_jobs(self, request: HttpRequest, queryset: QuerySet[DownloadJob]) -> None:
+        self._apply(request, queryset, lambda job: services.download_job_retry(job=job), "Queued again")
+
+    @admin.action(description="Re-queue selected dead-lettered jobs", permissions=["change"])
+    def requeue_dead_lettered_jobs(self, request: HttpRequest, queryset: QuerySet[DownloadJob]) -> None:
+        self._apply(
+            request,
+            queryset,
+            lambda job: services.download_job_retry(job=job, dead_lettered_only=True),
+            "Queued again",
+        )
+
+
+def download_jobs_changelist_url(user: User) -> str:
+    return f"{reverse('admin:jobs_downloadjob_changelist')}?owner__id__exact={user.pk}"
+
+
+admin.site.unregister(User)
+
+
+@admin.register(User)
+class UserWithDownloadsAdmin(UserAdmin):
+    """Django's user admin, with a link from each user to their download history."""
+
+    readonly_fields = [*UserAdmin.readonly_fields, "download_history"]
+
+    def get_fieldsets(self, request: HttpRequest, obj: User | None = None) -> Any:
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None:
+            return fieldsets
+        return [*fieldsets, ("Downloads", {"fields": ["download_history"]})]
+
+    @admin.display(description="download history")
+    def download_history(self, user: User) -> str:
+        return format_html(
+            '<a href="{}">{} download job(s)</a>',
+            download_jobs_changelist_url(user),
+            user.download_jobs.count(),
+        )

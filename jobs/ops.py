@@ -1,0 +1,122 @@
+"""Endpoints for operators and orchestrators: liveness, readiness and Prometheus metrics.
+
+`/health` says the process answers, and touches nothing (a liveness probe that checked
+the database would restart every web process when the database blips). `/ready` checks
+what a request needs: the database, the Redis servers (broker, hot state, channel layer)
+and the downloads storage, each with a short timeout; 503 names what failed.
+"""
+
+import os
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from storages.backends.s3 import S3Storage
+
+from . import metrics
+from .storage import downloads_storage
+
+CHECK_TIMEOUT_S = 2.0
+
+
+@require_GET
+@never_cache
+def health(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"status": "ok"})
+
+
+def _database() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        cursor.fetchone()
+
+
+def _redis_urls() -> dict[str, str]:
+    return {
+        "redis_broker": settings.CELERY_BROKER_URL,
+        "redis_state": settings.REDIS_STATE_URL,
+        "redis_channels": settings.CHANNEL_LAYER_URL,
+    }
+
+
+def _redis(url: str) -> None:
+    client = redis.Redis.from_url(
+        url,
+        socket_connect_timeout=CHECK_TIMEOUT_S,
+        socket_timeout=CHECK_TIMEOUT_S,
+        retry=Retry(NoBackoff(), 0),
+    )
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
+@cache
+def _s3_client(
+    endpoint_url: str | None, region: str | None, access_key: str | None, secret: str | None
+) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name=region,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret,
+        config=Config(
+            connect_timeout=CHECK_TIMEOUT_S, read_timeout=CHECK_TIMEOUT_S, retries={"max_attempts": 1}
+        ),
+    )
+
+
+def _storage() -> None:
+    storage = downloads_storage()
+    if isinstance(storage, S3Storage):
+        client = _s3_client(storage.endpoint_url, storage.region_name, storage.access_key, storage.secret_key)
+        client.head_bucket(Bucket=storage.bucket_name)
+        return
+    # Local files: the root (or the folder it will be made in) must be a writable folder.
+    location = Path(storage.location)  # type: ignore[attr-defined]
+    while not location.exists() and location != location.parent:
+        location = location.parent
+    if not location.is_dir() or not os.access(location, os.W_OK | os.X_OK):
+        raise OSError(f"{location} is not a writable folder")
+
+
+def _run(check: Any, *args: Any) -> str:
+    try:
+        check(*args)
+    except Exception as error:
+        return f"error: {type(error).__name__}: {error}"[:300]
+    return "ok"
+
+
+@require_GET
+@never_cache
+def ready(request: HttpRequest) -> JsonResponse:
+    checks = {"database": _run(_database)}
+    for name, url in _redis_urls().items():
+        checks[name] = _run(_redis, url)
+    checks["storage"] = _run(_storage)
+    failed = sorted(name for name, result in checks.items() if result != "ok")
+    body: dict[str, Any] = {"status": "unavailable" if failed else "ok", "checks": checks}
+    if failed:
+        body["failed"] = failed
+    return JsonResponse(body, status=503 if failed else 200)
+
+
+@require_GET
+@never_cache
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    body, content_type = metrics.exposition()
+    return HttpResponse(body, content_type=content_type)
