@@ -184,6 +184,7 @@ class Stack:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.web: subprocess.Popen[str] | None = None
         self.worker: subprocess.Popen[str] | None = None
+        self.beat: subprocess.Popen[str] | None = None
 
     def _spawn(self, role: str, argv: list[str]) -> tuple[subprocess.Popen[str], _LogTail]:
         process = subprocess.Popen(
@@ -235,6 +236,25 @@ class Stack:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, 9)
                 process.wait()
+
+    def start_beat(self, schedule_dir: Path) -> None:
+        """A real `celery beat` sending this stack's CELERY_BEAT_SCHEDULE to its broker; its
+        schedule file lives in `schedule_dir`. Stopped by `stop_beat()` (not by `stop()`)."""
+        self.beat, log = self._spawn(
+            "beat",
+            [sys.executable, "-m", "celery", "-A", "downloads_project", "beat", "--loglevel", "INFO",
+             "--schedule", str(schedule_dir / "celerybeat-schedule")],
+        )  # fmt: skip
+        log.wait_for("beat: Starting...")
+
+    def stop_beat(self) -> None:
+        if self.beat is not None and self.beat.poll() is None:
+            os.killpg(self.beat.pid, 15)
+            try:
+                self.beat.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.beat.pid, 9)
+                self.beat.wait()
 
     def kill_worker(self) -> None:
         """SIGKILL the worker and its pool children, as a crash would."""

@@ -162,6 +162,7 @@ CELERY_TIMEZONE = TIME_ZONE
 # no worker was up do not pile up and run back to back.
 JOB_EXPIRE_EVERY_S = env.float("JOB_EXPIRE_EVERY_S", default=300.0)
 JOB_REAP_EVERY_S = env.float("JOB_REAP_EVERY_S", default=30.0)
+ANALYTICS_REFRESH_EVERY_S = env.float("ANALYTICS_REFRESH_EVERY_S", default=60.0)
 CELERY_BEAT_SCHEDULE = {
     "download-jobs-expire": {
         "task": "jobs.download_jobs_expire",
@@ -172,6 +173,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "jobs.download_jobs_reap",
         "schedule": JOB_REAP_EVERY_S,
         "options": {"queue": "downloads.high", "expires": JOB_REAP_EVERY_S},
+    },
+    "download-analytics-refresh": {
+        "task": "jobs.download_analytics_refresh",
+        "schedule": ANALYTICS_REFRESH_EVERY_S,
+        "options": {"queue": "downloads.high", "expires": ANALYTICS_REFRESH_EVERY_S},
     },
 }
 
@@ -207,6 +213,20 @@ JOB_QUEUED_STALE_S = env.float("JOB_QUEUED_STALE_S", default=600.0)
 STAGING_CHUNK_BYTES = env.int("STAGING_CHUNK_BYTES", default=1024 * 1024)
 # S3 needs parts of at least 5 MiB (but the last); memory per job is about one part.
 STAGING_PART_BYTES = env.int("STAGING_PART_BYTES", default=8 * 1024 * 1024)
+
+# --- Alerts (spec 6.3) ----------------------------------------------------------------------
+# Beat's jobs.download_alerts_check logs a WARNING while one fires; /metrics exposes the
+# figures and download_alert_firing{alert} as they are at each scrape (jobs/alerts.py).
+ALERT_BACKLOG_THRESHOLD = env.int("ALERT_BACKLOG_THRESHOLD", default=1000)  # messages waiting
+ALERT_SUCCESS_RATE_MIN = env.float("ALERT_SUCCESS_RATE_MIN", default=0.95)
+ALERT_MIN_SAMPLES = env.int("ALERT_MIN_SAMPLES", default=20)  # fewer ended jobs: no verdict
+ALERT_WINDOW_S = env.int("ALERT_WINDOW_S", default=3600)
+ALERT_CHECK_EVERY_S = env.float("ALERT_CHECK_EVERY_S", default=60.0)
+CELERY_BEAT_SCHEDULE["download-alerts-check"] = {
+    "task": "jobs.download_alerts_check",
+    "schedule": ALERT_CHECK_EVERY_S,
+    "options": {"queue": "downloads.high", "expires": ALERT_CHECK_EVERY_S},
+}
 
 # --- Origins -----------------------------------------------------------------------------
 

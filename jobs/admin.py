@@ -13,12 +13,14 @@ from typing import Any
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin
 from django.contrib.auth.models import User
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.urls import reverse
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
-from . import services
+from . import admin_analytics, services
 from .models import DownloadJob
 
 ACTION_CHUNK_ROWS = 500
@@ -115,6 +117,20 @@ class DownloadJobAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: DownloadJob | None = None) -> bool:
         # Job pages are view-only; the change permission is what the actions require.
         return obj is None and super().has_change_permission(request)
+
+    def get_urls(self) -> list[URLPattern]:
+        analytics = path(
+            "analytics/",
+            self.admin_site.admin_view(self.analytics_view),
+            name="jobs_downloadjob_analytics",
+        )
+        return [analytics, *super().get_urls()]
+
+    def analytics_view(self, request: HttpRequest) -> TemplateResponse:
+        """Hourly analytics and the current queue (staff with view permission on jobs)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        return admin_analytics.analytics_page(request, self)
 
     @admin.display(description="progress", ordering="progress")
     def progress_display(self, job: DownloadJob) -> str:

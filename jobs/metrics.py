@@ -145,6 +145,10 @@ class LevelsCollector(Collector):
             for (status, priority), n in sorted(active.items()):
                 jobs.add_metric([status, priority], n)
             yield jobs
+        # The alerts' figures and whether each fires (jobs.alerts), as they are now.
+        from .alerts import alert_metric_families
+
+        yield from alert_metric_families()
 
 
 def _multiprocess_dir() -> str | None:

@@ -122,3 +122,28 @@ class DownloadJob(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+
+class DownloadAnalyticsHour(models.Model):
+    """One hour of the `download_analytics` materialized view (PostgreSQL only; made by
+    migration 0003, refreshed by beat). Read-only: Django never creates or writes it."""
+
+    hour = models.DateTimeField(primary_key=True)
+    total_jobs = models.BigIntegerField()
+    completed = models.BigIntegerField()
+    failed = models.BigIntegerField()
+    cancelled = models.BigIntegerField()
+    avg_duration_s = models.FloatField(null=True)
+    p50_duration_s = models.FloatField(null=True)
+    p95_duration_s = models.FloatField(null=True)
+    p99_duration_s = models.FloatField(null=True)
+    # Sizes of the files of completed jobs, written to storage (not bytes downloaded).
+    bytes_staged = models.BigIntegerField()
+
+    class Meta:
+        managed = False
+        db_table = "download_analytics"
+        ordering = ["-hour"]
+
+    def __str__(self) -> str:
+        return self.hour.isoformat()

@@ -3,7 +3,7 @@
 from celery import Task, shared_task
 from django.conf import settings
 
-from . import services
+from . import alerts, analytics, services
 
 
 @shared_task(
@@ -37,3 +37,15 @@ def download_jobs_expire() -> int:
 @shared_task(name="jobs.download_jobs_reap")
 def download_jobs_reap() -> int:
     return services.download_jobs_reap()
+
+
+@shared_task(name="jobs.download_alerts_check")
+def download_alerts_check() -> None:
+    """Logs a WARNING for each alert that fires (spec 6.3); /metrics shows their state."""
+    alerts.alerts_check()
+
+
+@shared_task(name="jobs.download_analytics_refresh")
+def download_analytics_refresh() -> bool:
+    """Refreshes the analytics materialized view (PostgreSQL); a no-op on SQLite."""
+    return analytics.download_analytics_refresh()
