@@ -82,10 +82,11 @@ def success_rate_window(*, now: datetime | None = None) -> SuccessRate:
     return SuccessRate(completed=counts["completed"], failed=counts["failed"])
 
 
-def alerts_evaluate(*, now: datetime | None = None) -> AlertState:
-    """Both figures; a source that cannot be read is None (and logged), not an error."""
+def alerts_evaluate(*, now: datetime | None = None, queue_depths: dict[str, int] | None = None) -> AlertState:
+    """Both figures; a source that cannot be read is None (and logged), not an error.
+    A caller that has just read the queue depths passes them, so the broker is read once."""
     try:
-        backlog: int | None = queue_backlog()
+        backlog: int | None = sum(queue_depths.values()) if queue_depths is not None else queue_backlog()
     except redis.RedisError:
         logger.warning("alerts: could not read the queue backlog from the broker", exc_info=True)
         backlog = None

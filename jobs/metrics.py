@@ -121,6 +121,7 @@ class LevelsCollector(Collector):
     left out of the scrape (and logged) rather than failing it."""
 
     def collect(self) -> Iterable[Metric]:
+        depths: dict[str, int] | None = None
         try:
             depths = queue_depths()
         except redis.RedisError:
@@ -146,9 +147,9 @@ class LevelsCollector(Collector):
                 jobs.add_metric([status, priority], n)
             yield jobs
         # The alerts' figures and whether each fires (jobs.alerts), as they are now.
-        from .alerts import alert_metric_families
+        from .alerts import alert_metric_families, alerts_evaluate
 
-        yield from alert_metric_families()
+        yield from alert_metric_families(alerts_evaluate(queue_depths=depths))
 
 
 def _multiprocess_dir() -> str | None:
