@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # `realtime` package: the project's root takes its place.
 sys.path[:] = [str(ROOT)] + [entry for entry in sys.path if Path(entry or ".").resolve() != ROOT / "bench"]
 
+from bench.sandbox import bench_env  # noqa: E402
 from jobs.tests.local_servers import free_port, wait_for_port  # noqa: E402
 
 BROKER_DB = 9  # as bench/staging.py: no job is dispatched, but no worker could take one either
@@ -597,30 +598,10 @@ def driver_main(args: argparse.Namespace) -> None:
         if args.logs:  # copied at the end, after the children stopped (the stack unwinds in reverse)
             stack.callback(shutil.copytree, tmp / "logs", args.logs, dirs_exist_ok=True)
         nofile = stack.enter_context(raised_open_file_limit(max(counts) * 2 + 1024))
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if not key.startswith(("AWS_", "DJANGO_SETTINGS", "DATABASE_URL", "CELERY_"))
-        }
-        if not env.get("REDIS_URL"):
-            from downloads_project.embedded import embedded_redis
-
-            env["REDIS_URL"] = stack.enter_context(embedded_redis())
         var_dir = tmp / "var"
-        env.update(
-            {
-                "DJANGO_SETTINGS_MODULE": "downloads_project.settings",
-                "VAR_DIR": str(var_dir),
-                "DATABASE_URL": f"sqlite:///{var_dir / 'bench.sqlite3'}",
-                "CELERY_BROKER_URL": f"{env['REDIS_URL'].rstrip('/')}/{BROKER_DB}",
-                "LOG_LEVEL": "WARNING",
-            }
-        )
+        env = bench_env(stack, var_dir, broker_db=BROKER_DB)
         children = Children(env, tmp / "logs")
         stack.callback(children.stop_all)
-        subprocess.run(
-            [sys.executable, "manage.py", "migrate", "--verbosity", "0"], env=env, cwd=ROOT, check=True
-        )
         setup_out = tmp / "setup.json"
         subprocess.run(
             [sys.executable, str(Path(__file__).resolve()), "_setup", "--out", str(setup_out)],

@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.sandbox import bench_env  # noqa: E402
 from jobs.tests.local_servers import s3_endpoint  # noqa: E402
 
 MIB = 1024 * 1024
@@ -634,34 +635,17 @@ def driver_main(args: argparse.Namespace) -> None:
     targets = [target for target in args.storage.split(",") if target]
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-staging-")))
-        base_env = {
-            key: value
-            for key, value in os.environ.items()
-            if not key.startswith(("AWS_", "DJANGO_SETTINGS", "DATABASE_URL", "CELERY_"))
-        }
-        if not base_env.get("REDIS_URL"):
-            from downloads_project.embedded import embedded_redis
-
-            base_env["REDIS_URL"] = stack.enter_context(embedded_redis())
         var_dir = tmp / "var"
-        redis_url = base_env["REDIS_URL"].rstrip("/")
+        base_env = bench_env(stack, var_dir, broker_db=BROKER_DB)
         base_env.update(
             {
-                "DJANGO_SETTINGS_MODULE": "downloads_project.settings",
-                "VAR_DIR": str(var_dir),
-                "DATABASE_URL": f"sqlite:///{var_dir / 'bench.sqlite3'}",
-                "CELERY_BROKER_URL": f"{redis_url}/{BROKER_DB}",
                 "ORIGIN": "synthetic",
                 "SYNTHETIC_RATE_BPS": "0",
                 "JOB_SOFT_TIME_LIMIT_S": "3600",
                 "JOB_MAX_ATTEMPTS": "1",
-                "LOG_LEVEL": "WARNING",
             }
         )
         s3 = stack.enter_context(s3_endpoint(bucket_prefix="downloads-bench")) if "s3" in targets else None
-        subprocess.run(
-            [sys.executable, "manage.py", "migrate", "--verbosity", "0"], env=base_env, cwd=ROOT, check=True
-        )
         envs = {"local": base_env, "s3": {**base_env, **(s3.env if s3 else {})}}
 
         import boto3
