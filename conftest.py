@@ -67,10 +67,13 @@ def _fast_password_hasher(settings: Any) -> None:
 
 @pytest.fixture(autouse=True)
 def _fresh_cache() -> None:
-    """Throttle counters live in the Redis cache (its own database): each test starts with none."""
+    """The cache and the rate-limit counters live in Redis: each test starts with none."""
     from django.core.cache import cache
 
+    from jobs.ratelimits import rate_limits_reset
+
     cache.clear()
+    rate_limits_reset()
 
 
 # --- storage and broker ------------------------------------------------------------------

@@ -9,10 +9,9 @@ from rest_framework import status
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import APIView
 
-from . import selectors, services
+from . import ratelimits, selectors, services
 from .api_errors import ApiError, job_not_found
 from .models import DownloadJob, Status
 from .serializers import (
@@ -33,14 +32,29 @@ def _owned_job(request: Request, job_id: str) -> DownloadJob:
         raise job_not_found() from None
 
 
-class InitiateRateThrottle(UserRateThrottle):
-    scope = "initiate"
-
-
 class DownloadJobInitiateApi(APIView):
-    throttle_classes = [InitiateRateThrottle]
+    # Set per request by the rate limits; every answer carries them, errors included.
+    ratelimit_headers: dict[str, str] = {}
+
+    def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
+        for name, value in self.ratelimit_headers.items():
+            response[name] = value
+        return super().finalize_response(request, response, *args, **kwargs)
 
     def post(self, request: Request) -> Response:
+        verdict = ratelimits.initiate_rate_hit(
+            user_id=request.user.pk,  # type: ignore[arg-type]
+            ip=ratelimits.client_ip(request),
+        )
+        self.ratelimit_headers = verdict.headers
+        if not verdict.allowed:
+            raise ApiError(
+                status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+                code="RATE_LIMIT_EXCEEDED",
+                message="Too many download requests",
+                extra={"retry_after": verdict.retry_after_s},
+                headers={"Retry-After": str(verdict.retry_after_s)},
+            )
         serializer = DownloadJobInitiateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         idempotency_key = idempotency_key_validate(request.headers.get("Idempotency-Key"))

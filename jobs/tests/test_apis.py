@@ -21,7 +21,6 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from jobs import hotstate
-from jobs.apis import InitiateRateThrottle
 from jobs.hotstate import HotProgress
 from jobs.models import DownloadJob, Status
 
@@ -437,13 +436,14 @@ def concurrently(count: int, request: Any) -> list[Any]:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_initiate_concurrent_requests_with_one_idempotency_key_make_one_job(user, dispatched):
+def test_initiate_concurrent_requests_with_one_idempotency_key_make_one_job(user, settings, dispatched):
+    settings.JOB_INITIATE_RATE = settings.JOB_INITIATE_RATE_PER_IP = "100/minute"
     responses = concurrently(
-        8,
+        20,
         lambda: token_client(user).post(INITIATE, {"file_id": 1}, format="json", HTTP_IDEMPOTENCY_KEY="same"),
     )
 
-    assert [response.status_code for response in responses] == [200] * 8
+    assert [response.status_code for response in responses] == [200] * 20
     assert len({response.json()["data"]["job_id"] for response in responses}) == 1
     assert DownloadJob.objects.count() == 1
     assert len(dispatched) == 1
@@ -467,12 +467,25 @@ def test_initiate_sixth_active_job_is_429(api_client, user, dispatched):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_initiate_concurrent_requests_cannot_pass_the_active_limit_together(user, dispatched):
-    responses = concurrently(10, lambda: token_client(user).post(INITIATE, {"file_id": 1}, format="json"))
+def test_initiate_concurrent_requests_cannot_pass_the_active_limit_together(user, settings, dispatched):
+    settings.JOB_INITIATE_RATE = settings.JOB_INITIATE_RATE_PER_IP = "100/minute"
+    responses = concurrently(20, lambda: token_client(user).post(INITIATE, {"file_id": 1}, format="json"))
 
-    assert sorted(response.status_code for response in responses) == [200] * 5 + [429] * 5
+    assert sorted(response.status_code for response in responses) == [200] * 5 + [429] * 15
     assert DownloadJob.objects.count() == 5
     assert len(dispatched) == 5
+
+
+@pytest.mark.django_db(transaction=True)
+def test_initiate_twenty_concurrent_requests_at_the_default_limits_leave_five_active(user, dispatched):
+    responses = concurrently(20, lambda: token_client(user).post(INITIATE, {"file_id": 1}, format="json"))
+
+    codes = [response.json()["error"]["message"] for response in responses if response.status_code == 429]
+    assert sorted(response.status_code for response in responses) == [200] * 5 + [429] * 15
+    # Ten pass the rate limit of 10/minute; of those, five find the active cap full.
+    assert codes.count("Too many download requests") == 10
+    assert codes.count("Maximum 5 concurrent downloads per user") == 5
+    assert DownloadJob.objects.filter(status__in=["queued", "processing"]).count() == 5
 
 
 def test_initiate_active_limit_counts_only_the_users_active_jobs(api_client, user, other_user, dispatched):
@@ -505,9 +518,8 @@ def test_initiate_active_limit_is_a_setting(api_client, settings, dispatched):
     assert response["Retry-After"] == "7"
 
 
-def test_initiate_rate_throttle_is_429_with_retry_after(api_client, other_client, monkeypatch, dispatched):
-    # DRF reads the rates once, at import, into the throttle class.
-    monkeypatch.setattr(InitiateRateThrottle, "THROTTLE_RATES", {"initiate": "2/min"})
+def test_initiate_rate_per_user_is_429_with_retry_after(api_client, other_client, settings, dispatched):
+    settings.JOB_INITIATE_RATE = "2/minute"
     for _ in range(2):
         assert api_client.post(INITIATE, {"file_id": 1}, format="json").status_code == 200
 
@@ -517,15 +529,117 @@ def test_initiate_rate_throttle_is_429_with_retry_after(api_client, other_client
     body = response.json()
     retry_after = body["error"]["retry_after"]
     assert body == error("RATE_LIMIT_EXCEEDED", "Too many download requests", retry_after=retry_after)
-    assert 50 <= retry_after <= 60
+    assert 55 <= retry_after <= 60
     assert response["Retry-After"] == str(retry_after)
+    assert response["RateLimit-Remaining"] == "0"
     assert DownloadJob.objects.count() == 2
-    # The throttle is per user.
+    # The limit is per user: another user from the same address still has room.
     assert other_client.post(INITIATE, {"file_id": 1}, format="json").status_code == 200
 
 
-def test_rate_throttle_does_not_limit_reads(api_client, monkeypatch, dispatched):
-    monkeypatch.setattr(InitiateRateThrottle, "THROTTLE_RATES", {"initiate": "1/min"})
+def test_initiate_answers_carry_the_ratelimit_headers(api_client, settings, dispatched):
+    settings.JOB_INITIATE_RATE = "3/minute"
+    settings.JOB_INITIATE_RATE_PER_IP = "100/hour"
+
+    responses = [api_client.post(INITIATE, {"file_id": 1}, format="json") for _ in range(2)]
+    invalid = api_client.post(INITIATE, {"file_id": "1"}, format="json")
+
+    assert [r["RateLimit-Remaining"] for r in responses] == ["2", "1"]
+    assert {r["RateLimit-Limit"] for r in responses} == {"3"}
+    assert 0 < int(responses[1]["RateLimit-Reset"]) <= 60
+    assert responses[0]["RateLimit-Policy"] == '3;w=60;comment="user", 100;w=3600;comment="ip"'
+    # A request refused for bad input still counts, and still says so.
+    assert invalid.status_code == 400
+    assert invalid["RateLimit-Remaining"] == "0"
+
+
+def test_initiate_rate_per_ip_limits_every_user_of_the_address(
+    api_client, other_client, settings, dispatched
+):
+    settings.JOB_INITIATE_RATE_PER_IP = "2/minute"
+    assert api_client.post(INITIATE, {"file_id": 1}, format="json").status_code == 200
+    assert other_client.post(INITIATE, {"file_id": 1}, format="json").status_code == 200
+
+    refused = other_client.post(INITIATE, {"file_id": 1}, format="json")
+    elsewhere = other_client.post(INITIATE, {"file_id": 1}, format="json", REMOTE_ADDR="192.0.2.7")
+
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "RATE_LIMIT_EXCEEDED"
+    assert elsewhere.status_code == 200
+
+
+def test_initiate_refused_by_one_limit_is_not_counted_by_the_other(api_client, settings, dispatched):
+    settings.JOB_INITIATE_RATE = "1/minute"
+    settings.JOB_INITIATE_RATE_PER_IP = "2/minute"
+    api_client.post(INITIATE, {"file_id": 1}, format="json")
+    for _ in range(3):
+        assert api_client.post(INITIATE, {"file_id": 1}, format="json").status_code == 429
+
+    # The address spent one of its two: another user from it still gets in.
+    other = User.objects.create_user("third")
+    assert token_client(other).post(INITIATE, {"file_id": 1}, format="json").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("header_setting", "headers", "counted_as"),
+    [
+        # No header configured: a client's X-Forwarded-For is ignored.
+        ("", {"HTTP_X_FORWARDED_FOR": "203.0.113.9"}, "127.0.0.1"),
+        # Configured: the entry our proxy appended, not the ones the client sent before it.
+        ("X-Forwarded-For", {"HTTP_X_FORWARDED_FOR": "6.6.6.6, 203.0.113.9"}, "203.0.113.9"),
+        ("X-Real-IP", {"HTTP_X_REAL_IP": "203.0.113.9"}, "203.0.113.9"),
+        # Configured but missing or not an address: the peer.
+        ("X-Real-IP", {}, "127.0.0.1"),
+        ("X-Real-IP", {"HTTP_X_REAL_IP": "not-an-ip"}, "127.0.0.1"),
+        # IPv6 is counted per /64.
+        ("X-Real-IP", {"HTTP_X_REAL_IP": "2001:db8::1:2:3:4"}, "2001:db8::/64"),
+    ],
+)
+def test_client_ip_comes_from_the_trusted_header_only(settings, rf, header_setting, headers, counted_as):
+    from jobs.ratelimits import client_ip
+
+    settings.CLIENT_IP_HEADER = header_setting
+
+    assert client_ip(rf.post(INITIATE, **headers)) == counted_as
+
+
+def test_client_ip_skips_as_many_proxies_as_configured(settings, rf):
+    from jobs.ratelimits import client_ip
+
+    settings.CLIENT_IP_HEADER = "X-Forwarded-For"
+    settings.CLIENT_IP_PROXY_COUNT = 2
+    request = rf.post(INITIATE, HTTP_X_FORWARDED_FOR="6.6.6.6, 203.0.113.9, 10.0.0.2")
+
+    assert client_ip(request) == "203.0.113.9"
+
+
+def test_initiate_rate_per_ip_behind_a_proxy_counts_each_client(api_client, settings, dispatched):
+    settings.CLIENT_IP_HEADER = "X-Real-IP"
+    settings.JOB_INITIATE_RATE_PER_IP = "1/minute"
+
+    first = api_client.post(INITIATE, {"file_id": 1}, format="json", HTTP_X_REAL_IP="198.51.100.1")
+    second = api_client.post(INITIATE, {"file_id": 1}, format="json", HTTP_X_REAL_IP="198.51.100.2")
+    again = api_client.post(INITIATE, {"file_id": 1}, format="json", HTTP_X_REAL_IP="198.51.100.1")
+
+    assert [first.status_code, second.status_code, again.status_code] == [200, 200, 429]
+
+
+def test_initiate_rate_limits_fail_open_without_redis(api_client, monkeypatch, dispatched):
+    from jobs import ratelimits
+
+    def unreachable(*args: Any) -> bool:
+        raise ConnectionError("redis down")
+
+    monkeypatch.setattr(ratelimits._limiter(), "test", unreachable)
+
+    response = api_client.post(INITIATE, {"file_id": 1}, format="json")
+
+    assert response.status_code == 200
+    assert "RateLimit-Remaining" not in response
+
+
+def test_rate_limit_does_not_limit_reads(api_client, settings, dispatched):
+    settings.JOB_INITIATE_RATE = "1/minute"
     api_client.post(INITIATE, {"file_id": 1}, format="json")
 
     assert [api_client.get(LIST).status_code for _ in range(3)] == [200, 200, 200]

@@ -1,0 +1,115 @@
+"""Initiate rate limits, per user and per client IP, counted in Redis.
+
+Every API process counts in the same Redis (the hot-state database), so the limit holds
+however many processes serve the API. The `limits` library keeps a moving window per key
+(a Redis list of hit times, checked and appended in one Lua script), so parallel requests
+cannot both take the last slot. Each answer of initiate carries the draft-standard
+`RateLimit-*` headers (draft-ietf-httpapi-ratelimit-headers, as express-rate-limit's
+`standardHeaders` sends them) for whichever limit is closest to running out.
+
+If Redis cannot be reached the request is let through and the failure logged: the
+per-user cap on active jobs, kept in the database, still bounds what one user can start.
+"""
+
+import ipaddress
+import logging
+import math
+import time
+from dataclasses import dataclass
+from functools import cache
+
+from django.conf import settings
+from django.http import HttpRequest
+from limits import RateLimitItem, parse
+from limits.storage import RedisStorage
+from limits.strategies import MovingWindowRateLimiter
+
+logger = logging.getLogger(__name__)
+
+
+@cache
+def _limiter() -> MovingWindowRateLimiter:
+    storage = RedisStorage(settings.REDIS_STATE_URL, key_prefix="ratelimit")
+    return MovingWindowRateLimiter(storage)
+
+
+@cache
+def _item(rate: str) -> RateLimitItem:
+    return parse(rate)
+
+
+def client_ip(request: HttpRequest) -> str:
+    """The client's address: from CLIENT_IP_HEADER when one is configured (the entry our
+    own proxy wrote, CLIENT_IP_PROXY_COUNT from the right), else the socket's peer. A
+    header that is missing or not an address falls back to the peer, never to whatever
+    a client wrote. IPv6 clients are counted per /64, the block one host usually holds."""
+    address = request.META.get("REMOTE_ADDR") or ""
+    if header := settings.CLIENT_IP_HEADER:
+        entries = [entry.strip() for entry in request.headers.get(header, "").split(",")]
+        entries = [entry for entry in entries if entry]
+        count = settings.CLIENT_IP_PROXY_COUNT
+        if count >= 1 and len(entries) >= count:
+            address = entries[-count]
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return request.META.get("REMOTE_ADDR") or "unknown"
+    if parsed.version == 6:
+        return str(ipaddress.ip_network(f"{parsed}/64", strict=False))
+    return str(parsed)
+
+
+@dataclass(frozen=True)
+class RateLimitVerdict:
+    allowed: bool
+    headers: dict[str, str]
+    retry_after_s: int = 0
+
+
+def _policy(item: RateLimitItem, name: str) -> str:
+    return f'{item.amount};w={item.get_expiry()};comment="{name}"'
+
+
+def initiate_rate_hit(*, user_id: int, ip: str) -> RateLimitVerdict:
+    """Counts one initiate for the user and the IP, if both have room; a refused request
+    is not counted against either."""
+    limits = [
+        (_item(settings.JOB_INITIATE_RATE), "user", str(user_id)),
+        (_item(settings.JOB_INITIATE_RATE_PER_IP), "ip", ip),
+    ]
+    policy = ", ".join(_policy(item, name) for item, name, _ in limits)
+    limiter = _limiter()
+    try:
+        refused = [limit for limit in limits if not limiter.test(limit[0], "initiate", *limit[1:])]
+        if not refused:
+            for item, name, key in limits:
+                if not limiter.hit(item, "initiate", name, key):
+                    refused.append((item, name, key))
+        stats = [(item, limiter.get_window_stats(item, "initiate", name, key)) for item, name, key in limits]
+    except Exception:
+        logger.warning("Rate limits unavailable (Redis); initiate let through", exc_info=True)
+        return RateLimitVerdict(allowed=True, headers={})
+    now = time.time()
+    item, tightest = min(stats, key=lambda pair: (pair[1].remaining, -pair[1].reset_time))
+    reset_s = max(0, math.ceil(tightest.reset_time - now))
+    headers = {
+        "RateLimit-Policy": policy,
+        "RateLimit-Limit": str(item.amount),
+        "RateLimit-Remaining": str(max(0, tightest.remaining)),
+        "RateLimit-Reset": str(reset_s),
+    }
+    if not refused:
+        return RateLimitVerdict(allowed=True, headers=headers)
+    refused_keys = {(name, key) for _, name, key in refused}
+    waits = [
+        window.reset_time - now
+        for (limit_item, window), (_, name, key) in zip(stats, limits, strict=True)
+        if (name, key) in refused_keys and window.remaining <= 0
+    ]
+    retry_after_s = max(1, math.ceil(max(waits, default=1)))
+    return RateLimitVerdict(allowed=False, headers=headers, retry_after_s=retry_after_s)
+
+
+def rate_limits_reset() -> None:
+    """Forgets every count (tests)."""
+    _limiter().storage.reset()
