@@ -134,10 +134,16 @@ def vm_hwm_reset(pid: int) -> bool:
 class NoopHooks:
     """A StagingHooks that does nothing: staging alone, no progress, no cancel checks."""
 
-    def upload_opened(self, *, upload_id: str, bytes_total: int | None) -> None:
+    def upload_opened(self, **kwargs: Any) -> None:
+        pass
+
+    def part_stored(self, *, parts: list[dict[str, Any]]) -> None:
         pass
 
     def chunk_staged(self, *, bytes_done: int, bytes_total: int | None) -> None:
+        pass
+
+    def before_commit(self) -> None:
         pass
 
 

@@ -85,6 +85,23 @@ class DownloadJob(models.Model):
 
     storage_key = models.CharField(max_length=500, blank=True)
     upload_id = models.CharField(max_length=500, blank=True, help_text="In-flight multipart upload.")
+    # The parts of the upload that attempts have stored, each recorded by a write fenced
+    # with the attempt number: a later attempt resumes after the last of them.
+    upload_parts = models.JSONField(default=list, blank=True)
+    # Identifies the origin's version of the file (ETag, Last-Modified...) so a resumed
+    # attempt asks for the rest of the same file, never splices two versions.
+    origin_validator = models.CharField(max_length=255, blank=True)
+    resumed_bytes = models.BigIntegerField(
+        default=0, help_text="Bytes the completing attempt took from parts stored by earlier attempts."
+    )
+    reused_from = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="reused_by",
+        help_text="Completed at once from this job's stored file, with no origin traffic.",
+    )
     file_name = models.CharField(max_length=255, blank=True)
     file_size_bytes = models.BigIntegerField(null=True, blank=True)
     content_type = models.CharField(max_length=255, blank=True)
@@ -101,6 +118,8 @@ class DownloadJob(models.Model):
         indexes = [
             models.Index(fields=["owner", "-created_at"], name="idx_owner_created"),
             models.Index(fields=["status", "-created_at"], name="idx_status_created"),
+            # Reuse looks for a retained file of the same file id.
+            models.Index(fields=["file_id", "status"], name="idx_file_status"),
         ]
         constraints = [
             models.UniqueConstraint(

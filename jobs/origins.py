@@ -3,12 +3,19 @@
 Every origin opens a file as an `OriginFile`: its name, type and size (when known) and an
 iterator of byte chunks. Failures are raised as `JobError` with a code from `errors.py`,
 never as the transport's own exceptions.
+
+An attempt that resumes asks for the file from an offset, with the validator the first
+attempt was given (an HTTP `Range` with `If-Range`). The origin starts there only if it
+can and the file is still the same version; otherwise it sends the whole file, and says
+so by `OriginFile.offset`, which is where its chunks start.
 """
 
 import mimetypes
+import os
 import random
 import re
 import time
+import unicodedata
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -29,25 +36,46 @@ DEFAULT_CONTENT_TYPE = "application/octet-stream"
 class OriginFile:
     name: str
     content_type: str
-    size: int | None
-    chunks: Iterator[bytes]
+    size: int | None  # of the whole file
+    chunks: Iterator[bytes]  # from `offset` to the end
+    offset: int = 0
+    # This version of the file, for a later request of the rest; empty: cannot resume.
+    validator: str = ""
 
 
 class Origin(Protocol):
-    def open(self, file_id: int, *, chunk_bytes: int) -> AbstractContextManager[OriginFile]: ...
+    def open(
+        self, file_id: int, *, chunk_bytes: int, offset: int = 0, validator: str = ""
+    ) -> AbstractContextManager[OriginFile]: ...
 
 
-_UNSAFE_NAME_CHARS = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]+')
+_UNSAFE_NAME_CHARS = re.compile(r'[\x00-\x1f\x7f-\x9f/\\:*?"<>|]+')
+# Invisible and control characters of Unicode: bidi overrides that disguise an extension
+# ("invoice\u202efdp.exe" shows as "invoiceexe.pdf"), zero-width characters, line and
+# paragraph separators, surrogates (undecodable bytes), private and unassigned ones.
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+FILE_NAME_MAX_BYTES = 200  # of UTF-8: file systems count bytes (255 at most)
+
+
+def _cut_utf8(text: str, max_bytes: int) -> str:
+    return text.encode()[:max_bytes].decode("utf-8", "ignore")
 
 
 def safe_file_name(name: str, *, fallback: str) -> str:
     """A file name fit for a Content-Disposition header and any file system: no path,
-    no control characters, no leading dots, at most 200 characters."""
+    no control or invisible characters, no leading dots, at most 200 bytes of UTF-8
+    (the extension kept). Quotes and semicolons that remain are for the header's
+    builder (`jobs.storage.attachment_disposition`) to encode."""
+    name = unicodedata.normalize("NFC", name)
+    name = "".join("\x00" if unicodedata.category(char) in _INVISIBLE_CATEGORIES else char for char in name)
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
     name = _UNSAFE_NAME_CHARS.sub("_", name).strip().lstrip(".")
-    if len(name) > 200:
+    if len(name.encode()) > FILE_NAME_MAX_BYTES:
         stem, dot, ext = name.rpartition(".")
-        name = (stem[: 200 - len(ext) - 1] + dot + ext) if dot and len(ext) <= 16 else name[:200]
+        if dot and len(ext.encode()) <= 16:
+            name = _cut_utf8(stem, FILE_NAME_MAX_BYTES - len(ext.encode()) - 1) + dot + ext
+        else:
+            name = _cut_utf8(name, FILE_NAME_MAX_BYTES)
     return name or fallback
 
 
@@ -117,23 +145,42 @@ class HttpOrigin:
         self.timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
 
     @contextmanager
-    def open(self, file_id: int, *, chunk_bytes: int) -> Iterator[OriginFile]:
+    def open(
+        self, file_id: int, *, chunk_bytes: int, offset: int = 0, validator: str = ""
+    ) -> Iterator[OriginFile]:
         url = self.url_template.format(file_id=file_id)
+        headers = {"Accept-Encoding": "identity"}
+        if offset and validator:
+            # If-Range: the rest of the file if it is still this version, else all of it.
+            headers |= {"Range": f"bytes={offset}-", "If-Range": validator}
         try:
-            with (
-                httpx.Client(timeout=self.timeout, follow_redirects=True) as http,
-                http.stream("GET", url, headers={"Accept-Encoding": "identity"}) as response,
-            ):
-                if response.status_code != 200:
-                    raise _http_error(response.status_code)
-                yield self._file(file_id, url, response, chunk_bytes)
+            with httpx.Client(timeout=self.timeout, follow_redirects=True) as http:
+                with http.stream("GET", url, headers=headers) as response:
+                    start = _range_start(response, offset) if "Range" in headers else None
+                    if start is not None:
+                        yield self._file(file_id, url, response, chunk_bytes, offset=start)
+                        return
+                    if response.status_code == 200:
+                        yield self._file(file_id, url, response, chunk_bytes)
+                        return
+                    if "Range" not in headers or response.status_code not in (206, 416):
+                        raise _http_error(response.status_code)
+                # A range it could not serve as asked: the whole file.
+                del headers["Range"], headers["If-Range"]
+                with http.stream("GET", url, headers=headers) as response:
+                    if response.status_code != 200:
+                        raise _http_error(response.status_code)
+                    yield self._file(file_id, url, response, chunk_bytes)
         except httpx.HTTPError as exc:
             raise _transport_error(exc) from exc
 
-    def _file(self, file_id: int, url: str, response: httpx.Response, chunk_bytes: int) -> OriginFile:
+    def _file(
+        self, file_id: int, url: str, response: httpx.Response, chunk_bytes: int, *, offset: int = 0
+    ) -> OriginFile:
         content_type = response.headers.get("content-type", DEFAULT_CONTENT_TYPE)
         length = response.headers.get("content-length")
-        size = int(length) if length and length.isdigit() else None
+        rest = int(length) if length and length.isdigit() else None
+        size = _content_range_total(response) if offset else rest
         _check_size(size)
         name = None
         if disposition := response.headers.get("content-disposition"):
@@ -146,22 +193,54 @@ class HttpOrigin:
             name=safe_file_name(name or fallback, fallback=fallback),
             content_type=content_type,
             size=size,
-            chunks=self._chunks(response, size, chunk_bytes),
+            chunks=self._chunks(response, rest, chunk_bytes, offset=offset),
+            offset=offset,
+            validator=_validator(response),
         )
 
     @staticmethod
-    def _chunks(response: httpx.Response, size: int | None, chunk_bytes: int) -> Iterator[bytes]:
+    def _chunks(
+        response: httpx.Response, expected: int | None, chunk_bytes: int, *, offset: int
+    ) -> Iterator[bytes]:
         received = 0
         try:
             for chunk in response.iter_raw(chunk_bytes):
                 received += len(chunk)
-                if size is None:
-                    _check_size(received)
+                if expected is None:
+                    _check_size(offset + received)
                 yield chunk
         except httpx.HTTPError as exc:
             raise _transport_error(exc) from exc
-        if size is not None and received != size:
-            raise JobError(ErrorCode.NETWORK_ERROR, f"Origin sent {received} of {size} bytes")
+        if expected is not None and received != expected:
+            raise JobError(ErrorCode.NETWORK_ERROR, f"Origin sent {received} of {expected} bytes")
+
+
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+
+
+def _range_start(response: httpx.Response, offset: int) -> int | None:
+    """`offset` if the response is the rest of the file from there, else None."""
+    if response.status_code != 206:
+        return None
+    match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
+    if not match or int(match[1]) != offset or int(match[2]) + 1 != int(match[3]):
+        return None
+    return offset
+
+
+def _content_range_total(response: httpx.Response) -> int:
+    match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
+    assert match is not None  # checked by _range_start
+    return int(match[3])
+
+
+def _validator(response: httpx.Response) -> str:
+    """A strong ETag, else Last-Modified: what If-Range accepts. A weak ETag cannot be
+    used for a range (RFC 9110 13.1.5), so such a file is fetched whole again."""
+    etag = response.headers.get("etag", "")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return response.headers.get("last-modified", "")
 
 
 # --- directory ----------------------------------------------------------------------------
@@ -187,21 +266,29 @@ class DirectoryOrigin:
         raise JobError(ErrorCode.FILE_NOT_FOUND, f"No file {file_id} at the origin")
 
     @contextmanager
-    def open(self, file_id: int, *, chunk_bytes: int) -> Iterator[OriginFile]:
+    def open(
+        self, file_id: int, *, chunk_bytes: int, offset: int = 0, validator: str = ""
+    ) -> Iterator[OriginFile]:
         path = self._find(file_id)
         try:
             handle = path.open("rb")
         except PermissionError as exc:
             raise JobError(ErrorCode.PERMISSION_DENIED, "File is not readable") from exc
         with handle:
-            size = path.stat().st_size
+            stat = os.fstat(handle.fileno())
+            size = stat.st_size
             _check_size(size)
+            current = f"{stat.st_mtime_ns}-{size}"
+            start = offset if offset and validator == current and offset <= size else 0
+            handle.seek(start)
             content_type = mimetypes.guess_type(path.name)[0] or DEFAULT_CONTENT_TYPE
             yield OriginFile(
                 name=safe_file_name(path.name, fallback=_default_name(file_id, content_type)),
                 content_type=content_type,
                 size=size,
                 chunks=iter(lambda: handle.read(chunk_bytes), b""),
+                offset=start,
+                validator=current,
             )
 
 
@@ -210,12 +297,12 @@ class DirectoryOrigin:
 SYNTHETIC_SEGMENT_BYTES = 1024 * 1024
 
 
-def synthetic_chunks(file_id: int, size: int, chunk_bytes: int) -> Iterator[bytes]:
-    """The bytes of synthetic file `file_id`: the same for the same id and size, anywhere.
-    Each MiB is one random block (seeded by the id) that starts with its own index, so the
-    file is not one block repeated."""
+def synthetic_chunks(file_id: int, size: int, chunk_bytes: int, *, start: int = 0) -> Iterator[bytes]:
+    """The bytes of synthetic file `file_id` from `start`: the same for the same id and
+    size, anywhere. Each MiB is one random block (seeded by the id) that starts with its
+    own index, so the file is not one block repeated."""
     block = random.Random(file_id).randbytes(SYNTHETIC_SEGMENT_BYTES)  # noqa: S311 (test data)
-    offset = 0
+    offset = start
     while offset < size:
         index, start = divmod(offset, SYNTHETIC_SEGMENT_BYTES)
         segment = memoryview(index.to_bytes(8, "big") + block[8:])
@@ -244,13 +331,19 @@ class SyntheticOrigin:
             yield chunk
 
     @contextmanager
-    def open(self, file_id: int, *, chunk_bytes: int) -> Iterator[OriginFile]:
+    def open(
+        self, file_id: int, *, chunk_bytes: int, offset: int = 0, validator: str = ""
+    ) -> Iterator[OriginFile]:
         _check_size(self.size_bytes)
+        current = f"synthetic-{self.size_bytes}"
+        start = offset if validator == current and offset <= self.size_bytes else 0
         yield OriginFile(
             name=f"synthetic_{file_id}.bin",
             content_type=DEFAULT_CONTENT_TYPE,
             size=self.size_bytes,
-            chunks=self._throttled(synthetic_chunks(file_id, self.size_bytes, chunk_bytes)),
+            chunks=self._throttled(synthetic_chunks(file_id, self.size_bytes, chunk_bytes, start=start)),
+            offset=start,
+            validator=current,
         )
 
 

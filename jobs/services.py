@@ -27,7 +27,7 @@ from .hotstate import HotProgress
 from .models import ACTIVE_STATUSES, DownloadJob, Priority, Status, can_transition
 from .origins import get_origin
 from .selectors import download_job_status, iso
-from .staging import StagedFile, stage_file
+from .staging import Checkpoint, StagedFile, stage_file
 from .storage import stored_file_delete
 
 logger = logging.getLogger(__name__)
@@ -147,9 +147,20 @@ def download_job_create(
 def download_job_cancel(*, job: DownloadJob) -> DownloadJob:
     """Cancels a queued or processing job. A processing worker sees the flag within one
     chunk, aborts its upload and leaves nothing in storage."""
+    key, upload_id = job.storage_key, job.upload_id
     with transaction.atomic():
-        _transition(job, Status.CANCELLED, cancelled_at=timezone.now(), next_retry_at=None)
+        _transition(
+            job,
+            Status.CANCELLED,
+            cancelled_at=timezone.now(),
+            next_retry_at=None,
+            upload_id="",
+            upload_parts=[],
+        )
         transaction.on_commit(lambda: hotstate.cancel_flag_set(job.job_id))
+        # A job waiting for its retry keeps the upload of its last attempt: no worker
+        # holds it, so it is aborted here (a running worker aborts its own as well).
+        transaction.on_commit(lambda: _upload_abort(key, upload_id, job.job_id))
         _publish_on_commit(job, "cancelled")
         transaction.on_commit(lambda: metrics.job_ended("cancelled"))
     return job
@@ -178,18 +189,21 @@ def download_job_start(*, job_pk: int, task_id: str = "") -> DownloadJob | None:
         return None
     if job.status == Status.PROCESSING and job.task_id and task_id and job.task_id != task_id:
         return None
-    if job.status == Status.PROCESSING:
-        if job.upload_id:
-            _abort_leftover_upload(job)
-        if job.attempts >= job.max_attempts:
-            _fail(
-                job,
-                attempt=job.attempts,
-                error=JobError(ErrorCode.PROCESSING_ERROR, "The worker stopped during the last attempt"),
-                dead_letter=True,
-            )
-            return None
+    if job.status == Status.PROCESSING and job.attempts >= job.max_attempts:
+        _fail(
+            job,
+            attempt=job.attempts,
+            error=JobError(ErrorCode.PROCESSING_ERROR, "The worker stopped during the last attempt"),
+            dead_letter=True,
+        )
+        return None
     now = timezone.now()
+    # An upload in which an earlier attempt stored parts stays, under its key, for this
+    # attempt to resume; one with none is of no use and is aborted.
+    resumable = bool(job.upload_id and job.upload_parts)
+    if job.upload_id and not resumable:
+        _upload_abort(job.storage_key, job.upload_id, job.job_id)
+    storage_key = job.storage_key if resumable else _storage_key(job, attempt=job.attempts + 1)
     try:
         with transaction.atomic():
             _transition(
@@ -202,8 +216,9 @@ def download_job_start(*, job_pk: int, task_id: str = "") -> DownloadJob | None:
                 progress=0,
                 bytes_done=0,
                 bytes_total=None,
-                upload_id="",
-                storage_key=_storage_key(job, attempt=job.attempts + 1),
+                storage_key=storage_key,
+                upload_id=job.upload_id if resumable else "",
+                upload_parts=job.upload_parts if resumable else [],
                 heartbeat_at=now,
                 task_id=task_id,
             )
@@ -213,11 +228,14 @@ def download_job_start(*, job_pk: int, task_id: str = "") -> DownloadJob | None:
     return job
 
 
-def _abort_leftover_upload(job: DownloadJob) -> None:
+def _upload_abort(key: str, upload_id: str, job_id: str) -> None:
+    """Aborts an unfinished upload that no attempt will resume."""
+    if not upload_id:
+        return
     try:
-        stored_file_delete(job.storage_key, upload_id=job.upload_id)
+        stored_file_delete(key, upload_id=upload_id)
     except Exception:
-        logger.exception("Could not abort the leftover upload of %s", job.job_id)
+        logger.exception("Could not abort the leftover upload of %s", job_id)
 
 
 class _AttemptHooks:
@@ -232,9 +250,33 @@ class _AttemptHooks:
         self.last_percent = -1
         self.last_db_at = time.monotonic()
 
-    def upload_opened(self, *, upload_id: str, bytes_total: int | None) -> None:
-        self._write_row(upload_id=upload_id, bytes_total=bytes_total)
-        self.chunk_staged(bytes_done=0, bytes_total=bytes_total)
+    def upload_opened(
+        self,
+        *,
+        upload_id: str,
+        parts: list[dict[str, Any]],
+        bytes_total: int | None,
+        resumed_bytes: int,
+        validator: str,
+    ) -> None:
+        if resumed_bytes:
+            logger.info(
+                "%s attempt %s resumes after %s stored bytes", self.job.job_id, self.attempt, resumed_bytes
+            )
+        self._write_row(
+            upload_id=upload_id,
+            upload_parts=parts,
+            origin_validator=validator,
+            bytes_total=bytes_total,
+            bytes_done=resumed_bytes,
+        )
+        self.chunk_staged(bytes_done=resumed_bytes, bytes_total=bytes_total)
+
+    def part_stored(self, *, parts: list[dict[str, Any]]) -> None:
+        self._write_row(upload_parts=parts)
+
+    def before_commit(self) -> None:
+        self._write_row()
 
     def chunk_staged(self, *, bytes_done: int, bytes_total: int | None) -> None:
         if hotstate.cancel_flag_is_set(self.job.job_id):
@@ -270,11 +312,15 @@ class _AttemptHooks:
         )
 
     def _write_row(self, **fields: Any) -> None:
+        """Every write of the attempt is fenced by its number: once the reaper or a newer
+        attempt has taken the job, this attempt's writes are refused and it stops."""
         rows = DownloadJob.objects.filter(pk=self.job.pk, status=Status.PROCESSING, attempts=self.attempt)
         now = timezone.now()
         # The same write is the attempt's heartbeat, which the reaper watches.
         if rows.update(updated_at=now, heartbeat_at=now, **fields) != 1:
             raise JobSuperseded(self.job.job_id)
+        for name, value in fields.items():
+            setattr(self.job, name, value)
 
 
 def download_job_run(*, job_pk: int, task_id: str = "") -> None:
@@ -283,9 +329,18 @@ def download_job_run(*, job_pk: int, task_id: str = "") -> None:
     if job is None:
         return
     attempt = job.attempts
+    checkpoint = (
+        Checkpoint(upload_id=job.upload_id, parts=job.upload_parts, validator=job.origin_validator)
+        if job.upload_id
+        else None
+    )
     try:
         staged = stage_file(
-            origin=get_origin(), file_id=job.file_id, key=job.storage_key, hooks=_AttemptHooks(job)
+            origin=get_origin(),
+            file_id=job.file_id,
+            key=job.storage_key,
+            hooks=_AttemptHooks(job),
+            checkpoint=checkpoint,
         )
     except (JobCancelled, JobSuperseded):
         logger.info("%s attempt %s stopped: cancelled or superseded", job.job_id, attempt)
@@ -324,6 +379,8 @@ def download_job_complete(*, job: DownloadJob, attempt: int, staged: StagedFile)
                 duration_seconds=(now - job.started_at).total_seconds() if job.started_at else None,
                 expires_at=now + timedelta(seconds=settings.JOB_RETENTION_S),
                 upload_id="",
+                upload_parts=[],
+                resumed_bytes=staged.resumed_bytes,
                 file_name=staged.file_name,
                 file_size_bytes=staged.size,
                 content_type=staged.content_type,
@@ -335,9 +392,12 @@ def download_job_complete(*, job: DownloadJob, attempt: int, staged: StagedFile)
             _publish_on_commit(job, "completed")
             transaction.on_commit(lambda: metrics.job_completed(job, size=staged.size))
     except JobStateConflict:
-        # Cancelled (or superseded) after the last chunk: the file must not stay behind.
-        stored_file_delete(staged.key)
-        logger.info("%s attempt %s finished after it was cancelled; file removed", job.job_id, attempt)
+        # Cancelled (or superseded) after the last chunk: the file must not stay behind,
+        # unless a newer attempt completed the job with the same key.
+        job.refresh_from_db(fields=["status", "storage_key"])
+        if not (job.status == Status.COMPLETED and job.storage_key == staged.key):
+            stored_file_delete(staged.key)
+        logger.info("%s attempt %s finished after it was cancelled or superseded", job.job_id, attempt)
     hotstate.progress_clear(job.job_id)
 
 
@@ -361,12 +421,12 @@ def _fail(job: DownloadJob, *, attempt: int, error: JobError, dead_letter: bool 
         with transaction.atomic():
             if error.retryable and attempt < job.max_attempts and not dead_letter:
                 delay_s = retry_delay_s(attempt)
+                # The upload and its recorded parts stay: the next attempt resumes them.
                 _transition(
                     job,
                     Status.QUEUED,
                     attempt=attempt,
                     next_retry_at=now + timedelta(seconds=delay_s),
-                    upload_id="",
                     **error_fields,
                 )
                 _publish_on_commit(job, "status_update")
@@ -377,15 +437,19 @@ def _fail(job: DownloadJob, *, attempt: int, error: JobError, dead_letter: bool 
                 )
             else:
                 exhausted = error.retryable or dead_letter
+                key, upload_id = job.storage_key, job.upload_id
                 _transition(
                     job,
                     Status.FAILED,
                     attempt=attempt,
                     failed_at=now,
                     upload_id="",
+                    upload_parts=[],
                     dead_lettered_at=now if exhausted else None,
                     **error_fields,
                 )
+                # No attempt follows: nothing of the file may stay in storage.
+                transaction.on_commit(lambda: _upload_abort(key, upload_id, job.job_id))
                 _publish_on_commit(job, "error")
                 transaction.on_commit(lambda: metrics.job_ended("failed", error.code))
                 logger.warning("%s failed with %s after %s attempt(s)", job.job_id, error.code, attempt)
@@ -427,6 +491,8 @@ def download_job_retry(*, job: DownloadJob, dead_lettered_only: bool = False) ->
             progress=0,
             bytes_done=0,
             bytes_total=None,
+            upload_id="",
+            upload_parts=[],
             error_code="",
             error_message="",
             error_retryable=None,
@@ -506,10 +572,14 @@ def _reap_stalled(job: DownloadJob, *, heartbeat_cutoff: datetime) -> int:
     to_status = Status.FAILED if last_attempt else Status.QUEUED
     if not can_transition(job.status, to_status):
         raise InvalidTransition(job, to_status)
-    fields: dict[str, Any] = {"upload_id": "", "heartbeat_at": None, "next_retry_at": None}
+    # Re-queued, the job keeps its upload for the next attempt to resume; the fencing
+    # below refuses whatever the old attempt still tries to record or complete.
+    fields: dict[str, Any] = {"heartbeat_at": None, "next_retry_at": None}
     if last_attempt:
         error = JobError(ErrorCode.PROCESSING_ERROR, "The worker stopped during the last attempt")
         fields |= {
+            "upload_id": "",
+            "upload_parts": [],
             "failed_at": now,
             "dead_lettered_at": now,
             "error_code": error.code,
@@ -532,12 +602,8 @@ def _reap_stalled(job: DownloadJob, *, heartbeat_cutoff: datetime) -> int:
         else:
             _publish_on_commit(job, "status_update")
             _dispatch_on_commit(job)
-    if leftover_upload_id:
-        # Fenced out, the old attempt can no longer complete: its upload is garbage.
-        try:
-            stored_file_delete(leftover_key, upload_id=leftover_upload_id)
-        except Exception:
-            logger.exception("Could not abort the leftover upload of %s", job.job_id)
+    if last_attempt:
+        _upload_abort(leftover_key, leftover_upload_id, job.job_id)
     hotstate.progress_clear(job.job_id)
     logger.warning(
         "%s attempt %s wrote no heartbeat since %s: %s",

@@ -2,18 +2,27 @@
 
 Memory stays bounded by one chunk plus one multipart part, whatever the file's size; the
 sha256 is computed on the way; between two chunks the caller may stop the work (cancel,
-superseded attempt), and whatever stops it, the unfinished upload is aborted.
+superseded attempt). An attempt after a crash or a retryable failure goes on from the last
+part an earlier attempt stored, where the origin can send the rest of the file.
 """
 
 import hashlib
 import logging
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from django.conf import settings
 
+from .errors import JobCancelled
 from .origins import Origin
-from .storage import staged_write_open
+from .storage import (
+    StagedWrite,
+    parts_size,
+    staged_write_open,
+    staged_write_resume,
+    stored_file_delete,
+    stored_file_sha256,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -25,43 +34,124 @@ class StagedFile:
     content_type: str
     size: int
     sha256: str
+    resumed_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where an earlier attempt of the job left its upload: the parts it stored (as
+    recorded by fenced writes) and the origin's validator of the file they came from."""
+
+    upload_id: str
+    parts: list[dict[str, Any]]
+    validator: str
+
+    @property
+    def size(self) -> int:
+        return parts_size(self.parts)
 
 
 class StagingHooks(Protocol):
-    def upload_opened(self, *, upload_id: str, bytes_total: int | None) -> None:
-        """Called once the origin answered and the upload exists."""
+    def upload_opened(
+        self,
+        *,
+        upload_id: str,
+        parts: list[dict[str, Any]],
+        bytes_total: int | None,
+        resumed_bytes: int,
+        validator: str,
+    ) -> None:
+        """Called once the origin answered and the upload exists (new or resumed)."""
+
+    def part_stored(self, *, parts: list[dict[str, Any]]) -> None:
+        """Called after each part is stored; records it, or raises if the attempt no
+        longer owns the job (then the upload is left to the attempt that does)."""
 
     def chunk_staged(self, *, bytes_done: int, bytes_total: int | None) -> None:
         """Called after every chunk; raises to stop the work."""
 
+    def before_commit(self) -> None:
+        """Called just before the upload is made visible; raises if the attempt no longer
+        owns the job."""
 
-def stage_file(*, origin: Origin, file_id: int, key: str, hooks: StagingHooks) -> StagedFile:
-    with origin.open(file_id, chunk_bytes=settings.STAGING_CHUNK_BYTES) as source:
-        write = staged_write_open(
-            key, content_type=source.content_type, part_bytes=settings.STAGING_PART_BYTES
-        )
+
+def _resumed_write(key: str, checkpoint: Checkpoint | None) -> StagedWrite | None:
+    if checkpoint is None or not checkpoint.parts or not checkpoint.validator:
+        return None
+    write = staged_write_resume(
+        key, upload_id=checkpoint.upload_id, parts=checkpoint.parts, part_bytes=settings.STAGING_PART_BYTES
+    )
+    if write is None:
+        logger.info("Upload of %s cannot be resumed; starting it again", key)
+        stored_file_delete(key, upload_id=checkpoint.upload_id)
+    return write
+
+
+def _abort(write: StagedWrite, key: str) -> None:
+    try:
+        write.abort()
+    except Exception:
+        # The original failure matters more; a leftover upload is aborted by the bucket's
+        # lifecycle rule.
+        logger.exception("Could not abort the upload of %s", key)
+
+
+def stage_file(
+    *, origin: Origin, file_id: int, key: str, hooks: StagingHooks, checkpoint: Checkpoint | None = None
+) -> StagedFile:
+    """Streams the file into `key`. With a `checkpoint`, goes on with that upload from its
+    last stored part if the origin can send the rest of the same file; otherwise starts
+    over (and aborts the old upload).
+
+    What becomes of an unfinished upload when the work stops is the job's decision: a
+    cancel aborts it here; after any other failure it stays, for the next attempt to
+    resume or for the service to abort when the job ends."""
+    write = _resumed_write(key, checkpoint)
+    offset = checkpoint.size if write is not None and checkpoint is not None else 0
+    with origin.open(
+        file_id,
+        chunk_bytes=settings.STAGING_CHUNK_BYTES,
+        offset=offset,
+        validator=checkpoint.validator if checkpoint else "",
+    ) as source:
+        if write is not None and source.offset != offset:
+            logger.info("Origin sent %s from the start; its upload starts again", key)
+            _abort(write, key)
+            write = None
+        if write is None:
+            write = staged_write_open(
+                key, content_type=source.content_type, part_bytes=settings.STAGING_PART_BYTES
+            )
         try:
-            hooks.upload_opened(upload_id=write.upload_id, bytes_total=source.size)
-            digest = hashlib.sha256()
-            bytes_done = 0
+            hooks.upload_opened(
+                upload_id=write.upload_id,
+                parts=write.parts,
+                bytes_total=source.size,
+                resumed_bytes=source.offset,
+                validator=source.validator,
+            )
+            # The hash of resumed bytes died with the attempt that read them: a resumed
+            # file is hashed by reading it back once stored.
+            digest = hashlib.sha256() if source.offset == 0 else None
+            bytes_done = source.offset
             for chunk in source.chunks:
-                digest.update(chunk)
-                write.write(chunk)
+                if digest is not None:
+                    digest.update(chunk)
+                if write.write(chunk):
+                    hooks.part_stored(parts=write.parts)
                 bytes_done += len(chunk)
                 hooks.chunk_staged(bytes_done=bytes_done, bytes_total=source.size)
+            hooks.before_commit()
             write.commit()
-        except BaseException:
-            try:
-                write.abort()
-            except Exception:
-                # The original failure matters more; a leftover upload is aborted by the
-                # bucket's lifecycle rule or the next attempt.
-                logger.exception("Could not abort the upload of %s", key)
+        except JobCancelled:
+            _abort(write, key)
             raise
+    sha256 = digest.hexdigest() if digest is not None else stored_file_sha256(key)
     return StagedFile(
         key=key,
         file_name=source.name,
         content_type=source.content_type,
         size=bytes_done,
-        sha256=digest.hexdigest(),
+        sha256=sha256,
+        resumed_bytes=source.offset,
     )

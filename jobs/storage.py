@@ -7,12 +7,16 @@ and handed out as a signed URL with an expiry, served by `file_download` below. 
 answer `url(name, parameters=..., expire=...)` the same way, so callers never branch.
 """
 
+import hashlib
 import os
+import re
 import time
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from botocore.exceptions import BotoCoreError, ClientError
 from django.core import signing
@@ -22,12 +26,40 @@ from django.urls import reverse
 from storages.backends.s3 import S3Storage
 
 from .errors import ErrorCode, JobError
+from .origins import safe_file_name
 
 _URL_SALT = "jobs.storage.download-url"
 
 
 def downloads_storage() -> Storage:
     return storages["downloads"]
+
+
+# What the plain `filename="..."` may hold raw: printable ASCII but the quote, backslash,
+# semicolon and percent (which some clients would decode), so that no client can misread it.
+_FALLBACK_UNSAFE = re.compile(r"[^A-Za-z0-9 !#$&'()+,\-.=@\[\]^_`{}~]")
+_CONTENT_TYPE = re.compile(
+    r"^[A-Za-z0-9][\w.+-]*/[A-Za-z0-9][\w.+-]*(?:\s*;\s*[\w.+-]+=(?:[\w.+-]+|\"[^\"\\\x00-\x1f\x7f]*\"))*$"
+)
+
+
+def attachment_disposition(file_name: str) -> str:
+    """`Content-Disposition: attachment` naming the file as RFC 6266 says: a plain ASCII
+    `filename` (accents dropped, anything else `_`) and, when that is not the name itself,
+    the exact name as `filename*=UTF-8''<percent-encoded>` (RFC 5987), which clients
+    prefer. Whatever the origin called the file, no CR/LF, quote or semicolon is sent raw:
+    it cannot end the header, add a parameter, or carry a path."""
+    name = safe_file_name(file_name, fallback="download")
+    decomposed = unicodedata.normalize("NFKD", name)
+    plain = _FALLBACK_UNSAFE.sub("_", "".join(c for c in decomposed if not unicodedata.combining(c)))
+    if plain == name:
+        return f'attachment; filename="{name}"'
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+def safe_content_type(content_type: str) -> str:
+    """The origin's media type if it is a well-formed one, else application/octet-stream."""
+    return content_type if _CONTENT_TYPE.match(content_type) else "application/octet-stream"
 
 
 class SignedFileSystemStorage(FileSystemStorage):
@@ -73,35 +105,84 @@ def file_download(request: HttpRequest, token: str) -> FileResponse:
         response["Content-Disposition"] = claims["cd"]
     response["Cache-Control"] = "private, no-store"
     response["X-Content-Type-Options"] = "nosniff"
+    # The origin's bytes are served from the site's own origin: should a browser render
+    # them anyway, no script of theirs runs with the site's cookies.
+    response["Content-Security-Policy"] = "default-src 'none'; sandbox"
     return response
 
 
 class StagedWrite(Protocol):
-    """A file being written into storage; visible under its key only after `commit`."""
+    """A file being written into storage; visible under its key only after `commit`.
+
+    The file is stored in parts. `parts` lists those stored so far as JSON-able dicts
+    (`n`, `size`, and `etag` on S3): recorded by the job, they let a later attempt
+    `resume` the same upload after its last part instead of starting again."""
 
     upload_id: str
+    parts: list[dict[str, Any]]
 
-    def write(self, data: bytes) -> None: ...
+    def write(self, data: bytes) -> bool:
+        """Buffers `data`; returns True when a part was stored (`parts` grew)."""
+        ...
+
     def commit(self) -> None: ...
     def abort(self) -> None: ...
+
+
+def parts_size(parts: list[dict[str, Any]]) -> int:
+    return sum(int(part["size"]) for part in parts)
 
 
 class S3MultipartWrite:
     """Buffers up to one part (S3's 5 MiB minimum or more) and uploads it; memory per job
     stays at about one part whatever the file's size."""
 
-    def __init__(self, storage: S3Storage, key: str, *, content_type: str, part_bytes: int) -> None:
+    def __init__(
+        self,
+        storage: S3Storage,
+        key: str,
+        *,
+        content_type: str,
+        part_bytes: int,
+        upload_id: str = "",
+        parts: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.client: Any = storage.connection.meta.client
         self.bucket = storage.bucket_name
         self.key = storage._normalize_name(key)
         self.part_bytes = max(part_bytes, 5 * 1024 * 1024)
         self.buffer = bytearray()
-        self.parts: list[dict[str, Any]] = []
+        self.parts: list[dict[str, Any]] = list(parts or [])
+        if upload_id:
+            self.upload_id = upload_id
+            return
         with _storage_errors():
             created = self.client.create_multipart_upload(
                 Bucket=self.bucket, Key=self.key, ContentType=content_type
             )
-        self.upload_id: str = created["UploadId"]
+        self.upload_id = created["UploadId"]
+
+    @classmethod
+    def resume(
+        cls, storage: S3Storage, key: str, *, upload_id: str, parts: list[dict[str, Any]], part_bytes: int
+    ) -> "S3MultipartWrite | None":
+        """The upload again, after `parts`, if S3 still holds each of them as recorded;
+        None if the upload is gone or a part differs (a late writer replaced it)."""
+        write = cls(storage, key, content_type="", part_bytes=part_bytes, upload_id=upload_id, parts=parts)
+        stored: dict[int, str] = {}
+        paginator = write.client.get_paginator("list_parts")
+        try:
+            for page in paginator.paginate(Bucket=write.bucket, Key=write.key, UploadId=upload_id):
+                stored |= {part["PartNumber"]: part["ETag"] for part in page.get("Parts", [])}
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
+                return None
+            raise JobError(ErrorCode.STORAGE_ERROR, "Storage refused the upload") from exc
+        except BotoCoreError as exc:
+            raise JobError(ErrorCode.STORAGE_ERROR, "Storage refused the upload") from exc
+        if any(stored.get(part["n"]) != part["etag"] for part in parts):
+            return None
+        return write
 
     def _flush(self) -> None:
         number = len(self.parts) + 1
@@ -113,13 +194,15 @@ class S3MultipartWrite:
                 PartNumber=number,
                 Body=bytes(self.buffer),
             )
-        self.parts.append({"PartNumber": number, "ETag": uploaded["ETag"]})
+        self.parts.append({"n": number, "etag": uploaded["ETag"], "size": len(self.buffer)})
         self.buffer.clear()
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> bool:
         self.buffer += data
         if len(self.buffer) >= self.part_bytes:
             self._flush()
+            return True
+        return False
 
     def commit(self) -> None:
         if self.buffer or not self.parts:
@@ -129,7 +212,7 @@ class S3MultipartWrite:
                 Bucket=self.bucket,
                 Key=self.key,
                 UploadId=self.upload_id,
-                MultipartUpload={"Parts": self.parts},
+                MultipartUpload={"Parts": [{"PartNumber": p["n"], "ETag": p["etag"]} for p in self.parts]},
             )
 
     def abort(self) -> None:
@@ -145,20 +228,62 @@ def s3_multipart_abort(client: Any, bucket: str, key: str, upload_id: str) -> No
 
 
 class LocalWrite:
-    """Writes `<key>.<upload_id>.part` beside the final name and renames it into place."""
+    """Writes `<key>.<upload_id>.part` beside the final name and renames it into place.
+    A part is a stretch of `part_bytes` made durable (flushed and fsynced): a resumed
+    attempt cuts the file back to the last recorded part and appends from there."""
 
-    def __init__(self, storage: FileSystemStorage, key: str) -> None:
+    def __init__(
+        self,
+        storage: FileSystemStorage,
+        key: str,
+        *,
+        part_bytes: int,
+        upload_id: str = "",
+        parts: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.final_path = Path(storage.path(key))
         self.final_path.parent.mkdir(parents=True, exist_ok=True)
-        self.upload_id = os.urandom(8).hex()
-        self.part_path = self.final_path.with_name(f"{self.final_path.name}.{self.upload_id}.part")
-        self.handle = self.part_path.open("wb")
+        self.part_bytes = part_bytes
+        self.parts: list[dict[str, Any]] = list(parts or [])
+        self.upload_id = upload_id or os.urandom(8).hex()
+        self.part_path = _local_part_path(self.final_path, self.upload_id)
+        # A new upload makes its file; a resumed one cuts it back to the recorded parts.
+        self.handle = self.part_path.open("r+b" if upload_id else "w+b")
+        self.handle.truncate(parts_size(self.parts))
+        self.handle.seek(0, os.SEEK_END)
+        self.unstored = 0
 
-    def write(self, data: bytes) -> None:
+    @classmethod
+    def resume(
+        cls,
+        storage: FileSystemStorage,
+        key: str,
+        *,
+        upload_id: str,
+        parts: list[dict[str, Any]],
+        part_bytes: int,
+    ) -> "LocalWrite | None":
+        part_path = _local_part_path(Path(storage.path(key)), upload_id)
+        try:
+            if part_path.stat().st_size < parts_size(parts):
+                return None
+        except FileNotFoundError:
+            return None
+        return cls(storage, key, part_bytes=part_bytes, upload_id=upload_id, parts=parts)
+
+    def write(self, data: bytes) -> bool:
         try:
             self.handle.write(data)
+            self.unstored += len(data)
+            if self.unstored < self.part_bytes:
+                return False
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
         except OSError as exc:
             raise JobError(ErrorCode.STORAGE_ERROR, "Could not write to storage") from exc
+        self.parts.append({"n": len(self.parts) + 1, "size": self.unstored})
+        self.unstored = 0
+        return True
 
     def commit(self) -> None:
         self.handle.close()
@@ -167,6 +292,10 @@ class LocalWrite:
     def abort(self) -> None:
         self.handle.close()
         self.part_path.unlink(missing_ok=True)
+
+
+def _local_part_path(final_path: Path, upload_id: str) -> Path:
+    return final_path.with_name(f"{final_path.name}.{upload_id}.part")
 
 
 @contextmanager
@@ -183,8 +312,39 @@ def staged_write_open(key: str, *, content_type: str, part_bytes: int) -> Staged
     if isinstance(storage, S3Storage):
         return S3MultipartWrite(storage, key, content_type=content_type, part_bytes=part_bytes)
     if isinstance(storage, FileSystemStorage):
-        return LocalWrite(storage, key)
+        return LocalWrite(storage, key, part_bytes=part_bytes)
     raise TypeError(f"Unsupported downloads storage {type(storage).__name__}")
+
+
+def staged_write_resume(
+    key: str, *, upload_id: str, parts: list[dict[str, Any]], part_bytes: int
+) -> StagedWrite | None:
+    """The unfinished upload `upload_id` of `key`, to go on after `parts`; None if it
+    cannot be resumed (gone, or not as recorded)."""
+    storage = downloads_storage()
+    if isinstance(storage, S3Storage):
+        return S3MultipartWrite.resume(storage, key, upload_id=upload_id, parts=parts, part_bytes=part_bytes)
+    if isinstance(storage, FileSystemStorage):
+        return LocalWrite.resume(storage, key, upload_id=upload_id, parts=parts, part_bytes=part_bytes)
+    raise TypeError(f"Unsupported downloads storage {type(storage).__name__}")
+
+
+def stored_file_sha256(key: str, *, chunk_bytes: int = 1024 * 1024) -> str:
+    """Reads a stored file back to hash it: for a file whose first parts an earlier
+    attempt wrote, whose hash state died with that attempt."""
+    digest = hashlib.sha256()
+    storage = downloads_storage()
+    with _storage_errors():
+        if isinstance(storage, S3Storage):
+            client = storage.connection.meta.client
+            body = client.get_object(Bucket=storage.bucket_name, Key=storage._normalize_name(key))["Body"]
+            for chunk in body.iter_chunks(chunk_bytes):
+                digest.update(chunk)
+        else:
+            with storage.open(key, "rb") as handle:
+                while chunk := handle.read(chunk_bytes):
+                    digest.update(chunk)
+    return digest.hexdigest()
 
 
 def stored_file_delete(key: str, *, upload_id: str = "") -> None:
@@ -194,7 +354,6 @@ def stored_file_delete(key: str, *, upload_id: str = "") -> None:
         client = storage.connection.meta.client
         s3_multipart_abort(client, storage.bucket_name, storage._normalize_name(key), upload_id)
     elif upload_id and isinstance(storage, FileSystemStorage):
-        final = Path(storage.path(key))
-        final.with_name(f"{final.name}.{upload_id}.part").unlink(missing_ok=True)
+        _local_part_path(Path(storage.path(key)), upload_id).unlink(missing_ok=True)
     if key:
         storage.delete(key)

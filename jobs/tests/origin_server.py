@@ -3,7 +3,9 @@
 Each file id has a script: its size, its serving rate, and a list of faults that the next
 requests meet one by one (`500`, `404`, `drop` = connection closed mid-body, `stall` =
 body stops for longer than the client's read timeout). Requests and bytes sent are
-counted so tests can assert on origin traffic.
+counted so tests can assert on origin traffic. Files carry an ETag and answer `Range`
+requests (206 with Content-Range; the whole file if `If-Range` names another version),
+unless a script says the origin does not support ranges.
 """
 
 import hashlib
@@ -26,6 +28,11 @@ class FileScript:
     faults: list[str] = field(default_factory=list)
     content_type: str = "application/pdf"
     file_name: str | None = None
+    ranges: bool = True  # answers `Range` (with `If-Range`) as a file server does
+    version: int = 1  # a new version has a new ETag; its bytes are the same here
+
+    def etag(self, file_id: int) -> str:
+        return f'"{file_id}-{self.size}-{self.version}"'
 
     def sha256(self, file_id: int) -> str:
         digest = hashlib.sha256()
@@ -107,19 +114,36 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.isdigit():
             self._status(int(fault))
             return
-        self.send_response(200)
+        start = self._range_start(file_id, script)
+        self.send_response(206 if start else 200)
         self.send_header("Content-Type", script.content_type)
-        self.send_header("Content-Length", str(script.size))
+        self.send_header("Content-Length", str(script.size - start))
+        self.send_header("ETag", script.etag(file_id))
+        if script.ranges:
+            self.send_header("Accept-Ranges", "bytes")
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{script.size - 1}/{script.size}")
         if script.file_name:
             self.send_header("Content-Disposition", f'attachment; filename="{script.file_name}"')
         self.end_headers()
-        self._body(file_id, script, fault)
+        self._body(file_id, script, fault, start)
 
-    def _body(self, file_id: int, script: FileScript, fault: str | None) -> None:
+    def _range_start(self, file_id: int, script: FileScript) -> int:
+        """Where the body starts: a `bytes=N-` range of the current version, else 0."""
+        wanted = self.headers.get("Range", "")
+        if not script.ranges or not wanted.startswith("bytes=") or not wanted.endswith("-"):
+            return 0
+        if_range = self.headers.get("If-Range")
+        if if_range is not None and if_range != script.etag(file_id):
+            return 0
+        start = wanted.removeprefix("bytes=").removesuffix("-")
+        return int(start) if start.isdigit() and int(start) < script.size else 0
+
+    def _body(self, file_id: int, script: FileScript, fault: str | None, start: int) -> None:
         started = time.monotonic()
         sent = 0
-        for chunk in synthetic_chunks(file_id, script.size, CHUNK):
-            if fault in ("drop", "stall") and sent >= script.size // 2:
+        for chunk in synthetic_chunks(file_id, script.size, CHUNK, start=start):
+            if fault in ("drop", "stall") and start + sent >= script.size // 2:
                 if fault == "stall":
                     time.sleep(self.server.stall_s)
                 self.close_connection = True

@@ -171,9 +171,10 @@ def test_reap_fences_a_stalled_job_out_and_dispatches_it_again(
         assert services.download_jobs_reap() == 1
 
     job.refresh_from_db()
-    assert (job.status, job.attempts, job.upload_id, job.heartbeat_at) == (Status.QUEUED, 1, "", None)
+    assert (job.status, job.attempts, job.upload_id, job.heartbeat_at) == (Status.QUEUED, 1, "cafe", None)
     assert dispatched == [{"args": (job.pk,), "queue": "downloads.normal", "countdown": 0}]
-    assert stored_files(media) == []  # the leftover upload was aborted
+    # The upload stays for the next attempt to resume.
+    assert stored_files(media) == [f"{job.storage_key}.cafe.part"]
     # The old attempt, had it only stalled, may no longer write or complete.
     reaper_settings.PROGRESS_DB_INTERVAL_S = 0
     with pytest.raises(JobSuperseded):

@@ -55,10 +55,16 @@ def make_job(owner: User, **fields: Any) -> DownloadJob:
 
 
 class NoHooks:
-    def upload_opened(self, *, upload_id: str, bytes_total: int | None) -> None:
+    def upload_opened(self, **kwargs: Any) -> None:
+        pass
+
+    def part_stored(self, *, parts: list[dict[str, Any]]) -> None:
         pass
 
     def chunk_staged(self, *, bytes_done: int, bytes_total: int | None) -> None:
+        pass
+
+    def before_commit(self) -> None:
         pass
 
 
@@ -580,4 +586,4 @@ def test_a_retried_cancelled_job_runs_a_new_attempt_to_completion(
     assert stored_files(media) == [f"downloads/{user.pk}/{job.job_id}-2"]
     assert [call["args"] for call in dispatched] == [(job.pk,)]
     with pytest.raises(JobSuperseded):  # the cancelled attempt's worker stays fenced off
-        stale.upload_opened(upload_id="late", bytes_total=1000)
+        stale.upload_opened(upload_id="late", parts=[], bytes_total=1000, resumed_bytes=0, validator="")

@@ -1,6 +1,7 @@
 """The downloads storage: signed local URLs served by `file_download`, the two staged
 writes (local rename, S3 multipart through the moto endpoint) and presigned S3 URLs."""
 
+import hashlib
 import time
 import uuid
 from datetime import timedelta
@@ -20,7 +21,13 @@ from storages.backends.s3 import S3Storage
 from jobs.errors import ErrorCode, JobError
 from jobs.models import DownloadJob, Status
 from jobs.selectors import download_job_link
-from jobs.storage import S3MultipartWrite, staged_write_open, stored_file_delete
+from jobs.storage import (
+    S3MultipartWrite,
+    staged_write_open,
+    staged_write_resume,
+    stored_file_delete,
+    stored_file_sha256,
+)
 
 MiB = 1024 * 1024
 KEY = "downloads/1/job_0123456789abcdef0123456789abcdef-1"
@@ -28,6 +35,7 @@ PDF = {
     "ResponseContentDisposition": 'attachment; filename="report.pdf"',
     "ResponseContentType": "application/pdf",
 }
+RESUME_DISPOSITION = "attachment; filename=\"resume.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9.pdf"
 
 
 def s3_downloads_storage(s3: Any, *, bucket: str | None = None) -> dict[str, Any]:
@@ -250,7 +258,7 @@ def test_s3_write_uploads_parts_and_commits_the_object(bucket, s3_storage, s3_ke
     assert bucket.open_uploads(s3_key) == [write.upload_id]
     write.commit()
 
-    assert [part["PartNumber"] for part in write.parts] == [1, 2]
+    assert [(part["n"], part["size"]) for part in write.parts] == [(1, 5 * MiB), (2, 4)]
     stored = bucket.read(s3_key)
     assert stored["Body"].read() == content
     assert stored["ContentType"] == "application/pdf"
@@ -346,14 +354,14 @@ def test_s3_download_link_is_presigned_for_15_minutes_with_the_file_name(s3, s3_
     assert url.path.endswith(f"/{s3_key}")
     assert query["X-Amz-Algorithm"] == "AWS4-HMAC-SHA256"
     assert query["X-Amz-Expires"] == "900"
-    assert query["response-content-disposition"] == "attachment; filename*=utf-8''r%C3%A9sum%C3%A9.pdf"
+    assert query["response-content-disposition"] == RESUME_DISPOSITION
     assert query["response-content-type"] == "application/pdf"
     assert "X-Amz-Signature" in query
     # moto checks neither signatures nor expiry, but it does serve the file as asked.
     response = httpx.get(link["download_url"])
     assert response.status_code == 200
     assert response.content == b"%PDF-1.7"
-    assert response.headers["content-disposition"] == "attachment; filename*=utf-8''r%C3%A9sum%C3%A9.pdf"
+    assert response.headers["content-disposition"] == RESUME_DISPOSITION
     assert response.headers["content-type"] == "application/pdf"
 
 
@@ -368,3 +376,71 @@ def test_s3_download_link_lifetime_is_a_setting(s3, s3_storage, s3_key, user, se
     assert parse_qs(urlsplit(link["download_url"]).query)["X-Amz-Expires"] == ["60"]
     expires_at = timezone.datetime.fromisoformat(link["expires_at"])
     assert before + timedelta(seconds=59) <= expires_at <= timezone.now() + timedelta(seconds=61)
+
+
+# --- resuming an upload ---------------------------------------------------------------------
+
+
+def _first_part(key: str, content: bytes, part_bytes: int) -> list[dict[str, Any]]:
+    """An attempt that stored one part of `content` and died."""
+    write = staged_write_open(key, content_type="application/pdf", part_bytes=part_bytes)
+    for offset in range(0, len(content), MiB):
+        if write.write(content[offset : offset + MiB]):
+            return [dict(part, upload_id=write.upload_id) for part in write.parts]
+    raise AssertionError("no part was stored")
+
+
+def test_s3_resume_goes_on_after_the_recorded_parts(bucket, s3_storage, s3_key):
+    content = bytes(range(256)) * (12 * MiB // 256)
+    parts = _first_part(s3_key, content, 5 * MiB)
+    upload_id = parts[0].pop("upload_id")
+
+    write = staged_write_resume(s3_key, upload_id=upload_id, parts=parts, part_bytes=5 * MiB)
+    assert write is not None
+    for offset in range(5 * MiB, len(content), MiB):
+        write.write(content[offset : offset + MiB])
+    write.commit()
+
+    assert bucket.read(s3_key)["Body"].read() == content
+    assert stored_file_sha256(s3_key) == hashlib.sha256(content).hexdigest()
+    assert bucket.open_uploads(s3_key) == []
+
+
+def test_s3_resume_is_refused_when_a_part_is_not_as_recorded(bucket, s3_storage, s3_key):
+    """A late writer of a fenced attempt replaced part 1: resuming would splice its bytes."""
+    content = bytes(range(256)) * (6 * MiB // 256)
+    parts = _first_part(s3_key, content, 5 * MiB)
+    upload_id = parts[0].pop("upload_id")
+    bucket.client.upload_part(
+        Bucket=bucket.name, Key=s3_key, UploadId=upload_id, PartNumber=1, Body=b"x" * 5 * MiB
+    )
+
+    assert staged_write_resume(s3_key, upload_id=upload_id, parts=parts, part_bytes=5 * MiB) is None
+
+
+def test_s3_resume_of_an_aborted_upload_is_refused(bucket, s3_storage, s3_key):
+    parts = _first_part(s3_key, bytes(6 * MiB), 5 * MiB)
+    upload_id = parts[0].pop("upload_id")
+    stored_file_delete(s3_key, upload_id=upload_id)
+
+    assert staged_write_resume(s3_key, upload_id=upload_id, parts=parts, part_bytes=5 * MiB) is None
+
+
+def test_local_resume_cuts_the_file_back_to_the_recorded_parts(settings, local_storage):
+    key = "downloads/1/resume-1"
+    content = bytes(range(256)) * (3 * MiB // 256)
+    parts = _first_part(key, content, MiB)
+    upload_id = parts[0].pop("upload_id")
+    part_file = Path(local_storage.path(key)).with_name(f"resume-1.{upload_id}.part")
+    with part_file.open("ab") as handle:
+        handle.write(b"bytes written after the last recorded part")
+
+    write = staged_write_resume(key, upload_id=upload_id, parts=parts, part_bytes=MiB)
+    assert write is not None
+    for offset in range(MiB, len(content), MiB):
+        write.write(content[offset : offset + MiB])
+    write.commit()
+
+    assert Path(local_storage.path(key)).read_bytes() == content
+    assert stored_file_sha256(key) == hashlib.sha256(content).hexdigest()
+    assert staged_write_resume(key, upload_id=upload_id, parts=parts, part_bytes=MiB) is None

@@ -1,0 +1,236 @@
+"""Resume: an attempt after a crash or a retryable fault goes on from the last part an
+earlier attempt stored, asking the origin for the rest with `Range` + `If-Range`; the
+attempts are fenced by their number. Attempts run in process against the real local
+HTTP origin, on local storage and on the moto S3 endpoint. The broker send is the one
+fake (`dispatched`); the crash of a real worker is in test_e2e."""
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery.exceptions import SoftTimeLimitExceeded
+from django.contrib.auth.models import User
+from django.core.files.storage import storages
+from django.utils import timezone
+
+from jobs import services
+from jobs.errors import ErrorCode, JobSuperseded
+from jobs.models import DownloadJob, Status
+from jobs.tests.origin_server import FileScript, OriginServer
+from jobs.tests.test_storage import Bucket, s3_downloads_storage
+
+FILE_ID = 71000
+MiB = 1024 * 1024
+PART = 5 * MiB
+SIZE = 12 * MiB + 123  # the drop comes at half: after one stored part of 5 MiB
+
+committed = pytest.mark.django_db(transaction=True)
+
+
+class Storage:
+    """What one test leaves in its storage: local files, or S3 objects and open uploads."""
+
+    def __init__(self, root: Path | None = None, bucket: Bucket | None = None) -> None:
+        self.root = root
+        self.bucket = bucket
+
+    def leftovers(self, job: DownloadJob) -> list[str]:
+        """Everything of the job's keys but its completed file: parts, open uploads."""
+        prefix = f"downloads/{job.owner_id}/{job.job_id}"
+        if self.root is not None:
+            return sorted(
+                str(path.relative_to(self.root))
+                for path in (self.root / "downloads").rglob("*")
+                if path.is_file()
+                and str(path.relative_to(self.root)).startswith(prefix)
+                and str(path.relative_to(self.root)) != job.storage_key
+            )
+        assert self.bucket is not None
+        uploads = self.bucket.client.list_multipart_uploads(Bucket=self.bucket.name, Prefix=prefix)
+        return [f"upload of {upload['Key']}" for upload in uploads.get("Uploads", [])]
+
+    def objects(self, job: DownloadJob) -> list[str]:
+        prefix = f"downloads/{job.owner_id}/{job.job_id}"
+        if self.root is not None:
+            return sorted(
+                str(path.relative_to(self.root))
+                for path in (self.root / "downloads").rglob("*")
+                if path.is_file()
+                and not path.name.endswith(".part")
+                and str(path.relative_to(self.root)).startswith(prefix)
+            )
+        assert self.bucket is not None
+        listed = self.bucket.client.list_objects_v2(Bucket=self.bucket.name, Prefix=prefix)
+        return sorted(item["Key"] for item in listed.get("Contents", []))
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request: Any, settings: Any, origin: OriginServer, dispatched: Any, tmp_path: Path) -> Storage:
+    settings.STAGING_CHUNK_BYTES = 256 * 1024
+    settings.STAGING_PART_BYTES = PART
+    settings.JOB_RETRY_JITTER = 0
+    settings.JOB_MAX_ATTEMPTS = 3
+    if request.param == "local":
+        settings.STORAGES = {
+            **settings.STORAGES,
+            "downloads": {
+                "BACKEND": "jobs.storage.SignedFileSystemStorage",
+                "OPTIONS": {"location": str(tmp_path), "base_url": "/files/"},
+            },
+        }
+        (tmp_path / "downloads").mkdir()
+        return Storage(root=tmp_path)
+    s3 = request.getfixturevalue("s3")
+    settings.STORAGES = {**settings.STORAGES, "downloads": s3_downloads_storage(s3)}
+    return Storage(bucket=Bucket(s3))
+
+
+def make_job(owner: User, **fields: Any) -> DownloadJob:
+    return DownloadJob.objects.create(owner=owner, file_id=FILE_ID, max_attempts=3, **fields)
+
+
+def stored_bytes(job: DownloadJob) -> bytes:
+    with storages["downloads"].open(job.storage_key, "rb") as handle:
+        return handle.read()
+
+
+@committed
+def test_a_retry_resumes_after_the_last_stored_part(user, origin, storage):
+    script = origin.add(FILE_ID, FileScript(size=SIZE, faults=["drop"]))
+    job = make_job(user)
+
+    services.download_job_run(job_pk=job.pk)
+
+    job.refresh_from_db()
+    assert (job.status, job.error_code) == (Status.QUEUED, ErrorCode.NETWORK_ERROR)
+    assert [part["size"] for part in job.upload_parts] == [PART]
+    assert job.upload_id
+    assert job.origin_validator == script.etag(FILE_ID)
+
+    services.download_job_run(job_pk=job.pk)
+
+    job.refresh_from_db()
+    assert (job.status, job.attempts, job.resumed_bytes) == (Status.COMPLETED, 2, PART)
+    assert job.storage_key == f"downloads/{user.pk}/{job.job_id}-1"  # the upload of attempt 1
+    assert (job.upload_id, job.upload_parts) == ("", [])
+    assert job.sha256 == script.sha256(FILE_ID)
+    assert stored_bytes(job) == script.content(FILE_ID)
+    assert storage.objects(job) == [job.storage_key]
+    assert storage.leftovers(job) == []
+    # Attempt 1 sent half the file; attempt 2 only what was not stored.
+    assert origin.requests[FILE_ID] == 2
+    assert origin.bytes_sent[FILE_ID] <= SIZE // 2 + 256 * 1024 + (SIZE - PART)
+
+
+@committed
+def test_an_origin_without_ranges_sends_the_whole_file_again(user, origin, storage):
+    script = origin.add(FILE_ID, FileScript(size=SIZE, faults=["drop"], ranges=False))
+    job = make_job(user)
+
+    services.download_job_run(job_pk=job.pk)
+    services.download_job_run(job_pk=job.pk)
+
+    job.refresh_from_db()
+    assert (job.status, job.attempts, job.resumed_bytes) == (Status.COMPLETED, 2, 0)
+    assert job.sha256 == script.sha256(FILE_ID)
+    assert stored_bytes(job) == script.content(FILE_ID)
+    assert storage.leftovers(job) == []  # the first upload was aborted
+
+
+@committed
+def test_a_file_changed_at_the_origin_is_fetched_whole_again(user, origin, storage):
+    script = origin.add(FILE_ID, FileScript(size=SIZE, faults=["drop"]))
+    job = make_job(user)
+    services.download_job_run(job_pk=job.pk)
+    script.version = 2  # If-Range names the old ETag: the origin answers 200, the whole file
+
+    services.download_job_run(job_pk=job.pk)
+
+    job.refresh_from_db()
+    assert (job.status, job.resumed_bytes) == (Status.COMPLETED, 0)
+    assert job.origin_validator == script.etag(FILE_ID)
+    assert stored_bytes(job) == script.content(FILE_ID)
+    assert storage.leftovers(job) == []
+
+
+@committed
+def test_a_fenced_attempt_can_no_longer_record_parts_or_commit(user, origin, storage, settings):
+    origin.add(FILE_ID, FileScript(size=SIZE, faults=["drop"]))
+    job = make_job(user)
+    services.download_job_run(job_pk=job.pk)  # one part stored, queued for a retry
+    started = services.download_job_start(job_pk=job.pk)
+    assert started is not None
+    old_attempt = services._AttemptHooks(started)  # the worker's copy of attempt 2
+    recorded = DownloadJob.objects.get(pk=job.pk).upload_parts
+    # Attempt 2's worker goes silent; the reaper presumes it dead and fences it out.
+    later = timezone.now() + timedelta(seconds=settings.JOB_HEARTBEAT_STALE_S + 1)
+    assert services.download_jobs_reap(now=later) == 1
+
+    with pytest.raises(JobSuperseded):
+        old_attempt.part_stored(parts=[*recorded, {"n": 2, "etag": '"late"', "size": PART}])
+    with pytest.raises(JobSuperseded):
+        old_attempt.before_commit()
+
+    job.refresh_from_db()
+    assert (job.status, job.upload_parts) == (Status.QUEUED, recorded)
+    # The next attempt resumes what the fenced one could not spoil, and completes.
+    services.download_job_run(job_pk=job.pk)
+    job.refresh_from_db()
+    assert (job.status, job.attempts, job.resumed_bytes) == (Status.COMPLETED, 3, PART)
+
+
+@committed
+def test_a_job_past_its_time_limit_fails_and_leaves_no_partial_object(user, origin, storage, monkeypatch):
+    origin.add(FILE_ID, FileScript(size=SIZE))
+    job = make_job(user)
+    real_part_stored = services._AttemptHooks.part_stored
+
+    def time_is_up(self: services._AttemptHooks, *, parts: list[dict[str, Any]]) -> None:
+        real_part_stored(self, parts=parts)
+        raise SoftTimeLimitExceeded()  # as Celery raises it in the middle of the work
+
+    monkeypatch.setattr(services._AttemptHooks, "part_stored", time_is_up)
+
+    services.download_job_run(job_pk=job.pk)
+
+    job.refresh_from_db()
+    assert (job.status, job.error_code, job.error_retryable) == (
+        Status.FAILED,
+        ErrorCode.DOWNLOAD_TIMEOUT,
+        False,
+    )
+    assert (job.upload_id, job.upload_parts) == ("", [])
+    assert storage.objects(job) == []
+    assert storage.leftovers(job) == []
+
+
+@committed
+def test_cancelling_a_job_that_waits_for_its_retry_aborts_its_upload(user, origin, storage):
+    origin.add(FILE_ID, FileScript(size=SIZE, faults=["drop"]))
+    job = make_job(user)
+    services.download_job_run(job_pk=job.pk)
+    job.refresh_from_db()
+    assert job.status == Status.QUEUED
+    assert job.upload_parts
+
+    services.download_job_cancel(job=job)
+
+    job.refresh_from_db()
+    assert (job.status, job.upload_id) == (Status.CANCELLED, "")
+    assert storage.leftovers(job) == []
+    assert storage.objects(job) == []
+
+
+@committed
+def test_the_last_attempt_failing_aborts_the_upload(user, origin, storage):
+    origin.add(FILE_ID, FileScript(size=SIZE, faults=["drop", "drop", "drop"]))
+    job = make_job(user)
+
+    for _ in range(3):
+        services.download_job_run(job_pk=job.pk)
+
+    job.refresh_from_db()
+    assert (job.status, job.attempts, job.dead_lettered_at is not None) == (Status.FAILED, 3, True)
+    assert storage.leftovers(job) == []
+    assert storage.objects(job) == []
