@@ -15,10 +15,11 @@ from django.contrib.auth.admin import UserAdmin
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
+from django.views.decorators.http import require_POST
 
 from . import admin_analytics, services
 from .models import DownloadJob
@@ -101,6 +102,10 @@ class DownloadJobAdmin(admin.ModelAdmin):
                     "sha256",
                     "storage_key",
                     "upload_id",
+                    "upload_parts",
+                    "origin_validator",
+                    "resumed_bytes",
+                    "reused_from",
                 ]
             },
         ),
@@ -124,13 +129,22 @@ class DownloadJobAdmin(admin.ModelAdmin):
             self.admin_site.admin_view(self.analytics_view),
             name="jobs_downloadjob_analytics",
         )
-        return [analytics, *super().get_urls()]
+        breaker_reset = path(
+            "analytics/breakers/reset/",
+            self.admin_site.admin_view(require_POST(self.breaker_reset_view)),
+            name="jobs_downloadjob_breaker_reset",
+        )
+        return [analytics, breaker_reset, *super().get_urls()]
 
     def analytics_view(self, request: HttpRequest) -> TemplateResponse:
         """Hourly analytics and the current queue (staff with view permission on jobs)."""
         if not self.has_view_permission(request):
             raise PermissionDenied
         return admin_analytics.analytics_page(request, self)
+
+    def breaker_reset_view(self, request: HttpRequest) -> HttpResponseRedirect:
+        """Closes an origin's circuit breaker (POST, CSRF-checked by admin_view)."""
+        return admin_analytics.breaker_reset(request, self)
 
     @admin.display(description="progress", ordering="progress")
     def progress_display(self, job: DownloadJob) -> str:

@@ -8,7 +8,8 @@ scrape of any web process sees the counts of every worker. The directory must be
 when the processes start (the launcher clears it); without it each process counts alone.
 
 Levels that have a source of truth are read from it at scrape time instead of being
-tracked: queue depth per priority from the broker's Redis, active jobs from the database.
+tracked: queue depth per priority from the broker's Redis, active jobs from the database,
+the origins' circuit breakers from hot-state Redis.
 """
 
 import logging
@@ -64,10 +65,19 @@ job_duration = Histogram(
     buckets=(0.5, 1, 2.5, 5, 10, 20, 30, 60, 90, 120, 180, 300, 600),
 )
 bytes_staged = Counter("download_job_staged_bytes", "Bytes of completed files written to storage.")
+bytes_resumed = Counter(
+    "download_bytes_resumed",
+    "Bytes of completed files that an attempt took from parts stored by an earlier attempt.",
+)
 websocket_connections = Gauge(
     "download_websocket_connections",
     "Open job WebSocket connections.",
     multiprocess_mode="livesum",
+)
+origin_circuit_opens = Counter(
+    "download_origin_circuit_opened",
+    "Times the circuit breaker of an origin opened (again, after a failed probe).",
+    ["origin"],
 )
 
 
@@ -76,11 +86,21 @@ def job_completed(job: "DownloadJob", *, size: int) -> None:
     if job.duration_seconds is not None:
         job_duration.observe(job.duration_seconds)
     bytes_staged.inc(size)
+    bytes_resumed.inc(job.resumed_bytes)
+
+
+def job_reused() -> None:
+    """A job completed at once from a file another job staged."""
+    job_outcomes.labels(outcome="reused", code="").inc()
 
 
 def job_ended(outcome: str, code: str = "") -> None:
     """A failed, retried or cancelled attempt (code: the error code, if any)."""
     job_outcomes.labels(outcome=outcome, code=code).inc()
+
+
+def origin_circuit_opened(origin: str) -> None:
+    origin_circuit_opens.labels(origin=origin).inc()
 
 
 # --- levels read at scrape time ----------------------------------------------------------
@@ -116,6 +136,35 @@ def active_jobs() -> Tally[tuple[str, str]]:
     return found
 
 
+CIRCUIT_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+def origin_circuit_families() -> list[Metric]:
+    """The state and the failures in the window of every origin's circuit breaker, from
+    hot-state Redis (jobs.breaker); none if it cannot be read."""
+    from .breaker import breakers_all
+
+    try:
+        breakers = breakers_all()
+    except redis.RedisError:
+        logger.warning("metrics: could not read the circuit breakers from Redis", exc_info=True)
+        return []
+    state = GaugeMetricFamily(
+        "download_origin_circuit_state",
+        "Circuit breaker of an origin: 0 closed, 1 half-open, 2 open.",
+        labels=["origin"],
+    )
+    failures = GaugeMetricFamily(
+        "download_origin_circuit_failures",
+        "Failures counted in the circuit breaker's rolling window.",
+        labels=["origin"],
+    )
+    for breaker in breakers:
+        state.add_metric([breaker.name], CIRCUIT_STATE_VALUES[breaker.state])
+        failures.add_metric([breaker.name], breaker.failures)
+    return [state, failures]
+
+
 class LevelsCollector(Collector):
     """Queue depth and active jobs, read when scraped. A source that cannot be read is
     left out of the scrape (and logged) rather than failing it."""
@@ -146,6 +195,7 @@ class LevelsCollector(Collector):
             for (status, priority), n in sorted(active.items()):
                 jobs.add_metric([status, priority], n)
             yield jobs
+        yield from origin_circuit_families()
         # The alerts' figures and whether each fires (jobs.alerts), as they are now.
         from .alerts import alert_metric_families, alerts_evaluate
 

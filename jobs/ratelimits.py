@@ -33,8 +33,15 @@ def _limiter() -> MovingWindowRateLimiter:
     return MovingWindowRateLimiter(storage)
 
 
+_PERIODS = {"s": "second", "m": "minute", "h": "hour", "d": "day"}
+
+
 @cache
 def _item(rate: str) -> RateLimitItem:
+    """`10/minute`, and DRF's spellings too (`10/min`, `10/m`, `100/h`)."""
+    amount, _, period = rate.partition("/")
+    if period and period not in _PERIODS.values() and period[:1] in _PERIODS:
+        rate = f"{amount}/{_PERIODS[period[0]]}"
     return parse(rate)
 
 

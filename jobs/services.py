@@ -28,7 +28,7 @@ from .models import ACTIVE_STATUSES, DownloadJob, Priority, Status, can_transiti
 from .origins import get_origin
 from .selectors import download_job_status, iso
 from .staging import Checkpoint, StagedFile, stage_file
-from .storage import stored_file_delete
+from .storage import downloads_storage, stored_file_delete
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,10 @@ def download_job_create(
     idempotency_key: str | None = None,
 ) -> tuple[DownloadJob, bool]:
     """Creates a queued job and dispatches it, or returns the job that the same
-    idempotency key made within 24 hours. Returns (job, created)."""
+    idempotency key made within 24 hours. Returns (job, created).
+
+    A file that a job staged and that is still retained (see JOB_REUSE) is not fetched
+    again: the new job is created completed, pointing at the stored object."""
     with transaction.atomic():
         # Locking the owner's row serialises this user's initiates, so parallel requests
         # cannot all pass the active-jobs check.
@@ -123,6 +126,8 @@ def download_job_create(
             if existing:
                 existing.idempotency_key = ""
                 existing.save(update_fields=["idempotency_key", "updated_at"])
+        if source := _reusable_job(owner=owner, file_id=file_id):
+            return _create_reused(owner, source, priority, metadata, idempotency_key), True
         active = DownloadJob.objects.filter(owner=owner, status__in=ACTIVE_STATUSES).count()
         if active >= settings.JOB_MAX_ACTIVE_PER_USER:
             raise ActiveLimitExceeded(settings.JOB_MAX_ACTIVE_PER_USER)
@@ -142,6 +147,71 @@ def download_job_create(
             return DownloadJob.objects.get(owner=owner, idempotency_key=idempotency_key), False
         _dispatch_on_commit(job)
     return job, True
+
+
+def _reusable_job(*, owner: User, file_id: int) -> DownloadJob | None:
+    """The completed job whose stored file of `file_id` stays retained longest, if it
+    stays at least JOB_REUSE_MIN_REMAINING_S and is still in storage."""
+    scope = settings.JOB_REUSE
+    if scope == "off":
+        return None
+    if scope not in ("owner", "any"):
+        raise ValueError(f"JOB_REUSE is {scope!r}: use off, owner or any")
+    retained_until = timezone.now() + timedelta(seconds=settings.JOB_REUSE_MIN_REMAINING_S)
+    candidates = DownloadJob.objects.filter(
+        file_id=file_id, status=Status.COMPLETED, expires_at__gt=retained_until
+    ).exclude(storage_key="")
+    if scope == "owner":
+        candidates = candidates.filter(owner=owner)
+    source = candidates.order_by("-expires_at").first()
+    if source is None:
+        return None
+    try:
+        if downloads_storage().exists(source.storage_key):
+            return source
+    except Exception:
+        logger.exception("Could not check the stored file of %s; fetching it again", source.job_id)
+        return None
+    logger.warning("%s is completed but its file %s is gone", source.job_id, source.storage_key)
+    return None
+
+
+def _create_reused(
+    owner: User,
+    source: DownloadJob,
+    priority: str,
+    metadata: dict[str, Any] | None,
+    idempotency_key: str | None,
+) -> DownloadJob:
+    """A job completed at once from `source`'s stored object. It shares the object and
+    its retention (the file is deleted once, when they all expire)."""
+    now = timezone.now()
+    job = DownloadJob.objects.create(
+        owner=owner,
+        file_id=source.file_id,
+        priority=priority,
+        metadata=metadata or {},
+        idempotency_key=idempotency_key or "",
+        max_attempts=settings.JOB_MAX_ATTEMPTS,
+        status=Status.COMPLETED,
+        progress=100,
+        bytes_done=source.file_size_bytes or 0,
+        bytes_total=source.file_size_bytes,
+        started_at=now,
+        completed_at=now,
+        duration_seconds=0.0,
+        expires_at=source.expires_at,
+        storage_key=source.storage_key,
+        file_name=source.file_name,
+        file_size_bytes=source.file_size_bytes,
+        content_type=source.content_type,
+        sha256=source.sha256,
+        reused_from=source,
+    )
+    _publish_on_commit(job, "completed")
+    transaction.on_commit(lambda: metrics.job_reused())
+    logger.info("%s completed at once from the stored file of %s", job.job_id, source.job_id)
+    return job
 
 
 def download_job_cancel(*, job: DownloadJob) -> DownloadJob:
@@ -518,8 +588,16 @@ def download_jobs_expire(*, now: datetime | None = None, batch: int = 500) -> in
     due = DownloadJob.objects.filter(status=Status.COMPLETED, expires_at__lte=now).order_by("expires_at")
     expired = 0
     for job in due[:batch]:
+        shared = (
+            DownloadJob.objects.filter(
+                status=Status.COMPLETED, storage_key=job.storage_key, expires_at__gt=job.expires_at
+            )
+            .exclude(pk=job.pk)
+            .exists()
+        )
         try:
-            stored_file_delete(job.storage_key)
+            if not shared:  # a job that reused the file and is retained longer keeps it
+                stored_file_delete(job.storage_key)
         except Exception:
             logger.exception("Could not delete the file of %s; it stays completed", job.job_id)
             continue

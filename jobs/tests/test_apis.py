@@ -7,7 +7,6 @@ import re
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from email.message import Message
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,6 +22,7 @@ from rest_framework.test import APIClient
 from jobs import hotstate
 from jobs.hotstate import HotProgress
 from jobs.models import DownloadJob, Status
+from jobs.origins import _name_from_disposition as name_from_disposition  # RFC 6266: filename* first
 
 INITIATE = "/v1/download/initiate"
 LIST = "/v1/downloads"
@@ -942,16 +942,32 @@ def test_download_of_a_completed_job_is_a_fresh_signed_link(api_client, user, lo
 
 
 @pytest.mark.parametrize(
-    ("file_name", "header"),
+    ("file_name", "header", "saved_as"),
     [
-        ('a "quoted" name.pdf', r'attachment; filename="a \"quoted\" name.pdf"'),
-        ("back\\slash.pdf", r'attachment; filename="back\\slash.pdf"'),
-        ("résumé.pdf", "attachment; filename*=utf-8''r%C3%A9sum%C3%A9.pdf"),
-        ("evil\r\nSet-Cookie: x=1.pdf", "attachment; filename*=utf-8''evil%0D%0ASet-Cookie%3A%20x%3D1.pdf"),
-        ('x.pdf"; filename="y.exe', r'attachment; filename="x.pdf\"; filename=\"y.exe"'),
+        ('a "quoted" name.pdf', 'attachment; filename="a _quoted_ name.pdf"', "a _quoted_ name.pdf"),
+        ("back\\slash.pdf", 'attachment; filename="slash.pdf"', "slash.pdf"),  # a path
+        (
+            "résumé.pdf",
+            "attachment; filename=\"resume.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9.pdf",
+            "résumé.pdf",
+        ),
+        (
+            "evil\r\nSet-Cookie: x=1.pdf",
+            'attachment; filename="evil_Set-Cookie_ x=1.pdf"',
+            "evil_Set-Cookie_ x=1.pdf",
+        ),
+        (
+            'x.pdf"; filename="y.exe',
+            'attachment; filename="x.pdf__ filename=_y.exe"; '
+            "filename*=UTF-8''x.pdf_%3B%20filename%3D_y.exe",
+            "x.pdf_; filename=_y.exe",
+        ),
     ],
 )
-def test_download_link_quotes_an_unsafe_file_name(api_client, user, local_storage, file_name, header):
+def test_download_link_quotes_an_unsafe_file_name(
+    api_client, user, local_storage, file_name, header, saved_as
+):
+    """More hostile names, and the S3 link, in test_security."""
     job = completed_job(user, local_storage, file_name=file_name, content=b"data")
 
     link = api_client.get(job_url(job.job_id)).json()["data"]
@@ -960,9 +976,7 @@ def test_download_link_quotes_an_unsafe_file_name(api_client, user, local_storag
     assert link["file_name"] == file_name
     assert file_response.status_code == 200
     assert file_response["Content-Disposition"] == header
-    parsed = Message()
-    parsed["Content-Disposition"] = file_response["Content-Disposition"]
-    assert parsed.get_filename() == file_name
+    assert name_from_disposition(file_response["Content-Disposition"]) == saved_as
 
 
 # --- DELETE /v1/download/<job_id> ----------------------------------------------------------
@@ -1109,3 +1123,12 @@ def test_every_timestamp_ends_with_z(api_client, user, local_storage):
     ] + [link["expires_at"], link["retained_until"]]
     assert len(stamps) == 11
     assert all(TIMESTAMP.match(stamp) for stamp in stamps), stamps
+
+
+@pytest.mark.parametrize("rate", ["2/minute", "2/min", "2/m", "2 per minute"])
+def test_initiate_rate_accepts_the_usual_spellings(api_client, settings, dispatched, rate):
+    settings.JOB_INITIATE_RATE = rate
+
+    codes = [api_client.post(INITIATE, {"file_id": 1}, format="json").status_code for _ in range(3)]
+
+    assert codes == [200, 200, 429]
