@@ -37,6 +37,7 @@ check: lint typecheck
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m downloads_project.embedded $(BIN)/python bench/staging.py
 	$(BIN)/python -m downloads_project.embedded $(BIN)/python bench/realtime.py
+	$(BIN)/python -m downloads_project.embedded $(BIN)/python bench/load.py
 
 clean:
 	rm -rf $(VENV) var

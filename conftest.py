@@ -67,13 +67,16 @@ def _fast_password_hasher(settings: Any) -> None:
 
 @pytest.fixture(autouse=True)
 def _fresh_cache() -> None:
-    """The cache and the rate-limit counters live in Redis: each test starts with none."""
+    """The cache, rate-limit counters and circuit breakers live in Redis: each test starts with none."""
     from django.core.cache import cache
 
+    from jobs.breaker import OriginBreaker, breakers_all
     from jobs.ratelimits import rate_limits_reset
 
     cache.clear()
     rate_limits_reset()
+    for breaker in breakers_all():
+        OriginBreaker(breaker.name).reset()
 
 
 # --- storage and broker ------------------------------------------------------------------
@@ -305,6 +308,9 @@ def stack_env(origin_server: OriginServer, extra: dict[str, str], *, broker_db: 
             "JOB_RETRY_BACKOFF_S": "0.3",
             "JOB_RETRY_JITTER": "0",
             "JOB_INITIATE_RATE": "1000/min",
+            "JOB_INITIATE_RATE_PER_IP": "1000/min",
+            # A breaker that a test's failures open recovers within the next test.
+            "ORIGIN_BREAKER_OPEN_S": "2",
             "PROGRESS_DB_INTERVAL_S": "0.5",
             "STAGING_CHUNK_BYTES": str(64 * 1024),
             "STAGING_PART_BYTES": str(5 * 1024 * 1024),

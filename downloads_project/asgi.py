@@ -1,3 +1,4 @@
+import logging
 import os
 
 from django.core.asgi import get_asgi_application
@@ -9,8 +10,15 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from downloads_project.logging import redact_handlers  # noqa: E402
 from realtime.auth import AllowedHostsOrNoOriginValidator, TokenAuthMiddlewareStack  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
+
+# uvicorn set up its loggers (its defaults, or --log-config) before importing this module.
+# Its access log and its WebSocket handshake lines print the path with `?token=`: its
+# handlers get the same filter as Django's (an access log turned off stays off).
+for _name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+    redact_handlers(logging.getLogger(_name))
 
 application = ProtocolTypeRouter(
     {

@@ -20,7 +20,9 @@ VAR_DIR = Path(env("VAR_DIR", default=str(BASE_DIR / "var")))
 
 # --- Django core -------------------------------------------------------------------------
 
-SECRET_KEY = env("DJANGO_SECRET_KEY", default="insecure-embedded-default-change-me")
+# Public, so only for the embedded default on 127.0.0.1; DJANGO_SECURE refuses it.
+EMBEDDED_SECRET_KEY = "insecure-embedded-default-change-me"  # noqa: S105
+SECRET_KEY = env("DJANGO_SECRET_KEY", default=EMBEDDED_SECRET_KEY)
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
@@ -36,6 +38,8 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "storages",
     "channels",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "jobs",
     "realtime",
 ]
@@ -87,6 +91,29 @@ LOGIN_REDIRECT_URL = "/"
 if env.bool("TRUST_X_FORWARDED_PROTO", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 USE_X_FORWARDED_HOST = env.bool("USE_X_FORWARDED_HOST", default=False)
+
+# One explicit switch, not a guess from DEBUG or the hosts: "this site is served to
+# browsers over https only" (TLS at uvicorn, or at a proxy with TRUST_X_FORWARDED_PROTO).
+# It makes the cookies Secure, redirects http to https and sends HSTS. Off by default,
+# so the embedded default keeps working on http://127.0.0.1.
+SECURE = env.bool("DJANGO_SECURE", default=False)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = SECURE
+SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=SECURE)
+# Probes of a load balancer or Kubernetes, and Prometheus, speak plain http to the pod.
+SECURE_REDIRECT_EXEMPT = [r"^(health|ready|metrics)$"]
+SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=365 * 24 * 3600 if SECURE else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=SECURE)
+# Hard to undo (browsers ship the list): an explicit choice; `check --deploy` warns until made.
+SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=False)
+SESSION_COOKIE_HTTPONLY = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+# The page's script reads the csrftoken cookie to send X-CSRFToken (static/downloads.js);
+# an HttpOnly CSRF cookie would break it and protect nothing (Django's CSRF docs).
+CSRF_COOKIE_HTTPONLY = False
+if SECURE and not DEBUG and SECRET_KEY == EMBEDDED_SECRET_KEY:
+    raise ImproperlyConfigured("DJANGO_SECURE is on: set DJANGO_SECRET_KEY to a long random value")
 
 # --- Database ----------------------------------------------------------------------------
 
@@ -189,7 +216,22 @@ JOB_RETRY_BACKOFF_MAX_S = env.float("JOB_RETRY_BACKOFF_MAX_S", default=300.0)
 JOB_RETRY_JITTER = env.float("JOB_RETRY_JITTER", default=0.2)  # +/- 20 %
 JOB_MAX_ACTIVE_PER_USER = env.int("JOB_MAX_ACTIVE_PER_USER", default=5)
 JOB_ACTIVE_LIMIT_RETRY_AFTER_S = env.int("JOB_ACTIVE_LIMIT_RETRY_AFTER_S", default=30)
-JOB_INITIATE_RATE = env("JOB_INITIATE_RATE", default="10/min")
+# Initiate rates (`<n>/<second|minute|hour|day>`), counted in Redis so every API process
+# shares them: per user, and per client IP (see CLIENT_IP_HEADER).
+JOB_INITIATE_RATE = env("JOB_INITIATE_RATE", default="10/minute")
+JOB_INITIATE_RATE_PER_IP = env("JOB_INITIATE_RATE_PER_IP", default="10/minute")
+# Behind a proxy, the client's address comes from this header (e.g. X-Forwarded-For or
+# X-Real-IP), and only from it: the proxy must overwrite or append to it. Of a list, the
+# entry CLIENT_IP_PROXY_COUNT from the right is taken (the one our own proxy appended).
+# Empty: the socket's peer address (REMOTE_ADDR), as when clients connect directly.
+CLIENT_IP_HEADER = env("CLIENT_IP_HEADER", default="")
+CLIENT_IP_PROXY_COUNT = env.int("CLIENT_IP_PROXY_COUNT", default=1)
+# A request for a file that a job staged and that is still retained completes at once
+# from the stored object: `owner` reuses the user's own files, `any` anyone's (only where
+# every user may read every file of the origin), `off` never.
+JOB_REUSE = env("JOB_REUSE", default="owner")
+# A reused file is served only if it stays retained at least this long.
+JOB_REUSE_MIN_REMAINING_S = env.int("JOB_REUSE_MIN_REMAINING_S", default=3600)
 JOB_RETENTION_S = env.int("JOB_RETENTION_S", default=24 * 3600)
 JOB_DEFAULT_ESTIMATE_S = env.int("JOB_DEFAULT_ESTIMATE_S", default=60)
 JOB_POLLING_INTERVAL_MS = env.int("JOB_POLLING_INTERVAL_MS", default=2000)
@@ -243,6 +285,21 @@ ORIGIN_DIRECTORY = env("ORIGIN_DIRECTORY", default=str(VAR_DIR / "origin"))
 # Synthetic origin: deterministic bytes at a fixed rate, sized so a demo job takes ~20 s.
 SYNTHETIC_FILE_BYTES = env.int("SYNTHETIC_FILE_BYTES", default=40 * 1024 * 1024)
 SYNTHETIC_RATE_BPS = env.int("SYNTHETIC_RATE_BPS", default=2 * 1024 * 1024)  # 0 = unthrottled
+# Circuit breaker per origin, shared by every process through hot-state Redis
+# (jobs/breaker.py): it opens when failures / outcomes in the last WINDOW_S reach
+# FAILURE_RATIO with at least MIN_CALLS outcomes, stays open OPEN_S, then lets one probe
+# through. A probe whose outcome never comes (its worker died) frees the slot after
+# PROBE_TIMEOUT_S: by default the soft time limit plus a margin, past the hard limit at
+# which the worker is killed.
+ORIGIN_BREAKER_WINDOW_S = env.int("ORIGIN_BREAKER_WINDOW_S", default=60)
+ORIGIN_BREAKER_MIN_CALLS = env.int("ORIGIN_BREAKER_MIN_CALLS", default=5)
+ORIGIN_BREAKER_FAILURE_RATIO = env.float("ORIGIN_BREAKER_FAILURE_RATIO", default=0.5)
+ORIGIN_BREAKER_OPEN_S = env.float("ORIGIN_BREAKER_OPEN_S", default=30.0)
+ORIGIN_BREAKER_PROBE_TIMEOUT_S = env.float(
+    "ORIGIN_BREAKER_PROBE_TIMEOUT_S", default=float(max(JOB_SOFT_TIME_LIMIT_S, JOB_HARD_TIME_LIMIT_S) + 30)
+)
+if not 0 < ORIGIN_BREAKER_FAILURE_RATIO <= 1:
+    raise ImproperlyConfigured("ORIGIN_BREAKER_FAILURE_RATIO must be above 0 and at most 1")
 
 # --- Storage -----------------------------------------------------------------------------
 
@@ -284,10 +341,44 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["jobs.parsers.JSONParser"],  # DRF's, deep nesting a 400
     "EXCEPTION_HANDLER": "jobs.api_errors.exception_handler",
-    "DEFAULT_THROTTLE_RATES": {"initiate": JOB_INITIATE_RATE},
     "UNAUTHENTICATED_USER": None,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # OPTIONS would describe the views outside the envelope; nothing here needs it (no CORS).
+    "DEFAULT_METADATA_CLASS": None,
+}
+
+# --- OpenAPI (drf-spectacular) -----------------------------------------------------------
+# The schema at /api/schema/, Swagger UI at /api/docs/ with its assets served from
+# drf-spectacular-sidecar (no CDN). The shapes of bodies and errors are in jobs/openapi.py.
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Download service API",
+    "VERSION": "1.0.0",
+    "DESCRIPTION": (
+        "Start, watch and collect file-preparation jobs. Every JSON response is the envelope "
+        '`{"success": true, "data": ...}` or `{"success": false, "error": {"code": ..., '
+        '"message": ...}}`. Authenticate with `Authorization: Token <key>` (API clients) or '
+        "the session cookie of the login page (browser; unsafe methods need the CSRF token).\n\n"
+        "Live progress is pushed on the WebSocket `/v1/download/subscribe/<job_id>` (the "
+        "`websocket_url` that initiate returns; session cookie or `?token=<key>`), which "
+        "OpenAPI does not describe: its first message is a `snapshot`, then `status_update`, "
+        "`progress`, `heartbeat` and one of `completed`, `error`, `cancelled`."
+    ),
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_GENERATE_CHOICE_DESCRIPTION": False,  # the values are their own labels
+    # Names of the enums that several components share (jobs/openapi.py).
+    "ENUM_NAME_OVERRIDES": {
+        "SuccessTrueEnum": [(True, True)],
+        "SuccessFalseEnum": [(False, False)],
+        "JobStatusEnum": "jobs.models.Status",
+        "NotReadyStatusEnum": ["failed", "cancelled"],
+    },
 }
 
 # --- Logging -----------------------------------------------------------------------------
@@ -296,7 +387,12 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # Every handler redacts secrets (downloads_project/logging.py).
+    "filters": {"redact_secrets": {"()": "downloads_project.logging.RedactSecrets"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact_secrets"]}
+    },
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
+    # uvicorn's own handlers get the same filter when it loads the app (asgi.py).
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }

@@ -1,6 +1,8 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.permissions import AllowAny
 
 from jobs import ops
 from jobs.storage import file_download
@@ -14,6 +16,14 @@ urlpatterns = [
     path("health", ops.health, name="health"),
     path("ready", ops.ready, name="ready"),
     path("metrics", ops.metrics_view, name="metrics"),
+    # Readable without signing in: the schema describes the public contract (API.md) and
+    # holds no secret; every operation it lists still requires authentication.
+    path("api/schema/", SpectacularAPIView.as_view(permission_classes=[AllowAny]), name="api-schema"),
+    path(
+        "api/docs/",
+        SpectacularSwaggerView.as_view(url_name="api-schema", permission_classes=[AllowAny]),
+        name="api-docs",
+    ),
     path("", downloads_page, name="downloads"),
     path("", include("jobs.urls")),
 ]

@@ -2,7 +2,8 @@
 here as inline SVG (no script, nothing fetched from elsewhere), the table of the same
 figures, and the current queue per priority (read from the broker, as /metrics does) and
 active jobs per status. Each chart has a title and a description for assistive
-technology; the table carries every number the charts show."""
+technology; the table carries every number the charts show. The origins' circuit
+breakers are listed with a reset button for staff who may change jobs."""
 
 import logging
 from collections.abc import Callable, Sequence
@@ -10,14 +11,18 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import redis
-from django.contrib import admin
-from django.http import HttpRequest
+from django.conf import settings
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponseRedirect
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from . import metrics
 from .analytics import AnalyticsHour, download_analytics_hourly, uses_view
+from .breaker import BreakerState, OriginBreaker, breakers_all
 from .models import ACTIVE_STATUSES
 
 logger = logging.getLogger(__name__)
@@ -303,5 +308,35 @@ def analytics_page(request: HttpRequest, model_admin: "admin.ModelAdmin[Any]") -
         "priorities": metrics.PRIORITIES,
         "depths": [depths[priority] for priority in metrics.PRIORITIES] if depths is not None else None,
         "active_rows": active_rows,
+        "breakers": _breakers(),
+        "breaker_window_s": settings.ORIGIN_BREAKER_WINDOW_S,
+        "can_reset_breakers": model_admin.has_change_permission(request),
     }
     return TemplateResponse(request, "admin/jobs/downloadjob/analytics.html", context)
+
+
+def _breakers() -> list[BreakerState] | None:
+    try:
+        return breakers_all()
+    except redis.RedisError:
+        logger.warning("analytics: could not read the circuit breakers from Redis", exc_info=True)
+        return None
+
+
+def breaker_reset(request: HttpRequest, model_admin: "admin.ModelAdmin[Any]") -> HttpResponseRedirect:
+    """POST `origin`: closes that origin's circuit breaker and clears its counts (staff with
+    the change permission on jobs, as for the job actions)."""
+    if not model_admin.has_change_permission(request):
+        raise PermissionDenied
+    name = request.POST.get("origin", "")
+    try:
+        known = {state.name for state in breakers_all()}
+        if name in known:
+            OriginBreaker(name).reset()
+            model_admin.message_user(request, f"Circuit breaker {name} reset: closed.", messages.SUCCESS)
+        else:
+            model_admin.message_user(request, f"No circuit breaker {name!r}.", messages.WARNING)
+    except redis.RedisError:
+        logger.warning("analytics: could not reset the circuit breaker %s", name, exc_info=True)
+        model_admin.message_user(request, f"Circuit breaker {name} could not be reset.", messages.ERROR)
+    return HttpResponseRedirect(reverse("admin:jobs_downloadjob_analytics") + "#origins-heading")

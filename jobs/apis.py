@@ -5,13 +5,16 @@ from typing import Any
 
 from django.conf import settings
 from django.urls import reverse
+from django.utils.dateparse import parse_datetime
+from drf_spectacular.utils import extend_schema
 from rest_framework import status
-from rest_framework.pagination import CursorPagination
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from . import ratelimits, selectors, services
+from . import openapi, ratelimits, selectors, services
 from .api_errors import ApiError, job_not_found
 from .models import DownloadJob, Status
 from .serializers import (
@@ -41,6 +44,19 @@ class DownloadJobInitiateApi(APIView):
             response[name] = value
         return super().finalize_response(request, response, *args, **kwargs)
 
+    @extend_schema(
+        operation_id="download_job_initiate",
+        summary="Start a download job",
+        request=DownloadJobInitiateSerializer,
+        parameters=[openapi.IDEMPOTENCY_KEY, *openapi.RATE_LIMIT_HEADERS],
+        responses={
+            200: openapi.INITIATE_OK,
+            400: openapi.VALIDATION_ERROR,
+            **openapi.UNSAFE_AUTH_ERRORS,
+            415: openapi.UNSUPPORTED_MEDIA_TYPE,
+            429: openapi.RATE_LIMIT_EXCEEDED,
+        },
+    )
     def post(self, request: Request) -> Response:
         verdict = ratelimits.initiate_rate_hit(
             user_id=request.user.pk,  # type: ignore[arg-type]
@@ -89,6 +105,12 @@ class DownloadJobInitiateApi(APIView):
 
 
 class DownloadJobStatusApi(APIView):
+    @extend_schema(
+        operation_id="download_job_status",
+        summary="A job's status and progress",
+        parameters=[openapi.JOB_ID],
+        responses={200: openapi.STATUS_OK, **openapi.AUTH_ERRORS, 404: openapi.JOB_NOT_FOUND},
+    )
     def get(self, request: Request, job_id: str) -> Response:
         job = _owned_job(request, job_id)
         hot = selectors.download_job_hot([job]).get(job.job_id)
@@ -98,6 +120,18 @@ class DownloadJobStatusApi(APIView):
 class DownloadJobApi(APIView):
     """GET collects a completed job's file as a fresh presigned URL; DELETE cancels."""
 
+    @extend_schema(
+        operation_id="download_job_collect",
+        summary="A fresh download link of a completed job's file",
+        parameters=[openapi.JOB_ID],
+        responses={
+            200: openapi.LINK_OK,
+            **openapi.AUTH_ERRORS,
+            404: openapi.JOB_NOT_FOUND_OR_NOT_READY,
+            409: openapi.JOB_WILL_NOT_BE_READY,
+            410: openapi.DOWNLOAD_EXPIRED,
+        },
+    )
     def get(self, request: Request, job_id: str) -> Response:
         job = _owned_job(request, job_id)
         if job.status == Status.COMPLETED:
@@ -120,6 +154,17 @@ class DownloadJobApi(APIView):
             extra={"status": job.status},
         )
 
+    @extend_schema(
+        operation_id="download_job_cancel",
+        summary="Cancel a queued or processing job",
+        parameters=[openapi.JOB_ID],
+        responses={
+            200: openapi.CANCEL_OK,
+            **openapi.UNSAFE_AUTH_ERRORS,
+            404: openapi.JOB_NOT_FOUND,
+            409: openapi.JOB_ALREADY_FINISHED,
+        },
+    )
     def delete(self, request: Request, job_id: str) -> Response:
         job = _owned_job(request, job_id)
         try:
@@ -141,8 +186,28 @@ class DownloadJobPagination(CursorPagination):
     page_size_query_param = "page_size"
     max_page_size = 100
 
+    def decode_cursor(self, request: Request) -> Cursor | None:
+        """DRF checks a cursor's offset but hands its position to the query unchecked: a
+        crafted one that is not an aware timestamp (as DRF writes `created_at`) would
+        fail in the ORM as a 500."""
+        cursor = super().decode_cursor(request)
+        if cursor is not None and cursor.position is not None:
+            try:
+                position = parse_datetime(str(cursor.position))  # a string, whatever the stubs say
+            except ValueError:
+                position = None
+            if position is None or position.tzinfo is None:
+                raise NotFound(self.invalid_cursor_message)
+        return cursor
+
 
 class DownloadJobListApi(APIView):
+    @extend_schema(
+        operation_id="download_job_list",
+        summary="The caller's jobs, newest first",
+        parameters=[DownloadJobListFilterSerializer, *openapi.LIST_PARAMETERS],
+        responses={200: openapi.LIST_OK, 400: openapi.VALIDATION_ERROR, **openapi.AUTH_ERRORS},
+    )
     def get(self, request: Request) -> Response:
         filters = DownloadJobListFilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
@@ -151,7 +216,11 @@ class DownloadJobListApi(APIView):
             status=filters.validated_data.get("status"),
         )
         paginator = DownloadJobPagination()
-        page = paginator.paginate_queryset(jobs, request, view=self) or []
+        try:
+            page = paginator.paginate_queryset(jobs, request, view=self) or []
+        except NotFound:  # DRF's answer to a cursor it did not make: a bad parameter, not a 404
+            message = "Invalid cursor: take it from a page's next or previous link."
+            raise ValidationError({"cursor": [message]}) from None
         hot = selectors.download_job_hot(page)
         return ok(
             {

@@ -37,6 +37,12 @@ RETRYABLE_CODES = frozenset(
     }
 )
 
+# Failures that say the origin is unwell (rather than the file or our storage): counted
+# by the origin's circuit breaker.
+ORIGIN_FAILURE_CODES = frozenset(
+    {ErrorCode.NETWORK_ERROR, ErrorCode.TEMPORARY_UNAVAILABLE, ErrorCode.RATE_LIMIT, ErrorCode.TIMEOUT}
+)
+
 
 class JobError(Exception):
     """A classified failure of a job's work. `message` is shown to the job's owner."""

@@ -88,10 +88,12 @@ def initiate_rate_hit(*, user_id: int, ip: str) -> RateLimitVerdict:
     limiter = _limiter()
     try:
         refused = [limit for limit in limits if not limiter.test(limit[0], "initiate", *limit[1:])]
-        if not refused:
-            for item, name, key in limits:
-                if not limiter.hit(item, "initiate", name, key):
-                    refused.append((item, name, key))
+        for item, name, key in [] if refused else limits:
+            # The first refusal stops the rest: a request refused by one limit takes
+            # nothing from the other.
+            if not limiter.hit(item, "initiate", name, key):
+                refused.append((item, name, key))
+                break
         stats = [(item, limiter.get_window_stats(item, "initiate", name, key)) for item, name, key in limits]
     except Exception:
         logger.warning("Rate limits unavailable (Redis); initiate let through", exc_info=True)

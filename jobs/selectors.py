@@ -8,12 +8,11 @@ from django.contrib.auth.models import User
 from django.db.models import QuerySet
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.http import content_disposition_header
 
 from . import hotstate
 from .hotstate import HotProgress
 from .models import ACTIVE_STATUSES, DownloadJob, Status
-from .storage import downloads_storage
+from .storage import attachment_disposition, downloads_storage, safe_content_type
 
 
 def iso(value: datetime | None) -> str | None:
@@ -90,7 +89,8 @@ def download_job_status(*, job: DownloadJob, hot: HotProgress | None) -> dict[st
             "message": job.error_message,
             "retryable": bool(job.error_retryable),
         }
-    if job.status == Status.QUEUED and job.attempts:
+    # Queued after a failed attempt, or waiting for the origin's circuit breaker.
+    if job.status == Status.QUEUED and (job.attempts or job.next_retry_at):
         data["attempts"] = job.attempts
         data["next_retry_at"] = iso(job.next_retry_at)
     return data
@@ -111,8 +111,8 @@ def download_job_link(*, job: DownloadJob) -> dict[str, Any]:
     url = storage.url(
         job.storage_key,
         parameters={
-            "ResponseContentDisposition": content_disposition_header(True, job.file_name) or "attachment",
-            "ResponseContentType": job.content_type,
+            "ResponseContentDisposition": attachment_disposition(job.file_name),
+            "ResponseContentType": safe_content_type(job.content_type),
         },
         expire=ttl_s,
     )

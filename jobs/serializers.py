@@ -10,7 +10,8 @@ from rest_framework import serializers
 from .models import Priority, Status
 
 MAX_FILE_ID = 2**63 - 1
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # whole value: fullmatch, not `$` (allows a final \n)
+METADATA_MAX_DEPTH = 32
 
 
 class StrictIntegerField(serializers.IntegerField):
@@ -27,11 +28,15 @@ class StrictIntegerField(serializers.IntegerField):
 class DownloadJobInitiateSerializer(serializers.Serializer[dict[str, Any]]):
     file_id = StrictIntegerField(min_value=1, max_value=MAX_FILE_ID)
     priority = serializers.ChoiceField(choices=Priority.choices, default=Priority.NORMAL)
-    metadata = serializers.DictField(required=False, default=dict)
+    metadata = serializers.DictField(
+        required=False, default=dict, help_text="At most 4 KiB serialized and 32 levels deep; no U+0000."
+    )
     # Accepted for the seed's clients and ignored: a job belongs to the authenticated user.
     user_id = serializers.CharField(required=False, allow_blank=True, max_length=100)
 
     def validate_metadata(self, value: dict[str, Any]) -> dict[str, Any]:
+        if problem := _metadata_problem(value):
+            raise serializers.ValidationError(problem)
         size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
         if size > settings.JOB_METADATA_MAX_BYTES:
             raise serializers.ValidationError(
@@ -40,10 +45,33 @@ class DownloadJobInitiateSerializer(serializers.Serializer[dict[str, Any]]):
         return value
 
 
+def _metadata_problem(value: Any) -> str | None:
+    """What makes metadata unstorable, found without recursion (a deep body must not
+    exhaust the stack here, nor later in `json.dumps`): nesting past METADATA_MAX_DEPTH,
+    or U+0000, which PostgreSQL's jsonb refuses (a 500 on insert, were it let through)."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return "Metadata may not contain the NUL character (U+0000)."
+            continue
+        if not isinstance(item, dict | list):
+            continue
+        if depth > METADATA_MAX_DEPTH:
+            return f"Metadata may nest objects and arrays at most {METADATA_MAX_DEPTH} levels deep."
+        if isinstance(item, dict):
+            pending.extend((key, depth) for key in item)
+            pending.extend((child, depth + 1) for child in item.values())
+        else:
+            pending.extend((child, depth + 1) for child in item)
+    return None
+
+
 def idempotency_key_validate(value: str | None) -> str | None:
     if value is None:
         return None
-    if not _IDEMPOTENCY_KEY.match(value):
+    if not _IDEMPOTENCY_KEY.fullmatch(value):
         raise serializers.ValidationError(
             {"Idempotency-Key": ["At most 255 printable ASCII characters without spaces."]}
         )

@@ -22,7 +22,8 @@ from django.utils import timezone
 from realtime.events import job_event_publish
 
 from . import hotstate, metrics
-from .errors import ErrorCode, JobCancelled, JobError, JobSuperseded
+from .breaker import OriginBreaker, origin_breaker_name
+from .errors import ORIGIN_FAILURE_CODES, ErrorCode, JobCancelled, JobError, JobSuperseded
 from .hotstate import HotProgress
 from .models import ACTIVE_STATUSES, DownloadJob, Priority, Status, can_transition
 from .origins import get_origin
@@ -394,10 +395,63 @@ class _AttemptHooks:
 
 
 def download_job_run(*, job_pk: int, task_id: str = "") -> None:
-    """One attempt of a job: start it, stage the file, then complete, retry or fail."""
+    """One attempt of a job: start it, stage the file, then complete, retry or fail.
+
+    While the origin's circuit breaker is open, a queued job does not start: it waits
+    for the breaker without using up an attempt. The attempt's outcome is reported to
+    the breaker: a failure of the origin's (network, 5xx, timeout, 429) counts against
+    it, any answer of the origin's (a file, a 404) for it."""
+    breaker = OriginBreaker(origin_breaker_name())
+    queued = DownloadJob.objects.filter(pk=job_pk, status=Status.QUEUED).first()
+    # A redelivered job (processing) goes on: its attempt had got past the breaker.
+    if queued is not None and (wait_s := breaker.allow()) is not None:
+        _wait_for_origin(queued, wait_s)
+        return
     job = download_job_start(job_pk=job_pk, task_id=task_id)
     if job is None:
         return
+    try:
+        staged = _attempt_run(job)
+    except JobError as error:
+        # The attempt has been ended (retry or fail) by _attempt_run; only the breaker
+        # is left to tell.
+        if error.code in ORIGIN_FAILURE_CODES:
+            breaker.record_failure()
+        elif error.code != ErrorCode.STORAGE_ERROR:
+            breaker.record_success()  # the origin answered, if not with the file
+        return
+    if staged is not None:
+        breaker.record_success()
+
+
+def _wait_for_origin(job: DownloadJob, wait_s: float) -> None:
+    """Sends the queued job again once the breaker lets a request through. Its attempt
+    count stays: the origin, not the job, is failing."""
+    now = timezone.now()
+    countdown_s = wait_s * random.uniform(1.0, 1.0 + settings.JOB_RETRY_JITTER)  # noqa: S311 (jitter)
+    error = JobError(ErrorCode.TEMPORARY_UNAVAILABLE, "The origin is failing; waiting for it to recover")
+    fields = {
+        "next_retry_at": now + timedelta(seconds=countdown_s),
+        "error_code": error.code,
+        "error_message": error.message,
+        "error_retryable": True,
+        "updated_at": now,
+    }
+    rows = DownloadJob.objects.filter(pk=job.pk, status=Status.QUEUED, attempts=job.attempts)
+    with transaction.atomic():
+        if rows.update(**fields) != 1:
+            return  # cancelled, or taken by another message meanwhile
+        for name, value in fields.items():
+            setattr(job, name, value)
+        _publish_on_commit(job, "status_update")
+        _dispatch_on_commit(job, countdown_s=countdown_s)
+        transaction.on_commit(lambda: metrics.job_ended("held", error.code))
+    logger.info("%s waits %.0f s for the origin's circuit breaker", job.job_id, countdown_s)
+
+
+def _attempt_run(job: DownloadJob) -> StagedFile | None:
+    """Stages the file and completes, retries or fails the attempt. Returns the staged
+    file if it completed; re-raises a JobError (after handling it) for the breaker."""
     attempt = job.attempts
     checkpoint = (
         Checkpoint(upload_id=job.upload_id, parts=job.upload_parts, validator=job.origin_validator)
@@ -415,10 +469,10 @@ def download_job_run(*, job_pk: int, task_id: str = "") -> None:
     except (JobCancelled, JobSuperseded):
         logger.info("%s attempt %s stopped: cancelled or superseded", job.job_id, attempt)
         hotstate.progress_clear(job.job_id)
-        return
+        return None
     except JobError as error:
         _fail(job, attempt=attempt, error=error)
-        return
+        raise
     except SoftTimeLimitExceeded:
         limit_s = settings.JOB_SOFT_TIME_LIMIT_S
         _fail(
@@ -426,12 +480,13 @@ def download_job_run(*, job_pk: int, task_id: str = "") -> None:
             attempt=attempt,
             error=JobError(ErrorCode.DOWNLOAD_TIMEOUT, f"File download exceeded {limit_s} s"),
         )
-        return
+        return None
     except Exception:
         logger.exception("%s attempt %s failed unexpectedly", job.job_id, attempt)
         _fail(job, attempt=attempt, error=JobError(ErrorCode.PROCESSING_ERROR, "Failed to process file"))
-        return
+        return None
     download_job_complete(job=job, attempt=attempt, staged=staged)
+    return staged
 
 
 def download_job_complete(*, job: DownloadJob, attempt: int, staged: StagedFile) -> None:

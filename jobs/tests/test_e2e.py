@@ -463,3 +463,90 @@ def test_job_of_a_killed_worker_is_redelivered_and_completes_once(
     # The crashed attempt's multipart upload was aborted; one object: the second attempt's.
     assert stored_files(stack, job_id) == [row.storage_key]
     assert row.storage_key.endswith(f"{job_id}-2")
+
+
+def test_ten_jobs_of_a_killed_worker_resume_from_their_stored_parts(
+    redelivery_stack: Stack, origin: OriginServer, django_user_model: Any
+) -> None:
+    """kill -9 the worker in the middle of 10 jobs, start a new one: every job completes
+    once, with the origin's bytes, and the new attempts fetch only what was not stored."""
+    stack = redelivery_stack
+    wait_until_broker_idle(stack)
+    stack.kill_worker()
+    stack.start_worker(concurrency=10)
+    size = 12 * MiB + 1  # two parts of 5 MiB and a tail
+    scripts = {71100 + n: origin.add(71100 + n, FileScript(size=size, rate_bps=MiB)) for n in range(10)}
+    # Two users: each may have five active jobs.
+    tokens = [
+        Token.objects.create(user=django_user_model.objects.create_user(f"crash-{n}")).key for n in (1, 2)
+    ]
+    with stack.client(tokens[0]) as first, stack.client(tokens[1]) as second:
+        clients = {file_id: (first if n < 5 else second) for n, file_id in enumerate(scripts)}
+        jobs = {file_id: initiate(clients[file_id], file_id) for file_id in scripts}
+        # Every job has stored at least one part when the worker dies.
+        eventually(
+            lambda: all(
+                len(row.upload_parts) >= 1 for row in DownloadJob.objects.filter(job_id__in=jobs.values())
+            ),
+            timeout_s=30,
+            what="a part stored by each of the 10 jobs",
+        )
+        stack.kill_worker()
+        first_attempts = sum(origin.bytes_sent[file_id] for file_id in scripts)
+        delivered = [
+            float(entry[1]) for entry in broker(stack).zrange("unacked_index", 0, -1, withscores=True)
+        ]
+        assert len(delivered) == 10
+        for script in scripts.values():
+            script.rate_bps = 0
+        while time.time() < max(delivered) + REDELIVERY_VISIBILITY_TIMEOUT_S + 0.3:
+            time.sleep(0.1)
+        stack.start_worker(concurrency=4)
+
+        for file_id, job_id in jobs.items():
+            final = wait_until_finished(clients[file_id], job_id, timeout_s=60)
+            assert final["status"] == "completed", final
+            assert_downloads_exactly(clients[file_id], job_id, scripts[file_id], file_id)
+            assert stored_files(stack, job_id) == [DownloadJob.objects.get(job_id=job_id).storage_key]
+
+    rows = list(DownloadJob.objects.filter(job_id__in=jobs.values()))
+    assert {(row.status, row.attempts) for row in rows} == {("completed", 2)}
+    assert all(row.resumed_bytes >= 5 * MiB for row in rows)
+    assert [origin.requests[file_id] for file_id in scripts] == [2] * 10
+    fetched = sum(origin.bytes_sent[file_id] for file_id in scripts)
+    # The second attempts fetched only what was not stored (give or take the chunks in
+    # flight when the worker died); fetching every file whole again would make it 2x.
+    assert fetched - first_attempts <= sum(size - row.resumed_bytes for row in rows) + 10 * 256 * 1024
+    assert fetched < 1.6 * 10 * size, f"{fetched / (10 * size):.2f}x the files' size"
+
+
+def test_a_failing_origin_opens_the_breaker_and_its_recovery_closes_it(
+    local_stack: Stack, origin: OriginServer, token: str
+) -> None:
+    """Past the failure threshold the breaker opens: a new job waits without a request to
+    the origin; after ORIGIN_BREAKER_OPEN_S one probe goes through, succeeds, and closes it."""
+    stack = local_stack
+    with stack.client(token) as api:
+        failing = [origin.add(71200 + n, FileScript(size=1000, faults=["503"] * 3)) for n in range(2)]
+        for n in range(len(failing)):
+            assert wait_until_finished(api, initiate(api, 71200 + n))["status"] == "failed"
+        assert 'download_origin_circuit_state{origin="http:127.0.0.1' in api.get("/metrics").text
+        assert circuit_state(api) == 2  # open: 6 failures of 6 outcomes
+
+        origin.add(71210, FileScript(size=1000))
+        job_id = initiate(api, 71210)
+        waiting = wait_for_status(api, job_id, lambda data: data.get("next_retry_at") is not None)
+        assert waiting["status"] == "queued"
+        assert origin.requests[71210] == 0  # the origin was left alone
+
+        final = wait_until_finished(api, job_id)
+        assert final["status"] == "completed", final
+        assert origin.requests[71210] == 1
+        assert circuit_state(api) == 0
+
+
+def circuit_state(api: httpx.Client) -> int:
+    for line in api.get("/metrics").text.splitlines():
+        if line.startswith("download_origin_circuit_state{"):
+            return int(float(line.rsplit(" ", 1)[1]))
+    raise AssertionError("no download_origin_circuit_state in /metrics")

@@ -587,3 +587,59 @@ def test_a_retried_cancelled_job_runs_a_new_attempt_to_completion(
     assert [call["args"] for call in dispatched] == [(job.pk,)]
     with pytest.raises(JobSuperseded):  # the cancelled attempt's worker stays fenced off
         stale.upload_opened(upload_id="late", parts=[], bytes_total=1000, resumed_bytes=0, validator="")
+
+
+# --- the origin's circuit breaker -----------------------------------------------------------
+
+
+@pytest.fixture
+def breaker_settings(worker_settings: Any) -> Any:
+    worker_settings.ORIGIN_BREAKER_MIN_CALLS = 3
+    worker_settings.ORIGIN_BREAKER_FAILURE_RATIO = 0.5
+    worker_settings.ORIGIN_BREAKER_OPEN_S = 1
+    worker_settings.JOB_MAX_ATTEMPTS = 5
+    return worker_settings
+
+
+def test_a_failing_origin_opens_the_breaker_and_queued_jobs_wait_without_using_attempts(
+    user, origin, media, breaker_settings, dispatched, run_attempt
+):
+    from jobs.breaker import OriginBreaker, origin_breaker_name
+
+    for offset in range(3):
+        origin.add(FILE_ID + offset, FileScript(size=1000, faults=["503"]))
+        run_attempt(make_job(user, file_id=FILE_ID + offset).pk)
+    assert OriginBreaker(origin_breaker_name()).state().state == "open"
+    origin.add(FILE_ID + 9, FileScript(size=1000))
+    waiting = make_job(user, file_id=FILE_ID + 9)
+    dispatched.clear()
+
+    run_attempt(waiting.pk)
+
+    waiting.refresh_from_db()
+    assert origin.requests[FILE_ID + 9] == 0  # the origin was left alone
+    assert (waiting.status, waiting.attempts, waiting.error_code) == (
+        Status.QUEUED,
+        0,
+        "TEMPORARY_UNAVAILABLE",
+    )
+    assert waiting.next_retry_at is not None
+    assert len(dispatched) == 1
+    assert 1 <= dispatched[0]["countdown"] <= 1.3
+
+    time.sleep(1.1)  # half-open: this job is the probe; the origin has recovered
+    run_attempt(waiting.pk)
+
+    waiting.refresh_from_db()
+    assert (waiting.status, waiting.attempts) == (Status.COMPLETED, 1)
+    assert OriginBreaker(origin_breaker_name()).state().state == "closed"
+
+
+def test_a_missing_file_is_not_held_against_the_origin(user, origin, media, breaker_settings, run_attempt):
+    from jobs.breaker import OriginBreaker, origin_breaker_name
+
+    for offset in range(4):
+        run_attempt(make_job(user, file_id=FILE_ID + offset).pk)  # 404: the origin answered
+
+    state = OriginBreaker(origin_breaker_name()).state()
+    assert (state.state, state.failures, state.successes) == ("closed", 0, 4)

@@ -49,9 +49,11 @@ class Command(BaseCommand):
             env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(settings.VAR_DIR / "prometheus"))
             multiprocess_dir_reset(env["PROMETHEUS_MULTIPROC_DIR"])
             python = sys.executable
+            # uvicorn's access log is on: settings.LOGGING takes over uvicorn's loggers
+            # when the app loads, and its handler redacts `?token=` and other secrets.
             commands = {
                 "web": [python, "-m", "uvicorn", "downloads_project.asgi:application",
-                        "--host", host, "--port", str(port), "--no-access-log"],
+                        "--host", host, "--port", str(port)],
                 "worker": [python, "-m", "celery", "-A", "downloads_project", "worker",
                            "-Q", QUEUES, "-c", str(concurrency), "--loglevel", "INFO"],
                 "beat": [python, "-m", "celery", "-A", "downloads_project", "beat", "--loglevel", "INFO",

@@ -1,0 +1,930 @@
+"""Load benchmark: the seed's k6 scenario (spec section 8.1) replayed against the real
+server and worker. Prints figures; exits 1 if any request got a 5xx or a transport error,
+so that it doubles as a smoke check.
+
+    .venv/bin/python bench/load.py                          # 50 users, 20 s / 60 s / 20 s (~2 min)
+    .venv/bin/python bench/load.py --users 20 --ramp-up 10 --hold 30 --ramp-down 10
+    .venv/bin/python bench/load.py --url http://127.0.0.1:8000 --tokens-file tokens.txt
+
+The seed's scenario: virtual users (VUs) ramp up to 100 over 2 min, hold 5 min, ramp down
+over 2 min; each VU loops: POST /v1/download/initiate {"file_id": 70000}, check 200 and
+data.job_id, then every 2 s GET /v1/download/status/<job_id> until the job is completed or
+failed. Here the VUs are asyncio tasks of this process (httpx.AsyncClient, one per VU, so
+each keeps its own connections as a k6 VU does), and the durations are scaled down.
+
+Without --url the script runs its own stack (bench/sandbox.py's bench_env: a throwaway
+VAR_DIR with a migrated SQLite database, and a private Redis unless REDIS_URL is set):
+uvicorn (--web-workers processes) and one Celery worker (--concurrency), with the
+synthetic origin sized by --file-mib and --rate-mibps, and N users with a DRF token each, so
+that the per-user limits (5 active jobs, the initiate rate) do not throttle the scenario.
+All VUs come from 127.0.0.1, so the stack's initiate rates are raised (--initiate-rate,
+--initiate-rate-per-ip). Everything is stopped again at the end, also after Ctrl-C.
+
+See bench/README.md.
+"""
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import random
+import re
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import httpx
+import psutil  # type: ignore[import-untyped]
+
+ROOT = Path(__file__).resolve().parent.parent
+# Run by path, Python puts bench/ first on sys.path, where bench/realtime.py would hide the
+# `realtime` package (an installed app): the project's root takes its place.
+sys.path[:] = [str(ROOT)] + [entry for entry in sys.path if Path(entry or ".").resolve() != ROOT / "bench"]
+
+from bench.sandbox import bench_env  # noqa: E402
+from jobs.tests.local_servers import free_port, wait_for_port  # noqa: E402
+
+BROKER_DB = 8  # a broker database of its own (staging and realtime use 9)
+QUEUES = "downloads.high,downloads.normal,downloads.low"
+SEED_FILE_ID = 70000
+TERMINAL = {"completed", "failed", "cancelled", "expired"}  # the seed stops on the first two
+STARTUP_TIMEOUT_S = 120
+
+
+def log(message: str = "") -> None:
+    print(message, flush=True)
+
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    """Nearest rank; NaN for no values."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else float("nan")
+
+
+# --- signals: outside the load phase, Ctrl-C and SIGTERM unwind through `finally`, once ----
+
+_interrupted: list[int] = []
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    if _interrupted:
+        return  # already unwinding: let the cleanup finish
+    _interrupted.append(signum)
+    raise KeyboardInterrupt
+
+
+def _install_signal_handlers() -> None:
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+
+
+# --- setup (a subprocess with the stack's environment: `load.py _setup`) --------------------
+
+
+def setup_main(users: int, out: Path) -> None:
+    """N users with a DRF token each (no password: hashing 100 passwords would take a
+    minute), and the limits in effect, as the web processes will read them."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "downloads_project.settings")
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.contrib.auth import get_user_model
+    from rest_framework.authtoken.models import Token
+
+    user_model = get_user_model()
+    created = user_model.objects.bulk_create(
+        [user_model(username=f"load-{index:04d}", password="!") for index in range(users)]
+    )
+    tokens = Token.objects.bulk_create([Token(key=Token.generate_key(), user=user) for user in created])
+    names = (
+        "JOB_INITIATE_RATE",
+        "JOB_INITIATE_RATE_PER_IP",
+        "JOB_MAX_ACTIVE_PER_USER",
+        "JOB_REUSE",
+        "SYNTHETIC_FILE_BYTES",
+        "SYNTHETIC_RATE_BPS",
+        "STAGING_CHUNK_BYTES",
+    )
+    limits = {name: getattr(settings, name, "(not a setting)") for name in names}
+    limits["DATABASE"] = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
+    out.write_text(json.dumps({"tokens": [token.key for token in tokens], "settings": limits}))
+
+
+# --- the stack: uvicorn and a Celery worker, each in a session of its own -----------------
+
+
+def process_tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its live descendants."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for process in processes:
+        with suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+class Stack:
+    """The server's processes (own sessions: Ctrl-C reaches only this script, which stops
+    them); stopped with SIGTERM, then waited for, then killed if they linger."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        with (self.log_dir / f"{name}.log").open("ab") as output:
+            process = subprocess.Popen(
+                argv, env=self.env, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.processes[name] = process
+        return process
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        path = self.log_dir / f"{name}.log"
+        if not path.exists():
+            return "(no log)"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def check_alive(self) -> None:
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with {process.returncode}:\n{self.log_tail(name)}")
+
+    def stop(self, name: str, *, graceful_s: float) -> None:
+        process = self.processes.pop(name, None)
+        if process is None:
+            return
+        if process.poll() is None:
+            # To the leader only: Celery's main process then shuts down warm (its pool
+            # finishes the running jobs), and uvicorn's supervisor stops its workers.
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=graceful_s)
+            except subprocess.TimeoutExpired:
+                log(f"{name} did not stop within {graceful_s:.0f} s of SIGTERM: killed")
+                with suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        # A worker's pool children or uvicorn's workers may outlive their parent briefly.
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+    def stop_all(self) -> None:
+        # The web processes first (no new jobs), then the worker (a warm shutdown lets its
+        # running jobs finish), then the stack's ExitStack stops Redis.
+        for name in ("web", "worker"):
+            self.stop(name, graceful_s=30)
+        for name in list(self.processes):
+            self.stop(name, graceful_s=30)
+
+
+def wait_ready(base_url: str, stack: Stack | None, timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        if stack is not None:
+            stack.check_alive()
+        try:
+            response = httpx.get(f"{base_url}/ready", timeout=5)
+            if response.status_code == 200:
+                body: dict[str, Any] = response.json()
+                return body
+            last = f"{response.status_code} {response.text[:300]}"
+        except httpx.HTTPError as exc:
+            last = repr(exc)
+        time.sleep(0.5)
+    raise RuntimeError(f"{base_url}/ready did not answer 200 within {timeout_s:.0f} s: {last}")
+
+
+def wait_worker_ready(stack: Stack, timeout_s: float) -> None:
+    """Celery logs `<name>@<host> ready.` once it consumes."""
+    deadline = time.monotonic() + timeout_s
+    path = stack.log_dir / "worker.log"
+    while time.monotonic() < deadline:
+        stack.check_alive()
+        if path.exists() and re.search(r"\S+@\S+ ready\.", path.read_text(errors="replace")):
+            return
+        time.sleep(0.25)
+    raise RuntimeError(
+        f"the Celery worker was not ready within {timeout_s:.0f} s:\n{stack.log_tail('worker')}"
+    )
+
+
+# --- the load: virtual users ---------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    at_s: float  # since the load began, when the request was sent
+    latency_ms: float | None  # None: transport error
+    status: int | None = None
+
+
+@dataclass
+class Job:
+    job_id: str
+    file_id: int
+    initiated_at_s: float  # when the initiate request was sent
+    first_processing_at_s: float | None = None
+    ended_at_s: float | None = None  # the poll that first saw a terminal status answered
+    outcome: str = "active"  # a terminal status, "active" (given up at the end) or "lost" (404)
+
+
+@dataclass
+class Results:
+    samples: dict[str, list[Sample]] = field(
+        default_factory=lambda: {"initiate": [], "status": [], "health": []}
+    )
+    errors: Counter[str] = field(default_factory=Counter)  # transport error kinds
+    bad_bodies: int = 0  # initiate 200 without data.job_id
+    jobs: list[Job] = field(default_factory=list)
+    iterations: int = 0
+    peak_vus: int = 0
+    wall_s: float = 0.0
+    client_cpu_s: float = 0.0
+    loop_lag_ms: list[float] = field(default_factory=list)
+    interrupted: bool = False
+
+
+class Load:
+    def __init__(self, args: argparse.Namespace, base_url: str, tokens: list[str]) -> None:
+        self.args = args
+        self.base_url = base_url
+        self.tokens = tokens
+        self.results = Results()
+        self.started = 0.0
+        self.file_ids = iter(range(SEED_FILE_ID, 2**62))
+        self.active_vus = 0
+        self.stopping = asyncio.Event()  # Ctrl-C: every VU stops at once
+
+    def now(self) -> float:
+        return time.monotonic() - self.started
+
+    async def request(
+        self, client: httpx.AsyncClient, endpoint: str, method: str, path: str, **kwargs: Any
+    ) -> httpx.Response | None:
+        at = self.now()
+        began = time.perf_counter()
+        try:
+            response = await client.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            self.results.samples[endpoint].append(Sample(at, None))
+            self.results.errors[f"{endpoint}: {type(exc).__name__}"] += 1
+            return None
+        latency = (time.perf_counter() - began) * 1000
+        self.results.samples[endpoint].append(Sample(at, latency, response.status_code))
+        return response
+
+    async def sleep(self, seconds: float) -> bool:
+        """Sleeps; False if Ctrl-C came meanwhile."""
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), max(0.0, seconds))
+        return not self.stopping.is_set()
+
+    async def health_probe(self, client: httpx.AsyncClient, delay_s: float) -> None:
+        if await self.sleep(delay_s):
+            await self.request(client, "health", "GET", "/health")
+
+    def file_id(self) -> int:
+        return next(self.file_ids) if self.args.file_id_mode == "distinct" else SEED_FILE_ID
+
+    async def vu(self, index: int, start_s: float, stop_s: float) -> None:
+        """One virtual user: from start_s it loops the seed's iteration; it starts none
+        after stop_s, and abandons a job still polled at stop_s + graceful stop."""
+        args = self.args
+        if not await self.sleep(start_s - self.now()):
+            return
+        self.active_vus += 1
+        self.results.peak_vus = max(self.results.peak_vus, self.active_vus)
+        probes: set[asyncio.Task[None]] = set()
+        headers = {"Authorization": f"Token {self.tokens[index]}"}
+        timeout = httpx.Timeout(args.timeout)
+        try:
+            async with httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout) as client:
+                while self.now() < stop_s and not self.stopping.is_set():
+                    self.results.iterations += 1
+                    await self.iteration(client, probes, stop_s + args.graceful_stop)
+                if probes:
+                    await asyncio.gather(*probes, return_exceptions=True)
+        finally:
+            self.active_vus -= 1
+
+    async def iteration(
+        self, client: httpx.AsyncClient, probes: set[asyncio.Task[None]], give_up_s: float
+    ) -> None:
+        interval = self.args.poll_interval
+        file_id = self.file_id()
+        initiated_at = self.now()
+        response = await self.request(
+            client, "initiate", "POST", "/v1/download/initiate", json={"file_id": file_id}
+        )
+        job_id = None
+        if response is not None and response.status_code == 200:
+            with suppress(ValueError, AttributeError, TypeError):
+                job_id = response.json()["data"]["job_id"]
+            if not job_id:
+                self.results.bad_bodies += 1
+        if not job_id:
+            # The seed's script would poll /status/undefined for ever; this VU waits one
+            # interval and starts its next iteration instead.
+            await self.sleep(interval)
+            return
+        job = Job(job_id=job_id, file_id=file_id, initiated_at_s=initiated_at)
+        self.results.jobs.append(job)
+        while True:
+            if not self.args.no_baseline:
+                # One GET /health per poll, at a random moment between two polls, over the
+                # same client: the same concurrency and the same client loop.
+                probe = asyncio.create_task(self.health_probe(client, random.uniform(0.1, interval - 0.1)))
+                probes.add(probe)
+                probe.add_done_callback(probes.discard)
+            if not await self.sleep(interval) or self.now() >= give_up_s:
+                return  # job.outcome stays "active"
+            response = await self.request(client, "status", "GET", f"/v1/download/status/{job_id}")
+            if response is None or response.status_code != 200:
+                if response is not None and response.status_code == 404:
+                    job.outcome = "lost"
+                    return
+                continue  # a 5xx or a transport error: poll again
+            with suppress(ValueError, AttributeError, TypeError, KeyError):
+                status = response.json()["data"]["status"]
+                if status != "queued" and job.first_processing_at_s is None:
+                    job.first_processing_at_s = self.now()
+                if status in TERMINAL:
+                    job.outcome, job.ended_at_s = status, self.now()
+                    return
+
+    async def loop_lag(self) -> None:
+        """How late this process's event loop wakes up: the client's own share of every latency."""
+        while not self.stopping.is_set():
+            began = time.perf_counter()
+            await asyncio.sleep(0.1)
+            self.results.loop_lag_ms.append((time.perf_counter() - began - 0.1) * 1000)
+
+    async def run(self) -> Results:
+        args = self.args
+        loop = asyncio.get_running_loop()
+
+        def interrupt() -> None:
+            self.results.interrupted = True
+            self.stopping.set()
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, interrupt)
+        n = args.users
+        ramp_end, hold_end = args.ramp_up, args.ramp_up + args.hold
+        # As k6's ramping-vus: linear ramps; VU i starts when the target passes i, and the
+        # last started stops first while the target falls.
+        schedule = [(args.ramp_up * i / n, hold_end + args.ramp_down * (1 - i / n)) for i in range(n)]
+        cpu = time.process_time()
+        self.started = time.monotonic()
+        lag = asyncio.create_task(self.loop_lag())
+        progress = asyncio.create_task(self.progress(ramp_end, hold_end))
+        try:
+            await asyncio.gather(*(self.vu(i, start, stop) for i, (start, stop) in enumerate(schedule)))
+        finally:
+            self.results.wall_s = self.now()
+            self.results.client_cpu_s = time.process_time() - cpu
+            self.stopping.set()
+            progress.cancel()
+            await asyncio.gather(lag, progress, return_exceptions=True)
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+        return self.results
+
+    async def progress(self, ramp_end: float, hold_end: float) -> None:
+        """A line every 10 s, so a long run shows it is alive."""
+        while True:
+            await asyncio.sleep(10)
+            jobs = self.results.jobs
+            done = sum(1 for job in jobs if job.outcome != "active")
+            phase = "ramp-up" if self.now() < ramp_end else "hold" if self.now() < hold_end else "ramp-down"
+            fails = sum(
+                1
+                for samples in self.results.samples.values()
+                for sample in samples
+                if sample.status is None or sample.status >= 500
+            )
+            log(
+                f"  t={self.now():5.0f} s  {phase:<9} VUs {self.active_vus:>3}  jobs initiated "
+                f"{len(jobs):>4}, ended {done:>4}  5xx+transport errors {fails}"
+            )
+
+
+# --- the report --------------------------------------------------------------------------------
+
+
+@dataclass
+class EndpointFigures:
+    count: int
+    rps: float
+    p50: float
+    p95: float
+    p99: float
+    max: float
+    non_2xx: dict[int, int]
+    server_errors: int
+    transport_errors: int
+
+
+def endpoint_figures(samples: list[Sample], wall_s: float) -> EndpointFigures:
+    latencies = sorted(sample.latency_ms for sample in samples if sample.latency_ms is not None)
+    codes = Counter(
+        sample.status for sample in samples if sample.status is not None and not 200 <= sample.status < 300
+    )
+    return EndpointFigures(
+        count=len(samples),
+        rps=len(samples) / wall_s if wall_s else float("nan"),
+        p50=percentile(latencies, 50),
+        p95=percentile(latencies, 95),
+        p99=percentile(latencies, 99),
+        max=percentile(latencies, 100),
+        non_2xx=dict(sorted(codes.items())),
+        server_errors=sum(count for code, count in codes.items() if code >= 500),
+        transport_errors=sum(1 for sample in samples if sample.status is None),
+    )
+
+
+def report(
+    results: Results, args: argparse.Namespace, header: list[str], cpu_lines: list[str]
+) -> tuple[dict[str, Any], bool]:
+    """Prints the figures; returns them (for the JSON file) and whether the run is clean."""
+    log("\n" + "=" * 100)
+    for line in header:
+        log(line)
+    log("=" * 100)
+    wall = results.wall_s
+    figures = {name: endpoint_figures(samples, wall) for name, samples in results.samples.items()}
+    hold_start, hold_end = args.ramp_up, args.ramp_up + args.hold
+    hold = {
+        name: sorted(
+            sample.latency_ms
+            for sample in samples
+            if sample.latency_ms is not None and hold_start <= sample.at_s < hold_end
+        )
+        for name, samples in results.samples.items()
+    }
+    log(
+        f"\nrequests over the load phase ({wall:.1f} s{', INTERRUPTED' if results.interrupted else ''}); "
+        "latency in ms, from send to the whole body read"
+    )
+    log(
+        f"{'endpoint':<10} {'count':>6} {'req/s':>7} {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8} "
+        f"{'hold p50':>8} {'p99':>8} {'5xx':>5} {'transport':>9}  non-2xx by code"
+    )
+    for name in ("initiate", "status", "health"):
+        fig = figures[name]
+        if name == "health" and not fig.count:
+            continue
+        codes = ", ".join(f"{code}: {count}" for code, count in fig.non_2xx.items()) or "-"
+        log(
+            f"{name:<10} {fig.count:>6} {fig.rps:>7.2f} {fig.p50:>8.1f} {fig.p95:>8.1f} {fig.p99:>8.1f} "
+            f"{fig.max:>8.1f} {percentile(hold[name], 50):>8.1f} {percentile(hold[name], 99):>8.1f} "
+            f"{fig.server_errors:>5} {fig.transport_errors:>9}  {codes}"
+        )
+    slowest = {
+        name: sorted(
+            (sample for sample in samples if sample.latency_ms is not None),
+            key=lambda sample: -(sample.latency_ms or 0.0),
+        )[:3]
+        for name, samples in results.samples.items()
+    }
+    log(
+        "slowest (ms at t s): "
+        + "; ".join(
+            f"{name} " + ", ".join(f"{sample.latency_ms:.0f} at {sample.at_s:.0f}" for sample in worst)
+            for name, worst in slowest.items()
+            if worst
+        )
+    )
+    total = sum(fig.count for fig in figures.values())
+    scenario = figures["initiate"].count + figures["status"].count
+    log(
+        f"overall: {total / wall if wall else float('nan'):.2f} req/s ({total} requests; the scenario's own "
+        f"initiate + status: {scenario / wall if wall else float('nan'):.2f} req/s); iterations "
+        f"{results.iterations}; peak VUs {results.peak_vus}"
+    )
+    if results.errors:
+        log("transport errors: " + ", ".join(f"{kind} x{count}" for kind, count in results.errors.items()))
+    health = figures["health"]
+    if health.count:
+        log(
+            "\nbaseline: GET /health (answers without touching anything), one per poll at a random moment, "
+            "same clients and concurrency"
+        )
+        for name in ("initiate", "status"):
+            fig = figures[name]
+            log(
+                f"  {name:<8} / health: p50 {ratio(fig.p50, health.p50):6.1f}x   p99 "
+                f"{ratio(fig.p99, health.p99):6.1f}x"
+            )
+    initiate_ok = sum(1 for sample in results.samples["initiate"] if sample.status == 200)
+    log(
+        f"\nchecks (as the seed's): status is 200: {initiate_ok}/{figures['initiate'].count}; "
+        f"has job_id: {len(results.jobs)}/{figures['initiate'].count}"
+        + (f" ({results.bad_bodies} 200s without a job_id)" if results.bad_bodies else "")
+    )
+    outcomes = Counter(job.outcome for job in results.jobs)
+    log(
+        f"jobs: initiated {len(results.jobs)}, completed {outcomes['completed']}, "
+        f"failed {outcomes['failed']}, still active when their VU stopped polling {outcomes['active']}"
+        + "".join(
+            f", {name} {count}"
+            for name, count in sorted(outcomes.items())
+            if name not in {"completed", "failed", "active"}
+        )
+    )
+    ended = sorted(
+        job.ended_at_s - job.initiated_at_s
+        for job in results.jobs
+        if job.ended_at_s is not None and job.outcome == "completed"
+    )
+    started = sorted(
+        job.first_processing_at_s - job.initiated_at_s
+        for job in results.jobs
+        if job.first_processing_at_s is not None
+    )
+    log(
+        "job end to end (initiate sent -> the poll that saw it completed), s: "
+        f"p50 {percentile(ended, 50):.1f}, "
+        f"p95 {percentile(ended, 95):.1f}, max {percentile(ended, 100):.1f}  "
+        f"(resolution: the {args.poll_interval:g} s poll interval)"
+    )
+    log(
+        "job wait (initiate sent -> first poll that saw it past queued), s: "
+        f"p50 {percentile(started, 50):.1f}, "
+        f"p95 {percentile(started, 95):.1f}, max {percentile(started, 100):.1f}"
+    )
+    lag = sorted(results.loop_lag_ms)
+    client_load = results.client_cpu_s / wall if wall else 0.0
+    log(
+        f"\nclient: CPU {results.client_cpu_s:.1f} s over {wall:.0f} s ({client_load:.2f} "
+        f"of a core); event-loop lag p50 {percentile(lag, 50):.1f} ms, p99 {percentile(lag, 99):.1f} ms, "
+        f"max {percentile(lag, 100):.1f} ms"
+    )
+    for line in cpu_lines:
+        log(line)
+    server_errors = sum(fig.server_errors for fig in figures.values())
+    transport_errors = sum(fig.transport_errors for fig in figures.values())
+    clean = server_errors == 0 and transport_errors == 0
+    log(
+        f"\nRESULT: {'OK' if clean else 'FAILED'}: {server_errors} 5xx, {transport_errors} transport error(s)"
+        + ("" if clean else " (exit status 1)")
+    )
+    summary = {
+        "endpoints": {
+            name: vars(fig) | {"non_2xx": {str(k): v for k, v in fig.non_2xx.items()}}
+            for name, fig in figures.items()
+        },
+        "jobs": dict(outcomes) | {"initiated": len(results.jobs)},
+        "job_e2e_p50_s": percentile(ended, 50),
+        "job_e2e_p95_s": percentile(ended, 95),
+        "wall_s": wall,
+        "interrupted": results.interrupted,
+        "clean": clean,
+    }
+    return summary, clean
+
+
+def metrics_lines(base_url: str) -> list[str]:
+    """The server's own view of the jobs, from /metrics (the figures it reads from the
+    database at scrape time, and the outcome counters of the worker processes)."""
+    try:
+        text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    except httpx.HTTPError as exc:
+        return [f"server /metrics: unavailable ({exc!r})"]
+    active: Counter[str] = Counter()
+    outcomes: Counter[str] = Counter()
+    for line in text.splitlines():
+        match = re.match(r"download_jobs_active\{([^}]*)\} ([0-9.e+]+)", line)
+        if match:
+            status = re.search(r'status="([^"]*)"', match.group(1))
+            active[status.group(1) if status else "?"] += int(float(match.group(2)))
+        match = re.match(r"download_job_outcomes_total\{([^}]*)\} ([0-9.e+]+)", line)
+        if match:
+            outcome = re.search(r'outcome="([^"]*)"', match.group(1))
+            outcomes[outcome.group(1) if outcome else "?"] += int(float(match.group(2)))
+    return [
+        "server /metrics after the load: jobs active "
+        + (", ".join(f"{key} {value}" for key, value in sorted(active.items())) or "none")
+        + "; attempt outcomes "
+        + (", ".join(f"{key} {value}" for key, value in sorted(outcomes.items())) or "none")
+    ]
+
+
+# --- the driver --------------------------------------------------------------------------------
+
+
+@contextmanager
+def var_dir_for(args: argparse.Namespace) -> Iterator[Path]:
+    if args.var_dir is None:
+        with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
+            yield Path(tmp)
+        return
+    var_dir = args.var_dir.resolve()
+    if var_dir.exists() and any(var_dir.iterdir()):
+        raise SystemExit(f"--var-dir {var_dir} is not empty: give a new or empty directory")
+    var_dir.mkdir(parents=True, exist_ok=True)
+    yield var_dir  # kept: the database, the logs and the staged files stay for a look
+
+
+def read_tokens(path: Path) -> list[str]:
+    text = path.read_text()
+    if text.lstrip().startswith(("[", "{")):
+        data = json.loads(text)
+        tokens = data["tokens"] if isinstance(data, dict) else data
+        return [str(token) for token in tokens]
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def run_load(args: argparse.Namespace, base_url: str, tokens: list[str]) -> Results:
+    return asyncio.run(Load(args, base_url, tokens).run())
+
+
+def driver_main(args: argparse.Namespace) -> int:
+    mode_note = {
+        "fixed": f"fixed (file_id {SEED_FILE_ID} for every iteration, as the seed)",
+        "distinct": f"distinct (a fresh file_id per iteration, from {SEED_FILE_ID} up)",
+    }[args.file_id_mode]
+    scenario = (
+        f"scenario: {args.users} VUs (one user each); ramp-up {args.ramp_up:g} s, hold {args.hold:g} s, "
+        f"ramp-down {args.ramp_down:g} s, graceful stop {args.graceful_stop:g} s; poll every "
+        f"{args.poll_interval:g} s; file-id mode {mode_note}; baseline "
+        f"{'off' if args.no_baseline else 'GET /health'}"
+    )
+    host = (
+        f"client: Python {platform.python_version()}, httpx {httpx.__version__}, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.2f} at the start"
+    )
+    if args.url:
+        if not args.tokens_file:
+            raise SystemExit("--url needs --tokens-file (one DRF token per line, one per VU)")
+        tokens = read_tokens(args.tokens_file)
+        if len(tokens) < args.users:
+            raise SystemExit(
+                f"{args.tokens_file} has {len(tokens)} tokens for {args.users} users: each VU needs its own "
+                "user, or the per-user limits throttle the scenario"
+            )
+        base_url = args.url.rstrip("/")
+        log(f"load: {scenario}")
+        wait_ready(base_url, None, 30)
+        if args.file_id_mode == "fixed":
+            log(
+                "note: with --file-id-mode fixed, a server reusing retained files (JOB_REUSE) "
+                "stages each VU's first job only"
+            )
+        results = run_load(args, base_url, tokens)
+        header = [
+            f"load benchmark against {base_url} (a running server: its limits and workers are its own)",
+            scenario,
+            host,
+        ]
+        summary, clean = report(results, args, header, metrics_lines(base_url))
+        save(args, summary | {"target": base_url})
+        return 0 if clean and not results.interrupted else (130 if clean else 1)
+
+    with ExitStack() as stack:
+        var_dir = stack.enter_context(var_dir_for(args))
+        log_dir = var_dir / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log(f"load: {scenario}")
+        log(f"load: setting up the stack in {var_dir} (logs in {log_dir})")
+        redis = f"Redis {os.environ['REDIS_URL']}" if os.environ.get("REDIS_URL") else "a private Redis"
+        env = bench_env(stack, var_dir, broker_db=BROKER_DB)
+        file_bytes = int(args.file_mib * 2**20)
+        rate_bps = int(args.rate_mibps * 2**20)
+        env.update(
+            {
+                "SYNTHETIC_FILE_BYTES": str(file_bytes),
+                "SYNTHETIC_RATE_BPS": str(rate_bps),
+                "JOB_INITIATE_RATE": args.initiate_rate,
+                "JOB_INITIATE_RATE_PER_IP": args.initiate_rate_per_ip,
+                "PROMETHEUS_MULTIPROC_DIR": str(var_dir / "prometheus"),
+                "ORIGIN": "synthetic",
+            }
+        )
+        if args.job_reuse:
+            env["JOB_REUSE"] = args.job_reuse
+        (var_dir / "prometheus").mkdir(exist_ok=True)
+        setup_out = var_dir / "setup.json"
+        subprocess.run(
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "_setup",
+                "--users",
+                str(args.users),
+                "--out",
+                str(setup_out),
+            ],
+            env=env,
+            cwd=ROOT,
+            check=True,
+        )
+        setup = json.loads(setup_out.read_text())
+        tokens = setup["tokens"]
+        (var_dir / "tokens.txt").write_text("\n".join(tokens) + "\n")
+        effective = setup["settings"]
+
+        servers = Stack(env, log_dir)
+        stack.callback(servers.stop_all)
+        port = free_port()
+        web = servers.start(
+            "web",
+            [sys.executable, "-m", "uvicorn", "downloads_project.asgi:application", "--host", "127.0.0.1",
+             "--port", str(port), "--workers", str(args.web_workers), "--no-access-log",
+             "--log-level", "warning"],
+        )  # fmt: skip
+        worker = servers.start(
+            "worker",
+            [sys.executable, "-m", "celery", "-A", "downloads_project", "worker", "-Q", QUEUES,
+             "--concurrency", str(args.concurrency), "--loglevel", "INFO", "--without-gossip",
+             "--without-mingle", "--hostname", f"bench-load-{os.getpid()}@%h"],
+        )  # fmt: skip
+        wait_for_port(port, timeout_s=STARTUP_TIMEOUT_S, process=web)
+        base_url = f"http://127.0.0.1:{port}"
+        ready = wait_ready(base_url, servers, STARTUP_TIMEOUT_S)
+        wait_worker_ready(servers, STARTUP_TIMEOUT_S)
+        seconds = file_bytes / rate_bps if rate_bps else 0.0
+        limits = (
+            "limits in effect (the web processes' settings): "
+            f"JOB_INITIATE_RATE {effective['JOB_INITIATE_RATE']}, "
+            f"JOB_INITIATE_RATE_PER_IP {effective['JOB_INITIATE_RATE_PER_IP']}, JOB_MAX_ACTIVE_PER_USER "
+            f"{effective['JOB_MAX_ACTIVE_PER_USER']}, JOB_REUSE {effective['JOB_REUSE']}"
+        )
+        stack_line = (
+            f"stack: uvicorn x{args.web_workers} process(es), Celery worker --concurrency {args.concurrency} "
+            f"(prefork), {effective['DATABASE']} database, {redis}, local storage; synthetic origin "
+            f"{file_bytes / 2**20:g} MiB at {args.rate_mibps:g} MiB/s (~{seconds:.1f} s of transfer per job)"
+        )
+        log(f"load: {stack_line}")
+        log(f"load: {limits}")
+        log(f"load: ready ({', '.join(f'{k} {v}' for k, v in ready.get('checks', {}).items())}); running")
+        if args.file_id_mode == "fixed" and effective["JOB_REUSE"] != "off":
+            log(
+                f"note: --file-id-mode fixed with JOB_REUSE {effective['JOB_REUSE']}: only each VU's "
+                "first job stages; the rest reuse its retained file (--job-reuse off stages every one)"
+            )
+        cpu_before = {"web": process_tree_cpu_s(web.pid), "worker": process_tree_cpu_s(worker.pid)}
+        results = run_load(args, base_url, tokens)
+        _install_signal_handlers()  # asyncio.run's signal handlers are gone again
+        cpu = {
+            name: process_tree_cpu_s(proc.pid) - cpu_before[name]
+            for name, proc in (("web", web), ("worker", worker))
+        }
+        wall = results.wall_s or 1.0
+        cpu_lines = [
+            f"server: CPU over the load phase: web {cpu['web']:.1f} s ({cpu['web'] / wall:.2f} of a core), "
+            f"worker {cpu['worker']:.1f} s ({cpu['worker'] / wall:.2f}); "
+            f"load average now {os.getloadavg()[0]:.2f}",
+            *metrics_lines(base_url),
+        ]
+        servers.check_alive()
+        header = [
+            "load benchmark (the seed's k6 scenario, scaled down), own stack",
+            scenario,
+            stack_line,
+            limits,
+            host,
+        ]
+        summary, clean = report(results, args, header, cpu_lines)
+        errors = [
+            name
+            for name in ("web", "worker")
+            if re.search(r"Traceback|ERROR", (log_dir / f"{name}.log").read_text(errors="replace"))
+        ]
+        if errors:
+            log(f"note: tracebacks or ERROR lines in the log(s) of {', '.join(errors)} (in {log_dir})")
+        save(args, summary | {"stack": stack_line, "limits": effective})
+        log("load: stopping the stack")
+    return 0 if clean and not results.interrupted else (130 if clean else 1)
+
+
+def save(args: argparse.Namespace, summary: dict[str, Any]) -> None:
+    if not args.save:
+        return
+    results_dir = ROOT / "bench" / "results"
+    results_dir.mkdir(exist_ok=True)
+    path = results_dir / f"load-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    options = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+    path.write_text(json.dumps({"options": options, **summary}, indent=1, default=str))
+    log(f"results: {path.relative_to(ROOT)}")
+
+
+def main(argv: list[str]) -> None:
+    if argv and argv[0] == "_setup":
+        parser = argparse.ArgumentParser(prog="load.py _setup")
+        parser.add_argument("--users", type=int, required=True)
+        parser.add_argument("--out", type=Path, required=True)
+        setup_args = parser.parse_args(argv[1:])
+        setup_main(setup_args.users, setup_args.out)
+        return
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    scenario = parser.add_argument_group("scenario")
+    scenario.add_argument(
+        "--users", type=int, default=50, help="virtual users at the hold (default 50; the seed: 100)"
+    )
+    scenario.add_argument("--ramp-up", type=float, default=20.0, help="seconds (default 20; the seed: 120)")
+    scenario.add_argument("--hold", type=float, default=60.0, help="seconds (default 60; the seed: 300)")
+    scenario.add_argument("--ramp-down", type=float, default=20.0, help="seconds (default 20; the seed: 120)")
+    scenario.add_argument(
+        "--graceful-stop",
+        type=float,
+        default=30.0,
+        help="a stopping VU keeps polling its job this long before abandoning it "
+        "(k6's gracefulRampDown; default 30)",
+    )
+    scenario.add_argument(
+        "--poll-interval", type=float, default=2.0, help="seconds between status polls (default 2)"
+    )
+    scenario.add_argument(
+        "--file-id-mode",
+        choices=("fixed", "distinct"),
+        default="distinct",
+        help=f"fixed: file_id {SEED_FILE_ID} always, as the seed (a server that reuses a user's "
+        "retained file then stages only each VU's first job); distinct: a fresh file_id per iteration "
+        "(default)",
+    )
+    scenario.add_argument(
+        "--timeout", type=float, default=30.0, help="per-request timeout, seconds (default 30)"
+    )
+    scenario.add_argument("--no-baseline", action="store_true", help="no GET /health probes")
+    target = parser.add_argument_group("target: a running server")
+    target.add_argument("--url", help="e.g. http://127.0.0.1:8000 (then no stack is started)")
+    target.add_argument(
+        "--tokens-file", type=Path, help="DRF tokens, one per line (or a JSON list), one per VU"
+    )
+    own = parser.add_argument_group("target: the script's own stack (without --url)")
+    own.add_argument("--web-workers", type=int, default=1, help="uvicorn processes (default 1)")
+    own.add_argument("--concurrency", type=int, default=4, help="Celery worker processes (default 4)")
+    own.add_argument("--file-mib", type=float, default=4.0, help="synthetic file size, MiB (default 4)")
+    own.add_argument(
+        "--rate-mibps",
+        type=float,
+        default=1.0,
+        help="synthetic origin rate, MiB/s; 0: unthrottled (default 1)",
+    )
+    own.add_argument(
+        "--initiate-rate", default="100000/minute", help="JOB_INITIATE_RATE (per user; default 100000/minute)"
+    )
+    own.add_argument(
+        "--initiate-rate-per-ip",
+        default="100000/minute",
+        help="JOB_INITIATE_RATE_PER_IP (every VU is 127.0.0.1; default 100000/minute)",
+    )
+    own.add_argument(
+        "--job-reuse", choices=("off", "owner", "any"), help="JOB_REUSE (default: the service's)"
+    )
+    own.add_argument(
+        "--var-dir",
+        type=Path,
+        help="keep the stack's VAR_DIR (database, logs, tokens.txt) here; default: a temporary one",
+    )
+    parser.add_argument(
+        "--no-save", dest="save", action="store_false", help="do not write bench/results/load-*.json"
+    )
+    args = parser.parse_args(argv)
+    if args.users < 1 or args.poll_interval <= 0.2:
+        parser.error("--users must be at least 1 and --poll-interval more than 0.2 s")
+    _install_signal_handlers()
+    try:
+        code = driver_main(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted; cleaned up", file=sys.stderr)
+        raise SystemExit(130) from None
+    raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    # Many VUs hold sockets: raise the soft open-files limit (children inherit it).
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard))
+    main(sys.argv[1:])

@@ -1,0 +1,265 @@
+"""The OpenAPI description of the REST API (API.md), for drf-spectacular: the shapes that
+the views of `apis.py` build by hand (`selectors.download_job_status` and friends) and the
+error envelope of `api_errors.py`. Documentation only: nothing here validates or renders.
+
+The views reference these through `@extend_schema`; `jobs/tests/test_openapi.py` holds a
+live server to this description, so a change to a body that is not made here fails there.
+"""
+
+from typing import Any
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema_field,
+    inline_serializer,
+)
+from rest_framework import serializers
+
+from .models import Priority, Status
+from .serializers import MAX_FILE_ID
+
+# The job id of API.md: `job_` + lowercase hex from a CSPRNG (`models.new_job_id`), at
+# most 50 characters (the column).
+JOB_ID_PATTERN = r"^job_[0-9a-f]{24,46}$"
+
+
+@extend_schema_field({"type": "boolean", "enum": [True]})
+class _TrueField(serializers.BooleanField):
+    pass
+
+
+@extend_schema_field({"type": "boolean", "enum": [False]})
+class _FalseField(serializers.BooleanField):
+    pass
+
+
+class JobErrorSerializer(serializers.Serializer[dict[str, Any]]):
+    code = serializers.CharField(help_text="Worker-side error code (API.md, Error codes).")
+    message = serializers.CharField(allow_blank=True)
+    retryable = serializers.BooleanField()
+
+
+class JobStatusSerializer(serializers.Serializer[dict[str, Any]]):
+    """`selectors.download_job_status`: the always-present fields, then those by status."""
+
+    job_id = serializers.RegexField(JOB_ID_PATTERN)
+    file_id = serializers.IntegerField(min_value=1, max_value=MAX_FILE_ID)
+    priority = serializers.ChoiceField(choices=Priority.choices)
+    status = serializers.ChoiceField(choices=Status.choices)
+    progress = serializers.IntegerField(min_value=0, max_value=100)
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+    # processing
+    bytes_done = serializers.IntegerField(required=False, min_value=0, help_text="When processing.")
+    bytes_total = serializers.IntegerField(
+        required=False, allow_null=True, min_value=0, help_text="When processing; null until known."
+    )
+    estimated_completion = serializers.DateTimeField(
+        required=False, allow_null=True, help_text="When processing; null until it can be estimated."
+    )
+    # completed
+    download_url = serializers.CharField(
+        required=False, help_text="When completed: the path of `GET /v1/download/{job_id}`."
+    )
+    expires_at = serializers.DateTimeField(
+        required=False, allow_null=True, help_text="When completed: when the stored file is deleted."
+    )
+    file_name = serializers.CharField(required=False, allow_blank=True, help_text="When completed.")
+    file_size = serializers.IntegerField(
+        required=False, allow_null=True, min_value=0, help_text="When completed."
+    )
+    # failed, or queued after a failed attempt
+    error = JobErrorSerializer(
+        required=False, help_text="When failed, or queued again after a failed attempt."
+    )
+    attempts = serializers.IntegerField(
+        required=False, min_value=1, help_text="When queued again after a failed attempt."
+    )
+    next_retry_at = serializers.DateTimeField(
+        required=False, allow_null=True, help_text="When queued again after a failed attempt."
+    )
+
+
+class DownloadJobCreatedSerializer(serializers.Serializer[dict[str, Any]]):
+    job_id = serializers.RegexField(JOB_ID_PATTERN)
+    status = serializers.ChoiceField(
+        choices=Status.choices,
+        help_text="`queued` for a new job; a repeated Idempotency-Key answers the existing job's status.",
+    )
+    estimated_time = serializers.IntegerField(min_value=0, help_text="Seconds.")
+    polling_interval = serializers.IntegerField(min_value=0, help_text="Milliseconds.")
+    websocket_url = serializers.CharField(help_text="`ws(s)://<host>/v1/download/subscribe/<job_id>`.")
+
+
+class DownloadLinkSerializer(serializers.Serializer[dict[str, Any]]):
+    download_url = serializers.URLField(help_text="Presigned GET URL; each call mints a fresh one.")
+    expires_at = serializers.DateTimeField(help_text="When the link expires.")
+    retained_until = serializers.DateTimeField(allow_null=True, help_text="When the stored file is deleted.")
+    file_name = serializers.CharField(allow_blank=True)
+    file_size = serializers.IntegerField(allow_null=True, min_value=0)
+    content_type = serializers.CharField(allow_blank=True)
+    sha256 = serializers.CharField(allow_blank=True)
+
+
+class DownloadJobPageSerializer(serializers.Serializer[dict[str, Any]]):
+    results = JobStatusSerializer(many=True)
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+
+
+def _data(name: str, data: serializers.Serializer[Any]) -> serializers.Serializer[Any]:
+    return inline_serializer(name=name, fields={"success": _TrueField(), "data": data})
+
+
+INITIATE_OK = _data("DownloadJobInitiateResponse", DownloadJobCreatedSerializer())
+STATUS_OK = _data("DownloadJobStatusResponse", JobStatusSerializer())
+LINK_OK = _data("DownloadLinkResponse", DownloadLinkSerializer())
+LIST_OK = _data("DownloadJobListResponse", DownloadJobPageSerializer())
+CANCEL_OK = inline_serializer(
+    name="DownloadJobCancelResponse",
+    fields={"success": _TrueField(), "message": serializers.CharField()},
+)
+
+
+# --- errors: `api_errors.exception_handler` ------------------------------------------------
+
+
+def _error(
+    name: str, codes: list[str], description: str = "", **extra: serializers.Field[Any, Any, Any, Any]
+) -> OpenApiResponse:
+    error = inline_serializer(
+        name=f"{name}Error",
+        fields={
+            "code": serializers.ChoiceField(choices=codes),
+            "message": serializers.CharField(),
+            **extra,
+        },
+    )
+    envelope = inline_serializer(
+        name=f"{name}ErrorResponse", fields={"success": _FalseField(), "error": error}
+    )
+    return OpenApiResponse(response=envelope, description=description or ", ".join(codes))
+
+
+VALIDATION_ERROR = _error(
+    "Validation",
+    ["VALIDATION_ERROR"],
+    fields=serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()),
+        required=False,  # malformed JSON answers the code without it
+        help_text="Messages by request field (`non_field_errors` for the body as a whole).",
+    ),
+)
+UNAUTHENTICATED = _error("Unauthenticated", ["UNAUTHENTICATED"])
+CSRF_FAILED = _error("PermissionDenied", ["PERMISSION_DENIED"])
+UNSUPPORTED_MEDIA_TYPE = _error("UnsupportedMediaType", ["UNSUPPORTED_MEDIA_TYPE"])
+# A job_id outside the alphabet of job ids (`[A-Za-z0-9_-]{1,64}`) names no path at all.
+_NO_SUCH_JOB = (
+    "JOB_NOT_FOUND: no job of yours has this id. "
+    "NOT_FOUND: the id is not even of the job id alphabet, so no such path."
+)
+JOB_NOT_FOUND = _error("JobNotFound", ["JOB_NOT_FOUND", "NOT_FOUND"], _NO_SUCH_JOB)
+JOB_NOT_FOUND_OR_NOT_READY = _error(
+    "JobNotFoundOrNotReady",
+    ["JOB_NOT_FOUND", "NOT_FOUND", "JOB_NOT_READY"],
+    f"{_NO_SUCH_JOB} JOB_NOT_READY: the job is still queued or processing.",
+)
+JOB_WILL_NOT_BE_READY = _error(
+    "JobWillNotBeReady",
+    ["JOB_NOT_READY"],
+    status=serializers.ChoiceField(choices=[Status.FAILED, Status.CANCELLED]),
+)
+DOWNLOAD_EXPIRED = _error("DownloadExpired", ["DOWNLOAD_EXPIRED"])
+JOB_ALREADY_FINISHED = _error(
+    "JobAlreadyFinished",
+    ["JOB_ALREADY_FINISHED"],
+    status=serializers.ChoiceField(choices=Status.choices),
+)
+RATE_LIMIT_EXCEEDED = _error(
+    "RateLimitExceeded",
+    ["RATE_LIMIT_EXCEEDED"],
+    retry_after=serializers.IntegerField(min_value=1, help_text="Seconds; the same as Retry-After."),
+)
+
+# Every operation needs a user; CSRF applies to the unsafe methods of a session.
+AUTH_ERRORS: dict[int, OpenApiResponse] = {401: UNAUTHENTICATED}
+UNSAFE_AUTH_ERRORS: dict[int, OpenApiResponse] = {
+    401: UNAUTHENTICATED,
+    403: OpenApiResponse(
+        response=CSRF_FAILED.response,
+        description="PERMISSION_DENIED: a session-authenticated request without its CSRF token.",
+    ),
+}
+
+
+# --- parameters and headers ----------------------------------------------------------------
+
+JOB_ID = OpenApiParameter(
+    "job_id",
+    OpenApiTypes.STR,
+    OpenApiParameter.PATH,
+    pattern=JOB_ID_PATTERN,
+    description="The `job_id` that initiate returned. Another user's job is answered as unknown.",
+)
+
+IDEMPOTENCY_KEY = OpenApiParameter(
+    "Idempotency-Key",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    pattern=r"^[\x21-\x7e]{1,255}$",
+    description=(
+        "1-255 printable ASCII characters without spaces. The same key from the same user "
+        "within 24 h answers the same job instead of starting a second one."
+    ),
+)
+
+_RATE_LIMIT_CODES = [200, 400, 429]
+RATE_LIMIT_HEADERS = [
+    OpenApiParameter(
+        "RateLimit-Limit",
+        OpenApiTypes.INT,
+        OpenApiParameter.HEADER,
+        response=_RATE_LIMIT_CODES,
+        description="Requests allowed in the window of the limit closest to running out.",
+    ),
+    OpenApiParameter(
+        "RateLimit-Remaining",
+        OpenApiTypes.INT,
+        OpenApiParameter.HEADER,
+        response=_RATE_LIMIT_CODES,
+        description="Requests left in that window.",
+    ),
+    OpenApiParameter(
+        "RateLimit-Reset",
+        OpenApiTypes.INT,
+        OpenApiParameter.HEADER,
+        response=_RATE_LIMIT_CODES,
+        description="Seconds until that window frees a request.",
+    ),
+    OpenApiParameter(
+        "RateLimit-Policy",
+        OpenApiTypes.STR,
+        OpenApiParameter.HEADER,
+        response=_RATE_LIMIT_CODES,
+        description='Every initiate limit, e.g. `10;w=60;comment="user", 10;w=60;comment="ip"`.',
+    ),
+    OpenApiParameter(
+        "Retry-After",
+        OpenApiTypes.INT,
+        OpenApiParameter.HEADER,
+        response=[429],
+        required=True,
+        description="Seconds to wait before trying again.",
+    ),
+]
+
+LIST_PARAMETERS = [
+    OpenApiParameter(
+        "cursor",
+        OpenApiTypes.STR,
+        description="Opaque: take it from the `next` or `previous` link of a page.",
+    ),
+    OpenApiParameter("page_size", OpenApiTypes.INT, description="Jobs per page, 20 by default, at most 100."),
+]
