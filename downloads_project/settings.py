@@ -13,7 +13,8 @@ from django.core.exceptions import ImproperlyConfigured
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+# parse_comments: the inline `# ...` notes of .env.example stay out of the values.
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False, parse_comments=True)
 
 # Runtime files of the embedded default: SQLite database, local storage, Redis.
 VAR_DIR = Path(env("VAR_DIR", default=str(BASE_DIR / "var")))
@@ -243,6 +244,11 @@ PROGRESS_PUSH_INTERVAL_S = env.float("PROGRESS_PUSH_INTERVAL_S", default=0.25)
 # A job's socket hears from the server at least this often while the job is active, so
 # proxies that close idle connections (nginx 60 s, ALB) keep it.
 WEBSOCKET_HEARTBEAT_S = env.float("WEBSOCKET_HEARTBEAT_S", default=15.0)
+# A socket with no event of its job for this long re-reads the job (a dropped terminal
+# event must not leave it open) ...
+WEBSOCKET_RESYNC_S = env.float("WEBSOCKET_RESYNC_S", default=60.0)
+# ... and is closed (4408) after this long without one: the seed's 10 minutes.
+WEBSOCKET_IDLE_TIMEOUT_S = env.float("WEBSOCKET_IDLE_TIMEOUT_S", default=600.0)
 PROGRESS_DB_INTERVAL_S = env.float("PROGRESS_DB_INTERVAL_S", default=5.0)
 HOT_STATE_TTL_S = env.int("HOT_STATE_TTL_S", default=3600)
 # The reaper re-queues a processing job whose worker wrote no heartbeat (the progress

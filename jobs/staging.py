@@ -76,11 +76,17 @@ class StagingHooks(Protocol):
 
 
 def _resumed_write(key: str, checkpoint: Checkpoint | None) -> StagedWrite | None:
-    if checkpoint is None or not checkpoint.parts or not checkpoint.validator:
+    if checkpoint is None:
         return None
-    write = staged_write_resume(
-        key, upload_id=checkpoint.upload_id, parts=checkpoint.parts, part_bytes=settings.STAGING_PART_BYTES
-    )
+    write = None
+    # Without a validator the origin could send the rest of another version of the file.
+    if checkpoint.parts and checkpoint.validator:
+        write = staged_write_resume(
+            key,
+            upload_id=checkpoint.upload_id,
+            parts=checkpoint.parts,
+            part_bytes=settings.STAGING_PART_BYTES,
+        )
     if write is None:
         logger.info("Upload of %s cannot be resumed; starting it again", key)
         stored_file_delete(key, upload_id=checkpoint.upload_id)

@@ -4,9 +4,15 @@ Every message carries `status` and `progress`. Within an attempt the progress th
 shows never goes backwards: the snapshot is read after joining the job's group, so events
 already queued for the socket can be older than it, and those are dropped. While the job is
 active, a heartbeat repeats the last state sent, so that proxies keep an idle socket open.
+
+A socket that has carried no event of its job for WEBSOCKET_RESYNC_S reads the job's row
+again: an event the channel layer dropped (it delivers at most once) cannot leave a
+finished job's socket waiting. After WEBSOCKET_IDLE_TIMEOUT_S without an event the server
+closes it (4408); a client that still cares polls the status or opens a new one.
 """
 
 import asyncio
+import time
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -21,6 +27,7 @@ from .events import job_group_name
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
+CLOSE_IDLE = 4408
 TERMINAL_EVENT_TYPES = frozenset({"completed", "error", "cancelled"})
 
 
@@ -50,6 +57,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
     progress = 0
     attempt: int | None = None
     counted = False  # in the open-connections gauge
+    last_event_at = 0.0  # monotonic time of the last event of the job sent
 
     async def connect(self) -> None:
         self.job_id = self.scope["url_route"]["kwargs"]["job_id"]
@@ -69,6 +77,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
             await self._close(code=CLOSE_NOT_FOUND)
             return
         snapshot, self.attempt = found
+        self.last_event_at = time.monotonic()
         await self._send({**snapshot, "type": "snapshot", "timestamp": selectors.iso(timezone.now())})
         if snapshot["status"] in ACTIVE_STATUSES:
             self.heartbeat = asyncio.create_task(self._beat(), name=f"heartbeat {self.job_id}")
@@ -87,6 +96,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         event = message["event"]
         if self.closing or await self._is_outdated(event):
             return
+        self.last_event_at = time.monotonic()
         await self._send(event)
         if event.get("type") in TERMINAL_EVENT_TYPES:
             await self._close()
@@ -112,9 +122,19 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json(message)
 
     async def _beat(self) -> None:
+        last_resync_at = time.monotonic()
         try:
             while True:
                 await asyncio.sleep(settings.WEBSOCKET_HEARTBEAT_S)
+                now = time.monotonic()
+                if now - self.last_event_at >= settings.WEBSOCKET_IDLE_TIMEOUT_S:
+                    await self._close(code=CLOSE_IDLE)
+                    return
+                quiet_since = max(self.last_event_at, last_resync_at)
+                if now - quiet_since >= settings.WEBSOCKET_RESYNC_S:
+                    last_resync_at = now
+                    if await self._resync():
+                        return
                 await self.send_json(
                     {
                         "type": "heartbeat",
@@ -126,6 +146,18 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
                 )
         except OSError:
             return  # the client is gone (uvicorn's ClientDisconnected); its disconnect follows
+
+    async def _resync(self) -> bool:
+        """Reads the row; if the job has ended, sends that as the event the socket missed
+        and closes. Returns True if it closed."""
+        found = await _snapshot(self.scope["user"], self.job_id)
+        if found is None or found[0]["status"] in ACTIVE_STATUSES:
+            return False
+        status = found[0]["status"]
+        event_type = {Status.COMPLETED: "completed", Status.FAILED: "error"}.get(status, "cancelled")
+        await self._send({**found[0], "type": event_type, "timestamp": selectors.iso(timezone.now())})
+        await self._close()
+        return True
 
     async def _close(self, code: int | None = None) -> None:
         """Closes from the server's end; nothing is sent after (the ASGI server would

@@ -139,6 +139,21 @@ def test_an_origin_without_ranges_sends_the_whole_file_again(user, origin, stora
 
 
 @committed
+def test_a_file_without_a_validator_is_fetched_whole_again(user, origin, storage):
+    """Without an ETag or Last-Modified, `If-Range` cannot guard the rest: no resume."""
+    script = origin.add(FILE_ID, FileScript(size=SIZE, faults=["drop"], validators=False))
+    job = make_job(user)
+
+    services.download_job_run(job_pk=job.pk)
+    services.download_job_run(job_pk=job.pk)
+
+    job.refresh_from_db()
+    assert (job.status, job.resumed_bytes, job.origin_validator) == (Status.COMPLETED, 0, "")
+    assert stored_bytes(job) == script.content(FILE_ID)
+    assert storage.leftovers(job) == []
+
+
+@committed
 def test_a_file_changed_at_the_origin_is_fetched_whole_again(user, origin, storage):
     script = origin.add(FILE_ID, FileScript(size=SIZE, faults=["drop"]))
     job = make_job(user)

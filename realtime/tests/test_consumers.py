@@ -415,6 +415,47 @@ def test_heartbeat_stops_with_a_terminal_event(user, settings):
     assert run(scenario) == ("completed", NORMAL_CLOSE, 0, True)
 
 
+def test_a_socket_that_missed_the_terminal_event_learns_it_from_the_row(user, settings):
+    """channels-redis delivers at most once: a dropped `completed` must not leave the
+    socket open with heartbeats forever."""
+    settings.WEBSOCKET_HEARTBEAT_S = 0.05
+    settings.WEBSOCKET_RESYNC_S = 0.2
+    job = processing_job(user, progress=90)
+
+    async def scenario() -> tuple[dict[str, Any], int]:
+        async with socket(subscribe_path(job.job_id), user=user) as ws:
+            await receive(ws)
+            # Completed in the database; its event never reaches this socket.
+            await sync_to_async(DownloadJob.objects.filter(pk=job.pk).update)(
+                status=Status.COMPLETED, progress=100, completed_at=timezone.now()
+            )
+            return await receive_skipping_heartbeats(ws), await close_code(ws)
+
+    missed, code = run(scenario)
+    assert (missed["type"], missed["status"], missed["progress"]) == ("completed", "completed", 100)
+    assert code == NORMAL_CLOSE
+
+
+def test_a_socket_without_events_is_closed_after_the_idle_timeout(user, settings):
+    settings.WEBSOCKET_HEARTBEAT_S = 0.05
+    settings.WEBSOCKET_IDLE_TIMEOUT_S = 0.3
+    job = processing_job(user, progress=10)
+
+    async def scenario() -> tuple[int, int]:
+        async with socket(subscribe_path(job.job_id), user=user) as ws:
+            await receive(ws)
+            beats = 0
+            while True:
+                output = await ws.receive_output(timeout=TIMEOUT_S)
+                if output["type"] == "websocket.close":
+                    return beats, output["code"]
+                beats += 1
+
+    beats, code = run(scenario)
+    assert code == 4408
+    assert 3 <= beats <= 8
+
+
 def test_an_idle_socket_outlives_the_redis_read_timeout(user, settings):
     """redis-py 8 times reads out after 5 s by default, as long as channels_redis's blocking
     receive waits; the layer's settings must give the read more time, or an idle consumer
