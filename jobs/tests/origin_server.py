@@ -54,6 +54,8 @@ class OriginServer(ThreadingHTTPServer):
         self.files: dict[int, FileScript] = {}
         self.requests: Counter[int] = Counter()
         self.bytes_sent: Counter[int] = Counter()
+        # Per file, each body served: [the offset it started at, the bytes sent].
+        self.bodies: dict[int, list[list[int]]] = {}
         self.lock = threading.Lock()
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
@@ -92,6 +94,7 @@ class OriginServer(ThreadingHTTPServer):
             self.files.clear()
             self.requests.clear()
             self.bytes_sent.clear()
+            self.bodies.clear()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -144,6 +147,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _body(self, file_id: int, script: FileScript, fault: str | None, start: int) -> None:
         started = time.monotonic()
         sent = 0
+        body = [start, 0]
+        with self.server.lock:
+            self.server.bodies.setdefault(file_id, []).append(body)
         for chunk in synthetic_chunks(file_id, script.size, CHUNK, start=start):
             if fault in ("drop", "stall") and start + sent >= script.size // 2:
                 if fault == "stall":
@@ -157,6 +163,7 @@ class _Handler(BaseHTTPRequestHandler):
             sent += len(chunk)
             with self.server.lock:
                 self.server.bytes_sent[file_id] += len(chunk)
+                body[1] += len(chunk)
             if script.rate_bps:
                 time.sleep(max(0.0, started + sent / script.rate_bps - time.monotonic()))
 

