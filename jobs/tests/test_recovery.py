@@ -68,7 +68,8 @@ def recovery_stack(
         origin_server,
         {
             "REDIS_STATE_URL": state_url,
-            # > 2 x (ORIGIN_READ_TIMEOUT_S 1.0 + PROGRESS_DB_INTERVAL_S 0.5), as settings require.
+            # > 2 x (ORIGIN_READ_TIMEOUT_S + PROGRESS_DB_INTERVAL_S 0.5), as settings require.
+            "ORIGIN_READ_TIMEOUT_S": "1.0",
             "JOB_HEARTBEAT_STALE_S": "4",
             "JOB_QUEUED_STALE_S": "3",
             "JOB_REAP_EVERY_S": "1",
