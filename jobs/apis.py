@@ -58,6 +58,13 @@ class DownloadJobInitiateApi(APIView):
         },
     )
     def post(self, request: Request) -> Response:
+        idempotency_key = idempotency_key_validate(request.headers.get("Idempotency-Key"))
+        if idempotency_key and (
+            replayed := selectors.download_job_for_idempotency_key(owner=request.user, key=idempotency_key)  # type: ignore[arg-type]
+        ):
+            # A replay (a client retrying after a lost answer) creates nothing: it is
+            # answered with its job and not counted against the initiate rate.
+            return self._answer(request, replayed)
         verdict = ratelimits.initiate_rate_hit(
             user_id=request.user.pk,  # type: ignore[arg-type]
             ip=ratelimits.client_ip(request),
@@ -73,7 +80,6 @@ class DownloadJobInitiateApi(APIView):
             )
         serializer = DownloadJobInitiateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        idempotency_key = idempotency_key_validate(request.headers.get("Idempotency-Key"))
         try:
             job, _created = services.download_job_create(
                 owner=request.user,  # type: ignore[arg-type]
@@ -91,6 +97,9 @@ class DownloadJobInitiateApi(APIView):
                 extra={"retry_after": retry_after},
                 headers={"Retry-After": str(retry_after)},
             ) from None
+        return self._answer(request, job)
+
+    def _answer(self, request: Request, job: DownloadJob) -> Response:
         scheme = "wss" if request.is_secure() else "ws"
         subscribe_path = reverse("download-job-subscribe", kwargs={"job_id": job.job_id})
         return ok(

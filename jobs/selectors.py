@@ -27,6 +27,16 @@ def download_job_get_for_owner(*, owner: User, job_id: str) -> DownloadJob:
     return DownloadJob.objects.get(job_id=job_id, owner=owner)
 
 
+# The same Idempotency-Key from the same user within this window gives the same job.
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+
+
+def download_job_for_idempotency_key(*, owner: User, key: str) -> DownloadJob | None:
+    """The job that `key` made for `owner` within the idempotency window, if any."""
+    since = timezone.now() - IDEMPOTENCY_WINDOW
+    return DownloadJob.objects.filter(owner=owner, idempotency_key=key, created_at__gte=since).first()
+
+
 def download_job_list_for_owner(*, owner: User, status: str | None) -> QuerySet[DownloadJob]:
     jobs = DownloadJob.objects.filter(owner=owner)
     if status == "active":

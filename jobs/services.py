@@ -27,13 +27,11 @@ from .errors import ORIGIN_FAILURE_CODES, ErrorCode, JobCancelled, JobError, Job
 from .hotstate import HotProgress
 from .models import ACTIVE_STATUSES, DownloadJob, Priority, Status, can_transition
 from .origins import get_origin
-from .selectors import download_job_status, iso
+from .selectors import download_job_for_idempotency_key, download_job_status, iso
 from .staging import Checkpoint, StagedFile, stage_file
 from .storage import downloads_storage, stored_file_delete
 
 logger = logging.getLogger(__name__)
-
-IDEMPOTENCY_WINDOW = timedelta(hours=24)
 
 
 class InvalidTransition(Exception):
@@ -121,10 +119,10 @@ def download_job_create(
         # cannot all pass the active-jobs check.
         User.objects.select_for_update().filter(pk=owner.pk).first()
         if idempotency_key:
-            existing = DownloadJob.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
-            if existing and existing.created_at >= timezone.now() - IDEMPOTENCY_WINDOW:
+            if existing := download_job_for_idempotency_key(owner=owner, key=idempotency_key):
                 return existing, False
-            if existing:
+            # An older job of the key gives it up, for the unique constraint.
+            if existing := DownloadJob.objects.filter(owner=owner, idempotency_key=idempotency_key).first():
                 existing.idempotency_key = ""
                 existing.save(update_fields=["idempotency_key", "updated_at"])
         if source := _reusable_job(owner=owner, file_id=file_id):

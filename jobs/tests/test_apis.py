@@ -1132,3 +1132,19 @@ def test_initiate_rate_accepts_the_usual_spellings(api_client, settings, dispatc
     codes = [api_client.post(INITIATE, {"file_id": 1}, format="json").status_code for _ in range(3)]
 
     assert codes == [200, 200, 429]
+
+
+def test_idempotent_replays_are_answered_without_counting_against_the_rate(api_client, settings, dispatched):
+    settings.JOB_INITIATE_RATE = "1/minute"
+    first = api_client.post(INITIATE, {"file_id": 1}, format="json", HTTP_IDEMPOTENCY_KEY="retry-me")
+
+    replays = [
+        api_client.post(INITIATE, {"file_id": 1}, format="json", HTTP_IDEMPOTENCY_KEY="retry-me")
+        for _ in range(3)
+    ]
+    another = api_client.post(INITIATE, {"file_id": 2}, format="json")
+
+    assert [r.status_code for r in replays] == [200] * 3
+    assert {r.json()["data"]["job_id"] for r in replays} == {first.json()["data"]["job_id"]}
+    assert another.status_code == 429  # the one initiate the minute allows was the first
+    assert DownloadJob.objects.count() == 1

@@ -30,6 +30,7 @@ from jobs.breaker import (
     breakers_all,
     origin_breaker_name,
 )
+from jobs.tests import breaker_caller
 from jobs.tests.local_servers import free_port
 from jobs.tests.test_ops import samples
 
@@ -207,27 +208,20 @@ def test_half_open_lets_exactly_one_of_many_concurrent_threads_through(name, clo
     assert (state.state, state.probes, state.retry_at) == ("half_open", 1, at(T0 + 30 + 200))
 
 
-def _ask_in_a_process(name: str, now: float, start: Any, answers: Any) -> None:
-    hotstate.client.cache_clear()  # a connection of this process's own
-    breaker = OriginBreaker(name, clock=lambda: now)
-    start.wait()
-    answers.put(breaker.allow())
-
-
 def test_half_open_lets_exactly_one_of_many_concurrent_processes_through(name, clock) -> None:
     trip(OriginBreaker(name, clock=clock))
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("spawn")  # forking a multi-threaded process may deadlock
     callers = 8
     start = context.Barrier(callers)
     answers = context.Queue()
     processes = [
-        context.Process(target=_ask_in_a_process, args=(name, T0 + 30, start, answers))
+        context.Process(target=breaker_caller.ask, args=(name, T0 + 30, start, answers))
         for _ in range(callers)
     ]
     for process in processes:
         process.start()
     for process in processes:
-        process.join(timeout=30)
+        process.join(timeout=60)
         assert process.exitcode == 0
 
     got = [answers.get(timeout=5) for _ in range(callers)]
