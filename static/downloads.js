@@ -715,6 +715,8 @@ class JobView {
         if (job.attempts && job.error) {
           return [`Queued for retry after attempt ${job.attempts} failed: `, job.error.message];
         }
+        // Not started yet, held back: the origin's circuit breaker is open.
+        if (job.error) return ["Waiting: ", job.error.message];
         return ["Queued", null];
       case "processing":
         return ["Processing", null];

@@ -68,6 +68,23 @@ def redelivery_stack(django_db_setup: None, origin_server: OriginServer, s3: S3E
     stack.stop()
 
 
+# A worker whose jobs have three seconds: past them, Celery's soft time limit ends the job.
+TIME_LIMIT_BROKER_DB = 14  # 5-13: the other test stacks (see test_alerts, test_deploy_nginx)
+
+
+@pytest.fixture(scope="module")
+def time_limit_stack(django_db_setup: None, origin_server: OriginServer, s3: S3Endpoint) -> Iterator[Stack]:
+    redis.Redis.from_url(f"{settings.REDIS_URL}/{TIME_LIMIT_BROKER_DB}").flushdb()
+    env = stack_env(
+        origin_server,
+        {**s3.env, "JOB_SOFT_TIME_LIMIT_S": "3", "JOB_HARD_TIME_LIMIT_S": "8"},
+        broker_db=TIME_LIMIT_BROKER_DB,
+    )
+    stack = Stack("time-limit", env).start()
+    yield stack
+    stack.stop()
+
+
 # --- helpers -------------------------------------------------------------------------------
 
 
@@ -555,3 +572,26 @@ def circuit_state(api: httpx.Client, origin: OriginServer) -> int:
         if line.startswith(series):
             return int(float(line.removeprefix(series)))
     raise AssertionError(f"no {series} in /metrics")
+
+
+def test_a_job_past_its_time_limit_fails_download_timeout_and_leaves_nothing(
+    time_limit_stack: Stack, origin: OriginServer, token: str
+) -> None:
+    """Celery's soft time limit interrupts the download (a part already stored): the job
+    fails DOWNLOAD_TIMEOUT at once, not retried, and its multipart upload is aborted."""
+    stack = time_limit_stack
+    origin.add(71300, FileScript(size=12 * MiB, rate_bps=2 * MiB))  # 6 s of transfer
+    with stack.client(token) as api:
+        job_id = initiate(api, 71300)
+        final = wait_until_finished(api, job_id, timeout_s=30)
+
+    assert final["status"] == "failed", final
+    assert final["error"] == {
+        "code": "DOWNLOAD_TIMEOUT",
+        "message": "File download exceeded 3 s",
+        "retryable": False,
+    }
+    row = DownloadJob.objects.get(job_id=job_id)
+    assert row.attempts == 1
+    assert row.dead_lettered_at is None  # not retryable: nothing for an operator to re-queue
+    assert stored_files(stack, job_id) == []
