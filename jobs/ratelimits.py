@@ -78,8 +78,9 @@ def _policy(item: RateLimitItem, name: str) -> str:
 
 
 def initiate_rate_hit(*, user_id: int, ip: str) -> RateLimitVerdict:
-    """Counts one initiate for the user and the IP, if both have room; a refused request
-    is not counted against either."""
+    """Counts one initiate for the user and the IP, if both have room. Both are checked
+    before either is counted, so a request refused by one limit takes nothing from the
+    other (short of a race between the check and the count, which can cost one slot)."""
     limits = [
         (_item(settings.JOB_INITIATE_RATE), "user", str(user_id)),
         (_item(settings.JOB_INITIATE_RATE_PER_IP), "ip", ip),
@@ -89,8 +90,7 @@ def initiate_rate_hit(*, user_id: int, ip: str) -> RateLimitVerdict:
     try:
         refused = [limit for limit in limits if not limiter.test(limit[0], "initiate", *limit[1:])]
         for item, name, key in [] if refused else limits:
-            # The first refusal stops the rest: a request refused by one limit takes
-            # nothing from the other.
+            # The first refusal stops the rest.
             if not limiter.hit(item, "initiate", name, key):
                 refused.append((item, name, key))
                 break
@@ -112,7 +112,7 @@ def initiate_rate_hit(*, user_id: int, ip: str) -> RateLimitVerdict:
     refused_keys = {(name, key) for _, name, key in refused}
     waits = [
         window.reset_time - now
-        for (limit_item, window), (_, name, key) in zip(stats, limits, strict=True)
+        for (_, window), (_, name, key) in zip(stats, limits, strict=True)
         if (name, key) in refused_keys and window.remaining <= 0
     ]
     retry_after_s = max(1, math.ceil(max(waits, default=1)))
