@@ -699,20 +699,29 @@ def download_jobs_reap(*, now: datetime | None = None, batch: int = 500) -> int:
 
 def _reap_stalled(job: DownloadJob, *, heartbeat_cutoff: datetime) -> int:
     now = timezone.now()
-    last_attempt = job.attempts >= job.max_attempts
+    # An attempt that still wrote heartbeats past the job time limit was ended by Celery's
+    # hard limit (its soft-limit handler never ran; Celery acks such a task as failed): it
+    # fails DOWNLOAD_TIMEOUT, as it would have, instead of running past the limit again.
+    ran_s = (job.heartbeat_at - job.started_at).total_seconds() if job.heartbeat_at and job.started_at else 0
+    timed_out = ran_s >= settings.JOB_SOFT_TIME_LIMIT_S
+    last_attempt = job.attempts >= job.max_attempts or timed_out
     to_status = Status.FAILED if last_attempt else Status.QUEUED
     if not can_transition(job.status, to_status):
         raise InvalidTransition(job, to_status)
     # Re-queued, the job keeps its upload for the next attempt to resume; the fencing
     # below refuses whatever the old attempt still tries to record or complete.
     fields: dict[str, Any] = {"heartbeat_at": None, "next_retry_at": None}
+    error = JobError(ErrorCode.PROCESSING_ERROR, "The worker stopped during the last attempt")
+    if timed_out:
+        error = JobError(
+            ErrorCode.DOWNLOAD_TIMEOUT, f"File download exceeded {settings.JOB_SOFT_TIME_LIMIT_S} s"
+        )
     if last_attempt:
-        error = JobError(ErrorCode.PROCESSING_ERROR, "The worker stopped during the last attempt")
         fields |= {
             "upload_id": "",
             "upload_parts": [],
             "failed_at": now,
-            "dead_lettered_at": now,
+            "dead_lettered_at": None if timed_out else now,
             "error_code": error.code,
             "error_message": error.message,
             "error_retryable": error.retryable,
@@ -729,7 +738,7 @@ def _reap_stalled(job: DownloadJob, *, heartbeat_cutoff: datetime) -> int:
             setattr(job, name, value)
         if last_attempt:
             _publish_on_commit(job, "error")
-            transaction.on_commit(lambda: metrics.job_ended("failed", ErrorCode.PROCESSING_ERROR))
+            transaction.on_commit(lambda: metrics.job_ended("failed", error.code))
         else:
             _publish_on_commit(job, "status_update")
             _dispatch_on_commit(job)
@@ -741,7 +750,7 @@ def _reap_stalled(job: DownloadJob, *, heartbeat_cutoff: datetime) -> int:
         job.job_id,
         job.attempts,
         iso(last_heartbeat),
-        "failed (last attempt)" if last_attempt else "re-queued",
+        f"failed {error.code}" if last_attempt else "re-queued",
     )
     return 1
 

@@ -185,6 +185,25 @@ def test_reap_fences_a_stalled_job_out_and_dispatches_it_again(
     assert (job.status, job.sha256) == (Status.QUEUED, "")
 
 
+def test_reap_fails_download_timeout_for_an_attempt_that_ran_past_the_time_limit(
+    user, local_storage, reaper_settings, dispatched, on_commit
+):
+    """Celery's hard limit killed it while it still worked (heartbeats past the soft
+    limit): another attempt would only run past the limit again."""
+    media = Path(local_storage.location)
+    soft_s = reaper_settings.JOB_SOFT_TIME_LIMIT_S
+    job = stalled_job(user, media, started_at=ago(STALE_S + 5 + soft_s + 10))
+
+    with on_commit():
+        assert services.download_jobs_reap() == 1
+
+    job.refresh_from_db()
+    assert (job.status, job.error_code, job.error_retryable) == (Status.FAILED, "DOWNLOAD_TIMEOUT", False)
+    assert job.dead_lettered_at is None
+    assert dispatched == []
+    assert stored_files(media) == []  # its upload was aborted
+
+
 @pytest.mark.parametrize("first", ["reaper-message", "first-message"])
 def test_after_a_reap_exactly_one_of_redelivery_and_new_message_starts_the_job(
     user, local_storage, reaper_settings, dispatched, on_commit, first
