@@ -145,7 +145,8 @@ def s3() -> Iterator[S3Endpoint]:
 # --- whole stacks of real processes -------------------------------------------------------
 
 
-def _database_url() -> str:
+def database_url() -> str:
+    """The test database as a DATABASE_URL, for processes started by the tests."""
     db = connection.settings_dict
     if db["ENGINE"] == "django.db.backends.sqlite3":
         return f"sqlite:///{Path(db['NAME']).resolve()}"
@@ -293,7 +294,7 @@ def stack_env(origin_server: OriginServer, extra: dict[str, str], *, broker_db: 
     env.update(
         {
             "DJANGO_SETTINGS_MODULE": "downloads_project.settings",
-            "DATABASE_URL": _database_url(),
+            "DATABASE_URL": database_url(),
             "REDIS_URL": settings.REDIS_URL,
             "CELERY_BROKER_URL": f"{settings.REDIS_URL}/{broker_db}",
             "VAR_DIR": str(settings.VAR_DIR),

@@ -42,7 +42,6 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import httpx
@@ -53,7 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # `realtime` package (an installed app): the project's root takes its place.
 sys.path[:] = [str(ROOT)] + [entry for entry in sys.path if Path(entry or ".").resolve() != ROOT / "bench"]
 
-from bench.sandbox import bench_env  # noqa: E402
+from bench.sandbox import bench_env, install_signal_handlers, results_save  # noqa: E402
 from jobs.tests.local_servers import free_port, wait_for_port  # noqa: E402
 
 BROKER_DB = 8  # a broker database of its own (staging and realtime use 9)
@@ -77,23 +76,6 @@ def percentile(sorted_values: list[float], p: float) -> float:
 
 def ratio(a: float, b: float) -> float:
     return a / b if b > 0 else float("nan")
-
-
-# --- signals: outside the load phase, Ctrl-C and SIGTERM unwind through `finally`, once ----
-
-_interrupted: list[int] = []
-
-
-def _on_signal(signum: int, frame: FrameType | None) -> None:
-    if _interrupted:
-        return  # already unwinding: let the cleanup finish
-    _interrupted.append(signum)
-    raise KeyboardInterrupt
-
-
-def _install_signal_handlers() -> None:
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
 
 
 # --- setup (a subprocess with the stack's environment: `load.py _setup`) --------------------
@@ -792,7 +774,7 @@ def driver_main(args: argparse.Namespace) -> int:
             )
         cpu_before = {"web": process_tree_cpu_s(web.pid), "worker": process_tree_cpu_s(worker.pid)}
         results = run_load(args, base_url, tokens)
-        _install_signal_handlers()  # asyncio.run's signal handlers are gone again
+        install_signal_handlers()  # asyncio.run's signal handlers are gone again
         cpu = {
             name: process_tree_cpu_s(proc.pid) - cpu_before[name]
             for name, proc in (("web", web), ("worker", worker))
@@ -828,11 +810,7 @@ def driver_main(args: argparse.Namespace) -> int:
 def save(args: argparse.Namespace, summary: dict[str, Any]) -> None:
     if not args.save:
         return
-    results_dir = ROOT / "bench" / "results"
-    results_dir.mkdir(exist_ok=True)
-    path = results_dir / f"load-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    options = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
-    path.write_text(json.dumps({"options": options, **summary}, indent=1, default=str))
+    path = results_save("load", {"options": vars(args), **summary})
     log(f"results: {path.relative_to(ROOT)}")
 
 
@@ -913,7 +891,7 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if args.users < 1 or args.poll_interval <= 0.2:
         parser.error("--users must be at least 1 and --poll-interval more than 0.2 s")
-    _install_signal_handlers()
+    install_signal_handlers()
     try:
         code = driver_main(args)
     except KeyboardInterrupt:

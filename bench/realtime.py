@@ -41,7 +41,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import psutil  # type: ignore[import-untyped]
@@ -51,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # `realtime` package: the project's root takes its place.
 sys.path[:] = [str(ROOT)] + [entry for entry in sys.path if Path(entry or ".").resolve() != ROOT / "bench"]
 
-from bench.sandbox import bench_env  # noqa: E402
+from bench.sandbox import bench_env, install_signal_handlers, results_save  # noqa: E402
 from jobs.tests.local_servers import free_port, wait_for_port  # noqa: E402
 
 BROKER_DB = 9  # as bench/staging.py: no job is dispatched, but no worker could take one either
@@ -62,18 +61,6 @@ WARMUP_EVENTS = 5  # sent first, at the same rate, and not counted
 IN_FLIGHT = 32
 READY_TIMEOUT_S = 300  # to open all sockets (1,000 handshakes, each with a snapshot)
 QUIET_S = 5.0  # once all events are sent, the readers stop after this long without a receipt
-
-
-# --- signals: Ctrl-C and SIGTERM both unwind through `finally`, once -----------------------
-
-_interrupted: list[int] = []
-
-
-def _on_signal(signum: int, frame: FrameType | None) -> None:
-    if _interrupted:
-        return  # already unwinding: let the cleanup finish
-    _interrupted.append(signum)
-    raise KeyboardInterrupt
 
 
 def log(message: str) -> None:
@@ -694,9 +681,6 @@ def driver_main(args: argparse.Namespace) -> None:
             f"load average now {os.getloadavg()[0]:.2f}"
         )
         if args.save:
-            results_dir = ROOT / "bench" / "results"
-            results_dir.mkdir(exist_ok=True)
-            path = results_dir / f"realtime-{time.strftime('%Y%m%d-%H%M%S')}.json"
             summary = [
                 {
                     "subscribers": row.subscribers,
@@ -709,10 +693,8 @@ def driver_main(args: argparse.Namespace) -> None:
                 }
                 for row in rows
             ]
-            path.write_text(
-                json.dumps(
-                    {"events": args.events, "rate": args.rate, "rows": summary, "wall_s": elapsed}, indent=1
-                )
+            path = results_save(
+                "realtime", {"events": args.events, "rate": args.rate, "rows": summary, "wall_s": elapsed}
             )
             log(f"results: {path.relative_to(ROOT)}")
 
@@ -764,8 +746,7 @@ def main(argv: list[str]) -> None:
     if argv and argv[0].startswith("_"):
         sub(argv)
         return
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
+    install_signal_handlers()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import psutil  # type: ignore[import-untyped]
@@ -36,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.sandbox import bench_env  # noqa: E402
+from bench.sandbox import bench_env, install_signal_handlers, interrupted, results_save  # noqa: E402
 from jobs.tests.local_servers import s3_endpoint  # noqa: E402
 
 MIB = 1024 * 1024
@@ -45,23 +44,6 @@ QUEUES = "downloads.high,downloads.normal,downloads.low"
 BROKER_DB = 9  # a Redis database of the benchmark's own, so no other worker takes its jobs
 FILE_ID = 424242
 TARGETS = ("s3", "local")
-
-
-# --- signals: Ctrl-C and SIGTERM both unwind through `finally`, once -----------------------
-
-_interrupted: list[int] = []
-
-
-def _on_signal(signum: int, frame: FrameType | None) -> None:
-    if _interrupted:
-        return  # already unwinding: let the cleanup finish
-    _interrupted.append(signum)
-    raise KeyboardInterrupt
-
-
-def _install_signal_handlers() -> None:
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
 
 
 # --- small helpers --------------------------------------------------------------------------
@@ -565,7 +547,7 @@ def run_part(argv: list[str], env: dict[str, str]) -> None:
     try:
         rc = child.wait()
     except KeyboardInterrupt:
-        if _interrupted and _interrupted[0] == signal.SIGTERM:
+        if interrupted and interrupted[0] == signal.SIGTERM:
             child.terminate()
         try:
             child.wait(timeout=60)
@@ -719,17 +701,12 @@ def driver_main(args: argparse.Namespace) -> None:
             f"load average now {os.getloadavg()[0]:.2f}"
         )
         if args.save:
-            results_dir = ROOT / "bench" / "results"
-            results_dir.mkdir(exist_ok=True)
-            path = results_dir / f"staging-{time.strftime('%Y%m%d-%H%M%S')}.json"
-            path.write_text(
-                json.dumps({"throughput": throughput, "memory": memory, "wall_s": elapsed}, indent=1)
-            )
+            path = results_save("staging", {"throughput": throughput, "memory": memory, "wall_s": elapsed})
             log(f"results: {path.relative_to(ROOT)}")
 
 
 def main(argv: list[str]) -> None:
-    _install_signal_handlers()
+    install_signal_handlers()
     try:
         run(argv)
     except KeyboardInterrupt:

@@ -24,7 +24,6 @@ from django.conf import settings as django_settings
 from django.contrib.auth.models import User
 from django.core.files.base import ContentFile
 from django.core.files.storage import Storage, storages
-from django.db import connection
 from django.test import Client
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
@@ -33,6 +32,7 @@ from uvicorn.logging import AccessFormatter
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as websocket_connect
 
+from conftest import database_url
 from downloads_project.asgi import application
 from downloads_project.logging import REDACTED, RedactSecrets, redact, redact_handlers
 from jobs.models import DownloadJob, Status, new_job_id
@@ -421,14 +421,6 @@ def test_celery_handlers_get_the_filter_once():
         logger.removeHandler(handler)
 
 
-def _database_url() -> str:
-    db = connection.settings_dict
-    if db["ENGINE"] == "django.db.backends.sqlite3":
-        return f"sqlite:///{Path(db['NAME']).resolve()}"
-    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
-    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-
-
 def test_uvicorn_access_log_is_on_and_shows_no_secret(transactional_db, user):
     """A real uvicorn as runstack and the test stacks start it (access log on)."""
     key = Token.objects.create(user=user).key
@@ -437,7 +429,7 @@ def test_uvicorn_access_log_is_on_and_shows_no_secret(transactional_db, user):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "AWS_"))}
     env |= {
         "DJANGO_SETTINGS_MODULE": "downloads_project.settings",
-        "DATABASE_URL": _database_url(),
+        "DATABASE_URL": database_url(),
         "REDIS_URL": django_settings.REDIS_URL,
         "VAR_DIR": str(django_settings.VAR_DIR),
     }
