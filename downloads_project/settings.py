@@ -231,6 +231,8 @@ CLIENT_IP_PROXY_COUNT = env.int("CLIENT_IP_PROXY_COUNT", default=1)
 # from the stored object: `owner` reuses the user's own files, `any` anyone's (only where
 # every user may read every file of the origin), `off` never.
 JOB_REUSE = env("JOB_REUSE", default="owner")
+if JOB_REUSE not in ("off", "owner", "any"):
+    raise ImproperlyConfigured(f"JOB_REUSE is {JOB_REUSE!r}: use off, owner or any")
 # A reused file is served only if it stays retained at least this long.
 JOB_REUSE_MIN_REMAINING_S = env.int("JOB_REUSE_MIN_REMAINING_S", default=3600)
 JOB_RETENTION_S = env.int("JOB_RETENTION_S", default=24 * 3600)

@@ -154,8 +154,6 @@ def _reusable_job(*, owner: User, file_id: int) -> DownloadJob | None:
     scope = settings.JOB_REUSE
     if scope == "off":
         return None
-    if scope not in ("owner", "any"):
-        raise ValueError(f"JOB_REUSE is {scope!r}: use off, owner or any")
     retained_until = timezone.now() + timedelta(seconds=settings.JOB_REUSE_MIN_REMAINING_S)
     candidates = DownloadJob.objects.filter(
         file_id=file_id, status=Status.COMPLETED, expires_at__gt=retained_until
