@@ -1,11 +1,19 @@
 import logging
 import os
 
-from django.core.asgi import get_asgi_application
+import django
+
+from downloads_project import roles
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "downloads_project.settings")
+# A web process: its database connections come from a pool (settings.DATABASES).
+roles.declare_web()
 # Django must be set up before anything imports models (the consumers do).
-django_asgi_app = get_asgi_application()
+django.setup(set_prefix=False)
+
+from downloads_project.handlers import SyncASGIHandler  # noqa: E402
+
+django_asgi_app = SyncASGIHandler()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402

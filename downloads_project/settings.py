@@ -10,6 +10,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from downloads_project import roles
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -131,8 +133,28 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
 else:
-    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # Web (ASGI) processes run each request in a thread of its own: a persistent
+    # connection would be one more per request thread until PostgreSQL refuses new ones.
+    # They borrow from psycopg's pool instead: at most DATABASE_POOL_MAX_SIZE connections
+    # per web process; a request that waits DATABASE_POOL_TIMEOUT_S for one answers 503.
+    # Workers and beat run one job at a time per process: one persistent connection each.
+    DATABASE_POOL = env.bool("DATABASE_POOL", default=roles.is_web())
+    DATABASE_POOL_MIN_SIZE = env.int("DATABASE_POOL_MIN_SIZE", default=2)
+    DATABASE_POOL_MAX_SIZE = env.int("DATABASE_POOL_MAX_SIZE", default=10)
+    DATABASE_POOL_TIMEOUT_S = env.float("DATABASE_POOL_TIMEOUT_S", default=5.0)
+    if DATABASE_POOL:
+        if not 0 < DATABASE_POOL_MIN_SIZE <= DATABASE_POOL_MAX_SIZE:
+            raise ImproperlyConfigured("DATABASE_POOL_MIN_SIZE must be from 1 to DATABASE_POOL_MAX_SIZE")
+        DATABASES["default"]["CONN_MAX_AGE"] = 0
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": DATABASE_POOL_MIN_SIZE,
+            "max_size": DATABASE_POOL_MAX_SIZE,
+            "timeout": DATABASE_POOL_TIMEOUT_S,
+            "name": "downloads-web",
+        }
+    else:
+        DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
 
 # --- Redis -------------------------------------------------------------------------------
 # One server, separate logical databases: the broker must never be evicted, while hot job
