@@ -1,6 +1,7 @@
-"""The throwaway environment a benchmark runs the service in: its own VAR_DIR and SQLite
-database (migrated), a broker database of its own so no other worker takes its jobs, and
-the embedded Redis unless REDIS_URL is set."""
+"""The throwaway environment a benchmark runs the service in: its own VAR_DIR and database
+(SQLite, or a PostgreSQL database of its own: `postgres_database`), migrated, a broker
+database of its own so no other worker takes its jobs, and the embedded Redis unless
+REDIS_URL is set."""
 
 import json
 import os
@@ -16,7 +17,30 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def bench_env(stack: ExitStack, var_dir: Path, *, broker_db: int) -> dict[str, str]:
+# The server a PostgreSQL profile creates its throwaway database on (trust auth, as on CI).
+POSTGRES_ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+
+
+def postgres_database(stack: ExitStack, name: str) -> str:
+    """A fresh PostgreSQL database `name` on BENCH_POSTGRES_URL's server, dropped again
+    when `stack` closes; returns its DATABASE_URL."""
+    import psycopg
+
+    def run(sql: str) -> None:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(sql)
+
+    run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    run(f'CREATE DATABASE "{name}"')
+    stack.callback(run, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+def bench_env(
+    stack: ExitStack, var_dir: Path, *, broker_db: int, database_url: str | None = None
+) -> dict[str, str]:
+    """The service's environment for a benchmark: SQLite in `var_dir` unless
+    `database_url` (see `postgres_database`) is given."""
     env = {
         key: value
         for key, value in os.environ.items()
@@ -30,7 +54,7 @@ def bench_env(stack: ExitStack, var_dir: Path, *, broker_db: int) -> dict[str, s
         {
             "DJANGO_SETTINGS_MODULE": "downloads_project.settings",
             "VAR_DIR": str(var_dir),
-            "DATABASE_URL": f"sqlite:///{var_dir / 'bench.sqlite3'}",
+            "DATABASE_URL": database_url or f"sqlite:///{var_dir / 'bench.sqlite3'}",
             "CELERY_BROKER_URL": f"{env['REDIS_URL'].rstrip('/')}/{broker_db}",
             "LOG_LEVEL": "WARNING",
         }
