@@ -275,6 +275,13 @@ WEBSOCKET_RESYNC_S = env.float("WEBSOCKET_RESYNC_S", default=60.0)
 WEBSOCKET_IDLE_TIMEOUT_S = env.float("WEBSOCKET_IDLE_TIMEOUT_S", default=600.0)
 PROGRESS_DB_INTERVAL_S = env.float("PROGRESS_DB_INTERVAL_S", default=5.0)
 HOT_STATE_TTL_S = env.int("HOT_STATE_TTL_S", default=3600)
+# Polling reads a job's card (a copy of its row in hot-state Redis, replaced after each
+# write of the row) and a token's user from the cache, not the database. A card unused
+# this long is dropped; the next poll reads the row once and writes it again.
+JOB_CARD_TTL_S = env.int("JOB_CARD_TTL_S", default=300)
+# An API token's user, cached this long: a deleted token or a deactivated user is
+# dropped from the cache at once, by signal (jobs/authentication.py).
+TOKEN_CACHE_TTL_S = env.int("TOKEN_CACHE_TTL_S", default=60)
 # The reaper re-queues a processing job whose worker wrote no heartbeat (the progress
 # write, every PROGRESS_DB_INTERVAL_S while chunks flow) for this long. A live attempt can
 # wait up to ORIGIN_READ_TIMEOUT_S for one chunk, so the threshold must be well above both.
@@ -366,7 +373,7 @@ STORAGES = {
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "jobs.authentication.CachedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

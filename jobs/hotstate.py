@@ -1,15 +1,23 @@
-"""Hot job state in Redis: live progress and cancel flags.
+"""Hot job state in Redis: live progress, cancel flags, and each job's card.
 
 The database row is the truth for status; Redis carries what changes too often to write
-to the row (progress, several times a second) and what a worker must see between two
-chunks without a database query (the cancel flag). Everything here expires on its own.
+to the row (progress, several times a second), what a worker must see between two
+chunks without a database query (the cancel flag), and a copy of the row's fields that
+the status answer needs (the card), so that polling a job reads Redis, not the database.
+Everything here expires on its own.
 """
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime
 from functools import cache
+from typing import TYPE_CHECKING, Any
 
 import redis
 from django.conf import settings
+
+if TYPE_CHECKING:
+    from .models import DownloadJob
 
 
 @cache
@@ -88,3 +96,104 @@ def cancel_flag_is_set(job_id: str) -> bool:
 
 def cancel_flag_clear(job_id: str) -> None:
     client().delete(_cancel_key(job_id))
+
+
+# --- the card: the row's fields that the status answer needs ------------------------------
+
+
+@dataclass(frozen=True)
+class JobCard:
+    """A copy of a job row's fields that the status answer and the owner check need.
+
+    Written by the services after each committed write of the row, read by the status
+    API and the WebSocket snapshot. `version` is the row's: a copy replaces the stored one
+    only if it is newer, so a late writer or reader cannot bring back an older state."""
+
+    version: int
+    owner_id: int
+    job_id: str
+    file_id: int
+    priority: str
+    status: str
+    progress: int
+    bytes_done: int
+    bytes_total: int | None
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    next_retry_at: datetime | None
+    expires_at: datetime | None
+    file_name: str
+    file_size_bytes: int | None
+    error_code: str
+    error_message: str
+    error_retryable: bool | None
+
+    @classmethod
+    def of(cls, job: "DownloadJob") -> "JobCard":
+        return cls(**{name: getattr(job, name) for name in _CARD_FIELDS})
+
+    def encode(self) -> str:
+        return json.dumps(asdict(self), default=datetime.isoformat, separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "JobCard":
+        values: dict[str, Any] = json.loads(raw)
+        for name in _CARD_DATETIMES:
+            if values[name] is not None:
+                values[name] = datetime.fromisoformat(values[name])
+        return cls(**values)
+
+
+_CARD_FIELDS = tuple(field.name for field in fields(JobCard))
+_CARD_DATETIMES = ("created_at", "updated_at", "started_at", "next_retry_at", "expires_at")
+
+
+def card_fields() -> tuple[str, ...]:
+    """The row's columns a card is made of (for `.only()` reads)."""
+    return _CARD_FIELDS
+
+
+def _card_key(job_id: str) -> str:
+    return f"job:{job_id}:card"
+
+
+# Replaces the card only with a newer version of the row; sets its lifetime either way.
+_CARD_WRITE = """
+local current = redis.call('HGET', KEYS[1], 'version')
+if current and tonumber(current) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'version', ARGV[1], 'card', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
+@cache
+def _card_write_script() -> Any:
+    return client().register_script(_CARD_WRITE)
+
+
+def card_write(card: JobCard) -> bool:
+    """Stores `card` unless a card of the same or a newer version is there; True if stored."""
+    written = _card_write_script()(
+        keys=[_card_key(card.job_id)], args=[card.version, card.encode(), settings.JOB_CARD_TTL_S]
+    )
+    return bool(written)
+
+
+def card_forget(job_id: str) -> None:
+    """Drops the card, before a write of the row commits: until the new card is written,
+    a reader goes to the row."""
+    client().delete(_card_key(job_id))
+
+
+def card_read(job_id: str) -> tuple[JobCard | None, HotProgress | None]:
+    """The job's card and its live progress, in one round trip."""
+    pipe = client().pipeline(transaction=False)
+    pipe.hget(_card_key(job_id), "card")
+    pipe.hgetall(_progress_key(job_id))
+    raw_card, raw_progress = pipe.execute()
+    return (JobCard.decode(raw_card) if raw_card else None), _decode(raw_progress)

@@ -73,6 +73,10 @@ class DownloadJob(models.Model):
     # same message may restart the attempt, any other message (a duplicate) may not.
     task_id = models.CharField(max_length=255, blank=True)
     dead_lettered_at = models.DateTimeField(null=True, blank=True)
+    # Raised by one with every write of the row (services.py): the hot copy of the row in
+    # Redis (hotstate.JobCard) is replaced only by a copy of a higher version, so copies
+    # that arrive out of order never bring back an older state.
+    version = models.PositiveBigIntegerField(default=1)
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

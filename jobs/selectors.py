@@ -1,8 +1,10 @@
 """Reads: finding a user's jobs and describing them as the API and the events do."""
 
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import redis
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db.models import QuerySet
@@ -10,9 +12,11 @@ from django.urls import reverse
 from django.utils import timezone
 
 from . import hotstate
-from .hotstate import HotProgress
+from .hotstate import HotProgress, JobCard
 from .models import ACTIVE_STATUSES, DownloadJob, Status
 from .storage import attachment_disposition, downloads_storage, safe_content_type
+
+logger = logging.getLogger(__name__)
 
 
 def iso(value: datetime | None) -> str | None:
@@ -25,6 +29,32 @@ def iso(value: datetime | None) -> str | None:
 def download_job_get_for_owner(*, owner: User, job_id: str) -> DownloadJob:
     """Raises DownloadJob.DoesNotExist for an unknown job and for another user's job alike."""
     return DownloadJob.objects.get(job_id=job_id, owner=owner)
+
+
+def download_job_card_for_owner(*, owner_id: int, job_id: str) -> tuple[JobCard, HotProgress | None]:
+    """The job's card and, while it is processing, its live progress: what its status
+    answer is made of. From hot-state Redis in one round trip; from the row (which then
+    writes the card again) when Redis has no card of the job or cannot be reached.
+    Raises DownloadJob.DoesNotExist for an unknown job and for another user's job alike."""
+    reachable = True
+    try:
+        card, hot = hotstate.card_read(job_id)
+    except redis.RedisError as error:
+        logger.warning("Hot state unreachable, reading %s from the database: %s", job_id, error)
+        card, hot, reachable = None, None, False
+    if card is None:
+        values = DownloadJob.objects.filter(job_id=job_id).values(*hotstate.card_fields()).first()
+        if values is None:
+            raise DownloadJob.DoesNotExist
+        card = JobCard(**values)
+        if reachable:
+            try:
+                hotstate.card_write(card)
+            except redis.RedisError:
+                logger.warning("Could not write the card of %s", job_id, exc_info=True)
+    if card.owner_id != owner_id:
+        raise DownloadJob.DoesNotExist
+    return card, (hot if card.status == Status.PROCESSING else None)
 
 
 # The same Idempotency-Key from the same user within this window gives the same job.
@@ -64,7 +94,7 @@ def download_job_hot(jobs: list[DownloadJob]) -> dict[str, HotProgress]:
     return hotstate.progress_read_many([job.job_id for job in jobs if job.status == Status.PROCESSING])
 
 
-def _merged_progress(job: DownloadJob, hot: HotProgress | None) -> tuple[int, int, int | None]:
+def _merged_progress(job: JobCard, hot: HotProgress | None) -> tuple[int, int, int | None]:
     if job.status == Status.COMPLETED:
         return 100, job.file_size_bytes or job.bytes_done, job.file_size_bytes
     if hot is not None and hot.attempt == job.attempts and hot.bytes_done >= job.bytes_done:
@@ -72,8 +102,10 @@ def _merged_progress(job: DownloadJob, hot: HotProgress | None) -> tuple[int, in
     return job.progress, job.bytes_done, job.bytes_total
 
 
-def download_job_status(*, job: DownloadJob, hot: HotProgress | None) -> dict[str, Any]:
-    """The status object of API.md: the row merged with the hot progress."""
+def download_job_status(*, job: DownloadJob | JobCard, hot: HotProgress | None) -> dict[str, Any]:
+    """The status object of the API: the row (or its card) merged with the hot progress."""
+    if isinstance(job, DownloadJob):
+        job = JobCard.of(job)
     progress, bytes_done, bytes_total = _merged_progress(job, hot)
     data: dict[str, Any] = {
         "job_id": job.job_id,
@@ -106,7 +138,7 @@ def download_job_status(*, job: DownloadJob, hot: HotProgress | None) -> dict[st
     return data
 
 
-def _estimated_completion(job: DownloadJob, bytes_done: int, bytes_total: int | None) -> datetime | None:
+def _estimated_completion(job: JobCard, bytes_done: int, bytes_total: int | None) -> datetime | None:
     if job.started_at is None or not bytes_total or not bytes_done:
         return None
     now = timezone.now()

@@ -16,7 +16,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from realtime.events import job_event_publish
@@ -62,11 +62,43 @@ def _transition(job: DownloadJob, to_status: str, *, attempt: int | None = None,
     rows = DownloadJob.objects.filter(pk=job.pk, status=job.status)
     if attempt is not None:
         rows = rows.filter(attempts=attempt)
-    if rows.update(status=to_status, **fields) != 1:
+    if not _write(rows, job, status=to_status, **fields):
         raise JobStateConflict(f"{job.job_id} is no longer {job.status}")
     job.status = to_status
     for name, value in fields.items():
         setattr(job, name, value)
+
+
+def _write(rows: QuerySet[DownloadJob], job: DownloadJob, **fields: Any) -> bool:
+    """Every write of a job row goes through here: `rows` is the compare-and-swap (the
+    row of `job` as the caller expects it). Raises the row's version and, once the write
+    commits, replaces the job's card in Redis. True if the row was written."""
+    if rows.update(version=F("version") + 1, **fields) != 1:
+        return False
+    _card_replace_on_commit(job)
+    return True
+
+
+def _card_replace_on_commit(job: DownloadJob) -> None:
+    """Drops the job's card now, so that until the write commits a poll reads the row,
+    and writes the new one from the committed row after. Never fails the caller: a card
+    that could not be written is read from the row by the next poll, and a stale one
+    lives at most JOB_CARD_TTL_S (the version check keeps out any older copy)."""
+    job_id, pk = job.job_id, job.pk
+    try:
+        hotstate.card_forget(job_id)
+    except Exception:
+        logger.warning("Could not drop the card of %s", job_id, exc_info=True)
+
+    def replace() -> None:
+        try:
+            values = DownloadJob.objects.filter(pk=pk).values(*hotstate.card_fields()).first()
+            if values is not None:
+                hotstate.card_write(hotstate.JobCard(**values))
+        except Exception:
+            logger.warning("Could not write the card of %s", job_id, exc_info=True)
+
+    transaction.on_commit(replace)
 
 
 def _publish_on_commit(job: DownloadJob, event_type: str, **extra: Any) -> None:
@@ -123,8 +155,12 @@ def download_job_create(
                 return existing, False
             # An older job of the key gives it up, for the unique constraint.
             if existing := DownloadJob.objects.filter(owner=owner, idempotency_key=idempotency_key).first():
-                existing.idempotency_key = ""
-                existing.save(update_fields=["idempotency_key", "updated_at"])
+                _write(
+                    DownloadJob.objects.filter(pk=existing.pk),
+                    existing,
+                    idempotency_key="",
+                    updated_at=timezone.now(),
+                )
         if source := _reusable_job(owner=owner, file_id=file_id):
             return _create_reused(owner, source, priority, metadata, idempotency_key), True
         active = DownloadJob.objects.filter(owner=owner, status__in=ACTIVE_STATUSES).count()
@@ -144,6 +180,7 @@ def download_job_create(
             if not idempotency_key:
                 raise
             return DownloadJob.objects.get(owner=owner, idempotency_key=idempotency_key), False
+        _card_replace_on_commit(job)
         _dispatch_on_commit(job)
     return job, True
 
@@ -205,6 +242,7 @@ def _create_reused(
         sha256=source.sha256,
         reused_from=source,
     )
+    _card_replace_on_commit(job)
     _publish_on_commit(job, "completed")
     transaction.on_commit(lambda: metrics.job_reused())
     logger.info("%s completed at once from the stored file of %s", job.job_id, source.job_id)
@@ -384,7 +422,7 @@ class _AttemptHooks:
         rows = DownloadJob.objects.filter(pk=self.job.pk, status=Status.PROCESSING, attempts=self.attempt)
         now = timezone.now()
         # The same write is the attempt's heartbeat, which the reaper watches.
-        if rows.update(updated_at=now, heartbeat_at=now, **fields) != 1:
+        if not _write(rows, self.job, updated_at=now, heartbeat_at=now, **fields):
             raise JobSuperseded(self.job.job_id)
         for name, value in fields.items():
             setattr(self.job, name, value)
@@ -435,7 +473,7 @@ def _wait_for_origin(job: DownloadJob, wait_s: float) -> None:
     }
     rows = DownloadJob.objects.filter(pk=job.pk, status=Status.QUEUED, attempts=job.attempts)
     with transaction.atomic():
-        if rows.update(**fields) != 1:
+        if not _write(rows, job, **fields):
             return  # cancelled, or taken by another message meanwhile
         for name, value in fields.items():
             setattr(job, name, value)
@@ -729,7 +767,7 @@ def _reap_stalled(job: DownloadJob, *, heartbeat_cutoff: datetime) -> int:
         _stale_heartbeat(heartbeat_cutoff), pk=job.pk, status=Status.PROCESSING, attempts=job.attempts
     )
     with transaction.atomic():
-        if rows.update(status=to_status, updated_at=now, **fields) != 1:
+        if not _write(rows, job, status=to_status, updated_at=now, **fields):
             return 0  # it wrote a heartbeat meanwhile, or moved on
         job.status = to_status
         for name, value in fields.items():
@@ -760,7 +798,7 @@ def _reap_lost(job: DownloadJob) -> int:
         pk=job.pk, status=Status.QUEUED, attempts=job.attempts, updated_at=job.updated_at
     )
     with transaction.atomic():
-        if rows.update(updated_at=timezone.now()) != 1:
+        if not _write(rows, job, updated_at=timezone.now()):
             return 0
         _dispatch_on_commit(job)
     logger.warning("%s queued since %s and no worker took it: sent again", job.job_id, iso(job.updated_at))

@@ -9,16 +9,17 @@ from channels.db import database_sync_to_async
 from channels.middleware import BaseMiddleware
 from channels.security.websocket import AllowedHostsOriginValidator, OriginValidator
 from django.contrib.auth.models import AnonymousUser
-from rest_framework.authentication import TokenAuthentication
 from rest_framework.exceptions import AuthenticationFailed
+
+from jobs.authentication import CachedTokenAuthentication
 
 
 @database_sync_to_async
 def _token_user(key: str) -> Any:
-    """The token's user as DRF's TokenAuthentication finds it. An unknown key or an
-    inactive user gives the anonymous user, whatever the session: DRF answers 401."""
+    """The token's user as the API finds it. An unknown key or an inactive user gives the
+    anonymous user, whatever the session: the API answers 401."""
     try:
-        user, _token = TokenAuthentication().authenticate_credentials(key)
+        user, _token = CachedTokenAuthentication().authenticate_credentials(key)
     except AuthenticationFailed:
         return AnonymousUser()
     return user

@@ -33,18 +33,13 @@ TERMINAL_EVENT_TYPES = frozenset({"completed", "error", "cancelled"})
 
 @database_sync_to_async
 def _snapshot(user: Any, job_id: str) -> tuple[dict[str, Any], int] | None:
-    """The job's status object (as the status API gives it) and its attempt number."""
+    """The job's status object (as the status API gives it, from the job's card) and its
+    attempt number."""
     try:
-        job = selectors.download_job_get_for_owner(owner=user, job_id=job_id)
+        card, hot = selectors.download_job_card_for_owner(owner_id=user.pk, job_id=job_id)
     except DownloadJob.DoesNotExist:
         return None
-    hot = selectors.download_job_hot([job]).get(job.job_id)
-    return selectors.download_job_status(job=job, hot=hot), job.attempts
-
-
-@database_sync_to_async
-def _attempts(job_id: str) -> int | None:
-    return DownloadJob.objects.filter(job_id=job_id).values_list("attempts", flat=True).first()
+    return selectors.download_job_status(job=card, hot=hot), card.attempts
 
 
 class JobConsumer(AsyncJsonWebsocketConsumer):
@@ -113,7 +108,8 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         # A status_update to processing that is lower than what was sent: the start of
         # this attempt, queued before the snapshot was read (outdated), or the start of a
         # new attempt of a job redelivered after its worker died. The row tells which.
-        attempt, self.attempt = self.attempt, await _attempts(self.job_id)
+        found = await _snapshot(self.scope["user"], self.job_id)
+        attempt, self.attempt = self.attempt, (found[1] if found else None)
         return attempt == self.attempt
 
     async def _send(self, message: dict[str, Any]) -> None:

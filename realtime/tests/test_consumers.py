@@ -339,7 +339,9 @@ def test_a_new_attempt_starts_progress_again(user):
     job = processing_job(user, progress=50, attempts=1)
 
     async def next_attempt(attempts: int) -> None:
+        # As the services write a row: the job's card is dropped with the write.
         await sync_to_async(DownloadJob.objects.filter(pk=job.pk).update)(attempts=attempts)
+        await sync_to_async(hotstate.card_forget)(job.job_id)
 
     async def scenario() -> list[tuple[str, str, int]]:
         async with socket(subscribe_path(job.job_id), user=user) as ws:
