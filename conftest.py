@@ -208,11 +208,12 @@ class Stack:
         )
         return process, _LogTail(process, ARTIFACTS / "logs" / f"{self.name}-{role}.log")
 
-    def start(self) -> "Stack":
+    def start(self, *, worker: bool = True) -> "Stack":
         if "PROMETHEUS_MULTIPROC_DIR" in self.env:
             metrics.multiprocess_dir_reset(self.env["PROMETHEUS_MULTIPROC_DIR"])
         self.web, _ = self._spawn("web", [*UVICORN, "--port", str(self.port)])
-        self.start_worker()
+        if worker:
+            self.start_worker()
         wait_for_port(self.port, process=self.web)
         return self
 

@@ -4,6 +4,8 @@ so that it doubles as a smoke check.
 
     .venv/bin/python bench/load.py                          # 50 users, 20 s / 60 s / 20 s (~2 min)
     .venv/bin/python bench/load.py --users 20 --ramp-up 10 --hold 30 --ramp-down 10
+    .venv/bin/python bench/load.py --profile production --users 100 --ramp-up 10 --hold 30 \
+        --ramp-down 10 --file-mib 0.25 --rate-mibps 0
     .venv/bin/python bench/load.py --url http://127.0.0.1:8000 --tokens-file tokens.txt
 
 The seed's scenario: virtual users (VUs) ramp up to 100 over 2 min, hold 5 min, ramp down
@@ -13,12 +15,15 @@ failed. Here the VUs are asyncio tasks of this process (httpx.AsyncClient, one p
 each keeps its own connections as a k6 VU does), and the durations are scaled down.
 
 Without --url the script runs its own stack (bench/sandbox.py's bench_env: a throwaway
-VAR_DIR with a migrated SQLite database, and a private Redis unless REDIS_URL is set):
-uvicorn (--web-workers processes) and one Celery worker (--concurrency), with the
+VAR_DIR with a migrated database, and a private Redis unless REDIS_URL is set): uvicorn
+(--web-workers processes) and one Celery worker (--concurrency), with the
 synthetic origin sized by --file-mib and --rate-mibps, and N users with a DRF token each, so
 that the per-user limits (5 active jobs, the initiate rate) do not throttle the scenario.
 All VUs come from 127.0.0.1, so the stack's initiate rates are raised (--initiate-rate,
---initiate-rate-per-ip). Everything is stopped again at the end, also after Ctrl-C.
+--initiate-rate-per-ip). --profile embedded (the default) keeps the database in SQLite and
+the files in local storage; --profile production uses a throwaway PostgreSQL database and S3
+(a moto server of its own), and samples the stack's PostgreSQL connections. Everything is
+stopped again at the end, also after Ctrl-C.
 
 See bench/README.md.
 """
@@ -36,10 +41,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,14 +58,17 @@ ROOT = Path(__file__).resolve().parent.parent
 # `realtime` package (an installed app): the project's root takes its place.
 sys.path[:] = [str(ROOT)] + [entry for entry in sys.path if Path(entry or ".").resolve() != ROOT / "bench"]
 
-from bench.sandbox import bench_env, install_signal_handlers, results_save  # noqa: E402
-from jobs.tests.local_servers import free_port, wait_for_port  # noqa: E402
+from bench.sandbox import bench_env, install_signal_handlers, postgres_database, results_save  # noqa: E402
+from jobs.tests.local_servers import free_port, s3_endpoint, wait_for_port  # noqa: E402
 
 BROKER_DB = 8  # a broker database of its own (staging and realtime use 9)
 QUEUES = "downloads.high,downloads.normal,downloads.low"
 SEED_FILE_ID = 70000
 TERMINAL = {"completed", "failed", "cancelled", "expired"}  # the seed stops on the first two
 STARTUP_TIMEOUT_S = 120
+PG_DATABASE = "bench_load"  # the production profile's throwaway database
+# The first line of an exception in a log: `ValueError: ...`, `psycopg_pool.PoolTimeout: ...`.
+EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Timeout|Exit)\b:?")
 
 
 def log(message: str = "") -> None:
@@ -105,6 +114,7 @@ def setup_main(users: int, out: Path) -> None:
         "SYNTHETIC_FILE_BYTES",
         "SYNTHETIC_RATE_BPS",
         "STAGING_CHUNK_BYTES",
+        "DATABASE_POOL_MAX_SIZE",  # PostgreSQL only
     )
     limits = {name: getattr(settings, name, "(not a setting)") for name in names}
     limits["DATABASE"] = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
@@ -137,11 +147,14 @@ class Stack:
         self.env = env
         self.log_dir = log_dir
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.base_url = ""  # the web processes', once started
 
     def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        # pg_stat_activity tells the processes' connections apart by their application name.
+        env = self.env | {"DATABASE_APPLICATION_NAME": f"bench-load-{name}"}
         with (self.log_dir / f"{name}.log").open("ab") as output:
             process = subprocess.Popen(
-                argv, env=self.env, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+                argv, env=env, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
             )
         self.processes[name] = process
         return process
@@ -151,6 +164,23 @@ class Stack:
         if not path.exists():
             return "(no log)"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def print_log_problems(self, *, failed: bool) -> None:
+        """For each log with a traceback or an ERROR line: its exception lines by kind and
+        its last 40 lines; after a failed run, the last 10 lines of the other logs too."""
+        for name in ("web", "worker"):
+            path = self.log_dir / f"{name}.log"
+            text = path.read_text(errors="replace") if path.exists() else ""
+            if not re.search(r"Traceback|ERROR", text):
+                if failed:
+                    log(f"\n{name} log ({path}): no traceback or ERROR line; its last 10 lines:")
+                    log(self.log_tail(name, 10))
+                continue
+            kinds = Counter(line.strip()[:200] for line in text.splitlines() if EXCEPTION_LINE.match(line))
+            log(f"\n{name} log ({path}): {text.count('Traceback')} traceback(s); exception lines by kind:")
+            for line, count in kinds.most_common(10):
+                log(f"  {count:>5} x {line}")
+            log(f"--- the last 40 lines of {name}.log ---\n{self.log_tail(name, 40)}\n---")
 
     def check_alive(self) -> None:
         for name, process in self.processes.items():
@@ -215,6 +245,77 @@ def wait_worker_ready(stack: Stack, timeout_s: float) -> None:
     raise RuntimeError(
         f"the Celery worker was not ready within {timeout_s:.0f} s:\n{stack.log_tail('worker')}"
     )
+
+
+class PgConnectionSampler:
+    """Counts the connections to `database` every `interval_s`, in a thread, from a
+    connection of its own that it does not count; by application_name (the stack's
+    processes set DATABASE_APPLICATION_NAME). Peak of the total and of each process kind."""
+
+    QUERY = (
+        "SELECT application_name, count(*) FROM pg_stat_activity "
+        "WHERE datname = %s AND pid <> pg_backend_pid() GROUP BY application_name"
+    )
+
+    def __init__(self, database_url: str, database: str, interval_s: float = 0.25) -> None:
+        self.database_url = database_url
+        self.database = database
+        self.interval_s = interval_s
+        self.samples = 0
+        self.peak = 0
+        self.peak_by_name: Counter[str] = Counter()
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pg-sampler", daemon=True)
+
+    def __enter__(self) -> "PgConnectionSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        import psycopg
+
+        try:
+            with psycopg.connect(
+                self.database_url, autocommit=True, application_name="bench-sampler"
+            ) as conn:
+                while True:
+                    counts: dict[str, int] = dict(conn.execute(self.QUERY, (self.database,)).fetchall())
+                    self.samples += 1
+                    self.peak = max(self.peak, sum(counts.values()))
+                    self.peak_by_name |= Counter(counts)  # `|`: the larger count of each name
+                    if self._stop.wait(self.interval_s):
+                        return
+        except psycopg.Error as exc:
+            self.error = repr(exc)
+
+    def line(self, bound: int, formula: str) -> str:
+        by_name = ", ".join(
+            f"{name or '(none)'} {count}" for name, count in sorted(self.peak_by_name.items())
+        )
+        verdict = "within" if self.peak <= bound else "OVER"
+        return (
+            f"PostgreSQL connections to {self.database} (sampled every {self.interval_s * 1000:.0f} ms, "
+            f"{self.samples} samples{', sampler failed: ' + self.error if self.error else ''}): peak "
+            f"{self.peak} ({verdict} the bound {bound} = {formula}); peak by process kind: {by_name or '-'}"
+        )
+
+    def figures(self, bound: int, formula: str) -> dict[str, Any]:
+        return {
+            "pg_connections": {
+                "peak": self.peak,
+                "peak_by_application_name": dict(self.peak_by_name),
+                "bound": bound,
+                "bound_formula": formula,
+                "samples": self.samples,
+                "interval_s": self.interval_s,
+                "sampler_error": self.error,
+            }
+        }
 
 
 # --- the load: virtual users ---------------------------------------------------------------
@@ -648,7 +749,8 @@ def run_load(args: argparse.Namespace, base_url: str, tokens: list[str]) -> Resu
     return asyncio.run(Load(args, base_url, tokens).run())
 
 
-def driver_main(args: argparse.Namespace) -> int:
+def describe(args: argparse.Namespace) -> tuple[str, str]:
+    """The scenario and the client host, as printed in the header."""
     mode_note = {
         "fixed": f"fixed (file_id {SEED_FILE_ID} for every iteration, as the seed)",
         "distinct": f"distinct (a fresh file_id per iteration, from {SEED_FILE_ID} up)",
@@ -663,148 +765,208 @@ def driver_main(args: argparse.Namespace) -> int:
         f"client: Python {platform.python_version()}, httpx {httpx.__version__}, {os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.2f} at the start"
     )
-    if args.url:
-        if not args.tokens_file:
-            raise SystemExit("--url needs --tokens-file (one DRF token per line, one per VU)")
-        tokens = read_tokens(args.tokens_file)
-        if len(tokens) < args.users:
-            raise SystemExit(
-                f"{args.tokens_file} has {len(tokens)} tokens for {args.users} users: each VU needs its own "
-                "user, or the per-user limits throttle the scenario"
-            )
-        base_url = args.url.rstrip("/")
-        log(f"load: {scenario}")
-        wait_ready(base_url, None, 30)
-        if args.file_id_mode == "fixed":
-            log(
-                "note: with --file-id-mode fixed, a server reusing retained files (JOB_REUSE) "
-                "stages each VU's first job only"
-            )
-        results = run_load(args, base_url, tokens)
-        header = [
-            f"load benchmark against {base_url} (a running server: its limits and workers are its own)",
-            scenario,
-            host,
-        ]
-        summary, clean = report(results, args, header, metrics_lines(base_url))
-        save(args, summary | {"target": base_url})
-        return 0 if clean and not results.interrupted else (130 if clean else 1)
+    return scenario, host
 
+
+def exit_code(clean: bool, results: Results) -> int:
+    return 0 if clean and not results.interrupted else (130 if clean else 1)
+
+
+def driver_main(args: argparse.Namespace) -> int:
+    scenario, host = describe(args)
+    log(f"load: {scenario}")
+    if args.url:
+        return url_main(args, scenario, host)
+    return own_stack_main(args, scenario, host)
+
+
+def url_main(args: argparse.Namespace, scenario: str, host: str) -> int:
+    """Against a running server: its limits, workers and origin are its own."""
+    if not args.tokens_file:
+        raise SystemExit("--url needs --tokens-file (one DRF token per line, one per VU)")
+    tokens = read_tokens(args.tokens_file)
+    if len(tokens) < args.users:
+        raise SystemExit(
+            f"{args.tokens_file} has {len(tokens)} tokens for {args.users} users: each VU needs its own "
+            "user, or the per-user limits throttle the scenario"
+        )
+    base_url = args.url.rstrip("/")
+    wait_ready(base_url, None, 30)
+    if args.file_id_mode == "fixed":
+        log(
+            "note: with --file-id-mode fixed, a server reusing retained files (JOB_REUSE) "
+            "stages each VU's first job only"
+        )
+    results = run_load(args, base_url, tokens)
+    header = [
+        f"load benchmark against {base_url} (a running server: its limits and workers are its own)",
+        scenario,
+        host,
+    ]
+    summary, clean = report(results, args, header, metrics_lines(base_url))
+    save(args, summary | {"target": base_url})
+    return exit_code(clean, results)
+
+
+# --- the script's own stack, on a profile ------------------------------------------------------
+
+
+@dataclass
+class StackSetup:
+    env: dict[str, str]
+    tokens: list[str]
+    effective: dict[str, Any]  # the settings as the service reads them (`setup_main`)
+    parts: str  # database, Redis and storage, for the header
+
+
+def profile_parts(stack: ExitStack, args: argparse.Namespace) -> tuple[str | None, dict[str, str], str]:
+    """The production profile's PostgreSQL database and S3 bucket (both removed when `stack`
+    closes): its DATABASE_URL, the AWS_* environment and a description of the storage. The
+    embedded profile: SQLite (bench_env's default) and local storage."""
+    if args.profile == "embedded":
+        return None, {}, "local storage"
+    database_url = postgres_database(stack, PG_DATABASE)
+    s3 = stack.enter_context(s3_endpoint(bucket_prefix="bench-load"))
+    where = f"moto server {s3.endpoint_url}" if s3.server else f"AWS_S3_ENDPOINT_URL {s3.endpoint_url}"
+    return database_url, s3.env, f"S3 bucket {s3.bucket} ({where})"
+
+
+def stack_setup(stack: ExitStack, args: argparse.Namespace, var_dir: Path) -> StackSetup:
+    """The stack's environment (migrated database, Redis, storage, origin, limits) and its
+    users, created by `load.py _setup` in that environment."""
+    redis = f"Redis {os.environ['REDIS_URL']}" if os.environ.get("REDIS_URL") else "a private Redis"
+    database_url, storage_env, storage = profile_parts(stack, args)
+    env = bench_env(stack, var_dir, broker_db=BROKER_DB, database_url=database_url) | storage_env
+    env |= {
+        "SYNTHETIC_FILE_BYTES": str(int(args.file_mib * 2**20)),
+        "SYNTHETIC_RATE_BPS": str(int(args.rate_mibps * 2**20)),
+        "JOB_INITIATE_RATE": args.initiate_rate,
+        "JOB_INITIATE_RATE_PER_IP": args.initiate_rate_per_ip,
+        "PROMETHEUS_MULTIPROC_DIR": str(var_dir / "prometheus"),
+        "ORIGIN": "synthetic",
+    }
+    if args.job_reuse:
+        env["JOB_REUSE"] = args.job_reuse
+    (var_dir / "prometheus").mkdir(exist_ok=True)
+    out = var_dir / "setup.json"
+    argv = [sys.executable, str(Path(__file__).resolve()), "_setup", "--users", str(args.users)]
+    subprocess.run([*argv, "--out", str(out)], env=env, cwd=ROOT, check=True)
+    setup = json.loads(out.read_text())
+    (var_dir / "tokens.txt").write_text("\n".join(setup["tokens"]) + "\n")
+    effective = setup["settings"]
+    database = effective["DATABASE"]
+    if args.profile == "production":
+        database += f" database {PG_DATABASE} (web: pool of at most {effective['DATABASE_POOL_MAX_SIZE']})"
+    return StackSetup(env, setup["tokens"], effective, f"{database}, {redis}, {storage}")
+
+
+def start_servers(stack: ExitStack, args: argparse.Namespace, setup: StackSetup, log_dir: Path) -> Stack:
+    servers = Stack(setup.env, log_dir)
+    stack.callback(servers.stop_all)
+    port = free_port()
+    web = servers.start(
+        "web",
+        [sys.executable, "-m", "uvicorn", "downloads_project.asgi:application", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", str(args.web_workers), "--no-access-log",
+         "--log-level", "warning"],
+    )  # fmt: skip
+    servers.start(
+        "worker",
+        [sys.executable, "-m", "celery", "-A", "downloads_project", "worker", "-Q", QUEUES,
+         "--concurrency", str(args.concurrency), "--loglevel", "INFO", "--without-gossip",
+         "--without-mingle", "--hostname", f"bench-load-{os.getpid()}@%h"],
+    )  # fmt: skip
+    wait_for_port(port, timeout_s=STARTUP_TIMEOUT_S, process=web)
+    servers.base_url = f"http://127.0.0.1:{port}"
+    return servers
+
+
+def stack_lines(args: argparse.Namespace, setup: StackSetup) -> list[str]:
+    """The profile and stack, and the limits in effect, for the header."""
+    effective = setup.effective
+    seconds = args.file_mib / args.rate_mibps if args.rate_mibps else 0.0
+    return [
+        f"profile {args.profile}: uvicorn x{args.web_workers} process(es), Celery worker --concurrency "
+        f"{args.concurrency} (prefork), {setup.parts}; synthetic origin {args.file_mib:g} MiB at "
+        f"{args.rate_mibps:g} MiB/s (~{seconds:.1f} s of transfer per job)",
+        "limits in effect (the web processes' settings): "
+        f"JOB_INITIATE_RATE {effective['JOB_INITIATE_RATE']}, "
+        f"JOB_INITIATE_RATE_PER_IP {effective['JOB_INITIATE_RATE_PER_IP']}, JOB_MAX_ACTIVE_PER_USER "
+        f"{effective['JOB_MAX_ACTIVE_PER_USER']}, JOB_REUSE {effective['JOB_REUSE']}",
+    ]
+
+
+def pg_bound(args: argparse.Namespace, setup: StackSetup) -> tuple[int, str]:
+    """The most connections the stack may hold: each web process's pool, one persistent
+    connection per worker pool process, and one for the worker's main process (this script
+    runs no beat, which would hold one more)."""
+    pool = int(setup.effective["DATABASE_POOL_MAX_SIZE"])
+    bound = args.web_workers * pool + args.concurrency + 1
+    formula = (
+        f"web processes {args.web_workers} x DATABASE_POOL_MAX_SIZE {pool} + worker concurrency "
+        f"{args.concurrency} + 1 worker main process (+ 0: no beat)"
+    )
+    return bound, formula
+
+
+def server_lines(servers: Stack, cpu_before: dict[str, float], wall_s: float) -> list[str]:
+    cpu = {name: process_tree_cpu_s(servers.processes[name].pid) - cpu_before[name] for name in cpu_before}
+    return [
+        f"server: CPU over the load phase: web {cpu['web']:.1f} s ({cpu['web'] / wall_s:.2f} of a core), "
+        f"worker {cpu['worker']:.1f} s ({cpu['worker'] / wall_s:.2f}); "
+        f"load average now {os.getloadavg()[0]:.2f}",
+        *metrics_lines(servers.base_url),
+    ]
+
+
+def run_on_stack(
+    args: argparse.Namespace, servers: Stack, setup: StackSetup
+) -> tuple[Results, list[str], dict[str, Any]]:
+    """The load against the started stack, with the CPU of its processes and, on PostgreSQL,
+    its connections sampled meanwhile: the results, the extra report lines and the figures."""
+    cpu_before = {name: process_tree_cpu_s(servers.processes[name].pid) for name in ("web", "worker")}
+    sampler = None
+    if args.profile == "production":
+        sampler = PgConnectionSampler(setup.env["DATABASE_URL"], PG_DATABASE)
+    with sampler or nullcontext():
+        results = run_load(args, servers.base_url, setup.tokens)
+    install_signal_handlers()  # asyncio.run's signal handlers are gone again
+    lines = server_lines(servers, cpu_before, results.wall_s or 1.0)
+    if sampler is None:
+        return results, lines, {}
+    bound, formula = pg_bound(args, setup)
+    return results, [*lines, sampler.line(bound, formula)], sampler.figures(bound, formula)
+
+
+def own_stack_main(args: argparse.Namespace, scenario: str, host: str) -> int:
     with ExitStack() as stack:
         var_dir = stack.enter_context(var_dir_for(args))
         log_dir = var_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
-        log(f"load: {scenario}")
-        log(f"load: setting up the stack in {var_dir} (logs in {log_dir})")
-        redis = f"Redis {os.environ['REDIS_URL']}" if os.environ.get("REDIS_URL") else "a private Redis"
-        env = bench_env(stack, var_dir, broker_db=BROKER_DB)
-        file_bytes = int(args.file_mib * 2**20)
-        rate_bps = int(args.rate_mibps * 2**20)
-        env.update(
-            {
-                "SYNTHETIC_FILE_BYTES": str(file_bytes),
-                "SYNTHETIC_RATE_BPS": str(rate_bps),
-                "JOB_INITIATE_RATE": args.initiate_rate,
-                "JOB_INITIATE_RATE_PER_IP": args.initiate_rate_per_ip,
-                "PROMETHEUS_MULTIPROC_DIR": str(var_dir / "prometheus"),
-                "ORIGIN": "synthetic",
-            }
-        )
-        if args.job_reuse:
-            env["JOB_REUSE"] = args.job_reuse
-        (var_dir / "prometheus").mkdir(exist_ok=True)
-        setup_out = var_dir / "setup.json"
-        subprocess.run(
-            [
-                sys.executable,
-                str(Path(__file__).resolve()),
-                "_setup",
-                "--users",
-                str(args.users),
-                "--out",
-                str(setup_out),
-            ],
-            env=env,
-            cwd=ROOT,
-            check=True,
-        )
-        setup = json.loads(setup_out.read_text())
-        tokens = setup["tokens"]
-        (var_dir / "tokens.txt").write_text("\n".join(tokens) + "\n")
-        effective = setup["settings"]
-
-        servers = Stack(env, log_dir)
-        stack.callback(servers.stop_all)
-        port = free_port()
-        web = servers.start(
-            "web",
-            [sys.executable, "-m", "uvicorn", "downloads_project.asgi:application", "--host", "127.0.0.1",
-             "--port", str(port), "--workers", str(args.web_workers), "--no-access-log",
-             "--log-level", "warning"],
-        )  # fmt: skip
-        worker = servers.start(
-            "worker",
-            [sys.executable, "-m", "celery", "-A", "downloads_project", "worker", "-Q", QUEUES,
-             "--concurrency", str(args.concurrency), "--loglevel", "INFO", "--without-gossip",
-             "--without-mingle", "--hostname", f"bench-load-{os.getpid()}@%h"],
-        )  # fmt: skip
-        wait_for_port(port, timeout_s=STARTUP_TIMEOUT_S, process=web)
-        base_url = f"http://127.0.0.1:{port}"
-        ready = wait_ready(base_url, servers, STARTUP_TIMEOUT_S)
+        log(f"load: setting up the {args.profile} stack in {var_dir} (logs in {log_dir})")
+        setup = stack_setup(stack, args, var_dir)
+        servers = start_servers(stack, args, setup, log_dir)
+        ready = wait_ready(servers.base_url, servers, STARTUP_TIMEOUT_S)
         wait_worker_ready(servers, STARTUP_TIMEOUT_S)
-        seconds = file_bytes / rate_bps if rate_bps else 0.0
-        limits = (
-            "limits in effect (the web processes' settings): "
-            f"JOB_INITIATE_RATE {effective['JOB_INITIATE_RATE']}, "
-            f"JOB_INITIATE_RATE_PER_IP {effective['JOB_INITIATE_RATE_PER_IP']}, JOB_MAX_ACTIVE_PER_USER "
-            f"{effective['JOB_MAX_ACTIVE_PER_USER']}, JOB_REUSE {effective['JOB_REUSE']}"
-        )
-        stack_line = (
-            f"stack: uvicorn x{args.web_workers} process(es), Celery worker --concurrency {args.concurrency} "
-            f"(prefork), {effective['DATABASE']} database, {redis}, local storage; synthetic origin "
-            f"{file_bytes / 2**20:g} MiB at {args.rate_mibps:g} MiB/s (~{seconds:.1f} s of transfer per job)"
-        )
-        log(f"load: {stack_line}")
-        log(f"load: {limits}")
+        header = stack_lines(args, setup)
+        for line in header:
+            log(f"load: {line}")
         log(f"load: ready ({', '.join(f'{k} {v}' for k, v in ready.get('checks', {}).items())}); running")
-        if args.file_id_mode == "fixed" and effective["JOB_REUSE"] != "off":
+        if args.file_id_mode == "fixed" and setup.effective["JOB_REUSE"] != "off":
             log(
-                f"note: --file-id-mode fixed with JOB_REUSE {effective['JOB_REUSE']}: only each VU's "
+                f"note: --file-id-mode fixed with JOB_REUSE {setup.effective['JOB_REUSE']}: only each VU's "
                 "first job stages; the rest reuse its retained file (--job-reuse off stages every one)"
             )
-        cpu_before = {"web": process_tree_cpu_s(web.pid), "worker": process_tree_cpu_s(worker.pid)}
-        results = run_load(args, base_url, tokens)
-        install_signal_handlers()  # asyncio.run's signal handlers are gone again
-        cpu = {
-            name: process_tree_cpu_s(proc.pid) - cpu_before[name]
-            for name, proc in (("web", web), ("worker", worker))
-        }
-        wall = results.wall_s or 1.0
-        cpu_lines = [
-            f"server: CPU over the load phase: web {cpu['web']:.1f} s ({cpu['web'] / wall:.2f} of a core), "
-            f"worker {cpu['worker']:.1f} s ({cpu['worker'] / wall:.2f}); "
-            f"load average now {os.getloadavg()[0]:.2f}",
-            *metrics_lines(base_url),
-        ]
+        results, extra_lines, pg = run_on_stack(args, servers, setup)
         servers.check_alive()
-        header = [
-            "load benchmark (the seed's k6 scenario, scaled down), own stack",
-            scenario,
-            stack_line,
-            limits,
-            host,
-        ]
-        summary, clean = report(results, args, header, cpu_lines)
-        errors = [
-            name
-            for name in ("web", "worker")
-            if re.search(r"Traceback|ERROR", (log_dir / f"{name}.log").read_text(errors="replace"))
-        ]
-        if errors:
-            log(f"note: tracebacks or ERROR lines in the log(s) of {', '.join(errors)} (in {log_dir})")
-        save(args, summary | {"stack": stack_line, "limits": effective})
+        title = "load benchmark (the seed's k6 scenario, scaled down), own stack"
+        summary, clean = report(results, args, [title, scenario, *header, host], extra_lines)
+        servers.print_log_problems(failed=not clean)
+        if not clean and args.var_dir is None:
+            log(f"note: {var_dir} goes when the script ends; --var-dir DIR keeps the logs")
+        save(args, summary | {"profile": args.profile, "stack": header[0], "limits": setup.effective} | pg)
         log("load: stopping the stack")
-    return 0 if clean and not results.interrupted else (130 if clean else 1)
+    return exit_code(clean, results)
 
 
 def save(args: argparse.Namespace, summary: dict[str, Any]) -> None:
@@ -860,6 +1022,14 @@ def main(argv: list[str]) -> None:
         "--tokens-file", type=Path, help="DRF tokens, one per line (or a JSON list), one per VU"
     )
     own = parser.add_argument_group("target: the script's own stack (without --url)")
+    own.add_argument(
+        "--profile",
+        choices=("embedded", "production"),
+        default="embedded",
+        help="embedded: SQLite, a private Redis, local storage (default); production: a throwaway "
+        f"PostgreSQL database {PG_DATABASE} on BENCH_POSTGRES_URL's server, Redis, S3 (a moto server "
+        "of its own, unless AWS_S3_ENDPOINT_URL is set), with its connections sampled",
+    )
     own.add_argument("--web-workers", type=int, default=1, help="uvicorn processes (default 1)")
     own.add_argument("--concurrency", type=int, default=4, help="Celery worker processes (default 4)")
     own.add_argument("--file-mib", type=float, default=4.0, help="synthetic file size, MiB (default 4)")

@@ -134,6 +134,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
 else:
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # pg_stat_activity names each connection's role: web processes, or the others.
+    DATABASES["default"].setdefault("OPTIONS", {})["application_name"] = env(
+        "DATABASE_APPLICATION_NAME", default="downloads-web" if roles.is_web() else "downloads"
+    )
     # Web (ASGI) processes run each request in a thread of its own: a persistent
     # connection would be one more per request thread until PostgreSQL refuses new ones.
     # They borrow from psycopg's pool instead: at most DATABASE_POOL_MAX_SIZE connections
@@ -147,7 +151,7 @@ else:
         if not 0 < DATABASE_POOL_MIN_SIZE <= DATABASE_POOL_MAX_SIZE:
             raise ImproperlyConfigured("DATABASE_POOL_MIN_SIZE must be from 1 to DATABASE_POOL_MAX_SIZE")
         DATABASES["default"]["CONN_MAX_AGE"] = 0
-        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        DATABASES["default"]["OPTIONS"]["pool"] = {
             "min_size": DATABASE_POOL_MIN_SIZE,
             "max_size": DATABASE_POOL_MAX_SIZE,
             "timeout": DATABASE_POOL_TIMEOUT_S,

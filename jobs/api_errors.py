@@ -1,13 +1,19 @@
 """The error half of the API envelope: `{"success": false, "error": {"code", "message", ...}}`.
 
 Every failure of a `/v1/` endpoint passes through `exception_handler`, so no traceback, SQL
-or path ever reaches a client; unexpected errors are logged and answered 500.
+or path ever reaches a client; unexpected errors are logged and answered 500. A fault of
+a dependency (the database or Redis unreachable, the connection pool exhausted) is
+answered 503 `SERVICE_UNAVAILABLE` with `Retry-After`, on every path: the request may
+well succeed a moment later.
 """
 
 import logging
 import math
+import sys
 from typing import Any
 
+import redis
+from django import db
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
@@ -31,6 +37,29 @@ class ApiError(exceptions.APIException):
         self.status_code = status_code
         self.error = {"code": code, "message": message, **(extra or {})}
         self.headers = headers or {}
+
+
+# How long a client is asked to wait after a dependency's fault.
+SERVICE_UNAVAILABLE_RETRY_AFTER_S = 5
+_DEPENDENCY_FAULTS = (
+    db.OperationalError,  # connection refused or lost, the pool's timeout, a deadlock
+    db.InterfaceError,
+    redis.ConnectionError,
+    redis.TimeoutError,
+)
+
+
+def is_dependency_fault(exc: BaseException | None) -> bool:
+    return isinstance(exc, _DEPENDENCY_FAULTS)
+
+
+def service_unavailable() -> tuple[dict[str, Any], dict[str, str]]:
+    """The body and headers of a 503 for a dependency's fault."""
+    retry_after = SERVICE_UNAVAILABLE_RETRY_AFTER_S
+    body = error_body(
+        "SERVICE_UNAVAILABLE", "The service is briefly unavailable; try again", retry_after=retry_after
+    )
+    return body, {"Retry-After": str(retry_after)}
 
 
 def job_not_found() -> ApiError:
@@ -75,6 +104,9 @@ def _envelope(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
         return 406, error_body("NOT_ACCEPTABLE", "This API answers application/json"), {}
     if isinstance(exc, exceptions.APIException):
         return exc.status_code, error_body(str(exc.default_code).upper(), str(exc.detail)), {}
+    if is_dependency_fault(exc):
+        logger.warning("Dependency unavailable: %s: %s", type(exc).__name__, exc)
+        return 503, *service_unavailable()
     logger.exception("Unhandled error in the API", exc_info=exc)
     return 500, error_body("INTERNAL_ERROR", "Something went wrong on our side"), {}
 
@@ -98,6 +130,18 @@ def json_404(request: HttpRequest, exception: Exception | None = None) -> HttpRe
 
 
 def json_500(request: HttpRequest) -> HttpResponse:
+    """Django's answer to an exception outside the API's views (the page, the admin, a
+    middleware), which it calls while handling it: a dependency's fault is a 503."""
+    if is_dependency_fault(sys.exc_info()[1]):
+        body, headers = service_unavailable()
+        if request.path.startswith("/v1/"):
+            return JsonResponse(body, status=503, headers=headers)
+        return HttpResponse(
+            "Service briefly unavailable; try again in a moment.",
+            status=503,
+            content_type="text/plain; charset=utf-8",
+            headers=headers,
+        )
     if request.path.startswith("/v1/"):
         return JsonResponse(error_body("INTERNAL_ERROR", "Something went wrong on our side"), status=500)
     return defaults.server_error(request)

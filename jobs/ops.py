@@ -33,7 +33,27 @@ def health(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
+def _database_pool() -> dict[str, int] | None:
+    """The web process's connection pool as psycopg counts it, or None without a pool."""
+    pool = getattr(connection, "pool", None)
+    if pool is None:
+        return None
+    stats = pool.get_stats()
+    return {
+        "max": stats.get("pool_max", 0),
+        "open": stats.get("pool_size", 0),
+        "idle": stats.get("pool_available", 0),
+        "waiting": stats.get("requests_waiting", 0),
+        "timeouts": stats.get("requests_errors", 0),  # since the process started
+    }
+
+
 def _database() -> None:
+    pool = _database_pool()
+    # Exhausted: every connection is in use and requests queue for one. Said at once,
+    # rather than after the pool's timeout, so an orchestrator can route around it.
+    if pool is not None and pool["idle"] == 0 and pool["open"] >= pool["max"] and pool["waiting"]:
+        raise ConnectionError(f"connection pool exhausted: {pool['waiting']} request(s) waiting")
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
         cursor.fetchone()
@@ -112,6 +132,8 @@ def ready(request: HttpRequest) -> JsonResponse:
     body: dict[str, Any] = {"status": "unavailable" if failed else "ok", "checks": checks}
     if failed:
         body["failed"] = failed
+    if (pool := _database_pool()) is not None:
+        body["database_pool"] = pool
     return JsonResponse(body, status=503 if failed else 200)
 
 
