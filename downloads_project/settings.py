@@ -159,6 +159,10 @@ else:
         }
     else:
         DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+    # Behind pgbouncer in transaction mode a cursor cannot outlive its transaction.
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = env.bool(
+        "DATABASE_DISABLE_SERVER_SIDE_CURSORS", default=False
+    )
 
 # --- Redis -------------------------------------------------------------------------------
 # One server, separate logical databases: the broker must never be evicted, while hot job

@@ -95,6 +95,26 @@ def test_broker_redis_never_evicts_and_keeps_its_queues(compose):
     assert "redis-broker" in services["web"]["depends_on"]
 
 
+def _concurrency(command: list[str]) -> int:
+    return int(command[command.index("--concurrency") + 1])
+
+
+def test_the_database_connections_compose_needs_fit_postgres(compose):
+    """Web processes hold at most their pool, each worker child one connection, beat and
+    migrate one each: together below the server's max_connections, with room for an
+    operator's psql and a rolling restart (old and new web processes side by side)."""
+    env, services = compose["x-app-env"], compose["services"]
+    web, worker = services["web"], services["worker"]
+    web_total = web["deploy"]["replicas"] * int(env["DATABASE_POOL_MAX_SIZE"])
+    worker_total = worker["deploy"]["replicas"] * _concurrency(worker["command"])
+    needed = web_total + worker_total + 2
+    postgres_command = services["postgres"]["command"]
+    max_connections = int(
+        next(arg for arg in postgres_command if arg.startswith("max_connections=")).split("=")[1]
+    )
+    assert needed + web_total <= max_connections - 3  # superuser_reserved_connections
+
+
 def test_one_image_for_web_worker_and_beat_and_one_beat(compose):
     services = compose["services"]
     images = {name: services[name]["image"] for name in ("web", "worker", "beat", "migrate")}
