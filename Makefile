@@ -35,9 +35,12 @@ check: lint typecheck
 	$(BIN)/python manage.py makemigrations --check --dry-run
 
 bench: $(VENV)/.dev-installed
+	$(BIN)/pip install --quiet -r bench/requirements.txt
 	$(BIN)/python -m downloads_project.embedded $(BIN)/python bench/staging.py
 	$(BIN)/python -m downloads_project.embedded $(BIN)/python bench/realtime.py
 	$(BIN)/python -m downloads_project.embedded $(BIN)/python bench/load.py
+	$(BIN)/python -m downloads_project.embedded $(BIN)/python bench/load.py --profile production --users 100
+	$(BIN)/python -m downloads_project.embedded $(BIN)/python bench/status.py
 
 clean:
 	rm -rf $(VENV) var

@@ -1,0 +1,518 @@
+"""Status polling benchmark: GET /v1/download/status/<job_id> of the project under wrk, beside a
+bare DRF view that reads the same row, the peer celery-progress, and /health of both. Prints
+figures and asserts nothing about speed; exits 1 if a project row had an error (a non-2xx/3xx
+answer or a socket error), so that it doubles as a smoke check.
+
+    .venv/bin/python bench/status.py                               # 256 connections, 10 s a row
+    .venv/bin/python bench/status.py --concurrency 64 --duration 5
+
+The production profile: a throwaway PostgreSQL database (bench/sandbox.py's
+postgres_database, on BENCH_POSTGRES_URL's server) and Redis (a private redis-server unless
+REDIS_URL is set). Two uvicorn processes, the project (downloads_project.asgi) and the
+baselines (bench/status_baselines.py), loaded one row at a time. Everything is removed again at
+the end, also after Ctrl-C or SIGTERM. See bench/README.md.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+# Run by path, Python puts bench/ first on sys.path, where bench/realtime.py would hide the
+# `realtime` package (an installed app): the project's root takes its place.
+sys.path[:] = [str(ROOT)] + [entry for entry in sys.path if Path(entry or ".").resolve() != ROOT / "bench"]
+
+from bench.sandbox import (  # noqa: E402
+    bench_env,
+    install_signal_handlers,
+    postgres_database,
+    results_save,
+)
+from jobs.tests.local_servers import free_port, wait_for_port  # noqa: E402
+
+DATABASE = "bench_status"
+BASELINES_APPLICATION_NAME = "bench-status-baselines"  # as bench/status_baselines.py connects
+BROKER_DB = 7  # no other benchmark uses it; celery-progress's task state is kept there too
+WARMUP_S = 2
+SAMPLE_EVERY_S = 0.1
+PEER_PROGRESS = {"pending": False, "current": 40, "total": 100, "percent": 40.0, "description": ""}
+RATIO_GOALS = (  # (name, numerator row, denominator row, least ratio of their requests/s)
+    ("status(processing) / bare DRF", "processing", "drf", 1.5),
+    ("status(completed) / bare DRF", "completed", "drf", 1.5),
+    ("project /health / bare Django /health", "health", "django_health", 0.7),
+)
+ACCESS_LINE = re.compile(r'"[A-Z]+ \S+ HTTP/[\d.]+" (\d{3})')
+TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ")
+TIME_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def log(message: str = "") -> None:
+    print(message, flush=True)
+
+
+# --- setup (a subprocess with the bench's environment: `status.py _setup`) -------------------
+
+
+def setup_main() -> None:
+    """A user with a DRF token, a processing job with its hot progress in Redis and a
+    completed job; prints the token and the job ids as JSON."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "downloads_project.settings")
+    import django
+
+    django.setup()
+    from datetime import timedelta
+
+    from django.contrib.auth import get_user_model
+    from django.utils import timezone
+    from rest_framework.authtoken.models import Token
+
+    from jobs import hotstate
+    from jobs.models import DownloadJob, Status
+
+    user = get_user_model().objects.create_user("bench-status")
+    now = timezone.now()
+    size = 100 * 2**20
+    processing = DownloadJob.objects.create(
+        owner=user, file_id=1, status=Status.PROCESSING, attempts=1, started_at=now, heartbeat_at=now
+    )
+    hot = hotstate.HotProgress(attempt=1, bytes_done=size * 2 // 5, bytes_total=size, progress=40)
+    hotstate.progress_write(job_id=processing.job_id, progress=hot)
+    completed = DownloadJob.objects.create(
+        owner=user,
+        file_id=2,
+        status=Status.COMPLETED,
+        attempts=1,
+        progress=100,
+        bytes_done=size,
+        bytes_total=size,
+        started_at=now - timedelta(seconds=20),
+        completed_at=now,
+        duration_seconds=20.0,
+        expires_at=now + timedelta(days=1),
+        file_name="bench-status.bin",
+        file_size_bytes=size,
+        content_type="application/octet-stream",
+        storage_key="downloads/bench-status.bin",
+        sha256="0" * 64,
+    )
+    ids = {"processing": processing.job_id, "completed": completed.job_id}
+    print(json.dumps({"token": Token.objects.create(user=user).key, "jobs": ids}))
+
+
+def fixture_create(env: dict[str, str]) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "_setup"],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.PIPE,  # its errors go to the terminal
+        text=True,
+    )
+    fixture: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return fixture
+
+
+def peer_task_store(result_backend: str) -> str:
+    """A task id whose state in the result backend is PROGRESS, as celery-progress's
+    ProgressRecorder leaves it while a task runs."""
+    from celery import Celery
+
+    task_id = str(uuid.uuid4())
+    app = Celery("bench-status", backend=result_backend, set_as_current=False)
+    app.backend.store_result(task_id, PEER_PROGRESS, "PROGRESS")
+    return task_id
+
+
+# --- servers: one uvicorn process each, in a session of its own ----------------------------
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+    log_path: Path
+
+    def log_digest(self, lines: int = 40) -> str:
+        """The last distinct lines of its output, without the access log's lines, timestamps
+        left out and repeats counted."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        seen: Counter[str] = Counter(
+            TIMESTAMP.sub("", line) for line in text.splitlines() if not ACCESS_LINE.search(line)
+        )
+        kept = [f"{line}  (x{count})" if count > 1 else line for line, count in seen.items()]
+        return "\n".join(kept[-lines:]) or "(nothing but access lines)"
+
+
+def process_stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@contextmanager
+def uvicorn(name: str, app: str, env: dict[str, str], log_dir: Path) -> Iterator[Server]:
+    """`python -m uvicorn APP` on a free loopback port, as runstack starts it (access log on)."""
+    port = free_port()
+    argv = [sys.executable, "-m", "uvicorn", app, "--no-proxy-headers", "--host", "127.0.0.1"]
+    log_path = log_dir / f"{name}.log"
+    with log_path.open("ab") as output:
+        process = subprocess.Popen(
+            [*argv, "--port", str(port)],
+            env=env,
+            cwd=ROOT,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches this script only, which stops it
+        )
+    server = Server(name, f"http://127.0.0.1:{port}", log_path)
+    try:
+        try:
+            wait_for_port(port, timeout_s=60, process=process)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"{name} did not start: {exc}\n{server.log_digest()}") from None
+        yield server
+    finally:
+        process_stop(process)
+
+
+# --- one row: wrk against one path, with PostgreSQL's connections sampled -------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str
+    label: str
+    server: str  # the uvicorn process that serves it: project or baselines
+    path: str
+    authenticated: bool = True
+
+
+@dataclass
+class Row:
+    target: Target
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    bad_answers: int  # wrk's "Non-2xx or 3xx responses"
+    socket_errors: dict[str, int]  # connect, read, write, timeout
+    peak_pg: int
+    codes: dict[str, int] = field(default_factory=dict)  # answers by status, from the access log
+
+    @property
+    def errors(self) -> int:
+        return self.bad_answers + sum(self.socket_errors.values())
+
+
+@dataclass
+class Peak:
+    connections: int = 0
+
+
+@contextmanager
+def pg_connections_sampled(database_url: str, server: str) -> Iterator[Peak]:
+    """Samples every 100 ms the connections of one server to the database: the baselines' by
+    their application_name, the project's as all the others but the sampler's own."""
+    query = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND backend_type = 'client backend' AND pid <> pg_backend_pid() AND (application_name = %s) = %s"
+    )
+    params = (BASELINES_APPLICATION_NAME, server == "baselines")
+    peak, stop = Peak(), threading.Event()
+    with psycopg.connect(database_url, autocommit=True) as sampler:
+
+        def sample() -> None:
+            while not stop.is_set():
+                row = sampler.execute(query, params).fetchone()
+                peak.connections = max(peak.connections, row[0] if row else 0)
+                stop.wait(SAMPLE_EVERY_S)
+
+        thread = threading.Thread(target=sample, name="pg-sampler", daemon=True)
+        thread.start()
+        try:
+            yield peak
+        finally:
+            stop.set()
+            thread.join()
+
+
+def wrk(url: str, token: str | None, args: argparse.Namespace, duration_s: int) -> str:
+    argv = [
+        "wrk",
+        "-t2",
+        f"-c{args.concurrency}",
+        f"-d{duration_s}s",
+        f"--timeout={args.timeout}s",
+        "--latency",
+    ]
+    if token:
+        argv += ["-H", f"Authorization: Token {token}"]
+    done = subprocess.run([*argv, url], capture_output=True, text=True, check=True, timeout=duration_s + 60)
+    return done.stdout
+
+
+def wrk_latency_ms(output: str, percent: int) -> float:
+    found = re.search(rf"^\s+{percent}%\s+([\d.]+)(us|ms|s|m)\s*$", output, re.MULTILINE)
+    return float(found[1]) * TIME_MS[found[2]] if found else float("nan")
+
+
+def wrk_row(target: Target, output: str, peak_pg: int, codes: dict[str, int]) -> Row:
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.MULTILINE)
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    kinds = ("connect", "read", "write", "timeout")
+    return Row(
+        target=target,
+        rps=float(rps[1]) if rps else 0.0,
+        p50_ms=wrk_latency_ms(output, 50),
+        p99_ms=wrk_latency_ms(output, 99),
+        bad_answers=int(bad[1]) if bad else 0,
+        socket_errors=dict(zip(kinds, map(int, sockets.groups()), strict=True)) if sockets else {},
+        peak_pg=peak_pg,
+        codes=codes,
+    )
+
+
+def access_log_codes(server: Server, offset: int) -> dict[str, int]:
+    """The answers by status code that the server logged past `offset` of its log."""
+    with server.log_path.open("rb") as output:
+        output.seek(offset)
+        text = output.read().decode(errors="replace")
+    return dict(sorted(Counter(ACCESS_LINE.findall(text)).items()))
+
+
+def probe(url: str, token: str | None) -> str:
+    """The path's answer before the load: it must be a 200."""
+    headers = {"Authorization": f"Token {token}"} if token else {}
+    response = httpx.get(url, headers=headers, timeout=30)
+    if response.status_code != 200:
+        raise RuntimeError(f"GET {url}: {response.status_code} {response.text[:300]}")
+    return response.text
+
+
+def measure(server: Server, target: Target, token: str, args: argparse.Namespace, database_url: str) -> Row:
+    url = server.url + target.path
+    key = token if target.authenticated else None
+    try:
+        answer = probe(url, key)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}\n{server.name} log:\n{server.log_digest()}") from None
+    log(f"{target.label}: GET {target.path} -> 200 {answer[:120]}")
+    wrk(url, key, args, WARMUP_S)
+    offset = server.log_path.stat().st_size
+    with pg_connections_sampled(database_url, server.name) as peak:
+        output = wrk(url, key, args, args.duration)
+    row = wrk_row(target, output, peak.connections, access_log_codes(server, offset))
+    log(f"  {row.rps:.0f} requests/s, p50 {row.p50_ms:.1f} ms, p99 {row.p99_ms:.1f} ms, {row.errors} errors")
+    return row
+
+
+# --- report ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Goal:
+    name: str
+    value: float
+    bound: str
+    met: bool
+
+
+def goals(rows: dict[str, Row], pool_max_size: int) -> list[Goal]:
+    found = []
+    for name, numerator, denominator, least in RATIO_GOALS:
+        value = rows[numerator].rps / rows[denominator].rps if rows[denominator].rps else float("nan")
+        found.append(Goal(name, round(value, 2), f">= {least:g}", value >= least))
+    project = [row for row in rows.values() if row.target.server == "project"]
+    errors = sum(row.errors for row in project)
+    peak = max(row.peak_pg for row in project)
+    found.append(Goal("errors, project rows", errors, "= 0", errors == 0))
+    found.append(
+        Goal("peak PG connections, project rows", peak, f"<= {pool_max_size}", peak <= pool_max_size)
+    )
+    return found
+
+
+def table_print(rows: list[Row]) -> None:
+    width = max(len(row.target.label) for row in rows)
+    log(f"\n{'path':<{width}} {'rps':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'peak PG':>8}")
+    for row in rows:
+        log(
+            f"{row.target.label:<{width}} {row.rps:>8.0f} {row.p50_ms:>8.1f} {row.p99_ms:>8.1f} "
+            f"{row.errors:>7} {row.peak_pg:>8}"
+        )
+
+
+def goals_print(found: list[Goal], rows: dict[str, Row]) -> None:
+    log("\nrequests/s ratios of this run, and the goals:")
+    for goal in found:
+        log(f"  {goal.name:<38} {goal.value:>7g}  goal {goal.bound:<6} {'pass' if goal.met else 'MISS'}")
+    peer = rows["processing"].rps / rows["peer"].rps if rows["peer"].rps else float("nan")
+    log(f"  {'status(processing) / celery-progress':<38} {peer:>7.2f}  (no goal)")
+    log(
+        "  PG connections: every connection to the database but the baselines' and the sampler's, "
+        "against --pool-max-size, the bound of the one pool of the project's one uvicorn process"
+    )
+
+
+def errors_print(rows: list[Row], servers: dict[str, Server], args: argparse.Namespace) -> None:
+    for row in rows:
+        if row.errors:
+            log(
+                f"\n{row.target.label}: {row.bad_answers} non-2xx/3xx, socket errors {row.socket_errors} "
+                f"(timeout: no answer within {args.timeout} s); answers logged by status {row.codes}"
+            )
+    kept = "" if args.var_dir else ", removed at exit unless --var-dir is given"
+    for name in sorted({row.target.server for row in rows if row.errors}):
+        log(f"\n{name} log (access lines left out; all of it in {servers[name].log_path}{kept}):")
+        log(servers[name].log_digest())
+
+
+def report(ordered: list[Row], servers: dict[str, Server], args: argparse.Namespace) -> int:
+    rows = {row.target.key: row for row in ordered}
+    table_print(ordered)
+    found = goals(rows, args.pool_max_size)
+    goals_print(found, rows)
+    errors_print(ordered, servers, args)
+    project_errors = sum(row.errors for row in ordered if row.target.server == "project")
+    log(
+        f"\nRESULT: {'OK' if not project_errors else 'FAILED'}: {project_errors} error(s) on the project rows"
+        + (" (exit status 1)" if project_errors else "")
+    )
+    if args.save:
+        rows_found, goals_found = [asdict(row) for row in ordered], [asdict(goal) for goal in found]
+        summary = {"options": vars(args), "rows": rows_found, "goals": goals_found}
+        log(f"results: {results_save('status', summary).relative_to(ROOT)}")
+    return 1 if project_errors else 0
+
+
+# --- the run --------------------------------------------------------------------------------
+
+APPS = {"project": "downloads_project.asgi:application", "baselines": "bench.status_baselines:application"}
+# The rows, as the table shows them: key, label, server, path ({processing} and {completed}
+# are the jobs' ids, {task} the peer's task id), whether it sends the token.
+ROWS = (
+    ("processing", "project status, processing job", "project", "/v1/download/status/{processing}", True),
+    ("completed", "project status, completed job", "project", "/v1/download/status/{completed}", True),
+    ("drf", "bare DRF + token auth, 1 SQL read (baseline)", "baselines", "/status/{processing}", True),
+    ("peer", "celery-progress get_progress (peer)", "baselines", "/celery-progress/{task}/", False),
+    ("health", "project /health", "project", "/health", False),
+    ("django_health", "bare Django /health (baseline)", "baselines", "/health", False),
+)
+
+
+def targets(jobs: dict[str, str], task_id: str) -> list[Target]:
+    return [
+        Target(key, label, server, path.format(task=task_id, **jobs), authenticated)
+        for key, label, server, path, authenticated in ROWS
+    ]
+
+
+def run(args: argparse.Namespace) -> int:
+    with ExitStack() as stack:
+        var_dir = args.var_dir or Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-status-"))
+        )
+        var_dir.mkdir(parents=True, exist_ok=True)
+        database_url = postgres_database(stack, DATABASE)
+        env = bench_env(stack, var_dir, broker_db=BROKER_DB, database_url=database_url)
+        env["DATABASE_POOL_MAX_SIZE"] = str(args.pool_max_size)
+        fixture = fixture_create(env)
+        result_backend = env["CELERY_BROKER_URL"]  # the bench's own database; no message goes there
+        baselines_env = {
+            "DJANGO_SETTINGS_MODULE": "bench.status_baselines",
+            "CELERY_RESULT_BACKEND": result_backend,
+        }
+        envs = {"project": env, "baselines": env | baselines_env}
+        all_targets = targets(fixture["jobs"], peer_task_store(result_backend))
+        log(
+            f"status: PostgreSQL database {DATABASE}, Redis {env['REDIS_URL']}, "
+            f"pool max size {args.pool_max_size}; "
+            f"per row {WARMUP_S} s of warm-up, then wrk -t2 -c{args.concurrency} -d{args.duration}s "
+            f"--timeout={args.timeout}s --latency; {os.cpu_count()} CPUs, {platform.platform()}"
+        )
+        # Both at once, loaded one row at a time: the rows follow each other closely on a noisy box.
+        servers = {
+            name: stack.enter_context(uvicorn(name, app, envs[name], var_dir)) for name, app in APPS.items()
+        }
+        rows = [
+            measure(servers[target.server], target, fixture["token"], args, database_url)
+            for target in all_targets
+        ]
+        return report(rows, servers, args)
+
+
+def main(argv: list[str]) -> None:
+    if argv[:1] == ["_setup"]:
+        setup_main()
+        return
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--concurrency", type=int, default=256, help="wrk connections (default 256)")
+    parser.add_argument("--duration", type=int, default=10, help="seconds of load per row (default 10)")
+    parser.add_argument(
+        "--timeout",
+        type=int,
+        default=30,
+        help="wrk's --timeout, seconds: a slower answer counts as a timeout error and is left out of "
+        "the percentiles (default 30, as bench/load.py; wrk's own is 2)",
+    )
+    parser.add_argument(
+        "--pool-max-size",
+        type=int,
+        default=10,
+        help="DATABASE_POOL_MAX_SIZE of the project, and of the baselines (default 10)",
+    )
+    parser.add_argument(
+        "--var-dir", type=Path, help="keep VAR_DIR (the uvicorn logs) here; default: a temporary one"
+    )
+    parser.add_argument(
+        "--no-save", dest="save", action="store_false", help="do not write bench/results/status-*.json"
+    )
+    args = parser.parse_args(argv)
+    if args.concurrency < 2 or args.duration < 1 or args.timeout < 1 or args.pool_max_size < 2:
+        parser.error(
+            "--concurrency must be at least 2 (wrk's 2 threads), --duration and --timeout 1, "
+            "--pool-max-size 2 (the pool's min size)"
+        )
+    if shutil.which("wrk") is None:
+        sys.exit("status: wrk is missing; install it: apt-get install wrk")
+    if importlib.util.find_spec("celery_progress") is None:
+        sys.exit(
+            "status: celery-progress is missing; install it: .venv/bin/pip install -r bench/requirements.txt"
+        )
+    install_signal_handlers()
+    try:
+        code = run(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted; cleaned up", file=sys.stderr)
+        raise SystemExit(130) from None
+    raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
