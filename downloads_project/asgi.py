@@ -1,22 +1,34 @@
+"""The ASGI application that uvicorn serves: WebSockets through Channels, HTTP through
+Django's WSGI handler on a pool of threads.
+
+Every HTTP view of the service is synchronous (DRF, the admin, the page). Under Django's
+ASGI handler each request gets a thread of its own, made and joined per request, and the
+middleware and the request signals hop between the event loop and that thread several
+times: measured under uvicorn, that cost more than the work of a status poll. Here a
+request runs start to end (signals, middleware, view, closing) in one thread of a
+bounded pool (`WEB_THREADS`) that a2wsgi keeps, and its response streams back through the
+event loop. The thread that served a request returns its database connection to the
+pool (settings.DATABASES) when the request finishes.
+"""
+
 import logging
 import os
-
-import django
 
 from downloads_project import roles
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "downloads_project.settings")
 # A web process: its database connections come from a pool (settings.DATABASES).
 roles.declare_web()
+
+from django.core.wsgi import get_wsgi_application  # noqa: E402
+
 # Django must be set up before anything imports models (the consumers do).
-django.setup(set_prefix=False)
+django_wsgi_app = get_wsgi_application()
 
-from downloads_project.handlers import SyncASGIHandler  # noqa: E402
-
-django_asgi_app = SyncASGIHandler()
-
+from a2wsgi import WSGIMiddleware  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.contrib.staticfiles.handlers import StaticFilesHandler  # noqa: E402
 
 from downloads_project.logging import redact_handlers  # noqa: E402
 from realtime.auth import AllowedHostsOrNoOriginValidator, TokenAuthMiddlewareStack  # noqa: E402
@@ -32,7 +44,7 @@ application = ProtocolTypeRouter(
     {
         # The page's script and styles come from the app server itself (found by the
         # staticfiles finders, no collectstatic step); a proxy may serve /static/ instead.
-        "http": ASGIStaticFilesHandler(django_asgi_app),
+        "http": WSGIMiddleware(StaticFilesHandler(django_wsgi_app), workers=settings.WEB_THREADS),  # type: ignore[arg-type]
         # Session cookie or `?token=`; browsers must come from a page of ALLOWED_HOSTS.
         "websocket": AllowedHostsOrNoOriginValidator(
             TokenAuthMiddlewareStack(URLRouter(websocket_urlpatterns))

@@ -57,6 +57,11 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
+# HTTP requests of a web process run on a pool of this many threads (downloads_project/
+# asgi.py); a request beyond them waits for a free thread. Those that need the database
+# borrow one of its DATABASE_POOL_MAX_SIZE connections; polling needs none.
+WEB_THREADS = env.int("WEB_THREADS", default=20)
+
 ROOT_URLCONF = "downloads_project.urls"
 WSGI_APPLICATION = "downloads_project.wsgi.application"
 ASGI_APPLICATION = "downloads_project.asgi.application"
@@ -173,6 +178,12 @@ CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=f"{REDIS_URL}/0")
 REDIS_STATE_URL = env("REDIS_STATE_URL", default=f"{REDIS_URL}/1")
 CHANNEL_LAYER_URL = env("CHANNEL_LAYER_URL", default=f"{REDIS_URL}/2")
 REDIS_CACHE_URL = env("REDIS_CACHE_URL", default=f"{REDIS_URL}/3")  # may evict
+
+# Hot state: connections per process at most, how long a thread waits for one, and how
+# long a command may take before it counts as a fault of Redis.
+REDIS_POOL_MAX_CONNECTIONS = env.int("REDIS_POOL_MAX_CONNECTIONS", default=50)
+REDIS_POOL_TIMEOUT_S = env.float("REDIS_POOL_TIMEOUT_S", default=5.0)
+REDIS_SOCKET_TIMEOUT_S = env.float("REDIS_SOCKET_TIMEOUT_S", default=5.0)
 
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_CACHE_URL}}
 
