@@ -58,7 +58,13 @@ ROOT = Path(__file__).resolve().parent.parent
 # `realtime` package (an installed app): the project's root takes its place.
 sys.path[:] = [str(ROOT)] + [entry for entry in sys.path if Path(entry or ".").resolve() != ROOT / "bench"]
 
-from bench.sandbox import bench_env, install_signal_handlers, postgres_database, results_save  # noqa: E402
+from bench.sandbox import (  # noqa: E402
+    bench_env,
+    install_signal_handlers,
+    postgres_database,
+    results_save,
+    run_until_interrupted,
+)
 from jobs.tests.local_servers import free_port, s3_endpoint, wait_for_port  # noqa: E402
 
 BROKER_DB = 8  # a broker database of its own (staging and realtime use 9)
@@ -1061,13 +1067,7 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if args.users < 1 or args.poll_interval <= 0.2:
         parser.error("--users must be at least 1 and --poll-interval more than 0.2 s")
-    install_signal_handlers()
-    try:
-        code = driver_main(args)
-    except KeyboardInterrupt:
-        print("\ninterrupted; cleaned up", file=sys.stderr)
-        raise SystemExit(130) from None
-    raise SystemExit(code)
+    run_until_interrupted(lambda: driver_main(args))
 
 
 if __name__ == "__main__":

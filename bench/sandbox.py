@@ -9,10 +9,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,6 +82,18 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 def install_signal_handlers() -> None:
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
+
+
+def run_until_interrupted(main: Callable[[], int]) -> NoReturn:
+    """Runs a benchmark's `main` with Ctrl-C and SIGTERM unwinding its cleanup, and exits
+    with its code, or 130 when interrupted."""
+    install_signal_handlers()
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print("\ninterrupted; cleaned up", file=sys.stderr)
+        raise SystemExit(130) from None
+    raise SystemExit(code)
 
 
 def results_save(name: str, data: Any) -> Path:

@@ -43,9 +43,9 @@ sys.path[:] = [str(ROOT)] + [entry for entry in sys.path if Path(entry or ".").r
 
 from bench.sandbox import (  # noqa: E402
     bench_env,
-    install_signal_handlers,
     postgres_database,
     results_save,
+    run_until_interrupted,
 )
 from jobs.tests.local_servers import free_port, wait_for_port  # noqa: E402
 
@@ -505,13 +505,7 @@ def main(argv: list[str]) -> None:
         sys.exit(
             "status: celery-progress is missing; install it: .venv/bin/pip install -r bench/requirements.txt"
         )
-    install_signal_handlers()
-    try:
-        code = run(args)
-    except KeyboardInterrupt:
-        print("\ninterrupted; cleaned up", file=sys.stderr)
-        raise SystemExit(130) from None
-    raise SystemExit(code)
+    run_until_interrupted(lambda: run(args))
 
 
 if __name__ == "__main__":
