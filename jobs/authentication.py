@@ -1,24 +1,30 @@
 """API tokens, resolved without a database query on the polling path.
 
 DRF's `TokenAuthentication` reads the token and its user from the database on every
-request. `CachedTokenAuthentication` keeps the user of a valid token in the cache for
-TOKEN_CACHE_TTL_S, and the signals below drop it at once when the token is deleted or
-replaced, or its user is changed or deleted, so a revoked token or a deactivated user is
-refused on the next request. The cache is a shortcut only: when it cannot be reached,
-the database answers as before.
+request. `CachedTokenAuthentication` keeps the user of a valid token in hot-state Redis
+for TOKEN_CACHE_TTL_S, and the signals below drop it at once when the token is deleted
+or replaced, or its user is changed or deleted, so a revoked token or a deactivated user
+is refused on the next request. The cache is a shortcut only: when Redis cannot be
+reached, the database answers as before.
+
+Hot-state Redis rather than Django's cache: Django makes a cache client per request
+context, and so, under ASGI, a new Redis connection per request; hot state has one pool
+per process (and never evicts, so a dropped entry stays dropped).
 """
 
 import hashlib
+import json
 import logging
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.core.cache import cache
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.authtoken.models import Token
+
+from . import hotstate
 
 logger = logging.getLogger(__name__)
 
@@ -33,26 +39,26 @@ def _cache_key(key: str) -> str:
 
 def _cached_user(key: str) -> User | None:
     try:
-        values = cache.get(_cache_key(key))
+        raw = hotstate.client().get(_cache_key(key))
     except Exception:
         logger.warning("Token cache unreachable; reading the token from the database", exc_info=True)
         return None
-    if values is None:
+    if raw is None:
         return None
-    return User.from_db("default", list(_USER_FIELDS), list(values))
+    return User.from_db("default", list(_USER_FIELDS), json.loads(raw))
 
 
 def _remember(key: str, user: User) -> None:
-    values = tuple(getattr(user, name) for name in _USER_FIELDS)
+    values = [getattr(user, name) for name in _USER_FIELDS]
     try:
-        cache.set(_cache_key(key), values, timeout=settings.TOKEN_CACHE_TTL_S)
+        hotstate.client().set(_cache_key(key), json.dumps(values), ex=settings.TOKEN_CACHE_TTL_S)
     except Exception:
         logger.warning("Could not cache a token's user", exc_info=True)
 
 
 def _forget(*keys: str) -> None:
     try:
-        cache.delete_many([_cache_key(key) for key in keys])
+        hotstate.client().delete(*(_cache_key(key) for key in keys))
     except Exception:
         # The entry lives TOKEN_CACHE_TTL_S at most.
         logger.warning("Could not drop a token from the cache", exc_info=True)

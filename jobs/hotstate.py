@@ -22,7 +22,18 @@ if TYPE_CHECKING:
 
 @cache
 def client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_STATE_URL, health_check_interval=30)
+    """The process's client of hot-state Redis. Its pool is shared by every thread, and a
+    web process runs each request in a thread of its own: a busy pool makes a thread wait
+    for a connection (at most REDIS_POOL_TIMEOUT_S) rather than fail or open one more."""
+    pool = redis.BlockingConnectionPool.from_url(
+        settings.REDIS_STATE_URL,
+        max_connections=settings.REDIS_POOL_MAX_CONNECTIONS,
+        timeout=settings.REDIS_POOL_TIMEOUT_S,
+        socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT_S,
+        socket_timeout=settings.REDIS_SOCKET_TIMEOUT_S,
+        health_check_interval=30,
+    )
+    return redis.Redis(connection_pool=pool)
 
 
 def _progress_key(job_id: str) -> str:

@@ -42,6 +42,17 @@ def _snapshot(user: Any, job_id: str) -> tuple[dict[str, Any], int] | None:
     return selectors.download_job_status(job=card, hot=hot), card.attempts
 
 
+@database_sync_to_async
+def _row_status(user: Any, job_id: str) -> dict[str, Any] | None:
+    """The job's status object from its row, not its card: what a quiet socket checks
+    against, in case both an event and the card's replacement were lost."""
+    try:
+        job = selectors.download_job_get_for_owner(owner=user, job_id=job_id)
+    except DownloadJob.DoesNotExist:
+        return None
+    return selectors.download_job_status(job=job, hot=selectors.download_job_hot([job]).get(job_id))
+
+
 class JobConsumer(AsyncJsonWebsocketConsumer):
     job_id: str
     group: str | None = None
@@ -146,12 +157,11 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
     async def _resync(self) -> bool:
         """Reads the row; if the job has ended, sends that as the event the socket missed
         and closes. Returns True if it closed."""
-        found = await _snapshot(self.scope["user"], self.job_id)
-        if found is None or found[0]["status"] in ACTIVE_STATUSES:
+        found = await _row_status(self.scope["user"], self.job_id)
+        if found is None or found["status"] in ACTIVE_STATUSES:
             return False
-        status = found[0]["status"]
-        event_type = {Status.COMPLETED: "completed", Status.FAILED: "error"}.get(status, "cancelled")
-        await self._send({**found[0], "type": event_type, "timestamp": selectors.iso(timezone.now())})
+        event_type = {Status.COMPLETED: "completed", Status.FAILED: "error"}.get(found["status"], "cancelled")
+        await self._send({**found, "type": event_type, "timestamp": selectors.iso(timezone.now())})
         await self._close()
         return True
 
