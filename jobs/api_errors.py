@@ -15,6 +15,7 @@ from typing import Any
 import redis
 from django import db
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
 from rest_framework import exceptions, status
@@ -83,6 +84,8 @@ def _envelope(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
         return exc.status_code, {"success": False, "error": exc.error}, exc.headers
     if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
         return 401, error_body("UNAUTHENTICATED", str(exc.detail)), {}
+    if isinstance(exc, RequestDataTooBig):  # past DATA_UPLOAD_MAX_MEMORY_SIZE
+        return 413, error_body("PAYLOAD_TOO_LARGE", "The request body is too large"), {}
     if isinstance(exc, exceptions.ParseError):
         return 400, error_body("VALIDATION_ERROR", "Malformed JSON body"), {}
     if isinstance(exc, exceptions.ValidationError):

@@ -3,9 +3,12 @@
 `/health` says the process answers, and touches nothing (a liveness probe that checked
 the database would restart every web process when the database blips). `/ready` checks
 what a request needs: the database, the Redis servers (broker, hot state, channel layer)
-and the downloads storage, each with a short timeout; 503 names what failed.
+and the downloads storage, each with a short timeout; 503 names what failed. The answer
+says only which check failed: the error itself (host names, users) goes to the log.
+`/ready` and `/metrics` are for the orchestrator and Prometheus, not the public edge.
 """
 
+import logging
 import os
 from functools import cache
 from pathlib import Path
@@ -25,6 +28,8 @@ from . import metrics
 from .storage import downloads_storage
 
 CHECK_TIMEOUT_S = 2.0
+
+logger = logging.getLogger(__name__)
 
 
 @require_GET
@@ -113,21 +118,22 @@ def _storage() -> None:
         raise OSError(f"{location} is not a writable folder")
 
 
-def _run(check: Any, *args: Any) -> str:
+def _run(name: str, check: Any, *args: Any) -> str:
     try:
         check(*args)
     except Exception as error:
-        return f"error: {type(error).__name__}: {error}"[:300]
+        logger.warning("Readiness check %s failed: %s: %s", name, type(error).__name__, error)
+        return "failed"
     return "ok"
 
 
 @require_GET
 @never_cache
 def ready(request: HttpRequest) -> JsonResponse:
-    checks = {"database": _run(_database)}
+    checks = {"database": _run("database", _database)}
     for name, url in _redis_urls().items():
-        checks[name] = _run(_redis, url)
-    checks["storage"] = _run(_storage)
+        checks[name] = _run(name, _redis, url)
+    checks["storage"] = _run("storage", _storage)
     failed = sorted(name for name, result in checks.items() if result != "ok")
     body: dict[str, Any] = {"status": "unavailable" if failed else "ok", "checks": checks}
     if failed:

@@ -341,6 +341,7 @@ def test_static_files_come_from_nginx(proxy):
         script = client.get("/static/downloads.js")
         only_nginx = client.get("/static/nginx-only.txt")
         metrics = client.get("/metrics")
+        ready = client.get("/ready")
 
     assert script.status_code == 200
     assert script.content == (ROOT / "static" / "downloads.js").read_bytes()
@@ -348,6 +349,7 @@ def test_static_files_come_from_nginx(proxy):
     assert only_nginx.status_code == 200
     assert only_nginx.text == "served by nginx\n"
     assert metrics.status_code == 404  # not on the public side
+    assert ready.status_code == 404  # for the orchestrator, which asks the web processes directly
 
 
 def test_plain_http_is_sent_to_https(proxy):

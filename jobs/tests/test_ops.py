@@ -78,7 +78,7 @@ def test_ready_is_503_naming_redis_when_it_is_unreachable(
     body = response.json()
     assert body["status"] == "unavailable"
     assert body["failed"] == ["redis_broker", "redis_state"]
-    assert body["checks"]["redis_broker"].startswith("error: ConnectionError")
+    assert body["checks"]["redis_broker"] == "failed"
     assert body["checks"]["database"] == body["checks"]["storage"] == "ok"
 
 
