@@ -82,6 +82,28 @@ def _fresh_cache() -> None:
         OriginBreaker(breaker.name).reset()
 
 
+# --- settings as a new process reads them ------------------------------------------------
+
+
+def manage(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`manage.py ARGS` in a process of its own, with `env` as its whole environment."""
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.fixture
+def clean_env(tmp_path: Path) -> dict[str, str]:
+    """This environment without any DJANGO_* or TLS variable, on a scratch SQLite database."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("DJANGO_", "PYTEST", "TRUST_X_", "USE_X_", "DATABASE_URL"))
+    }
+    env |= {"VAR_DIR": str(tmp_path), "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
+    return env
+
+
 # --- storage and broker ------------------------------------------------------------------
 
 

@@ -122,6 +122,18 @@ X_FRAME_OPTIONS = "DENY"
 CSRF_COOKIE_HTTPONLY = False
 if SECURE and not DEBUG and SECRET_KEY == EMBEDDED_SECRET_KEY:
     raise ImproperlyConfigured("DJANGO_SECURE is on: set DJANGO_SECRET_KEY to a long random value")
+# The public key signs sessions, CSRF tokens and download links: it may serve only this
+# machine's own loopback names. The example files' placeholders are never a secret.
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
+if SECRET_KEY == EMBEDDED_SECRET_KEY and not set(ALLOWED_HOSTS) <= LOOPBACK_HOSTS:
+    raise ImproperlyConfigured(
+        "DJANGO_ALLOWED_HOSTS names hosts beyond this machine's loopback: "
+        "set DJANGO_SECRET_KEY to a long random value (50+ characters)"
+    )
+if SECRET_KEY != EMBEDDED_SECRET_KEY and "change-me" in SECRET_KEY:
+    raise ImproperlyConfigured(
+        "DJANGO_SECRET_KEY is an example file's placeholder: set it to a long random value (50+ characters)"
+    )
 
 # --- Database ----------------------------------------------------------------------------
 

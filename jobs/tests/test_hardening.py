@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
+from conftest import manage
 from jobs.models import DownloadJob
 
 pytestmark = pytest.mark.django_db
@@ -37,3 +38,30 @@ def test_ready_names_the_failed_check_without_its_details(
     assert "internal-broker" not in response.content.decode()
     # The operator finds the details in the log.
     assert any("internal-broker" in record.getMessage() for record in caplog.records)
+
+
+# --- 11: weak secrets outside DJANGO_SECURE --------------------------------------------------
+
+
+def test_the_embedded_secret_key_is_refused_for_hosts_beyond_loopback(clean_env: dict[str, str]) -> None:
+    env = clean_env | {"DJANGO_ALLOWED_HOSTS": "downloads.example.com"}
+    result = manage(["check"], env)
+    assert result.returncode != 0
+    assert "set DJANGO_SECRET_KEY" in result.stderr
+
+
+def test_the_example_files_placeholder_secret_is_refused(clean_env: dict[str, str]) -> None:
+    env = clean_env | {"DJANGO_SECRET_KEY": "change-me-to-50-or-more-random-characters"}
+    result = manage(["check"], env)
+    assert result.returncode != 0
+    assert "placeholder" in result.stderr
+
+
+def test_the_embedded_secret_key_serves_loopback(clean_env: dict[str, str]) -> None:
+    assert manage(["check"], clean_env).returncode == 0
+
+
+def test_runstack_refuses_a_public_address_with_the_embedded_secret_key(clean_env: dict[str, str]) -> None:
+    result = manage(["runstack", "--host", "0.0.0.0"], clean_env)
+    assert result.returncode != 0
+    assert "set DJANGO_SECRET_KEY" in result.stderr

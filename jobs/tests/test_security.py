@@ -32,7 +32,7 @@ from uvicorn.logging import AccessFormatter
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as websocket_connect
 
-from conftest import database_url
+from conftest import database_url, manage
 from downloads_project.asgi import application
 from downloads_project.logging import REDACTED, RedactSecrets, redact, redact_handlers
 from jobs.models import DownloadJob, Status, new_job_id
@@ -57,24 +57,6 @@ def make_job(owner: User, **fields: Any) -> DownloadJob:
 
 
 # --- settings: check --deploy and the embedded default -------------------------------------
-
-
-def manage(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
-
-
-@pytest.fixture
-def clean_env(tmp_path: Path) -> dict[str, str]:
-    """This environment without any DJANGO_* or TLS variable, on a scratch SQLite database."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("DJANGO_", "PYTEST", "TRUST_X_", "USE_X_", "DATABASE_URL"))
-    }
-    env |= {"VAR_DIR": str(tmp_path), "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
-    return env
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from rest_framework.authtoken.models import Token
 
 from downloads_project.embedded import embedded_redis
@@ -38,6 +38,11 @@ class Command(BaseCommand):
         parser.add_argument("--concurrency", type=int, default=2, help="worker processes")
 
     def handle(self, *args: Any, host: str, port: int, concurrency: int, **options: Any) -> None:
+        if host not in settings.LOOPBACK_HOSTS and settings.SECRET_KEY == settings.EMBEDDED_SECRET_KEY:
+            raise CommandError(
+                f"--host {host} serves beyond this machine: set DJANGO_SECRET_KEY to a long random value "
+                "(and DJANGO_ALLOWED_HOSTS to the names clients use)"
+            )
         call_command("migrate", interactive=False, verbosity=0)
         token = self._demo_user()
         with ExitStack() as stack:
