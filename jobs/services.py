@@ -9,6 +9,7 @@ Work that must follow a write (dispatching the task, publishing an event) runs o
 import logging
 import random
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -69,6 +70,13 @@ def _transition(job: DownloadJob, to_status: str, *, attempt: int | None = None,
         setattr(job, name, value)
 
 
+def _on_commit(callback: Callable[[], Any]) -> None:
+    """Runs `callback` once the transaction commits. Robust: one that fails is logged and
+    the others still run (a Redis error at a cancel must not skip the upload's abort), and
+    a committed change is never answered as a failure."""
+    transaction.on_commit(callback, robust=True)
+
+
 def _write(rows: QuerySet[DownloadJob], job: DownloadJob, **fields: Any) -> bool:
     """Every write of a job row goes through here: `rows` is the compare-and-swap (the
     row of `job` as the caller expects it). Raises the row's version and, once the write
@@ -98,7 +106,7 @@ def _card_replace_on_commit(job: DownloadJob) -> None:
         except Exception:
             logger.warning("Could not write the card of %s", job_id, exc_info=True)
 
-    transaction.on_commit(replace)
+    _on_commit(replace)
 
 
 def _publish_on_commit(job: DownloadJob, event_type: str, **extra: Any) -> None:
@@ -108,7 +116,7 @@ def _publish_on_commit(job: DownloadJob, event_type: str, **extra: Any) -> None:
         "timestamp": iso(timezone.now()),
         **extra,
     }
-    transaction.on_commit(lambda: job_event_publish(job.job_id, event))
+    _on_commit(lambda: job_event_publish(job.job_id, event))
 
 
 def _queue_name(priority: str) -> str:
@@ -127,7 +135,7 @@ def _dispatch_on_commit(job: DownloadJob, *, countdown_s: float = 0) -> None:
             # The row stays queued; the reaper re-dispatches jobs queued for too long.
             logger.exception("Could not dispatch %s to the broker", job.job_id)
 
-    transaction.on_commit(send)
+    _on_commit(send)
 
 
 # --- create and cancel ----------------------------------------------------------------------
@@ -244,7 +252,7 @@ def _create_reused(
     )
     _card_replace_on_commit(job)
     _publish_on_commit(job, "completed")
-    transaction.on_commit(lambda: metrics.job_reused())
+    _on_commit(lambda: metrics.job_reused())
     logger.info("%s completed at once from the stored file of %s", job.job_id, source.job_id)
     return job
 
@@ -262,12 +270,12 @@ def download_job_cancel(*, job: DownloadJob) -> DownloadJob:
             upload_id="",
             upload_parts=[],
         )
-        transaction.on_commit(lambda: hotstate.cancel_flag_set(job.job_id))
+        _on_commit(lambda: hotstate.cancel_flag_set(job.job_id))
         # A job waiting for its retry keeps the upload of its last attempt: no worker
         # holds it, so it is aborted here (a running worker aborts its own as well).
-        transaction.on_commit(lambda: _upload_abort(key, upload_id, job.job_id))
+        _on_commit(lambda: _upload_abort(key, upload_id, job.job_id))
         _publish_on_commit(job, "cancelled")
-        transaction.on_commit(lambda: metrics.job_ended("cancelled"))
+        _on_commit(lambda: metrics.job_ended("cancelled"))
     return job
 
 
@@ -479,7 +487,7 @@ def _wait_for_origin(job: DownloadJob, wait_s: float) -> None:
             setattr(job, name, value)
         _publish_on_commit(job, "status_update")
         _dispatch_on_commit(job, countdown_s=countdown_s)
-        transaction.on_commit(lambda: metrics.job_ended("held", error.code))
+        _on_commit(lambda: metrics.job_ended("held", error.code))
     logger.info("%s waits %.0f s for the origin's circuit breaker", job.job_id, countdown_s)
 
 
@@ -549,7 +557,7 @@ def download_job_complete(*, job: DownloadJob, attempt: int, staged: StagedFile)
                 error_retryable=None,
             )
             _publish_on_commit(job, "completed")
-            transaction.on_commit(lambda: metrics.job_completed(job, size=staged.size))
+            _on_commit(lambda: metrics.job_completed(job, size=staged.size))
     except JobStateConflict:
         # Cancelled (or superseded) after the last chunk: the file must not stay behind,
         # unless a newer attempt completed the job with the same key.
@@ -590,7 +598,7 @@ def _fail(job: DownloadJob, *, attempt: int, error: JobError, dead_letter: bool 
                 )
                 _publish_on_commit(job, "status_update")
                 _dispatch_on_commit(job, countdown_s=delay_s)
-                transaction.on_commit(lambda: metrics.job_ended("retried", error.code))
+                _on_commit(lambda: metrics.job_ended("retried", error.code))
                 logger.info(
                     "%s attempt %s failed with %s; retry in %.1f s", job.job_id, attempt, error.code, delay_s
                 )
@@ -608,9 +616,9 @@ def _fail(job: DownloadJob, *, attempt: int, error: JobError, dead_letter: bool 
                     **error_fields,
                 )
                 # No attempt follows: nothing of the file may stay in storage.
-                transaction.on_commit(lambda: _upload_abort(key, upload_id, job.job_id))
+                _on_commit(lambda: _upload_abort(key, upload_id, job.job_id))
                 _publish_on_commit(job, "error")
-                transaction.on_commit(lambda: metrics.job_ended("failed", error.code))
+                _on_commit(lambda: metrics.job_ended("failed", error.code))
                 logger.warning("%s failed with %s after %s attempt(s)", job.job_id, error.code, attempt)
     except JobStateConflict:
         logger.info("%s attempt %s failed after it was cancelled or superseded", job.job_id, attempt)
@@ -656,7 +664,7 @@ def download_job_retry(*, job: DownloadJob, dead_lettered_only: bool = False) ->
             error_message="",
             error_retryable=None,
         )
-        transaction.on_commit(lambda: hotstate.cancel_flag_clear(job.job_id))
+        _on_commit(lambda: hotstate.cancel_flag_clear(job.job_id))
         _publish_on_commit(job, "status_update")
         _dispatch_on_commit(job)
     return job
@@ -774,7 +782,7 @@ def _reap_stalled(job: DownloadJob, *, heartbeat_cutoff: datetime) -> int:
             setattr(job, name, value)
         if last_attempt:
             _publish_on_commit(job, "error")
-            transaction.on_commit(lambda: metrics.job_ended("failed", error.code))
+            _on_commit(lambda: metrics.job_ended("failed", error.code))
         else:
             _publish_on_commit(job, "status_update")
             _dispatch_on_commit(job)

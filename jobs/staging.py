@@ -110,8 +110,9 @@ def stage_file(
     over (and aborts the old upload).
 
     What becomes of an unfinished upload when the work stops is the job's decision: a
-    cancel aborts it here; after any other failure it stays, for the next attempt to
-    resume or for the service to abort when the job ends."""
+    cancel aborts it here, and so does any failure before the job's row recorded the
+    upload (no one else knows of it then); after any other failure it stays, for the next
+    attempt to resume or for the service to abort when the job ends."""
     write = _resumed_write(key, checkpoint)
     offset = checkpoint.size if write is not None and checkpoint is not None else 0
     with origin.open(
@@ -136,6 +137,11 @@ def stage_file(
                 resumed_bytes=source.offset,
                 validator=source.validator,
             )
+        except BaseException:
+            # Not recorded: cancelled or superseded while the origin had not answered yet.
+            _abort(write, key)
+            raise
+        try:
             # The hash of resumed bytes died with the attempt that read them: a resumed
             # file is hashed by reading it back once stored.
             digest = hashlib.sha256() if source.offset == 0 else None

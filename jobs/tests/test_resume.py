@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from celery.exceptions import SoftTimeLimitExceeded
 from django.contrib.auth.models import User
 from django.core.files.storage import storages
@@ -249,3 +250,41 @@ def test_the_last_attempt_failing_aborts_the_upload(user, origin, storage):
     assert (job.status, job.attempts, job.dead_lettered_at is not None) == (Status.FAILED, 3, True)
     assert storage.leftovers(job) == []
     assert storage.objects(job) == []
+
+
+@committed
+def test_a_cancel_before_the_origin_answers_leaves_no_upload(user, origin, storage):
+    """The user cancels while the origin delays its headers: the attempt opens its upload
+    only after, its first write is refused, and the upload it opened must not stay."""
+    origin.add(FILE_ID, FileScript(size=SIZE))
+    job = make_job(user)
+    started = services.download_job_start(job_pk=job.pk)
+    assert started is not None
+    services.download_job_cancel(job=DownloadJob.objects.get(pk=job.pk))
+
+    assert services._attempt_run(started) is None
+
+    assert storage.leftovers(job) == []
+    assert storage.objects(job) == []
+
+
+@committed
+def test_a_redis_error_at_cancel_neither_skips_the_abort_nor_fails_the_request(
+    user, origin, storage, api_client, monkeypatch
+):
+    origin.add(FILE_ID, FileScript(size=SIZE, faults=["drop"]))
+    job = make_job(user)
+    services.download_job_run(job_pk=job.pk)  # one part stored, queued for its retry
+    job.refresh_from_db()
+    assert job.upload_parts
+
+    def redis_down(job_id: str) -> None:
+        raise redis.ConnectionError("Connection refused")
+
+    monkeypatch.setattr(services.hotstate, "cancel_flag_set", redis_down)
+    response = api_client.delete(f"/v1/download/{job.job_id}")
+
+    assert response.status_code == 200
+    job.refresh_from_db()
+    assert (job.status, job.upload_id) == (Status.CANCELLED, "")
+    assert storage.leftovers(job) == []
