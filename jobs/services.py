@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
+from django import db
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
@@ -531,7 +532,35 @@ def _attempt_run(job: DownloadJob) -> StagedFile | None:
     return staged
 
 
+# A stored file is worth a wait: a brief database outage at the final write is waited out
+# (31 s in all, well inside JOB_HEARTBEAT_STALE_S) rather than leaving the file to the reaper.
+COMPLETION_RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 16.0)
+
+
 def download_job_complete(*, job: DownloadJob, attempt: int, staged: StagedFile) -> None:
+    """Completes the attempt with its stored file. A transient database error is retried
+    with backoff; past the last try it propagates, and the next attempt finds the stored
+    file and completes with it."""
+    for delay_s in (*COMPLETION_RETRY_DELAYS_S, None):
+        try:
+            _complete(job, attempt=attempt, staged=staged)
+            return
+        except (db.OperationalError, db.InterfaceError) as error:
+            if delay_s is None:
+                raise
+            logger.warning(
+                "%s attempt %s: the completion write failed (%s); again in %.0f s",
+                job.job_id,
+                attempt,
+                error,
+                delay_s,
+            )
+            if not db.connection.in_atomic_block:
+                db.connection.close_if_unusable_or_obsolete()
+            time.sleep(delay_s)
+
+
+def _complete(job: DownloadJob, *, attempt: int, staged: StagedFile) -> None:
     now = timezone.now()
     try:
         with transaction.atomic():

@@ -13,6 +13,7 @@ import redis
 from celery.exceptions import SoftTimeLimitExceeded
 from django.contrib.auth.models import User
 from django.core.files.storage import storages
+from django.db import OperationalError
 from django.utils import timezone
 
 from jobs import services
@@ -288,3 +289,27 @@ def test_a_redis_error_at_cancel_neither_skips_the_abort_nor_fails_the_request(
     job.refresh_from_db()
     assert (job.status, job.upload_id) == (Status.CANCELLED, "")
     assert storage.leftovers(job) == []
+
+
+@committed
+def test_a_database_blip_at_completion_is_retried_and_the_file_kept(user, origin, storage, monkeypatch):
+    origin.add(FILE_ID, FileScript(size=SIZE))
+    job = make_job(user)
+    real_transition = services._transition
+    failures = [OperationalError("server closed the connection unexpectedly")] * 2
+    waits: list[float] = []
+
+    def flaky(job: DownloadJob, to_status: str, **kwargs: Any) -> None:
+        if to_status == Status.COMPLETED and failures:
+            raise failures.pop()
+        real_transition(job, to_status, **kwargs)
+
+    monkeypatch.setattr(services, "_transition", flaky)
+    monkeypatch.setattr(services.time, "sleep", waits.append)
+
+    services.download_job_run(job_pk=job.pk)
+
+    job.refresh_from_db()
+    assert job.status == Status.COMPLETED
+    assert storage.objects(job) == [job.storage_key]
+    assert waits == [1.0, 2.0]  # backoff
