@@ -74,10 +74,12 @@ def _fresh_cache() -> None:
     from django.core.cache import cache
 
     from jobs.breaker import OriginBreaker, breakers_all
+    from jobs.login_protection import login_failures_reset
     from jobs.ratelimits import rate_limits_reset
 
     cache.clear()
     rate_limits_reset()
+    login_failures_reset()
     for breaker in breakers_all():
         OriginBreaker(breaker.name).reset()
 

@@ -587,6 +587,8 @@ def driver_main(args: argparse.Namespace) -> None:
         nofile = stack.enter_context(raised_open_file_limit(max(counts) * 2 + 1024))
         var_dir = tmp / "var"
         env = bench_env(stack, var_dir, broker_db=BROKER_DB)
+        # Every subscriber is the one benchmark user: lift the per-user socket cap for it.
+        env["WEBSOCKET_MAX_PER_USER"] = str(max(counts) + 10)
         children = Children(env, tmp / "logs")
         stack.callback(children.stop_all)
         setup_out = tmp / "setup.json"

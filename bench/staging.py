@@ -125,7 +125,7 @@ class NoopHooks:
     def chunk_staged(self, *, bytes_done: int, bytes_total: int | None) -> None:
         pass
 
-    def before_commit(self) -> None:
+    def before_commit(self, *, file: Any) -> None:
         pass
 
 

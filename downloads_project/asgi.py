@@ -45,7 +45,7 @@ application = ProtocolTypeRouter(
         # The page's script and styles come from the app server itself (found by the
         # staticfiles finders, no collectstatic step); a proxy may serve /static/ instead.
         "http": WSGIMiddleware(StaticFilesHandler(django_wsgi_app), workers=settings.WEB_THREADS),  # type: ignore[arg-type]
-        # Session cookie or `?token=`; browsers must come from a page of ALLOWED_HOSTS.
+        # Session cookie or the job's `?ticket=`; browsers must come from a page of ALLOWED_HOSTS.
         "websocket": AllowedHostsOrNoOriginValidator(
             TokenAuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),

@@ -1,9 +1,9 @@
 """Keeps credentials out of the logs: `RedactSecrets`, a filter on every handler.
 
-What it hides: `?token=` keys (the WebSocket's API-client auth, which uvicorn logs with
-the path), `Authorization` values, DRF token keys, the signature and credentials of S3
-presigned URLs, the signed links of local storage (`/files/<token>`: whoever holds one
-may download the file), passwords in URLs, and the values of DJANGO_SECRET_KEY and
+What it hides: `?token=` keys and `?ticket=` tickets (the WebSocket's auth, which uvicorn
+logs with the path), `Authorization` values, DRF token keys, the signature and credentials
+of S3 presigned URLs, the signed links of local storage (`/files/<token>`: whoever holds
+one may download the file), passwords in URLs, and the values of DJANGO_SECRET_KEY and
 AWS_SECRET_ACCESS_KEY wherever they appear.
 
 A secret can sit across the format string and its arguments (`"token=%s", key`), so the
@@ -33,6 +33,8 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     # (the look-behind starts a match only where a name starts: without it the search
     # tried every position of every word, the slowest step of redacting a log line)
     (re.compile(rf"(?i)(?<![\w-])([\w-]*token=){_QUERY_VALUE}"), rf"\1{REDACTED}"),
+    # `?ticket=` of a job's websocket_url (realtime/tickets.py): short-lived, but it opens the socket.
+    (re.compile(rf"(?i)(?<![\w-])(ticket=){_QUERY_VALUE}"), rf"\1{REDACTED}"),
     (
         re.compile(rf"(?i)((?:X-Amz-Signature|X-Amz-Credential|Signature|AWSAccessKeyId)=){_QUERY_VALUE}"),
         rf"\1{REDACTED}",

@@ -5,7 +5,9 @@ With no variable set the service runs on its embedded default: SQLite, the Redis
 synthetic origin. Each production part is switched on by its variable.
 """
 
+from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -45,6 +47,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "jobs",
     "realtime",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -55,6 +58,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: answers a sign-in attempt that the login protection refused (jobs/login_protection.py).
+    "axes.middleware.AxesMiddleware",
 ]
 
 # HTTP requests of a web process run on a pool of this many threads (downloads_project/
@@ -93,6 +98,11 @@ STATIC_ROOT = VAR_DIR / "staticfiles"
 
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
+# First: refuses a locked-out sign-in before any password is checked.
+AUTHENTICATION_BACKENDS = [
+    "jobs.login_protection.LoginProtectionBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 
 # Behind a TLS-terminating proxy that sets X-Forwarded-Proto. Only switch this on when
 # the proxy strips the header from clients, or anyone can claim https.
@@ -186,6 +196,14 @@ else:
 # state and the channel layer are disposable. Point each at its own instance if needed.
 
 REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379").rstrip("/")
+if urlsplit(REDIS_URL).path.strip("/"):
+    # The URLs below append their own database numbers: `/7/0` would stop beat deep in kombu.
+    raise ImproperlyConfigured(
+        f"REDIS_URL ends in a database number ({urlsplit(REDIS_URL).path}): give the server "
+        "without a database number (redis://host:6379); "
+        "the service uses its databases 0-3, or set CELERY_BROKER_URL, REDIS_STATE_URL, "
+        "CHANNEL_LAYER_URL and REDIS_CACHE_URL one by one"
+    )
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=f"{REDIS_URL}/0")
 REDIS_STATE_URL = env("REDIS_STATE_URL", default=f"{REDIS_URL}/1")
 CHANNEL_LAYER_URL = env("CHANNEL_LAYER_URL", default=f"{REDIS_URL}/2")
@@ -243,6 +261,7 @@ CELERY_TIMEZONE = TIME_ZONE
 # no worker was up do not pile up and run back to back.
 JOB_EXPIRE_EVERY_S = env.float("JOB_EXPIRE_EVERY_S", default=300.0)
 JOB_REAP_EVERY_S = env.float("JOB_REAP_EVERY_S", default=30.0)
+JOB_PURGE_EVERY_S = env.float("JOB_PURGE_EVERY_S", default=3600.0)
 ANALYTICS_REFRESH_EVERY_S = env.float("ANALYTICS_REFRESH_EVERY_S", default=60.0)
 CELERY_BEAT_SCHEDULE = {
     "download-jobs-expire": {
@@ -254,6 +273,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "jobs.download_jobs_reap",
         "schedule": JOB_REAP_EVERY_S,
         "options": {"queue": "downloads.high", "expires": JOB_REAP_EVERY_S},
+    },
+    "download-jobs-purge": {
+        "task": "jobs.download_jobs_purge",
+        "schedule": JOB_PURGE_EVERY_S,
+        "options": {"queue": "downloads.high", "expires": JOB_PURGE_EVERY_S},
     },
     "download-analytics-refresh": {
         "task": "jobs.download_analytics_refresh",
@@ -273,7 +297,8 @@ JOB_ACTIVE_LIMIT_RETRY_AFTER_S = env.int("JOB_ACTIVE_LIMIT_RETRY_AFTER_S", defau
 # Initiate rates (`<n>/<second|minute|hour|day>`), counted in Redis so every API process
 # shares them: per user, and per client IP (see CLIENT_IP_HEADER).
 JOB_INITIATE_RATE = env("JOB_INITIATE_RATE", default="10/minute")
-JOB_INITIATE_RATE_PER_IP = env("JOB_INITIATE_RATE_PER_IP", default="10/minute")
+# Well above the per-user rate: many users share one address behind a NAT or a proxy.
+JOB_INITIATE_RATE_PER_IP = env("JOB_INITIATE_RATE_PER_IP", default="100/minute")
 # Behind a proxy, the client's address comes from this header (e.g. X-Forwarded-For or
 # X-Real-IP), and only from it: the proxy must overwrite or append to it. Of a list, the
 # entry CLIENT_IP_PROXY_COUNT from the right is taken (the one our own proxy appended).
@@ -289,6 +314,11 @@ if JOB_REUSE not in ("off", "owner", "any"):
 # A reused file is served only if it stays retained at least this long.
 JOB_REUSE_MIN_REMAINING_S = env.int("JOB_REUSE_MIN_REMAINING_S", default=3600)
 JOB_RETENTION_S = env.int("JOB_RETENTION_S", default=24 * 3600)
+# Rows of ended jobs (failed, cancelled, expired) are deleted this long after their last
+# change, by beat, in batches. Longer than the analytics window (7 days), which it keeps true.
+JOB_AUDIT_RETENTION_DAYS = env.int("JOB_AUDIT_RETENTION_DAYS", default=90)
+if JOB_AUDIT_RETENTION_DAYS <= 7:
+    raise ImproperlyConfigured("JOB_AUDIT_RETENTION_DAYS must exceed the 7 days of the analytics")
 JOB_DEFAULT_ESTIMATE_S = env.int("JOB_DEFAULT_ESTIMATE_S", default=60)
 JOB_POLLING_INTERVAL_MS = env.int("JOB_POLLING_INTERVAL_MS", default=2000)
 JOB_METADATA_MAX_BYTES = 4096
@@ -304,6 +334,12 @@ WEBSOCKET_HEARTBEAT_S = env.float("WEBSOCKET_HEARTBEAT_S", default=15.0)
 WEBSOCKET_RESYNC_S = env.float("WEBSOCKET_RESYNC_S", default=60.0)
 # ... and is closed (4408) after this long without one: the seed's 10 minutes.
 WEBSOCKET_IDLE_TIMEOUT_S = env.float("WEBSOCKET_IDLE_TIMEOUT_S", default=600.0)
+# Sockets one user may hold open at once, counted on every web process (hot-state Redis);
+# one more is closed 4429. The page opens one per active job (JOB_MAX_ACTIVE_PER_USER).
+WEBSOCKET_MAX_PER_USER = env.int("WEBSOCKET_MAX_PER_USER", default=20)
+# A job's websocket_url carries a signed ticket, not a credential: it opens that job's
+# socket, for its owner, this long after it was minted (initiate, or an active job's status).
+WEBSOCKET_TICKET_TTL_S = env.int("WEBSOCKET_TICKET_TTL_S", default=300)
 PROGRESS_DB_INTERVAL_S = env.float("PROGRESS_DB_INTERVAL_S", default=5.0)
 HOT_STATE_TTL_S = env.int("HOT_STATE_TTL_S", default=3600)
 # Polling reads a job's card (a copy of its row in hot-state Redis, replaced after each
@@ -323,6 +359,30 @@ JOB_QUEUED_STALE_S = env.float("JOB_QUEUED_STALE_S", default=600.0)
 STAGING_CHUNK_BYTES = env.int("STAGING_CHUNK_BYTES", default=1024 * 1024)
 # S3 needs parts of at least 5 MiB (but the last); memory per job is about one part.
 STAGING_PART_BYTES = env.int("STAGING_PART_BYTES", default=8 * 1024 * 1024)
+
+# --- Login protection --------------------------------------------------------------------
+# Failed sign-ins (the login page and the admin's) are counted in hot-state Redis, shared by
+# every web process, through django-axes (jobs/login_protection.py): per username at a
+# client address, and per address. LOGIN_FAILURE_LIMIT failures of one username from one
+# address within LOGIN_LOCKOUT_S, or LOGIN_FAILURE_LIMIT_PER_IP of any usernames, refuse
+# its sign-ins for LOGIN_LOCKOUT_S: a 429 login page that says when to try again.
+LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
+LOGIN_FAILURE_LIMIT_PER_IP = env.int("LOGIN_FAILURE_LIMIT_PER_IP", default=20)
+LOGIN_LOCKOUT_S = env.int("LOGIN_LOCKOUT_S", default=900)
+if min(LOGIN_FAILURE_LIMIT, LOGIN_FAILURE_LIMIT_PER_IP, LOGIN_LOCKOUT_S) < 1:
+    raise ImproperlyConfigured(
+        "LOGIN_FAILURE_LIMIT, LOGIN_FAILURE_LIMIT_PER_IP and LOGIN_LOCKOUT_S must be 1 or more"
+    )
+AXES_HANDLER = "jobs.login_protection.LoginFailureHandler"
+AXES_LOCKOUT_CALLABLE = "jobs.login_protection.login_lockout_response"
+AXES_CLIENT_IP_CALLABLE = "jobs.ratelimits.client_ip"  # the rate limits' rule (CLIENT_IP_HEADER)
+# What the handler counts (axes names it in its start-up log line).
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"], "ip_address"]
+AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(seconds=LOGIN_LOCKOUT_S)
+# A refused attempt tests no password: it is not counted and does not lengthen the wait.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_ENABLE_ADMIN = False  # its admin pages list database records; the counts are in Redis
 
 # --- Alerts (spec 6.3) ----------------------------------------------------------------------
 # Beat's jobs.download_alerts_check logs a WARNING while one fires; /metrics exposes the
@@ -349,6 +409,11 @@ if JOB_HEARTBEAT_STALE_S <= 2 * (ORIGIN_READ_TIMEOUT_S + PROGRESS_DB_INTERVAL_S)
         "JOB_HEARTBEAT_STALE_S must exceed twice ORIGIN_READ_TIMEOUT_S + PROGRESS_DB_INTERVAL_S, "
         "or the reaper would restart live jobs"
     )
+# The http origin connects to ORIGIN_URL_TEMPLATE's scheme, host and port, trusted as
+# configured, and follows at most ORIGIN_MAX_REDIRECTS redirects, there or to these hosts
+# only ("host" on its scheme's port, "host:port"), which must resolve to public addresses.
+ORIGIN_ALLOWED_HOSTS = env.list("ORIGIN_ALLOWED_HOSTS", default=[])
+ORIGIN_MAX_REDIRECTS = env.int("ORIGIN_MAX_REDIRECTS", default=5)
 ORIGIN_DIRECTORY = env("ORIGIN_DIRECTORY", default=str(VAR_DIR / "origin"))
 # Synthetic origin: deterministic bytes at a fixed rate, sized so a demo job takes ~20 s.
 SYNTHETIC_FILE_BYTES = env.int("SYNTHETIC_FILE_BYTES", default=40 * 1024 * 1024)

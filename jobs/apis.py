@@ -2,6 +2,7 @@
 the envelope `{"success": true, "data": ...}`. Errors are shaped by `api_errors`."""
 
 from typing import Any
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.urls import reverse
@@ -14,9 +15,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from realtime.tickets import websocket_ticket_mint
+
 from . import openapi, ratelimits, selectors, services
 from .api_errors import ApiError, job_not_found
-from .models import DownloadJob, Status
+from .models import ACTIVE_STATUSES, DownloadJob, Status
 from .serializers import (
     DownloadJobInitiateSerializer,
     DownloadJobListFilterSerializer,
@@ -26,6 +29,15 @@ from .serializers import (
 
 def ok(data: Any, *, status_code: int = status.HTTP_200_OK) -> Response:
     return Response({"success": True, "data": data}, status=status_code)
+
+
+def _websocket_url(request: Request, job_id: str) -> str:
+    """The job's socket on the request's own host and scheme, with a ticket that opens it
+    for WEBSOCKET_TICKET_TTL_S (realtime/tickets.py): no credential in a URL that proxies log."""
+    scheme = "wss" if request.is_secure() else "ws"
+    path = reverse("download-job-subscribe", kwargs={"job_id": job_id})
+    ticket = websocket_ticket_mint(user_id=request.user.pk, job_id=job_id)  # type: ignore[arg-type]
+    return f"{scheme}://{request.get_host()}{path}?{urlencode({'ticket': ticket})}"
 
 
 def _owned_job(request: Request, job_id: str) -> DownloadJob:
@@ -100,15 +112,13 @@ class DownloadJobInitiateApi(APIView):
         return self._answer(request, job)
 
     def _answer(self, request: Request, job: DownloadJob) -> Response:
-        scheme = "wss" if request.is_secure() else "ws"
-        subscribe_path = reverse("download-job-subscribe", kwargs={"job_id": job.job_id})
         return ok(
             {
                 "job_id": job.job_id,
                 "status": job.status,
                 "estimated_time": selectors.download_job_estimate_s(),
                 "polling_interval": settings.JOB_POLLING_INTERVAL_MS,
-                "websocket_url": f"{scheme}://{request.get_host()}{subscribe_path}",
+                "websocket_url": _websocket_url(request, job.job_id),
             }
         )
 
@@ -126,7 +136,12 @@ class DownloadJobStatusApi(APIView):
             card, hot = selectors.download_job_card_for_owner(owner_id=request.user.pk, job_id=job_id)  # type: ignore[arg-type]
         except DownloadJob.DoesNotExist:
             raise job_not_found() from None
-        return ok(selectors.download_job_status(job=card, hot=hot))
+        data = selectors.download_job_status(job=card, hot=hot)
+        if data["status"] in ACTIVE_STATUSES:
+            # A fresh ticket: the one of initiate's websocket_url may be past its TTL by the
+            # time a client reconnects.
+            data = {**data, "websocket_url": _websocket_url(request, job_id)}
+        return ok(data)
 
 
 class DownloadJobApi(APIView):

@@ -20,6 +20,8 @@ class ErrorCode(StrEnum):
     INVALID_FILE_ID = "INVALID_FILE_ID"
     PERMISSION_DENIED = "PERMISSION_DENIED"
     FILE_TOO_LARGE = "FILE_TOO_LARGE"
+    # The origin sent the worker elsewhere than the origin and the hosts allowed for it.
+    ORIGIN_REDIRECT_REFUSED = "ORIGIN_REDIRECT_REFUSED"
     # The job ran past its time limit: another attempt would run past it again.
     DOWNLOAD_TIMEOUT = "DOWNLOAD_TIMEOUT"
 

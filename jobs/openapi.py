@@ -1,6 +1,7 @@
 """The OpenAPI description of the REST API (API.md), for drf-spectacular: the shapes that
 the views of `apis.py` build by hand (`selectors.download_job_status` and friends) and the
-error envelope of `api_errors.py`. Documentation only: nothing here validates or renders.
+error envelope of `api_errors.py`. Documentation only: nothing here validates or renders,
+but for `JOB_ID_PATH_REGEX`, the job id of every route, HTTP and WebSocket alike.
 
 The views reference these through `@extend_schema`; `jobs/tests/test_openapi.py` holds a
 live server to this description, so a change to a body that is not made here fails there.
@@ -23,6 +24,12 @@ from .serializers import MAX_FILE_ID
 # The job id of API.md: `job_` + lowercase hex from a CSPRNG (`models.new_job_id`), at
 # most 50 characters (the column).
 JOB_ID_PATTERN = r"^job_[0-9a-f]{24,46}$"
+# What the routes take as a job id, over HTTP (`urls.JobIdConverter`) and on the WebSocket
+# (`realtime.routing`); a path with anything else matches no route (404, or 4404 on the
+# socket). Wider than the ids themselves, so that a well-formed id that names no job of the
+# caller's is answered JOB_NOT_FOUND. Defined here, where both can import it (this module
+# imports no view).
+JOB_ID_PATH_REGEX = "[A-Za-z0-9_-]{1,64}"
 
 
 @extend_schema_field({"type": "boolean", "enum": [True]})
@@ -80,6 +87,14 @@ class JobStatusSerializer(serializers.Serializer[dict[str, Any]]):
     next_retry_at = serializers.DateTimeField(
         required=False, allow_null=True, help_text="When queued again after a failed attempt."
     )
+    # queued or processing, in the status answer (not in the list's items)
+    websocket_url = serializers.CharField(
+        required=False,
+        help_text=(
+            "When queued or processing, in `GET /v1/download/status/{job_id}` only: the job's "
+            "WebSocket with a fresh ticket, as initiate gives it."
+        ),
+    )
 
 
 class DownloadJobCreatedSerializer(serializers.Serializer[dict[str, Any]]):
@@ -90,7 +105,13 @@ class DownloadJobCreatedSerializer(serializers.Serializer[dict[str, Any]]):
     )
     estimated_time = serializers.IntegerField(min_value=0, help_text="Seconds.")
     polling_interval = serializers.IntegerField(min_value=0, help_text="Milliseconds.")
-    websocket_url = serializers.CharField(help_text="`ws(s)://<host>/v1/download/subscribe/<job_id>`.")
+    websocket_url = serializers.CharField(
+        help_text=(
+            "`ws(s)://<host>/v1/download/subscribe/<job_id>?ticket=<ticket>`: the ticket opens this "
+            "job's socket, for this user, within WEBSOCKET_TICKET_TTL_S (300 s); it grants nothing "
+            "else. The status of an active job carries a fresh one."
+        )
+    )
 
 
 class DownloadLinkSerializer(serializers.Serializer[dict[str, Any]]):
@@ -155,10 +176,9 @@ VALIDATION_ERROR = _error(
 UNAUTHENTICATED = _error("Unauthenticated", ["UNAUTHENTICATED"])
 CSRF_FAILED = _error("PermissionDenied", ["PERMISSION_DENIED"])
 UNSUPPORTED_MEDIA_TYPE = _error("UnsupportedMediaType", ["UNSUPPORTED_MEDIA_TYPE"])
-# A job_id outside the alphabet of job ids (`[A-Za-z0-9_-]{1,64}`) names no path at all.
 _NO_SUCH_JOB = (
     "JOB_NOT_FOUND: no job of yours has this id. "
-    "NOT_FOUND: the id is not even of the job id alphabet, so no such path."
+    f"NOT_FOUND: the id is not even of the job id alphabet (`{JOB_ID_PATH_REGEX}`), so no such path."
 )
 JOB_NOT_FOUND = _error("JobNotFound", ["JOB_NOT_FOUND", "NOT_FOUND"], _NO_SUCH_JOB)
 JOB_NOT_FOUND_OR_NOT_READY = _error(

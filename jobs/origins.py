@@ -8,21 +8,28 @@ An attempt that resumes asks for the file from an offset, with the validator the
 attempt was given (an HTTP `Range` with `If-Range`). The origin starts there only if it
 can and the file is still the same version; otherwise it sends the whole file, and says
 so by `OriginFile.offset`, which is where its chunks start.
+
+Whatever an origin announces, no more bytes are read than it announced nor than
+JOB_MAX_FILE_BYTES allows; its type and validator are kept only if they are well formed
+and fit the job's columns.
 """
 
+import ipaddress
 import mimetypes
 import os
 import random
 import re
+import socket
 import time
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from email.message import Message
 from email.utils import collapse_rfc2231_value
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import httpx
 from django.conf import settings
@@ -30,6 +37,9 @@ from django.conf import settings
 from .errors import ErrorCode, JobError
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
+# The longest header value of the origin's that a job keeps: its columns `content_type`
+# and `origin_validator` (jobs/models.py) hold 255 characters.
+HEADER_VALUE_MAX_CHARS = 255
 
 
 @dataclass
@@ -92,6 +102,32 @@ def _check_size(size: int | None) -> None:
         )
 
 
+def read_size_check(bytes_read: int) -> None:
+    """FILE_TOO_LARGE as soon as more bytes of a file arrived than the limit allows,
+    whatever its origin announced: checked before the chunk that crosses it is used."""
+    if bytes_read > settings.JOB_MAX_FILE_BYTES:
+        raise JobError(
+            ErrorCode.FILE_TOO_LARGE, f"File is larger than the limit of {settings.JOB_MAX_FILE_BYTES} bytes"
+        )
+
+
+# A media type (RFC 9110 8.3.1) in ASCII: type/subtype, then parameters whose values are
+# tokens or quoted strings of printable characters.
+_MEDIA_TYPE = re.compile(
+    r"[A-Za-z0-9][\w.+-]*/[A-Za-z0-9][\w.+-]*(?:[ \t]*;[ \t]*[\w.+-]+=(?:[\w.+-]+|\"[ !#-\[\]-~]*\"))*",
+    re.ASCII,
+)
+
+
+def media_type_or_default(value: str) -> str:
+    """`value` if it is a well-formed media type short enough to be kept, else
+    application/octet-stream. What a browser is then served is `storage.safe_content_type`'s
+    decision."""
+    if len(value) <= HEADER_VALUE_MAX_CHARS and _MEDIA_TYPE.fullmatch(value):
+        return value
+    return DEFAULT_CONTENT_TYPE
+
+
 # --- http ---------------------------------------------------------------------------------
 
 _HTTP_STATUS_CODES = {
@@ -135,27 +171,113 @@ def _name_from_disposition(header: str) -> str | None:
     return msg.get_filename()
 
 
-class HttpOrigin:
-    """Streams `url_template.format(file_id=...)` with connect and read timeouts."""
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
-    def __init__(self, *, url_template: str, connect_timeout_s: float, read_timeout_s: float) -> None:
+
+def address_is_public(address: str) -> bool:
+    """False for an address of this machine or its networks: loopback, private, link-local
+    (the metadata services at 169.254.169.254 and fd00:ec2::254 among them), shared (carrier
+    NAT), reserved (IPv4-mapped IPv6 among them), multicast and unspecified ones."""
+    ip = ipaddress.ip_address(address)
+    return ip.is_global and not (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_reserved
+        or ip.is_multicast
+        or ip.is_unspecified
+    )
+
+
+def _host_key(host: str) -> str:
+    """A host as compared: an IP address in its canonical form, a name in lower case."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host.lower()
+
+
+def _endpoint(url: httpx.URL) -> tuple[str, str, int]:
+    return url.scheme, _host_key(url.host), url.port or _DEFAULT_PORTS[url.scheme]
+
+
+def _allowed_host(entry: str) -> tuple[str, int | None]:
+    """An ORIGIN_ALLOWED_HOSTS entry, `host` or `host:port` (an IPv6 address in brackets),
+    as (host, port or None)."""
+    parts = urlsplit(f"//{entry.strip()}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if not parts.hostname or port == 0 or parts.path or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"ORIGIN_ALLOWED_HOSTS: {entry!r} is not a host or host:port")
+    return _host_key(parts.hostname), port
+
+
+def _redirect_refused(reason: str) -> JobError:
+    return JobError(ErrorCode.ORIGIN_REDIRECT_REFUSED, f"Origin redirected {reason}")
+
+
+def _public_addresses(url: httpx.URL) -> list[str]:
+    """The addresses of `url`'s host, resolved once; refused unless every one is public."""
+    port = url.port or _DEFAULT_PORTS[url.scheme]
+    try:
+        found = socket.getaddrinfo(url.raw_host.decode("ascii"), port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise JobError(
+            ErrorCode.NETWORK_ERROR, f"Origin redirected to {url.host}, which could not be resolved"
+        ) from exc
+    addresses = list(dict.fromkeys(str(sockaddr[0]) for *_, sockaddr in found))
+    if not all(address_is_public(address) for address in addresses):
+        raise _redirect_refused(f"to {url.host}, which resolves to an address that is not public")
+    return addresses
+
+
+class HttpOrigin:
+    """Streams `url_template.format(file_id=...)` with connect and read timeouts.
+
+    It connects to the configured origin (the scheme, host and port of the template),
+    trusted as configured, wherever its name leads (an internal file server). It follows
+    up to `max_redirects` redirects there or to a host of `allowed_hosts` (`host`: on its
+    scheme's port; `host:port`); such a host's name is resolved once, every address it
+    has must be public, and the request goes to one of those addresses (no second lookup
+    that could answer otherwise). Any other redirect fails ORIGIN_REDIRECT_REFUSED before
+    a connection is opened: an origin cannot make the worker fetch an internal service."""
+
+    def __init__(
+        self,
+        *,
+        url_template: str,
+        connect_timeout_s: float,
+        read_timeout_s: float,
+        allowed_hosts: Iterable[str] = (),
+        max_redirects: int = 5,
+    ) -> None:
         if "{file_id}" not in url_template:
             raise ValueError("ORIGIN_URL_TEMPLATE must contain {file_id}")
+        origin = httpx.URL(url_template.format(file_id=0))
+        if origin.scheme not in _DEFAULT_PORTS or not origin.host:
+            raise ValueError("ORIGIN_URL_TEMPLATE must be an http or https URL")
+        if max_redirects < 0:
+            raise ValueError("ORIGIN_MAX_REDIRECTS must be 0 or more")
         self.url_template = url_template
+        self.origin = _endpoint(origin)
+        self.allowed_hosts = frozenset(_allowed_host(entry) for entry in allowed_hosts if entry.strip())
+        self.max_redirects = max_redirects
         self.timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
 
     @contextmanager
     def open(
         self, file_id: int, *, chunk_bytes: int, offset: int = 0, validator: str = ""
     ) -> Iterator[OriginFile]:
-        url = self.url_template.format(file_id=file_id)
+        url = httpx.URL(self.url_template.format(file_id=file_id))
         headers = {"Accept-Encoding": "identity"}
         if offset and validator:
             # If-Range: the rest of the file if it is still this version, else all of it.
             headers |= {"Range": f"bytes={offset}-", "If-Range": validator}
         try:
-            with httpx.Client(timeout=self.timeout, follow_redirects=True) as http:
-                with http.stream("GET", url, headers=headers) as response:
+            with httpx.Client(timeout=self.timeout) as http:
+                with self._get(http, url, headers) as response:
                     start = _range_start(response, offset) if "Range" in headers else None
                     if start is not None:
                         yield self._file(file_id, url, response, chunk_bytes, offset=start)
@@ -167,26 +289,83 @@ class HttpOrigin:
                         raise _http_error(response.status_code)
                 # A range it could not serve as asked: the whole file.
                 del headers["Range"], headers["If-Range"]
-                with http.stream("GET", url, headers=headers) as response:
+                with self._get(http, url, headers) as response:
                     if response.status_code != 200:
                         raise _http_error(response.status_code)
                     yield self._file(file_id, url, response, chunk_bytes)
         except httpx.HTTPError as exc:
             raise _transport_error(exc) from exc
 
+    @contextmanager
+    def _get(self, http: httpx.Client, url: httpx.URL, headers: dict[str, str]) -> Iterator[httpx.Response]:
+        """The answer to a GET of `url` (streamed), after the redirects it may follow."""
+        response = self._send(http, url, headers)
+        redirects = 0
+        while response.has_redirect_location:
+            response.close()
+            if redirects == self.max_redirects:
+                raise _redirect_refused(f"more than {self.max_redirects} times")
+            redirects += 1
+            url = self._redirect_target(url, response.headers["location"])
+            response = self._send(http, url, headers)
+        try:
+            yield response
+        finally:
+            response.close()
+
+    def _redirect_target(self, url: httpx.URL, location: str) -> httpx.URL:
+        try:
+            target = url.join(location)
+        except httpx.InvalidURL as exc:
+            raise _redirect_refused("to an invalid URL") from exc
+        if target.scheme not in _DEFAULT_PORTS:
+            raise _redirect_refused(f"to a {target.scheme}: URL")
+        if not target.host:
+            raise _redirect_refused("to an invalid URL")
+        scheme, host, port = _endpoint(target)
+        allowed = (host, port) in self.allowed_hosts or (
+            (host, None) in self.allowed_hosts and port == _DEFAULT_PORTS[scheme]
+        )
+        if (scheme, host, port) != self.origin and not allowed:
+            raise _redirect_refused(f"to {target.host}, which is not an allowed host")
+        return target
+
+    def _send(self, http: httpx.Client, url: httpx.URL, headers: dict[str, str]) -> httpx.Response:
+        if _endpoint(url) == self.origin:
+            return http.send(http.build_request("GET", url, headers=headers), stream=True)
+        # An allowed host: sent to an address checked just now, under its own name (the
+        # Host header, and TLS's server name and certificate check).
+        pinned_headers = headers | {"Host": url.netloc.decode("ascii")}
+        failure: httpx.ConnectError | None = None
+        for address in _public_addresses(url):
+            request = http.build_request(
+                "GET",
+                url.copy_with(host=address),
+                headers=pinned_headers,
+                extensions={"sni_hostname": url.raw_host.decode("ascii")},
+            )
+            try:
+                return http.send(request, stream=True)
+            except httpx.ConnectError as exc:  # the next address, as a lookup-and-connect would
+                failure = exc
+        assert failure is not None  # getaddrinfo answers at least one address or raises
+        raise failure
+
     def _file(
-        self, file_id: int, url: str, response: httpx.Response, chunk_bytes: int, *, offset: int = 0
+        self, file_id: int, url: httpx.URL, response: httpx.Response, chunk_bytes: int, *, offset: int = 0
     ) -> OriginFile:
-        content_type = response.headers.get("content-type", DEFAULT_CONTENT_TYPE)
-        length = response.headers.get("content-length")
-        rest = int(length) if length and length.isdigit() else None
-        size = _content_range_total(response) if offset else rest
+        content_type = media_type_or_default(response.headers.get("content-type", ""))
+        length = response.headers.get("content-length", "")
+        size = rest = int(length) if length.isdigit() else None
+        if offset:
+            size = _content_range_total(response)
+            rest = size - offset  # what the range holds, whatever Content-Length says
         _check_size(size)
         name = None
         if disposition := response.headers.get("content-disposition"):
             name = _name_from_disposition(disposition)
         if not name:
-            last_segment = httpx.URL(url).path.rsplit("/", 1)[-1]
+            last_segment = url.path.rsplit("/", 1)[-1]
             name = last_segment if "." in last_segment else None
         fallback = _default_name(file_id, content_type)
         return OriginFile(
@@ -206,8 +385,11 @@ class HttpOrigin:
         try:
             for chunk in response.iter_raw(chunk_bytes):
                 received += len(chunk)
-                if expected is None:
-                    _check_size(offset + received)
+                read_size_check(offset + received)
+                if expected is not None and received > expected:
+                    raise JobError(
+                        ErrorCode.NETWORK_ERROR, f"Origin sent more than the {expected} bytes it announced"
+                    )
                 yield chunk
         except httpx.HTTPError as exc:
             raise _transport_error(exc) from exc
@@ -234,13 +416,19 @@ def _content_range_total(response: httpx.Response) -> int:
     return int(match[3])
 
 
+# Printable ASCII that fits its column: sent back as If-Range, kept as `origin_validator`.
+_VALIDATOR = re.compile(rf"[ -~]{{1,{HEADER_VALUE_MAX_CHARS}}}")
+
+
 def _validator(response: httpx.Response) -> str:
     """A strong ETag, else Last-Modified: what If-Range accepts. A weak ETag cannot be
-    used for a range (RFC 9110 13.1.5), so such a file is fetched whole again."""
+    used for a range (RFC 9110 13.1.5), so such a file is fetched whole again; nor can a
+    value too long for its column or not ASCII."""
     etag = response.headers.get("etag", "")
-    if etag and not etag.startswith("W/"):
+    if _VALIDATOR.fullmatch(etag) and not etag.startswith("W/"):
         return etag
-    return response.headers.get("last-modified", "")
+    last_modified = response.headers.get("last-modified", "")
+    return last_modified if _VALIDATOR.fullmatch(last_modified) else ""
 
 
 # --- directory ----------------------------------------------------------------------------
@@ -354,6 +542,8 @@ def get_origin() -> Origin:
             url_template=settings.ORIGIN_URL_TEMPLATE,
             connect_timeout_s=settings.ORIGIN_CONNECT_TIMEOUT_S,
             read_timeout_s=settings.ORIGIN_READ_TIMEOUT_S,
+            allowed_hosts=settings.ORIGIN_ALLOWED_HOSTS,
+            max_redirects=settings.ORIGIN_MAX_REDIRECTS,
         )
     if kind == "directory":
         return DirectoryOrigin(root=settings.ORIGIN_DIRECTORY)

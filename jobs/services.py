@@ -30,8 +30,8 @@ from .hotstate import HotProgress
 from .models import ACTIVE_STATUSES, DownloadJob, Priority, Status, can_transition
 from .origins import get_origin
 from .selectors import download_job_for_idempotency_key, download_job_status, iso
-from .staging import Checkpoint, StagedFile, stage_file
-from .storage import downloads_storage, stored_file_delete
+from .staging import Checkpoint, StagedFile, StoredFileFacts, stage_file
+from .storage import downloads_storage, stored_file_delete, stored_file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -303,6 +303,8 @@ def download_job_start(*, job_pk: int, task_id: str = "") -> DownloadJob | None:
         return None
     if job.status == Status.PROCESSING and job.task_id and task_id and job.task_id != task_id:
         return None
+    if job.status == Status.PROCESSING and _complete_from_storage(job):
+        return None
     if job.status == Status.PROCESSING and job.attempts >= job.max_attempts:
         _fail(
             job,
@@ -313,8 +315,9 @@ def download_job_start(*, job_pk: int, task_id: str = "") -> DownloadJob | None:
         return None
     now = timezone.now()
     # An upload in which an earlier attempt stored parts stays, under its key, for this
-    # attempt to resume; one with none is of no use and is aborted.
-    resumable = bool(job.upload_id and job.upload_parts)
+    # attempt to resume; one with none is of no use and is aborted. So does one that an
+    # earlier attempt committed (it recorded the file) but could not complete.
+    resumable = bool(job.upload_id and (job.upload_parts or job.file_size_bytes is not None))
     if job.upload_id and not resumable:
         _upload_abort(job.storage_key, job.upload_id, job.job_id)
     storage_key = job.storage_key if resumable else _storage_key(job, attempt=job.attempts + 1)
@@ -333,6 +336,7 @@ def download_job_start(*, job_pk: int, task_id: str = "") -> DownloadJob | None:
                 storage_key=storage_key,
                 upload_id=job.upload_id if resumable else "",
                 upload_parts=job.upload_parts if resumable else [],
+                **({} if resumable else {"file_size_bytes": None, "sha256": ""}),
                 heartbeat_at=now,
                 task_id=task_id,
             )
@@ -389,8 +393,14 @@ class _AttemptHooks:
     def part_stored(self, *, parts: list[dict[str, Any]]) -> None:
         self._write_row(upload_parts=parts)
 
-    def before_commit(self) -> None:
-        self._write_row()
+    def before_commit(self, *, file: StoredFileFacts) -> None:
+        # Recorded before the commit: an attempt that finds the file stored completes with it.
+        self._write_row(
+            file_size_bytes=file.size,
+            file_name=file.file_name,
+            content_type=file.content_type,
+            sha256=file.sha256,
+        )
 
     def chunk_staged(self, *, bytes_done: int, bytes_total: int | None) -> None:
         if hotstate.cancel_flag_is_set(self.job.job_id):
@@ -496,6 +506,8 @@ def _attempt_run(job: DownloadJob) -> StagedFile | None:
     """Stages the file and completes, retries or fails the attempt. Returns the staged
     file if it completed; re-raises a JobError (after handling it) for the breaker."""
     attempt = job.attempts
+    if stored := _complete_from_storage(job):
+        return stored
     checkpoint = (
         Checkpoint(upload_id=job.upload_id, parts=job.upload_parts, validator=job.origin_validator)
         if job.upload_id
@@ -530,6 +542,42 @@ def _attempt_run(job: DownloadJob) -> StagedFile | None:
         return None
     download_job_complete(job=job, attempt=attempt, staged=staged)
     return staged
+
+
+def _stored_file(job: DownloadJob) -> StagedFile | None:
+    """The file an earlier attempt of the job committed to storage and recorded on the row
+    (`before_commit`), if it is there, whole: its completion write was lost."""
+    if not job.upload_id or job.file_size_bytes is None:
+        return None
+    storage = downloads_storage()
+    try:
+        if not storage.exists(job.storage_key) or storage.size(job.storage_key) != job.file_size_bytes:
+            return None
+        sha256 = job.sha256 or stored_file_sha256(job.storage_key)
+    except Exception:
+        logger.warning("Could not check the stored file of %s", job.job_id, exc_info=True)
+        return None
+    return StagedFile(
+        key=job.storage_key,
+        file_name=job.file_name,
+        content_type=job.content_type,
+        size=job.file_size_bytes,
+        sha256=sha256,
+        resumed_bytes=job.file_size_bytes,
+    )
+
+
+def _complete_from_storage(job: DownloadJob) -> StagedFile | None:
+    """Completes the processing job with the file its attempt already stored, if any,
+    without a byte from the origin. Returns the file if the job completed with it (by
+    this call or another)."""
+    staged = _stored_file(job)
+    if staged is None:
+        return None
+    logger.info("%s: its file is stored; completing without fetching it again", job.job_id)
+    download_job_complete(job=job, attempt=job.attempts, staged=staged)
+    job.refresh_from_db(fields=["status"])
+    return staged if job.status == Status.COMPLETED else None
 
 
 # A stored file is worth a wait: a brief database outage at the final write is waited out
@@ -589,9 +637,11 @@ def _complete(job: DownloadJob, *, attempt: int, staged: StagedFile) -> None:
             _on_commit(lambda: metrics.job_completed(job, size=staged.size))
     except JobStateConflict:
         # Cancelled (or superseded) after the last chunk: the file must not stay behind,
-        # unless a newer attempt completed the job with the same key.
+        # unless the job completed with it, or goes on with the same key (its next attempt
+        # completes with the stored file).
         job.refresh_from_db(fields=["status", "storage_key"])
-        if not (job.status == Status.COMPLETED and job.storage_key == staged.key):
+        keeps_it = job.status in (Status.COMPLETED, *ACTIVE_STATUSES) and job.storage_key == staged.key
+        if not keeps_it:
             stored_file_delete(staged.key)
         logger.info("%s attempt %s finished after it was cancelled or superseded", job.job_id, attempt)
     hotstate.progress_clear(job.job_id)
@@ -737,6 +787,24 @@ def download_jobs_expire(*, now: datetime | None = None, batch: int = 500) -> in
     return expired
 
 
+def download_jobs_purge(*, now: datetime | None = None, batch: int = 1000) -> int:
+    """Deletes the rows of jobs that ended (failed, cancelled, expired) more than
+    JOB_AUDIT_RETENTION_DAYS ago; returns how many. At most `batch` per call (beat calls
+    again). Their files are long gone: a failed or cancelled job leaves none, an expired
+    one's was deleted at expiry. A job that reused one of them keeps its row."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(days=settings.JOB_AUDIT_RETENTION_DAYS)
+    ended = DownloadJob.objects.filter(
+        status__in=(Status.FAILED, Status.CANCELLED, Status.EXPIRED), updated_at__lt=cutoff
+    )
+    pks = list(ended.order_by("pk").values_list("pk", flat=True)[:batch])
+    if not pks:
+        return 0
+    deleted = DownloadJob.objects.filter(pk__in=pks).delete()[1].get(DownloadJob._meta.label, 0)
+    logger.info("Purged %s job row(s) ended before %s", deleted, iso(cutoff))
+    return deleted
+
+
 def _stale_heartbeat(cutoff: datetime) -> Q:
     # A row written before heartbeats existed has none: its last write stands in for it.
     return Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, updated_at__lt=cutoff)
@@ -771,6 +839,8 @@ def download_jobs_reap(*, now: datetime | None = None, batch: int = 500) -> int:
 
 
 def _reap_stalled(job: DownloadJob, *, heartbeat_cutoff: datetime) -> int:
+    if _complete_from_storage(job):
+        return 1  # its attempt stored the file but could not complete
     now = timezone.now()
     # An attempt that still wrote heartbeats past the job time limit was ended by Celery's
     # hard limit (its soft-limit handler never ran; Celery acks such a task as failed): it

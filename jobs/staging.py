@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from django.conf import settings
 
 from .errors import JobCancelled
-from .origins import Origin
+from .origins import Origin, read_size_check
 from .storage import (
     StagedWrite,
     parts_size,
@@ -35,6 +35,17 @@ class StagedFile:
     size: int
     sha256: str
     resumed_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class StoredFileFacts:
+    """What a committed upload holds, recorded before the commit: a later attempt that
+    finds the file stored (its completion write was lost) completes with these."""
+
+    size: int
+    file_name: str
+    content_type: str
+    sha256: str  # empty for a resumed file, hashed by reading it back
 
 
 @dataclass(frozen=True)
@@ -70,9 +81,9 @@ class StagingHooks(Protocol):
     def chunk_staged(self, *, bytes_done: int, bytes_total: int | None) -> None:
         """Called after every chunk; raises to stop the work."""
 
-    def before_commit(self) -> None:
-        """Called just before the upload is made visible; raises if the attempt no longer
-        owns the job."""
+    def before_commit(self, *, file: "StoredFileFacts") -> None:
+        """Called just before the upload is made visible, with what the stored file will
+        be; raises if the attempt no longer owns the job."""
 
 
 def _resumed_write(key: str, checkpoint: Checkpoint | None) -> StagedWrite | None:
@@ -147,23 +158,31 @@ def stage_file(
             digest = hashlib.sha256() if source.offset == 0 else None
             bytes_done = source.offset
             for chunk in source.chunks:
+                bytes_done += len(chunk)
+                # Whatever the origin announced (a file may grow while read), no byte past
+                # the limit is stored.
+                read_size_check(bytes_done)
                 if digest is not None:
                     digest.update(chunk)
                 if write.write(chunk):
                     hooks.part_stored(parts=write.parts)
-                bytes_done += len(chunk)
                 hooks.chunk_staged(bytes_done=bytes_done, bytes_total=source.size)
-            hooks.before_commit()
+            facts = StoredFileFacts(
+                size=bytes_done,
+                file_name=source.name,
+                content_type=source.content_type,
+                sha256=digest.hexdigest() if digest is not None else "",
+            )
+            hooks.before_commit(file=facts)
             write.commit()
         except JobCancelled:
             _abort(write, key)
             raise
-    sha256 = digest.hexdigest() if digest is not None else stored_file_sha256(key)
     return StagedFile(
         key=key,
-        file_name=source.name,
-        content_type=source.content_type,
-        size=bytes_done,
-        sha256=sha256,
+        file_name=facts.file_name,
+        content_type=facts.content_type,
+        size=facts.size,
+        sha256=facts.sha256 or stored_file_sha256(key),
         resumed_bytes=source.offset,
     )

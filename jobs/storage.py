@@ -23,10 +23,11 @@ from django.core import signing
 from django.core.files.storage import FileSystemStorage, Storage, storages
 from django.http import FileResponse, Http404, HttpRequest
 from django.urls import reverse
+from django.utils.http import parse_header_parameters
 from storages.backends.s3 import S3Storage
 
 from .errors import ErrorCode, JobError
-from .origins import safe_file_name
+from .origins import DEFAULT_CONTENT_TYPE, media_type_or_default, safe_file_name
 
 _URL_SALT = "jobs.storage.download-url"
 
@@ -38,9 +39,28 @@ def downloads_storage() -> Storage:
 # What the plain `filename="..."` may hold raw: printable ASCII but the quote, backslash,
 # semicolon and percent (which some clients would decode), so that no client can misread it.
 _FALLBACK_UNSAFE = re.compile(r"[^A-Za-z0-9 !#$&'()+,\-.=@\[\]^_`{}~]")
-_CONTENT_TYPE = re.compile(
-    r"^[A-Za-z0-9][\w.+-]*/[A-Za-z0-9][\w.+-]*(?:\s*;\s*[\w.+-]+=(?:[\w.+-]+|\"[^\"\\\x00-\x1f\x7f]*\"))*$"
+# The media types a download is served with as they are: a browser neither runs them nor
+# renders them as a page (it shows, plays or saves them). Anything else is served as
+# application/octet-stream: HTML, XML, SVG, scripts, JSON, multipart, ...
+_SAFE_MEDIA_TYPES = frozenset(
+    {
+        DEFAULT_CONTENT_TYPE,
+        "application/pdf",
+        "application/zip",
+        "application/gzip",
+        "application/x-gzip",
+        "application/x-tar",
+        "application/x-bzip2",
+        "application/x-xz",
+        "application/zstd",
+        "application/x-7z-compressed",
+        "application/vnd.rar",
+        "text/plain",
+        "text/csv",
+    }
 )
+_SAFE_MEDIA_KINDS = ("image/", "audio/", "video/")  # but SVG and any other XML
+_CHARSET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,39}", re.ASCII)
 
 
 def attachment_disposition(file_name: str) -> str:
@@ -58,8 +78,25 @@ def attachment_disposition(file_name: str) -> str:
 
 
 def safe_content_type(content_type: str) -> str:
-    """The origin's media type if it is a well-formed one, else application/octet-stream."""
-    return content_type if _CONTENT_TYPE.match(content_type) else "application/octet-stream"
+    """The type a stored file is served with, by every way of serving it (the S3 object's
+    own type, a presigned link's override, a signed local link): the stored type if it is
+    one of the safe list above, in lower case and with only a text type's charset as a
+    parameter; else application/octet-stream. The file is served as an attachment too,
+    but a browser told `text/html` may still render it from the site's own origin."""
+    if media_type_or_default(content_type) != content_type:
+        return DEFAULT_CONTENT_TYPE
+    media_type, parameters = parse_header_parameters(content_type)
+    safe = media_type in _SAFE_MEDIA_TYPES or (
+        media_type.startswith(_SAFE_MEDIA_KINDS)
+        and "svg" not in media_type
+        and not media_type.endswith("xml")
+    )
+    if not safe:
+        return DEFAULT_CONTENT_TYPE
+    charset = parameters.get("charset", "")
+    if media_type.startswith("text/") and _CHARSET.fullmatch(charset):
+        return f"{media_type}; charset={charset.lower()}"
+    return media_type
 
 
 class SignedFileSystemStorage(FileSystemStorage):
@@ -100,7 +137,7 @@ def file_download(request: HttpRequest, token: str) -> FileResponse:
     if not isinstance(storage, SignedFileSystemStorage) or not storage.exists(claims["key"]):
         raise Http404("No such file")
     response = FileResponse(storage.open(claims["key"], "rb"))
-    response["Content-Type"] = claims["ct"] or "application/octet-stream"
+    response["Content-Type"] = safe_content_type(claims["ct"])
     if claims["cd"]:
         response["Content-Disposition"] = claims["cd"]
     response["Cache-Control"] = "private, no-store"
@@ -158,7 +195,7 @@ class S3MultipartWrite:
             return
         with _storage_errors():
             created = self.client.create_multipart_upload(
-                Bucket=self.bucket, Key=self.key, ContentType=content_type
+                Bucket=self.bucket, Key=self.key, ContentType=safe_content_type(content_type)
             )
         self.upload_id = created["UploadId"]
 

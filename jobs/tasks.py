@@ -26,7 +26,7 @@ def download_job_stage(self: Task, job_pk: int) -> None:
     services.download_job_run(job_pk=job_pk, task_id=self.request.id or "")
 
 
-# Maintenance, sent by beat (CELERY_BEAT_SCHEDULE). Both are safe to run twice at once.
+# Maintenance, sent by beat (CELERY_BEAT_SCHEDULE). Each is safe to run twice at once.
 
 
 @shared_task(name="jobs.download_jobs_expire")
@@ -37,6 +37,11 @@ def download_jobs_expire() -> int:
 @shared_task(name="jobs.download_jobs_reap")
 def download_jobs_reap() -> int:
     return services.download_jobs_reap()
+
+
+@shared_task(name="jobs.download_jobs_purge")
+def download_jobs_purge() -> int:
+    return services.download_jobs_purge()
 
 
 @shared_task(name="jobs.download_alerts_check")

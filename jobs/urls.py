@@ -1,10 +1,11 @@
 from django.urls import path, register_converter
 
 from . import apis, views
+from .openapi import JOB_ID_PATH_REGEX
 
 
 class JobIdConverter:
-    regex = "[A-Za-z0-9_-]{1,64}"
+    regex = JOB_ID_PATH_REGEX
 
     def to_python(self, value: str) -> str:
         return value

@@ -1,5 +1,10 @@
-"""Who may open a job's socket: the session user, or the user of a DRF token that an API
-client passes as `?token=<key>`; and from which web pages (the Origin check)."""
+"""Who may open a job's socket, and from which web pages (the Origin check).
+
+The user is the one a `?ticket=` names (the ticket that the job's `websocket_url` carries,
+realtime/tickets.py), for that job only; without a ticket, the session user. `?token=<key>`
+(a DRF token in the URL) is still taken for the clients written before tickets, and no
+longer documented: a URL ends up in proxy logs.
+"""
 
 from typing import Any
 from urllib.parse import parse_qs
@@ -8,10 +13,13 @@ from channels.auth import AuthMiddlewareStack
 from channels.db import database_sync_to_async
 from channels.middleware import BaseMiddleware
 from channels.security.websocket import AllowedHostsOriginValidator, OriginValidator
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
 from rest_framework.exceptions import AuthenticationFailed
 
 from jobs.authentication import CachedTokenAuthentication
+
+from .tickets import websocket_ticket_user_id
 
 
 @database_sync_to_async
@@ -25,20 +33,38 @@ def _token_user(key: str) -> Any:
     return user
 
 
+@database_sync_to_async
+def _ticket_user(user_id: int) -> Any:
+    return get_user_model()._default_manager.filter(pk=user_id, is_active=True).first()
+
+
 class TokenAuthMiddleware(BaseMiddleware):
-    """Sets scope["user"] from `?token=<key>` when the query string has one; otherwise
-    leaves the user that the session gave."""
+    """A `?ticket=` replaces the session's user: it goes to scope["ticket"], for the
+    consumer to check against its job (`socket_user`), and the scope's user is anonymous.
+    Else `?token=<key>` sets scope["user"]. Otherwise the session's user stays."""
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
-        keys = parse_qs(scope.get("query_string", b"").decode("latin1")).get("token")
-        if keys:
+        query = parse_qs(scope.get("query_string", b"").decode("latin1"))
+        if tickets := query.get("ticket"):
+            scope = {**scope, "user": AnonymousUser(), "ticket": tickets[-1]}
+        elif keys := query.get("token"):
             scope = {**scope, "user": await _token_user(keys[-1])}
         return await super().__call__(scope, receive, send)
 
 
 def TokenAuthMiddlewareStack(inner: Any) -> Any:
-    """Channels' session authentication, overridden by a token when one is given."""
+    """Channels' session authentication, overridden by a ticket or a token when one is given."""
     return AuthMiddlewareStack(TokenAuthMiddleware(inner))
+
+
+async def socket_user(scope: dict[str, Any], job_id: str) -> Any:
+    """Who the socket of `job_id` acts for: the ticket's user (a ticket for another job, past
+    its TTL, forged, or of a deactivated user gives nobody), else the scope's user; None or
+    an anonymous user when nobody."""
+    if (ticket := scope.get("ticket")) is not None:
+        user_id = websocket_ticket_user_id(ticket, job_id=job_id)
+        return None if user_id is None else await _ticket_user(user_id)
+    return scope.get("user")
 
 
 class _BrowserOriginValidator(OriginValidator):

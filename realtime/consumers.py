@@ -9,25 +9,34 @@ A socket that has carried no event of its job for WEBSOCKET_RESYNC_S reads the j
 again: an event the channel layer dropped (it delivers at most once) cannot leave a
 finished job's socket waiting. After WEBSOCKET_IDLE_TIMEOUT_S without an event the server
 closes it (4408); a client that still cares polls the status or opens a new one.
+
+A user has at most WEBSOCKET_MAX_PER_USER sockets open at once, on all web processes
+(realtime/connections.py): one more is closed 4429. Every refusal comes after the
+handshake, so that the client sees its code.
 """
 
 import asyncio
 import time
+import uuid
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
 from django.conf import settings
 from django.utils import timezone
 
 from jobs import metrics, selectors
 from jobs.models import ACTIVE_STATUSES, DownloadJob, Status
 
+from . import connections
+from .auth import socket_user
 from .events import job_group_name
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
 CLOSE_IDLE = 4408
+CLOSE_TOO_MANY = 4429
 TERMINAL_EVENT_TYPES = frozenset({"completed", "error", "cancelled"})
 
 
@@ -53,8 +62,25 @@ def _row_status(user: Any, job_id: str) -> dict[str, Any] | None:
     return selectors.download_job_status(job=job, hot=selectors.download_job_hot([job]).get(job_id))
 
 
+# Redis is asked from a thread: a slow or unreachable one must not stall every socket of
+# the process.
+_place_take = sync_to_async(connections.websocket_place_take, thread_sensitive=False)
+_place_renew = sync_to_async(connections.websocket_place_renew, thread_sensitive=False)
+_place_give_up = sync_to_async(connections.websocket_place_give_up, thread_sensitive=False)
+
+
+class UnknownPathConsumer(AsyncWebsocketConsumer):
+    """Any socket path that no route takes: closed 4404, as HTTP answers 404."""
+
+    async def connect(self) -> None:
+        await self.accept()
+        await self.close(code=CLOSE_NOT_FOUND)
+
+
 class JobConsumer(AsyncJsonWebsocketConsumer):
     job_id: str
+    user: Any = None
+    place: str | None = None  # this socket's id among its user's open sockets, once counted
     group: str | None = None
     heartbeat: asyncio.Task[None] | None = None
     closing = False
@@ -67,13 +93,21 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
 
     async def connect(self) -> None:
         self.job_id = self.scope["url_route"]["kwargs"]["job_id"]
-        user = self.scope.get("user")
         await self.accept()
         metrics.websocket_connections.inc()
         self.counted = True
+        user = await socket_user(self.scope, self.job_id)
         if user is None or not user.is_authenticated:
             await self._close(code=CLOSE_UNAUTHENTICATED)
             return
+        self.user = user
+        place = uuid.uuid4().hex
+        taken = await _place_take(user_id=user.pk, socket_id=place)
+        if taken is False:
+            await self._close(code=CLOSE_TOO_MANY)
+            return
+        if taken:
+            self.place = place
         # Join before reading the snapshot: an event sent in between arrives after the
         # snapshot instead of being lost.
         self.group = job_group_name(self.job_id)
@@ -95,6 +129,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
             self.counted = False
             metrics.websocket_connections.dec()
         self._stop_heartbeat()
+        await self._give_up_place()
         if self.group is not None:
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
@@ -119,7 +154,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         # A status_update to processing that is lower than what was sent: the start of
         # this attempt, queued before the snapshot was read (outdated), or the start of a
         # new attempt of a job redelivered after its worker died. The row tells which.
-        found = await _snapshot(self.scope["user"], self.job_id)
+        found = await _snapshot(self.user, self.job_id)
         attempt, self.attempt = self.attempt, (found[1] if found else None)
         return attempt == self.attempt
 
@@ -133,6 +168,8 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         try:
             while True:
                 await asyncio.sleep(settings.WEBSOCKET_HEARTBEAT_S)
+                if self.place is not None:
+                    await _place_renew(user_id=self.user.pk, socket_id=self.place)
                 now = time.monotonic()
                 if now - self.last_event_at >= settings.WEBSOCKET_IDLE_TIMEOUT_S:
                     await self._close(code=CLOSE_IDLE)
@@ -157,7 +194,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
     async def _resync(self) -> bool:
         """Reads the row; if the job has ended, sends that as the event the socket missed
         and closes. Returns True if it closed."""
-        found = await _row_status(self.scope["user"], self.job_id)
+        found = await _row_status(self.user, self.job_id)
         if found is None or found["status"] in ACTIVE_STATUSES:
             return False
         event_type = {Status.COMPLETED: "completed", Status.FAILED: "error"}.get(found["status"], "cancelled")
@@ -171,6 +208,13 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         self.closing = True
         self._stop_heartbeat()
         await self.close(code=code)
+
+    async def _give_up_place(self) -> None:
+        """Frees this socket's place among its user's sockets. At the disconnect, not at a
+        close of the server's: that may run in the heartbeat task, cancelled as it closes."""
+        place, self.place = self.place, None
+        if place is not None:
+            await _place_give_up(user_id=self.user.pk, socket_id=place)
 
     def _stop_heartbeat(self) -> None:
         if self.heartbeat is not None:

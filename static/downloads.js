@@ -10,6 +10,13 @@
  * A controller holds at most one socket and one poll timer, and drops both when its job is
  * terminal.
  *
+ * The socket's URL is the websocket_url the API gave: initiate's, then the newest that a
+ * status answer of the active job carried. Its ticket opens the socket for a few minutes
+ * only, so a socket refused 4401 with one is retried through the status (a fresh ticket, or
+ * a 401 if the session really ended). A job listed after a reload, which came with no URL,
+ * opens its socket with the session cookie until a status answer gives one. A socket
+ * refused 4429 (too many open for this user) counts as lost: polling, then reconnecting.
+ *
  * Hooks for browser tests (stable; ids and data-testid do not change with the wording):
  *   page root       #downloads-page[data-ready="true"] once the list is loaded and watched
  *                   (wait for it, or for window.downloadsPage.ready, before driving the page)
@@ -226,7 +233,7 @@ class JobController {
     this.page = page;
     this.jobId = job.job_id;
     this.job = { ...job };
-    this.websocketUrl = websocketUrl || socketUrlFor(job.job_id);
+    this.websocketUrl = websocketUrl || null; // with a ticket, from the API
     this.pollingInterval = pollingInterval || page.pollingInterval;
     this.estimatedTime = estimatedTime; // seconds, from the initiate answer
 
@@ -283,9 +290,11 @@ class JobController {
     if (this.stopped || this.socket) return;
     clearTimeout(this.reconnectTimer);
     this.reconnectTimer = null;
+    const url = this.websocketUrl || socketUrlFor(this.jobId);
+    const ticketed = url === this.websocketUrl;
     let socket;
     try {
-      socket = new WebSocket(this.websocketUrl);
+      socket = new WebSocket(url);
     } catch {
       this.startPolling();
       this.scheduleReconnect();
@@ -331,7 +340,11 @@ class JobController {
       if (this.socket !== socket) return;
       this.dropSocket();
       if (this.stopped) return;
-      if (event.code === 4401) {
+      if (event.code === 4401 && ticketed) {
+        // Its ticket may have expired: the poll that starts now brings a fresh one, or a 401.
+        if (this.websocketUrl === url) this.websocketUrl = null;
+        this.socketLost();
+      } else if (event.code === 4401) {
         this.page.sessionEnded();
         this.stop();
       } else if (event.code === 4404) {
@@ -451,6 +464,7 @@ class JobController {
   /** Takes a status object or an event, from the socket or a poll, and shows it. */
   apply(update) {
     if (this.stopped) return;
+    if (update.websocket_url) this.websocketUrl = update.websocket_url; // a fresh ticket
     const previous = this.job;
     const status = update.status || previous.status;
     if (!KNOWN_STATUSES.has(status)) return;
@@ -483,6 +497,7 @@ class JobController {
     }
     delete next.type;
     delete next.timestamp;
+    delete next.websocket_url;
     this.job = next;
     if (status === "processing") this.estimate(update);
     if (TERMINAL.has(status)) this.stop();

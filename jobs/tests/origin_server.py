@@ -6,8 +6,13 @@ body stops for longer than the client's read timeout). Requests and bytes sent a
 counted so tests can assert on origin traffic. Files carry an ETag and answer `Range`
 requests (206 with Content-Range; the whole file if `If-Range` names another version),
 unless a script says the origin does not support ranges.
+
+`ReplyServer` is the other kind: it answers each path with a fixed reply (any status,
+headers and body, true or not) and records the requests it got, to stand for an origin
+that misbehaves or for a service the worker must never reach.
 """
 
+import contextlib
 import hashlib
 import sys
 import threading
@@ -174,3 +179,71 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+
+# --- a server that answers with any status, headers and body --------------------------------
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    content_length: bool = True  # False: no Content-Length, the body ends with the connection
+
+
+class _ReplyHandler(BaseHTTPRequestHandler):
+    server: "ReplyServer"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        with self.server.lock:
+            self.server.received.append((self.path, dict(self.headers.items())))
+        reply = self.server.replies.get(self.path, Reply(status=404))
+        self.send_response(reply.status)
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        if reply.content_length:
+            self.send_header("Content-Length", str(len(reply.body)))
+        else:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        # A client that stops reading (a refused body) hangs up.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.wfile.write(reply.body)
+
+
+class ReplyServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _ReplyHandler)
+        self.replies: dict[str, Reply] = {}
+        # Each request answered: its path and headers.
+        self.received: list[tuple[str, dict[str, str]]] = []
+        self.lock = threading.Lock()
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def start(self) -> "ReplyServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.replies.clear()
+            self.received.clear()

@@ -1,13 +1,17 @@
 """Findings of the outside security review that live in the API, the probes, the services
 and the settings: each test failed before its fix."""
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import User
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from conftest import manage
-from jobs.models import DownloadJob
+from jobs import services
+from jobs.models import DownloadJob, Status
 
 pytestmark = pytest.mark.django_db
 
@@ -65,3 +69,66 @@ def test_runstack_refuses_a_public_address_with_the_embedded_secret_key(clean_en
     result = manage(["runstack", "--host", "0.0.0.0"], clean_env)
     assert result.returncode != 0
     assert "set DJANGO_SECRET_KEY" in result.stderr
+
+
+# --- also: settings that stopped the stack or throttled whole offices ------------------------
+
+
+def test_a_redis_url_with_a_database_number_is_refused_at_start(clean_env: dict[str, str]) -> None:
+    result = manage(["check"], clean_env | {"REDIS_URL": "redis://127.0.0.1:6379/7"})
+    assert result.returncode != 0
+    assert "REDIS_URL" in result.stderr
+    assert "without a database number" in result.stderr
+
+
+def test_the_per_address_initiate_rate_is_well_above_the_per_user_one(clean_env: dict[str, str]) -> None:
+    """Many users share one address behind a NAT or an office proxy."""
+    script = "from django.conf import settings as s; print(s.JOB_INITIATE_RATE, s.JOB_INITIATE_RATE_PER_IP)"
+    result = manage(["shell", "-c", script], clean_env)
+    per_user, per_ip = (int(rate.split("/")[0]) for rate in result.stdout.splitlines()[-1].split())
+    assert per_ip >= 10 * per_user
+
+
+# --- also: rows of ended jobs are purged after the audit retention ----------------------------
+
+
+def _ended(owner: User, status: str, days_ago: float, **fields: Any) -> DownloadJob:
+    job = DownloadJob.objects.create(owner=owner, file_id=1, status=status, **fields)
+    DownloadJob.objects.filter(pk=job.pk).update(
+        updated_at=timezone.now() - timedelta(days=days_ago),
+        created_at=timezone.now() - timedelta(days=days_ago),
+    )
+    return job
+
+
+def test_rows_of_jobs_ended_past_the_audit_retention_are_purged_in_batches(user: User, settings: Any) -> None:
+    settings.JOB_AUDIT_RETENTION_DAYS = 90
+    old = [_ended(user, status, 91) for status in (Status.FAILED, Status.CANCELLED, Status.EXPIRED)]
+    kept = [
+        _ended(user, Status.FAILED, 89),  # within the retention
+        _ended(user, Status.COMPLETED, 91, expires_at=timezone.now() + timedelta(hours=1)),  # file retained
+        _ended(user, Status.QUEUED, 91),  # active: never purged
+        _ended(user, Status.PROCESSING, 91),
+    ]
+    reused = DownloadJob.objects.create(owner=user, file_id=1, status=Status.COMPLETED, reused_from=old[2])
+
+    assert services.download_jobs_purge(batch=2) == 2
+    assert services.download_jobs_purge(batch=2) == 1
+    assert services.download_jobs_purge(batch=2) == 0
+
+    remaining = set(DownloadJob.objects.values_list("pk", flat=True))
+    assert remaining == {job.pk for job in [*kept, reused]}
+    reused.refresh_from_db()
+    assert reused.reused_from is None
+
+
+def test_the_audit_retention_outlives_the_analytics_window(clean_env: dict[str, str]) -> None:
+    result = manage(["check"], clean_env | {"JOB_AUDIT_RETENTION_DAYS": "3"})
+    assert result.returncode != 0
+    assert "JOB_AUDIT_RETENTION_DAYS" in result.stderr
+
+
+def test_beat_sends_the_purge(settings: Any) -> None:
+    entry = settings.CELERY_BEAT_SCHEDULE["download-jobs-purge"]
+    assert entry["task"] == "jobs.download_jobs_purge"
+    assert entry["options"]["queue"] == "downloads.high"

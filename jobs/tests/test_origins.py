@@ -1,14 +1,11 @@
 """The three origins, opened directly: the HTTP origin against real local servers (the
-fault-scripted origin of conftest, and one here that answers with any headers), the
+fault-scripted origin of conftest, and a `ReplyServer` that answers with any headers), the
 directory origin on a temporary directory, and the synthetic origin."""
 
 import hashlib
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +22,7 @@ from jobs.origins import (
     safe_file_name,
     synthetic_chunks,
 )
-from jobs.tests.origin_server import FileScript, OriginServer
+from jobs.tests.origin_server import FileScript, OriginServer, Reply, ReplyServer
 
 FILE_ID = 70000
 CHUNK = 16 * 1024
@@ -47,62 +44,16 @@ def http_origin(url_template: str, *, read_timeout_s: float = 2.0) -> HttpOrigin
     return HttpOrigin(url_template=url_template, connect_timeout_s=2.0, read_timeout_s=read_timeout_s)
 
 
-# --- a server that answers with any status, headers and body --------------------------------
-
-
-@dataclass
-class Reply:
-    status: int = 200
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
-    content_length: bool = True  # False: no Content-Length, the body ends with the connection
-
-
-class _ReplyHandler(BaseHTTPRequestHandler):
-    server: "ReplyServer"
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        reply = self.server.replies.get(self.path, Reply(status=404))
-        self.send_response(reply.status)
-        for name, value in reply.headers.items():
-            self.send_header(name, value)
-        if reply.content_length:
-            self.send_header("Content-Length", str(len(reply.body)))
-        else:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-        self.wfile.write(reply.body)
-
-
-class ReplyServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _ReplyHandler)
-        self.replies: dict[str, Reply] = {}
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}{path}"
-
-
 @pytest.fixture(scope="module")
 def reply_server_running() -> Iterator[ReplyServer]:
-    server = ReplyServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = ReplyServer().start()
     yield server
-    server.shutdown()
-    server.server_close()
+    server.stop()
 
 
 @pytest.fixture
 def reply_server(reply_server_running: ReplyServer) -> ReplyServer:
-    reply_server_running.replies.clear()
+    reply_server_running.reset()
     return reply_server_running
 
 

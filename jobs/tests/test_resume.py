@@ -19,6 +19,7 @@ from django.utils import timezone
 from jobs import services
 from jobs.errors import ErrorCode, JobSuperseded
 from jobs.models import DownloadJob, Status
+from jobs.staging import StoredFileFacts
 from jobs.tests.origin_server import FileScript, OriginServer
 from jobs.tests.test_storage import Bucket, s3_downloads_storage
 
@@ -187,7 +188,7 @@ def test_a_fenced_attempt_can_no_longer_record_parts_or_commit(user, origin, sto
     with pytest.raises(JobSuperseded):
         old_attempt.part_stored(parts=[*recorded, {"n": 2, "etag": '"late"', "size": PART}])
     with pytest.raises(JobSuperseded):
-        old_attempt.before_commit()
+        old_attempt.before_commit(file=StoredFileFacts(size=SIZE, file_name="f", content_type="", sha256=""))
 
     job.refresh_from_db()
     assert (job.status, job.upload_parts) == (Status.QUEUED, recorded)
@@ -313,3 +314,61 @@ def test_a_database_blip_at_completion_is_retried_and_the_file_kept(user, origin
     assert job.status == Status.COMPLETED
     assert storage.objects(job) == [job.storage_key]
     assert waits == [1.0, 2.0]  # backoff
+
+
+def _completion_write_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every completion write fails (the database is down past the retries)."""
+    real_transition = services._transition
+
+    def down(job: DownloadJob, to_status: str, **kwargs: Any) -> None:
+        if to_status == Status.COMPLETED:
+            raise OperationalError("the database system is shutting down")
+        real_transition(job, to_status, **kwargs)
+
+    monkeypatch.setattr(services, "_transition", down)
+    monkeypatch.setattr(services.time, "sleep", lambda s: None)
+
+
+@committed
+@pytest.mark.parametrize("max_attempts", [3, 1], ids=["attempts-left", "last-attempt"])
+def test_a_stored_file_whose_completion_write_was_lost_completes_without_fetching_again(
+    user, origin, storage, settings, monkeypatch, max_attempts
+):
+    """The file is stored, then every completion write fails; the worker gives up. The
+    reaper finds the job silent: whoever takes it next (a new attempt, or the reaper on
+    the last one) completes it from the stored file, neither fetching it again nor
+    deleting it."""
+    script = FileScript(size=SIZE)
+    origin.add(FILE_ID, script)
+    job = DownloadJob.objects.create(owner=user, file_id=FILE_ID, max_attempts=max_attempts)
+    with monkeypatch.context() as patch:
+        _completion_write_fails(patch)
+        with pytest.raises(OperationalError):
+            services.download_job_run(job_pk=job.pk)
+    stored_key = DownloadJob.objects.get(pk=job.pk).storage_key
+
+    later = timezone.now() + timedelta(seconds=settings.JOB_HEARTBEAT_STALE_S + 1)
+    services.download_jobs_reap(now=later)
+    services.download_job_run(job_pk=job.pk)  # the re-sent message, if any
+
+    job.refresh_from_db()
+    assert (job.status, job.storage_key) == (Status.COMPLETED, stored_key)
+    assert job.sha256 == script.sha256(FILE_ID)
+    assert job.file_size_bytes == SIZE
+    assert stored_bytes(job) == script.content(FILE_ID)
+    assert origin.requests[FILE_ID] == 1
+    assert storage.leftovers(job) == []
+
+
+@committed
+def test_an_origin_content_type_longer_than_its_column_still_completes(user, origin, storage):
+    """On PostgreSQL a value longer than the column fails the final write (DataError) and
+    the stored file was thrown away; the origin's header is capped before it gets there."""
+    origin.add(FILE_ID, FileScript(size=SIZE, content_type="application/" + "x" * 300))
+    job = make_job(user)
+
+    services.download_job_run(job_pk=job.pk)
+
+    job.refresh_from_db()
+    assert (job.status, job.content_type) == (Status.COMPLETED, "application/octet-stream")
+    assert storage.objects(job) == [job.storage_key]

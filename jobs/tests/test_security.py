@@ -309,6 +309,10 @@ DRF_KEY = "9944b09199c62bcf9418ad846dd0e4bbdfc6ee4b"
             '127.0.0.1:5000 - "WebSocket /v1/download/subscribe/job_1?token=SECRET123&x=1" [accepted]',
             f'127.0.0.1:5000 - "WebSocket /v1/download/subscribe/job_1?token={REDACTED}&x=1" [accepted]',
         ),
+        (
+            '127.0.0.1:5000 - "WebSocket /v1/download/subscribe/job_1?ticket=eyJ1IjoxfQ:1tX:Q2lS-_x" 403',
+            f'127.0.0.1:5000 - "WebSocket /v1/download/subscribe/job_1?ticket={REDACTED}" 403',
+        ),
         ("Authorization: Token SECRET456", f"Authorization: Token {REDACTED}"),
         ("Authorization: Bearer eyJhbGciOi.x.y", f"Authorization: Bearer {REDACTED}"),
         ("{'HTTP_AUTHORIZATION': 'Token SECRET456'}", f"{{'HTTP_AUTHORIZATION': 'Token {REDACTED}'}}"),

@@ -21,7 +21,7 @@ from jobs import hotstate, services
 from jobs.errors import JobSuperseded
 from jobs.models import TRANSITIONS, DownloadJob, Status
 from jobs.origins import get_origin
-from jobs.staging import StagedFile, stage_file
+from jobs.staging import StagedFile, StoredFileFacts, stage_file
 from jobs.storage import SignedFileSystemStorage
 from jobs.tests.origin_server import FileScript, OriginServer
 from jobs.tests.test_storage import s3_downloads_storage
@@ -64,7 +64,7 @@ class NoHooks:
     def chunk_staged(self, *, bytes_done: int, bytes_total: int | None) -> None:
         pass
 
-    def before_commit(self) -> None:
+    def before_commit(self, *, file: StoredFileFacts) -> None:
         pass
 
 

@@ -1,5 +1,6 @@
 """The downloads storage: signed local URLs served by `file_download`, the two staged
-writes (local rename, S3 multipart through the moto endpoint) and presigned S3 URLs."""
+writes (local rename, S3 multipart through the moto endpoint), presigned S3 URLs, and the
+media types that either way of serving sends."""
 
 import hashlib
 import time
@@ -23,6 +24,7 @@ from jobs.models import DownloadJob, Status
 from jobs.selectors import download_job_link
 from jobs.storage import (
     S3MultipartWrite,
+    safe_content_type,
     staged_write_open,
     staged_write_resume,
     stored_file_delete,
@@ -111,6 +113,70 @@ def test_signed_url_without_parameters_serves_octet_stream(local_storage):
 
     assert response.status_code == 200
     assert response["Content-Type"] == "application/octet-stream"
+
+
+@pytest.mark.parametrize(
+    ("stored", "served"),
+    [
+        ("application/pdf", "application/pdf"),
+        ("image/png", "image/png"),
+        ("video/mp4", "video/mp4"),
+        ("text/csv; charset=utf-8", "text/csv; charset=utf-8"),
+        ("text/html", "application/octet-stream"),
+        ("image/svg+xml", "application/octet-stream"),
+        ("application/xhtml+xml", "application/octet-stream"),
+        ("text/javascript", "application/octet-stream"),
+    ],
+)
+def test_signed_url_serves_only_a_type_that_a_browser_would_not_render_as_a_page(
+    local_storage, stored, served
+):
+    """The signed link serves the origin's bytes from the site's own origin: a type that a
+    browser runs or renders as a page is served as application/octet-stream."""
+    local_storage.save(KEY, ContentFile(b"<script>alert(document.cookie)</script>"))
+
+    response = get(local_storage.url(KEY, parameters={"ResponseContentType": stored}))
+
+    assert response["Content-Type"] == served
+
+
+@pytest.mark.parametrize(
+    ("stored", "served"),
+    [
+        ("application/octet-stream", "application/octet-stream"),
+        ("application/pdf", "application/pdf"),
+        ("application/zip", "application/zip"),
+        ("application/gzip", "application/gzip"),
+        ("application/x-tar", "application/x-tar"),
+        ("application/x-7z-compressed", "application/x-7z-compressed"),
+        ("image/jpeg", "image/jpeg"),
+        ("IMAGE/PNG", "image/png"),
+        ("audio/mpeg", "audio/mpeg"),
+        ("video/webm", "video/webm"),
+        ("text/plain", "text/plain"),
+        ('text/plain; charset="UTF-8"', "text/plain; charset=utf-8"),
+        ("text/csv; charset=utf-8; header=present", "text/csv; charset=utf-8"),
+        ("application/pdf; charset=utf-8", "application/pdf"),
+        ('text/plain; charset="x<y"', "text/plain"),
+        ("text/plain; charset=x<y", "application/octet-stream"),
+        ("text/html; charset=utf-8", "application/octet-stream"),
+        ("TEXT/HTML", "application/octet-stream"),
+        ("application/xhtml+xml", "application/octet-stream"),
+        ("text/xml", "application/octet-stream"),
+        ("application/xml", "application/octet-stream"),
+        ("image/svg+xml", "application/octet-stream"),
+        ("image/foo+xml", "application/octet-stream"),
+        ("application/javascript", "application/octet-stream"),
+        ("application/json", "application/octet-stream"),
+        ("application/x-shockwave-flash", "application/octet-stream"),
+        ("multipart/x-mixed-replace; boundary=x", "application/octet-stream"),
+        ("text/vtt", "application/octet-stream"),
+        ("not a type", "application/octet-stream"),
+        ("", "application/octet-stream"),
+    ],
+)
+def test_safe_content_type_keeps_only_types_a_browser_neither_runs_nor_renders(stored, served):
+    assert safe_content_type(stored) == served
 
 
 def test_signed_url_needs_a_name(local_storage):
@@ -265,6 +331,15 @@ def test_s3_write_uploads_parts_and_commits_the_object(bucket, s3_storage, s3_ke
     assert bucket.open_uploads(s3_key) == []
 
 
+def test_s3_write_stores_a_type_a_browser_could_render_as_octet_stream(bucket, s3_storage, s3_key):
+    """The object's own type is what any plain link to it (a public bucket, a CDN) serves."""
+    write = staged_write_open(s3_key, content_type="text/html; charset=utf-8", part_bytes=5 * MiB)
+    write.write(b"<script>alert(document.cookie)</script>")
+    write.commit()
+
+    assert bucket.read(s3_key)["ContentType"] == "application/octet-stream"
+
+
 def test_s3_write_part_size_is_at_least_the_s3_minimum(bucket, s3_storage, s3_key):
     write = staged_write_open(s3_key, content_type="text/plain", part_bytes=1024)
     write.write(b"x" * (5 * MiB - 1))
@@ -363,6 +438,52 @@ def test_s3_download_link_is_presigned_for_15_minutes_with_the_file_name(s3, s3_
     assert response.content == b"%PDF-1.7"
     assert response.headers["content-disposition"] == RESUME_DISPOSITION
     assert response.headers["content-type"] == "application/pdf"
+
+
+@pytest.mark.django_db
+def test_s3_download_link_of_an_html_file_serves_octet_stream(s3, s3_storage, s3_key, user):
+    # Stored as an older version of the service stored it: with the origin's own type.
+    s3_storage.connection.meta.client.put_object(
+        Bucket=s3.bucket, Key=s3_key, Body=b"<script>alert(document.cookie)</script>", ContentType="text/html"
+    )
+    job = DownloadJob.objects.create(
+        owner=user,
+        file_id=1,
+        status=Status.COMPLETED,
+        storage_key=s3_key,
+        file_name="page.html",
+        content_type="text/html",
+        expires_at=timezone.now() + timedelta(hours=24),
+    )
+
+    link = download_job_link(job=job)
+
+    query = parse_qs(urlsplit(link["download_url"]).query)
+    assert query["response-content-type"] == ["application/octet-stream"]
+    response = httpx.get(link["download_url"])
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/octet-stream"
+    assert response.headers["content-disposition"] == 'attachment; filename="page.html"'
+
+
+@pytest.mark.django_db
+def test_local_download_link_of_an_html_file_serves_octet_stream(local_storage, user):
+    local_storage.save(KEY, ContentFile(b"<script>alert(document.cookie)</script>"))
+    job = DownloadJob.objects.create(
+        owner=user,
+        file_id=1,
+        status=Status.COMPLETED,
+        storage_key=KEY,
+        file_name="page.html",
+        content_type="text/html",
+        expires_at=timezone.now() + timedelta(hours=24),
+    )
+
+    response = get(download_job_link(job=job)["download_url"])
+
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/octet-stream"
+    assert response["Content-Disposition"] == 'attachment; filename="page.html"'
 
 
 @pytest.mark.django_db

@@ -8,19 +8,26 @@ the scenario's sync setup and checks use the usual fixtures and the test client.
 """
 
 import asyncio
+import json
+import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
+from django.core import signing
 from django.test import Client
 from django.utils import timezone
+from prometheus_client import REGISTRY
 from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
 
 from downloads_project.asgi import application
 from jobs import hotstate
@@ -223,6 +230,8 @@ def test_snapshot_of_a_queued_job_is_the_status_api_object(user, api_client):
 
     snapshot, quiet = run(scenario)
     api = api_client.get(f"/v1/download/status/{job.job_id}").json()["data"]
+    # The HTTP answer alone carries a socket's URL (with a fresh ticket), for a client to open.
+    assert api.pop("websocket_url").startswith(f"ws://testserver/v1/download/subscribe/{job.job_id}?ticket=")
     assert without_envelope(snapshot) == api
     assert (snapshot["status"], snapshot["progress"]) == ("queued", 0)
     assert quiet  # open, waiting for events
@@ -473,3 +482,245 @@ def test_an_idle_socket_outlives_the_redis_read_timeout(user, settings):
             assert (await receive(communicator))["status"] == Status.PROCESSING
 
     run(scenario)
+
+
+# --- job ids: the HTTP pattern, 4404 for anything else --------------------------------------
+
+
+def open_sockets_gauge() -> float:
+    value = REGISTRY.get_sample_value("download_websocket_connections")
+    return value or 0.0
+
+
+@pytest.mark.parametrize(
+    "job_id",
+    ["job 0123456789abcdef", "job_" + "0" * 116, "job_dé️jà_vu"],
+    ids=["space", "120 chars", "unicode"],
+)
+@pytest.mark.parametrize("who", ["user", "anonymous"])
+def test_a_job_id_outside_the_http_pattern_is_closed_4404_without_an_error(user, job_id, who, caplog):
+    """As on HTTP, where such a path matches no route: 4404 before anything else, nothing
+    logged at ERROR, and the open-connections gauge where it was."""
+    before = open_sockets_gauge()
+
+    async def scenario() -> int:
+        async with socket(subscribe_path(quote(job_id)), user=user if who == "user" else None) as ws:
+            return await close_code(ws)
+
+    with caplog.at_level(logging.WARNING):
+        code = run(scenario)
+
+    assert code == 4404
+    assert [record for record in caplog.records if record.levelno >= logging.ERROR] == []
+    assert open_sockets_gauge() == before
+
+
+def test_the_websocket_route_has_the_http_job_id_pattern():
+    """One definition, in the routes of both protocols and in the schema's 404."""
+    from jobs import openapi
+    from jobs.urls import JobIdConverter
+    from realtime.routing import websocket_urlpatterns
+
+    assert JobIdConverter.regex == openapi.JOB_ID_PATH_REGEX
+    assert websocket_urlpatterns[0].pattern.regex.pattern == (
+        rf"^v1/download/subscribe/(?P<job_id>{openapi.JOB_ID_PATH_REGEX})\Z"
+    )
+    assert openapi.JOB_ID_PATH_REGEX in (openapi.JOB_NOT_FOUND.description or "")
+
+
+# --- connections per user --------------------------------------------------------------------
+
+
+async def crash(communicator: WebsocketCommunicator) -> None:
+    """The socket's process dies: no disconnect, nothing cleaned up."""
+    for task in heartbeat_tasks():
+        task.cancel()
+    communicator.future.cancel()
+    await asyncio.sleep(0)
+
+
+def test_sockets_per_user_are_capped_at_websocket_max_per_user(user, other_user, settings):
+    assert settings.WEBSOCKET_MAX_PER_USER == 20
+    job = processing_job(user, progress=10)
+    others_job = processing_job(other_user, progress=10)
+
+    async def scenario() -> tuple[list[str], int, str, str]:
+        async with AsyncExitStack() as stack:
+            sockets = [
+                await stack.enter_async_context(socket(subscribe_path(job.job_id), user=user))
+                for _ in range(20)
+            ]
+            snapshots = [(await receive(ws))["type"] for ws in sockets]
+            async with socket(subscribe_path(job.job_id), user=user) as refused:
+                code = await close_code(refused)
+            # Another user's sockets are counted apart.
+            async with socket(subscribe_path(others_job.job_id), user=other_user) as theirs:
+                others = (await receive(theirs))["type"]
+            await sockets.pop().disconnect(timeout=TIMEOUT_S)
+            async with socket(subscribe_path(job.job_id), user=user) as again:
+                after_one_left = (await receive(again))["type"]
+            return snapshots, code, others, after_one_left
+
+    snapshots, code, others, after_one_left = run(scenario)
+    assert snapshots == ["snapshot"] * 20
+    assert code == 4429
+    assert others == "snapshot"
+    assert after_one_left == "snapshot"
+
+
+def test_open_sockets_keep_their_place_and_those_of_a_dead_process_expire(user, settings):
+    """The heartbeat renews each socket's place; a socket whose process died without a
+    disconnect loses it within three heartbeats."""
+    settings.WEBSOCKET_MAX_PER_USER = 2
+    settings.WEBSOCKET_HEARTBEAT_S = 0.25  # a place lapses 0.75 s after it was last renewed
+    job = processing_job(user, progress=10)
+
+    async def scenario() -> tuple[int, str]:
+        live = [WebsocketCommunicator(ROUTER, subscribe_path(job.job_id)) for _ in range(2)]
+        for communicator in live:
+            communicator.scope["user"] = user
+            assert (await communicator.connect(timeout=TIMEOUT_S))[0]
+            assert (await receive(communicator))["type"] == "snapshot"
+        await asyncio.sleep(1.5)  # twice the lifetime of a place that is not renewed
+        async with socket(subscribe_path(job.job_id), user=user) as refused:
+            code = await close_code(refused)
+        for communicator in live:
+            await crash(communicator)
+        await asyncio.sleep(1.5)
+        async with socket(subscribe_path(job.job_id), user=user) as ws:
+            return code, (await receive(ws))["type"]
+
+    assert run(scenario) == (4429, "snapshot")
+
+
+# --- tickets: what websocket_url carries instead of a credential -----------------------------
+
+
+class ClockAhead:
+    """django.core.signing's clock, set `ahead_s` later than the real one."""
+
+    def __init__(self, ahead_s: float) -> None:
+        self.ahead_s = ahead_s
+
+    def time(self) -> float:
+        return time.time() + self.ahead_s
+
+
+def socket_path_of(websocket_url: str) -> str:
+    """The path and query of a websocket_url, for the communicator."""
+    parts = urlsplit(websocket_url)
+    assert (parts.scheme, parts.netloc) == ("ws", "testserver")
+    return f"{parts.path}?{parts.query}"
+
+
+def ticket_of(websocket_url: str) -> str:
+    query = parse_qs(urlsplit(websocket_url).query)
+    assert set(query) == {"ticket"}, websocket_url  # no API key in a URL
+    return query["ticket"][0]
+
+
+def initiate(api_client: APIClient) -> dict[str, Any]:
+    response = api_client.post("/v1/download/initiate", {"file_id": 70000}, format="json")
+    assert response.status_code == 200, response.content
+    data: dict[str, Any] = response.json()["data"]
+    return data
+
+
+def open_socket(path: str) -> dict[str, Any] | int:
+    """What a client with no cookie, no header and no Origin gets: the snapshot, or the code."""
+
+    async def scenario() -> dict[str, Any] | int:
+        async with socket(path, app=application) as ws:
+            output = await ws.receive_output(timeout=TIMEOUT_S)
+            if output["type"] == "websocket.close":
+                code: int = output.get("code", NORMAL_CLOSE)
+                return code
+            message: dict[str, Any] = json.loads(output["text"])
+            return message
+
+    result: dict[str, Any] | int = run(scenario)
+    return result
+
+
+def test_initiates_websocket_url_opens_the_socket_with_no_cookie_and_no_token(api_client, dispatched):
+    created = initiate(api_client)
+    assert ticket_of(created["websocket_url"])
+
+    snapshot = open_socket(socket_path_of(created["websocket_url"]))
+
+    assert isinstance(snapshot, dict)
+    assert (snapshot["type"], snapshot["job_id"], snapshot["status"]) == (
+        "snapshot",
+        created["job_id"],
+        "queued",
+    )
+
+
+def test_a_ticket_opens_sockets_for_websocket_ticket_ttl_s(api_client, dispatched, settings, monkeypatch):
+    assert settings.WEBSOCKET_TICKET_TTL_S == 300
+    path = socket_path_of(initiate(api_client)["websocket_url"])
+
+    def at(later_s: float) -> dict[str, Any] | int:
+        monkeypatch.setattr(signing, "time", ClockAhead(later_s))
+        return open_socket(path)
+
+    still_valid = at(290)
+    expired = at(310)
+
+    assert isinstance(still_valid, dict)
+    assert still_valid["type"] == "snapshot"
+    assert expired == 4401
+
+
+def test_a_ticket_of_one_job_is_refused_on_another(api_client, dispatched):
+    first, second = initiate(api_client), initiate(api_client)
+    path = f"/v1/download/subscribe/{second['job_id']}?ticket={quote(ticket_of(first['websocket_url']))}"
+
+    assert open_socket(path) == 4401
+
+
+@pytest.mark.parametrize("change", ["tampered", "other salt", "another user's", "deactivated user"])
+def test_a_forged_or_foreign_ticket_is_refused(api_client, other_client, user, dispatched, change):
+    created = initiate(api_client)
+    job_id, ticket = created["job_id"], ticket_of(created["websocket_url"])
+    if change == "tampered":
+        payload, rest = ticket.split(":", 1)
+        ticket = payload[:-2] + ("AA" if payload[-2:] != "AA" else "BB") + ":" + rest
+    elif change == "other salt":
+        ticket = signing.dumps(signing.loads(ticket, salt="realtime.ticket"))
+    elif change == "another user's":
+        # A ticket of bob's own job does not open alice's job, and bob's job id is no help.
+        ticket = ticket_of(initiate(other_client)["websocket_url"])
+    else:
+        User.objects.filter(pk=user.pk).update(is_active=False)
+
+    assert open_socket(f"/v1/download/subscribe/{job_id}?ticket={quote(ticket)}") == 4401
+
+
+def test_a_ticket_grants_nothing_else(api_client, dispatched):
+    created = initiate(api_client)
+    ticket = ticket_of(created["websocket_url"])
+    status_path = f"/v1/download/status/{created['job_id']}"
+    anonymous = APIClient()
+
+    by_query = anonymous.get(status_path, {"ticket": ticket})
+    by_header = anonymous.get(status_path, HTTP_AUTHORIZATION=f"Token {ticket}")
+    as_a_token = open_socket(f"/v1/download/subscribe/{created['job_id']}?token={quote(ticket)}")
+
+    assert (by_query.status_code, by_header.status_code, as_a_token) == (401, 401, 4401)
+
+
+def test_the_status_of_an_active_job_carries_a_fresh_websocket_url(api_client, user, dispatched, monkeypatch):
+    job_id = initiate(api_client)["job_id"]
+    finished = make_job(user, status=Status.CANCELLED)
+    # Ten minutes after initiate's ticket: the status answer is how a client gets a new one.
+    monkeypatch.setattr(signing, "time", ClockAhead(600))
+
+    data = api_client.get(f"/v1/download/status/{job_id}").json()["data"]
+    snapshot = open_socket(socket_path_of(data["websocket_url"]))
+    finished_data = api_client.get(f"/v1/download/status/{finished.job_id}").json()["data"]
+
+    assert data["websocket_url"].startswith(f"ws://testserver/v1/download/subscribe/{job_id}?ticket=")
+    assert isinstance(snapshot, dict)
+    assert snapshot["type"] == "snapshot"
+    assert "websocket_url" not in finished_data

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 from uuid import uuid4
 
 import pytest
@@ -463,7 +464,41 @@ def test_without_websocket_the_page_polls_to_completion(page: Page, origin: Orig
     assert any(entry["status"] == "processing" and 0 < entry["progress"] < 100 for entry in seen), seen
     assert seen[-1]["transport"] == "none", seen
     assert blocked, "the page never tried a WebSocket"
-    assert all(url.endswith(f"/v1/download/subscribe/{job_id}") for url in blocked), blocked
+    assert all(urlsplit(url).path == f"/v1/download/subscribe/{job_id}" for url in blocked), blocked
+
+
+# --- 3b. a socket refused for its ticket ---------------------------------------------------
+
+
+def test_a_socket_refused_for_its_ticket_goes_on_with_a_fresh_one(page: Page, origin: OriginServer) -> None:
+    """The ticket of initiate's websocket_url opens a socket for a few minutes: a page that
+    reconnects later is refused 4401. Made here by the test (the first socket is refused as
+    the server refuses an expired ticket): the page asks the status, whose answer carries a
+    fresh websocket_url, and goes on live with it; its session has not ended."""
+    file_id = 72351
+    origin.add(file_id, FileScript(size=5 * MiB, rate_bps=2 * MiB))  # ~2.5 s
+    urls: list[str] = []
+
+    def refuse_the_first(ws: WebSocketRoute) -> None:
+        urls.append(ws.url)
+        if len(urls) == 1:
+            ws.close(code=4401, reason="ticket expired (made by the test)")
+        else:
+            ws.connect_to_server()
+
+    page.route_web_socket("**/v1/download/subscribe/**", refuse_the_first)
+    open_signed_in(page, create_user())
+
+    job_id = request_file(page, file_id)
+    wait_for_row(page, job_id, "row.dataset.transport === 'websocket'")
+    wait_for_row(page, job_id, "row.dataset.status === 'completed'")
+
+    expect(page.get_by_test_id("page-message")).not_to_contain_text("session has ended")
+    assert len(urls) >= 2, urls
+    # Both from the API, with tickets: initiate's, then the status answer's.
+    assert all(urlsplit(url).path == f"/v1/download/subscribe/{job_id}" for url in urls), urls
+    assert all(parse_qs(urlsplit(url).query).keys() == {"ticket"} for url in urls[:2]), urls
+    assert "websocket" in {entry["transport"] for entry in history(page, job_id)}
 
 
 # --- 4. reload mid-download ----------------------------------------------------------------
