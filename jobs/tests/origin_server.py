@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
 
 from jobs.origins import synthetic_chunks
 
@@ -50,19 +51,35 @@ class FileScript:
         return b"".join(synthetic_chunks(file_id, self.size, CHUNK))
 
 
-class OriginServer(ThreadingHTTPServer):
+class _LoopbackServer(ThreadingHTTPServer):
+    """An HTTP server on a free loopback port, served by a daemon thread once started."""
+
     daemon_threads = True
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(("127.0.0.1", 0), handler)
+        self.lock = threading.Lock()
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    def start(self) -> Self:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class OriginServer(_LoopbackServer):
     stall_s = 5.0
 
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(_Handler)
         self.files: dict[int, FileScript] = {}
         self.requests: Counter[int] = Counter()
         self.bytes_sent: Counter[int] = Counter()
         # Per file, each body served: [the offset it started at, the bytes sent].
         self.bodies: dict[int, list[list[int]]] = {}
-        self.lock = threading.Lock()
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     @property
     def url_template(self) -> str:
@@ -85,14 +102,6 @@ class OriginServer(ThreadingHTTPServer):
         """A client that hangs up (a cancelled or timed-out download) is expected here."""
         if not isinstance(sys.exc_info()[1], ConnectionError):
             super().handle_error(request, client_address)  # type: ignore[arg-type]
-
-    def start(self) -> "OriginServer":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
 
     def reset(self) -> None:
         with self.lock:
@@ -217,16 +226,12 @@ class _ReplyHandler(BaseHTTPRequestHandler):
             self.wfile.write(reply.body)
 
 
-class ReplyServer(ThreadingHTTPServer):
-    daemon_threads = True
-
+class ReplyServer(_LoopbackServer):
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _ReplyHandler)
+        super().__init__(_ReplyHandler)
         self.replies: dict[str, Reply] = {}
         # Each request answered: its path and headers.
         self.received: list[tuple[str, dict[str, str]]] = []
-        self.lock = threading.Lock()
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     @property
     def port(self) -> int:
@@ -234,14 +239,6 @@ class ReplyServer(ThreadingHTTPServer):
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
-
-    def start(self) -> "ReplyServer":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
 
     def reset(self) -> None:
         with self.lock:
