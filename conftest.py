@@ -22,17 +22,16 @@ from django.db import connection
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from jobs import metrics, tasks
+from downloads_project import processes
+from jobs import metrics, queues
 from jobs.storage import SignedFileSystemStorage
 from jobs.tests.local_servers import S3Endpoint, free_port, s3_endpoint, wait_for_port
 from jobs.tests.origin_server import OriginServer
 
 ROOT = Path(__file__).resolve().parent
 ARTIFACTS = ROOT / "test-artifacts"
-QUEUES = "downloads.high,downloads.normal,downloads.low"
 # As deployed (Dockerfile): uvicorn does not rewrite the scheme and client address from
 # X-Forwarded-* (its default for a peer at 127.0.0.1); the app's settings decide.
-UVICORN = [sys.executable, "-m", "uvicorn", "downloads_project.asgi:application", "--no-proxy-headers"]
 
 
 # --- users and clients -------------------------------------------------------------------
@@ -129,7 +128,11 @@ def dispatched(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """Named fake: the send to the Celery broker, recorded instead of sent (the real
     worker path is tested end to end)."""
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(tasks.download_job_stage, "apply_async", lambda **kwargs: calls.append(kwargs))
+
+    def record(*, job_pk: int, priority: str, countdown_s: float = 0) -> None:
+        calls.append({"args": (job_pk,), "queue": queues.queue_name(priority), "countdown": countdown_s})
+
+    monkeypatch.setattr(queues, "stage_send", record)
     return calls
 
 
@@ -235,7 +238,7 @@ class Stack:
     def start(self, *, worker: bool = True) -> "Stack":
         if "PROMETHEUS_MULTIPROC_DIR" in self.env:
             metrics.multiprocess_dir_reset(self.env["PROMETHEUS_MULTIPROC_DIR"])
-        self.web, _ = self._spawn("web", [*UVICORN, "--port", str(self.port)])
+        self.web, _ = self._spawn("web", processes.web_argv(port=self.port))
         if worker:
             self.start_worker()
         wait_for_port(self.port, process=self.web)
@@ -244,10 +247,12 @@ class Stack:
     def start_worker(self, *, concurrency: int = 2) -> None:
         self.worker, log = self._spawn(
             "worker",
-            [sys.executable, "-m", "celery", "-A", "downloads_project", "worker", "-Q", QUEUES,
-             "-c", str(concurrency), "-n", f"{self.name}-{time.monotonic_ns()}@%h", "--loglevel", "INFO",
-             "--without-gossip", "--without-mingle"],
-        )  # fmt: skip
+            processes.worker_argv(
+                concurrency=concurrency,
+                name=f"{self.name}-{time.monotonic_ns()}@%h",
+                extra=("--without-gossip", "--without-mingle"),
+            ),
+        )
         log.wait_for(" ready.")
 
     @contextlib.contextmanager
@@ -255,7 +260,7 @@ class Stack:
         """One more ASGI process with this stack's settings, on a port of its own, for as
         long as the block runs; yields its base URL. Any process may serve a job's socket."""
         port = free_port()
-        process, _ = self._spawn(role, [*UVICORN, "--port", str(port)])
+        process, _ = self._spawn(role, processes.web_argv(port=port))
         try:
             wait_for_port(port, process=process)
             yield f"http://127.0.0.1:{port}"
@@ -272,9 +277,8 @@ class Stack:
         schedule file lives in `schedule_dir`. Stopped by `stop_beat()` (not by `stop()`)."""
         self.beat, log = self._spawn(
             "beat",
-            [sys.executable, "-m", "celery", "-A", "downloads_project", "beat", "--loglevel", "INFO",
-             "--schedule", str(schedule_dir / "celerybeat-schedule")],
-        )  # fmt: skip
+            processes.beat_argv(schedule=schedule_dir / "celerybeat-schedule"),
+        )
         log.wait_for("beat: Starting...")
 
     def stop_beat(self) -> None:

@@ -65,10 +65,10 @@ from bench.sandbox import (  # noqa: E402
     results_save,
     run_until_interrupted,
 )
+from downloads_project import processes  # noqa: E402
 from jobs.tests.local_servers import free_port, s3_endpoint, wait_for_port  # noqa: E402
 
 BROKER_DB = 8  # a broker database of its own (staging and realtime use 9)
-QUEUES = "downloads.high,downloads.normal,downloads.low"
 SEED_FILE_ID = 70000
 TERMINAL = {"completed", "failed", "cancelled", "expired"}  # the seed stops on the first two
 STARTUP_TIMEOUT_S = 120
@@ -872,16 +872,18 @@ def start_servers(stack: ExitStack, args: argparse.Namespace, setup: StackSetup,
     port = free_port()
     web = servers.start(
         "web",
-        [sys.executable, "-m", "uvicorn", "downloads_project.asgi:application", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", str(args.web_workers), "--no-access-log",
-         "--log-level", "warning"],
-    )  # fmt: skip
+        processes.web_argv(
+            port=port, extra=("--workers", str(args.web_workers), "--no-access-log", "--log-level", "warning")
+        ),
+    )
     servers.start(
         "worker",
-        [sys.executable, "-m", "celery", "-A", "downloads_project", "worker", "-Q", QUEUES,
-         "--concurrency", str(args.concurrency), "--loglevel", "INFO", "--without-gossip",
-         "--without-mingle", "--hostname", f"bench-load-{os.getpid()}@%h"],
-    )  # fmt: skip
+        processes.worker_argv(
+            concurrency=args.concurrency,
+            name=f"bench-load-{os.getpid()}@%h",
+            extra=("--without-gossip", "--without-mingle"),
+        ),
+    )
     wait_for_port(port, timeout_s=STARTUP_TIMEOUT_S, process=web)
     servers.base_url = f"http://127.0.0.1:{port}"
     return servers

@@ -12,7 +12,7 @@ starts one uvicorn process on `downloads_project.asgi:application`. For each sub
 count it then runs, one after the other:
 
 - project: client processes (`_clients`) open the sockets of the job and read its snapshot;
-  a publisher process (`_publish project`) calls `realtime.events.job_event_publish`, the
+  a publisher process (`_publish project`) calls `jobs.events.job_event_publish`, the
   worker's code path, at a fixed rate; every event carries `sent_at_ns` (time.time_ns()),
   and each client notes its receipt time.
 - baseline: one process (`_baseline`) holds as many channels of the channel layer in one
@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [str(ROOT)] + [entry for entry in sys.path if Path(entry or ".").resolve() != ROOT / "bench"]
 
 from bench.sandbox import bench_env, install_signal_handlers, results_save  # noqa: E402
+from downloads_project import processes  # noqa: E402
 from jobs.tests.local_servers import free_port, wait_for_port  # noqa: E402
 
 BROKER_DB = 9  # as bench/staging.py: no job is dispatched, but no worker could take one either
@@ -267,7 +268,7 @@ def publish_main(args: argparse.Namespace) -> None:
         return start + index / args.rate - time.monotonic()
 
     if args.mode == "project":
-        from realtime.events import job_event_publish
+        from jobs.events import job_event_publish
 
         start = time.monotonic()
         for index, seq in enumerate(seqs):
@@ -603,9 +604,8 @@ def driver_main(args: argparse.Namespace) -> None:
         port = free_port()
         uvicorn = children.start(
             "uvicorn",
-            [sys.executable, "-m", "uvicorn", "downloads_project.asgi:application",
-             "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning"],
-        )  # fmt: skip
+            processes.web_argv(port=port, extra=("--no-access-log", "--log-level", "warning")),
+        )
         wait_for_port(port, process=uvicorn)
         server = psutil.Process(uvicorn.pid)
         origin = f"http://127.0.0.1:{port}"

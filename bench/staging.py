@@ -36,11 +36,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.sandbox import bench_env, install_signal_handlers, interrupted, results_save  # noqa: E402
+from downloads_project import processes  # noqa: E402
+from jobs.queues import QUEUES  # noqa: E402
 from jobs.tests.local_servers import s3_endpoint  # noqa: E402
 
 MIB = 1024 * 1024
 MB = 1_000_000
-QUEUES = "downloads.high,downloads.normal,downloads.low"
 BROKER_DB = 9  # a Redis database of the benchmark's own, so no other worker takes its jobs
 FILE_ID = 424242
 TARGETS = ("s3", "local")
@@ -414,9 +415,11 @@ class Worker:
     def start(self, timeout_s: float = 60) -> None:
         with self.log_path.open("wb") as log_file:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "downloads_project", "worker",
-                 "-c", "1", "--pool", "prefork", "-Q", QUEUES, "-n", f"{self.name}@%h",
-                 "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"],
+                processes.worker_argv(
+                    concurrency=1,
+                    name=f"{self.name}@%h",
+                    extra=("--without-gossip", "--without-mingle", "--without-heartbeat"),
+                ),
                 env=self.env,
                 cwd=ROOT,
                 stdout=log_file,
@@ -451,7 +454,7 @@ def memory_main(target: str, sizes: list[int], jobs: int, out: Path, log_dir: Pa
     # rows of a database that is gone (or, worse, rows of this one).
     with app.connection_for_write() as connection:
         channel: Any = connection.default_channel
-        for queue in QUEUES.split(","):
+        for queue in QUEUES:
             channel.queue_purge(queue)
 
     owner, _ = User.objects.get_or_create(username=f"bench-memory-{target}")

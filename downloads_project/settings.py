@@ -13,6 +13,7 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 
 from downloads_project import roles
+from jobs.queues import DEFAULT_QUEUE, MAINTENANCE_QUEUE
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -253,7 +254,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     # Serve downloads.high before downloads.normal before downloads.low.
     "queue_order_strategy": "priority",
 }
-CELERY_TASK_DEFAULT_QUEUE = "downloads.normal"
+CELERY_TASK_DEFAULT_QUEUE = DEFAULT_QUEUE
 CELERY_TIMEZONE = TIME_ZONE
 
 # Maintenance runs on downloads.high, which every worker serves first, so a backlog of
@@ -267,22 +268,22 @@ CELERY_BEAT_SCHEDULE = {
     "download-jobs-expire": {
         "task": "jobs.download_jobs_expire",
         "schedule": JOB_EXPIRE_EVERY_S,
-        "options": {"queue": "downloads.high", "expires": JOB_EXPIRE_EVERY_S},
+        "options": {"queue": MAINTENANCE_QUEUE, "expires": JOB_EXPIRE_EVERY_S},
     },
     "download-jobs-reap": {
         "task": "jobs.download_jobs_reap",
         "schedule": JOB_REAP_EVERY_S,
-        "options": {"queue": "downloads.high", "expires": JOB_REAP_EVERY_S},
+        "options": {"queue": MAINTENANCE_QUEUE, "expires": JOB_REAP_EVERY_S},
     },
     "download-jobs-purge": {
         "task": "jobs.download_jobs_purge",
         "schedule": JOB_PURGE_EVERY_S,
-        "options": {"queue": "downloads.high", "expires": JOB_PURGE_EVERY_S},
+        "options": {"queue": MAINTENANCE_QUEUE, "expires": JOB_PURGE_EVERY_S},
     },
     "download-analytics-refresh": {
         "task": "jobs.download_analytics_refresh",
         "schedule": ANALYTICS_REFRESH_EVERY_S,
-        "options": {"queue": "downloads.high", "expires": ANALYTICS_REFRESH_EVERY_S},
+        "options": {"queue": MAINTENANCE_QUEUE, "expires": ANALYTICS_REFRESH_EVERY_S},
     },
 }
 
@@ -395,7 +396,7 @@ ALERT_CHECK_EVERY_S = env.float("ALERT_CHECK_EVERY_S", default=60.0)
 CELERY_BEAT_SCHEDULE["download-alerts-check"] = {
     "task": "jobs.download_alerts_check",
     "schedule": ALERT_CHECK_EVERY_S,
-    "options": {"queue": "downloads.high", "expires": ALERT_CHECK_EVERY_S},
+    "options": {"queue": MAINTENANCE_QUEUE, "expires": ALERT_CHECK_EVERY_S},
 }
 
 # --- Origins -----------------------------------------------------------------------------

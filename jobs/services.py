@@ -21,11 +21,10 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from realtime.events import job_event_publish
-
-from . import hotstate, metrics
+from . import hotstate, metrics, queues
 from .breaker import OriginBreaker, origin_breaker_name
 from .errors import ORIGIN_FAILURE_CODES, ErrorCode, JobCancelled, JobError, JobSuperseded
+from .events import job_event_publish
 from .hotstate import HotProgress
 from .models import ACTIVE_STATUSES, DownloadJob, Priority, Status, can_transition
 from .origins import get_origin
@@ -120,18 +119,10 @@ def _publish_on_commit(job: DownloadJob, event_type: str, **extra: Any) -> None:
     _on_commit(lambda: job_event_publish(job.job_id, event))
 
 
-def _queue_name(priority: str) -> str:
-    return f"downloads.{priority}"
-
-
 def _dispatch_on_commit(job: DownloadJob, *, countdown_s: float = 0) -> None:
-    from .tasks import download_job_stage
-
     def send() -> None:
         try:
-            download_job_stage.apply_async(
-                args=(job.pk,), queue=_queue_name(job.priority), countdown=countdown_s
-            )
+            queues.stage_send(job_pk=job.pk, priority=job.priority, countdown_s=countdown_s)
         except Exception:
             # The row stays queued; the reaper re-dispatches jobs queued for too long.
             logger.exception("Could not dispatch %s to the broker", job.job_id)

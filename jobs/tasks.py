@@ -3,11 +3,11 @@
 from celery import Task, shared_task
 from django.conf import settings
 
-from . import alerts, analytics, services
+from . import alerts, analytics, queues, services
 
 
 @shared_task(
-    name="jobs.download_job_stage",
+    name=queues.STAGE_TASK,  # the services send it by this name
     bind=True,
     # A job is acknowledged only when its attempt ended, and handed back to the queue if
     # the worker process died, so a crash never loses it; the services make a

@@ -27,11 +27,11 @@ from django.conf import settings
 from django.utils import timezone
 
 from jobs import metrics, selectors
+from jobs.events import job_group_name
 from jobs.models import ACTIVE_STATUSES, DownloadJob, Status
 
 from . import connections
 from .auth import socket_user
-from .events import job_group_name
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404

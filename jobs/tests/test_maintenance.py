@@ -2,6 +2,7 @@
 broker lost, and the S3 lifecycle rule. Storage is a temporary directory or the moto S3
 endpoint; the broker send is the one fake (`dispatched`)."""
 
+import importlib
 import io
 import json
 import threading
@@ -354,6 +355,7 @@ def test_another_message_leaves_a_processing_job_and_its_upload_alone(user, loca
 
 
 def test_beat_sends_registered_tasks_to_a_queue_every_worker_serves(settings):
+    importlib.import_module("jobs.tasks")  # as a worker's autodiscovery does at start
     for entry in settings.CELERY_BEAT_SCHEDULE.values():
         assert entry["task"] in app.tasks
         assert entry["options"]["queue"] == "downloads.high"

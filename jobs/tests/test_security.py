@@ -33,6 +33,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as websocket_connect
 
 from conftest import database_url, manage
+from downloads_project import processes
 from downloads_project.asgi import application
 from downloads_project.logging import REDACTED, RedactSecrets, redact, redact_handlers
 from jobs.models import DownloadJob, Status, new_job_id
@@ -420,7 +421,7 @@ def test_uvicorn_access_log_is_on_and_shows_no_secret(transactional_db, user):
         "VAR_DIR": str(django_settings.VAR_DIR),
     }
     server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "downloads_project.asgi:application", "--port", str(port)],
+        processes.web_argv(port=port),
         cwd=ROOT, env=env, text=True, start_new_session=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip

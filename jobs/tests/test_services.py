@@ -19,13 +19,13 @@ from django.utils import timezone
 
 from jobs import hotstate, services
 from jobs.errors import JobSuperseded
+from jobs.events import job_group_name
 from jobs.models import TRANSITIONS, DownloadJob, Status
 from jobs.origins import get_origin
 from jobs.staging import StagedFile, StoredFileFacts, stage_file
 from jobs.storage import SignedFileSystemStorage
 from jobs.tests.origin_server import FileScript, OriginServer
 from jobs.tests.test_storage import s3_downloads_storage
-from realtime.events import job_group_name
 
 FILE_ID = 70000
 

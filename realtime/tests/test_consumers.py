@@ -31,10 +31,10 @@ from rest_framework.test import APIClient
 
 from downloads_project.asgi import application
 from jobs import hotstate
+from jobs.events import job_event_publish
 from jobs.hotstate import HotProgress
 from jobs.models import DownloadJob, Status
 from jobs.selectors import iso
-from realtime.events import job_event_publish
 from realtime.routing import websocket_urlpatterns
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -8,7 +8,6 @@ Ctrl-C stops them all.
 import os
 import signal
 import subprocess
-import sys
 import time
 from contextlib import ExitStack
 from typing import Any
@@ -19,10 +18,9 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from rest_framework.authtoken.models import Token
 
+from downloads_project import processes
 from downloads_project.embedded import embedded_redis
 from jobs.metrics import multiprocess_dir_reset
-
-QUEUES = "downloads.high,downloads.normal,downloads.low"
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -53,19 +51,13 @@ class Command(BaseCommand):
             # must not count the last run's processes.
             env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(settings.VAR_DIR / "prometheus"))
             multiprocess_dir_reset(env["PROMETHEUS_MULTIPROC_DIR"])
-            python = sys.executable
-            # --no-proxy-headers: the app's settings (TRUST_X_FORWARDED_PROTO, CLIENT_IP_HEADER)
-            # alone decide what a forwarded header may change, not uvicorn's default trust
-            # of 127.0.0.1. uvicorn's access log is on: settings.LOGGING takes over uvicorn's loggers
-            # when the app loads, and its handler redacts `?token=` and other secrets.
+            # uvicorn's access log is on: settings.LOGGING takes over uvicorn's loggers when
+            # the app loads, and its handler redacts tickets, tokens and other secrets.
             commands = {
-                "web": [python, "-m", "uvicorn", "downloads_project.asgi:application",
-                        "--host", host, "--port", str(port), "--no-proxy-headers"],
-                "worker": [python, "-m", "celery", "-A", "downloads_project", "worker",
-                           "-Q", QUEUES, "-c", str(concurrency), "--loglevel", "INFO"],
-                "beat": [python, "-m", "celery", "-A", "downloads_project", "beat", "--loglevel", "INFO",
-                         "--schedule", str(settings.VAR_DIR / "celerybeat-schedule")],
-            }  # fmt: skip
+                "web": processes.web_argv(host=host, port=port),
+                "worker": processes.worker_argv(concurrency=concurrency),
+                "beat": processes.beat_argv(schedule=settings.VAR_DIR / "celerybeat-schedule"),
+            }
             # Own sessions: Ctrl-C reaches only this command, which stops the children in
             # order (the worker before the Redis it needs), not all at once.
             children = {
