@@ -23,10 +23,11 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from downloads_project import processes
-from jobs import metrics, queues
-from jobs.storage import SignedFileSystemStorage
+from jobs import queues
+from jobs.ops import metrics
 from jobs.tests.local_servers import S3Endpoint, free_port, s3_endpoint, wait_for_port
 from jobs.tests.origin_server import OriginServer
+from jobs.transfer.storage import SignedFileSystemStorage
 
 ROOT = Path(__file__).resolve().parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -72,9 +73,9 @@ def _fresh_cache() -> None:
     """The cache, rate-limit counters and circuit breakers live in Redis: each test starts with none."""
     from django.core.cache import cache
 
-    from jobs.breaker import OriginBreaker, breakers_all
-    from jobs.login_protection import login_failures_reset
-    from jobs.ratelimits import rate_limits_reset
+    from jobs.api.ratelimits import rate_limits_reset
+    from jobs.transfer.breaker import OriginBreaker, breakers_all
+    from jobs.web.login_protection import login_failures_reset
 
     cache.clear()
     rate_limits_reset()
@@ -114,7 +115,7 @@ def local_storage(settings: Any, tmp_path: Path) -> SignedFileSystemStorage:
     settings.STORAGES = {
         **settings.STORAGES,
         "downloads": {
-            "BACKEND": "jobs.storage.SignedFileSystemStorage",
+            "BACKEND": "jobs.transfer.storage.SignedFileSystemStorage",
             "OPTIONS": {"location": str(tmp_path / "media"), "base_url": "/files/"},
         },
     }

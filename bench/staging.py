@@ -1,4 +1,4 @@
-"""Staging benchmark: throughput of `jobs.staging.stage_file` against plain baselines, and
+"""Staging benchmark: throughput of `jobs.transfer.staging.stage_file` against plain baselines, and
 the peak memory of a real Celery worker staging one job. Prints figures; asserts nothing.
 
     make bench                                   # = python -m downloads_project.embedded \\
@@ -196,10 +196,10 @@ def throughput_main(target: str, size: int, repeat: int, out: Path) -> None:
     from storages.backends.s3 import S3Storage
 
     from jobs.models import DownloadJob
-    from jobs.origins import SyntheticOrigin, synthetic_chunks
     from jobs.services import _AttemptHooks, download_job_complete, download_job_start
-    from jobs.staging import StagedFile, StagingHooks, stage_file
-    from jobs.storage import SignedFileSystemStorage, downloads_storage, stored_file_delete
+    from jobs.transfer.origins import SyntheticOrigin, synthetic_chunks
+    from jobs.transfer.staging import StagedFile, StagingHooks, stage_file
+    from jobs.transfer.storage import SignedFileSystemStorage, downloads_storage, stored_file_delete
 
     storage = downloads_storage()
     expected = S3Storage if target == "s3" else SignedFileSystemStorage
@@ -448,7 +448,7 @@ def memory_main(target: str, sizes: list[int], jobs: int, out: Path, log_dir: Pa
     from downloads_project.celery import app
     from jobs.models import TERMINAL_STATUSES, DownloadJob, Status
     from jobs.services import download_job_create
-    from jobs.storage import stored_file_delete
+    from jobs.transfer.storage import stored_file_delete
 
     # Messages left in the benchmark's broker database by an interrupted run would name
     # rows of a database that is gone (or, worse, rows of this one).

@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import environ
+from corsheaders.defaults import default_headers as cors_default_headers
 from django.core.exceptions import ImproperlyConfigured
 
 from downloads_project import roles
@@ -49,9 +50,12 @@ INSTALLED_APPS = [
     "jobs",
     "realtime",
     "axes",
+    "corsheaders",
 ]
 
 MIDDLEWARE = [
+    # First: answers CORS preflights of /v1/ before any other middleware could (CORS_* below).
+    "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -101,7 +105,7 @@ LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 # First: refuses a locked-out sign-in before any password is checked.
 AUTHENTICATION_BACKENDS = [
-    "jobs.login_protection.LoginProtectionBackend",
+    "jobs.web.login_protection.LoginProtectionBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
 
@@ -374,9 +378,9 @@ if min(LOGIN_FAILURE_LIMIT, LOGIN_FAILURE_LIMIT_PER_IP, LOGIN_LOCKOUT_S) < 1:
     raise ImproperlyConfigured(
         "LOGIN_FAILURE_LIMIT, LOGIN_FAILURE_LIMIT_PER_IP and LOGIN_LOCKOUT_S must be 1 or more"
     )
-AXES_HANDLER = "jobs.login_protection.LoginFailureHandler"
-AXES_LOCKOUT_CALLABLE = "jobs.login_protection.login_lockout_response"
-AXES_CLIENT_IP_CALLABLE = "jobs.ratelimits.client_ip"  # the rate limits' rule (CLIENT_IP_HEADER)
+AXES_HANDLER = "jobs.web.login_protection.LoginFailureHandler"
+AXES_LOCKOUT_CALLABLE = "jobs.web.login_protection.login_lockout_response"
+AXES_CLIENT_IP_CALLABLE = "jobs.api.ratelimits.client_ip"  # the rate limits' rule (CLIENT_IP_HEADER)
 # What the handler counts (axes names it in its start-up log line).
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"], "ip_address"]
 AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
@@ -457,7 +461,7 @@ if AWS_STORAGE_BUCKET_NAME:
     }
 else:
     _downloads_storage = {
-        "BACKEND": "jobs.storage.SignedFileSystemStorage",
+        "BACKEND": "jobs.transfer.storage.SignedFileSystemStorage",
         "OPTIONS": {"location": str(VAR_DIR / "media"), "base_url": "/files/"},
     }
 STORAGES = {
@@ -466,20 +470,33 @@ STORAGES = {
     "downloads": _downloads_storage,
 }
 
+# --- CORS: browser apps of other origins (clients/react) ----------------------------------
+# Pages of these origins (`scheme://host[:port]`, comma-separated) may call /v1/ from the
+# browser and open the socket of a job's websocket_url (realtime/auth.py). None by default:
+# no cross-origin access. No cookies cross-origin: such a page authenticates its API calls
+# with `Authorization: Token`, and its socket with the websocket_url's ticket.
+CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=[])
+CORS_URLS_REGEX = r"^/v1/"
+CORS_ALLOW_HEADERS = (*cors_default_headers, "idempotency-key")
+CORS_EXPOSE_HEADERS = [
+    "Retry-After", "RateLimit-Policy", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"
+]  # fmt: skip
+
 # --- REST framework ----------------------------------------------------------------------
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "jobs.authentication.CachedTokenAuthentication",
+        "jobs.api.authentication.CachedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["jobs.parsers.JSONParser"],  # DRF's, deep nesting a 400
-    "EXCEPTION_HANDLER": "jobs.api_errors.exception_handler",
+    "DEFAULT_PARSER_CLASSES": ["jobs.api.parsers.JSONParser"],  # DRF's, deep nesting a 400
+    "EXCEPTION_HANDLER": "jobs.api.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    # OPTIONS would describe the views outside the envelope; nothing here needs it (no CORS).
+    # OPTIONS would describe the views outside the envelope; nothing here needs it (CORS
+    # preflights are answered by CorsMiddleware before they reach a view).
     "DEFAULT_METADATA_CLASS": None,
 }
 

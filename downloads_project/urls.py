@@ -4,9 +4,9 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
-from jobs import ops
-from jobs.storage import file_download
-from jobs.views import downloads_page
+from jobs.ops import probes as ops
+from jobs.transfer.storage import file_download
+from jobs.web.views import downloads_page
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -25,8 +25,8 @@ urlpatterns = [
         name="api-docs",
     ),
     path("", downloads_page, name="downloads"),
-    path("", include("jobs.urls")),
+    path("", include("jobs.api.urls")),
 ]
 
-handler404 = "jobs.api_errors.json_404"
-handler500 = "jobs.api_errors.json_500"
+handler404 = "jobs.api.errors.json_404"
+handler500 = "jobs.api.errors.json_500"

@@ -7,4 +7,4 @@ class JobsConfig(AppConfig):
 
     def ready(self) -> None:
         # The signals that drop a revoked token's cached user.
-        from . import authentication  # noqa: F401
+        from jobs.api import authentication  # noqa: F401

@@ -17,7 +17,7 @@ import redis
 from django.conf import settings
 
 if TYPE_CHECKING:
-    from .models import DownloadJob
+    from jobs.models import DownloadJob
 
 
 @cache

@@ -11,10 +11,10 @@ from django.db.models import QuerySet
 from django.urls import reverse
 from django.utils import timezone
 
-from . import hotstate
-from .hotstate import HotProgress, JobCard
-from .models import ACTIVE_STATUSES, DownloadJob, Status
-from .storage import attachment_disposition, downloads_storage, safe_content_type
+from jobs import hotstate
+from jobs.hotstate import HotProgress, JobCard
+from jobs.models import ACTIVE_STATUSES, DownloadJob, Status
+from jobs.transfer.storage import attachment_disposition, downloads_storage, safe_content_type
 
 logger = logging.getLogger(__name__)
 

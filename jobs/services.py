@@ -21,16 +21,17 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from . import hotstate, metrics, queues
-from .breaker import OriginBreaker, origin_breaker_name
-from .errors import ORIGIN_FAILURE_CODES, ErrorCode, JobCancelled, JobError, JobSuperseded
-from .events import job_event_publish
-from .hotstate import HotProgress
-from .models import ACTIVE_STATUSES, DownloadJob, Priority, Status, can_transition
-from .origins import get_origin
-from .selectors import download_job_for_idempotency_key, download_job_status, iso
-from .staging import Checkpoint, StagedFile, StoredFileFacts, stage_file
-from .storage import downloads_storage, stored_file_delete, stored_file_sha256
+from jobs import hotstate, queues
+from jobs.errors import ORIGIN_FAILURE_CODES, ErrorCode, JobCancelled, JobError, JobSuperseded
+from jobs.events import job_event_publish
+from jobs.hotstate import HotProgress
+from jobs.models import ACTIVE_STATUSES, DownloadJob, Priority, Status, can_transition
+from jobs.ops import metrics
+from jobs.selectors import download_job_for_idempotency_key, download_job_status, iso
+from jobs.transfer.breaker import OriginBreaker, origin_breaker_name
+from jobs.transfer.origins import get_origin
+from jobs.transfer.staging import Checkpoint, StagedFile, StoredFileFacts, stage_file
+from jobs.transfer.storage import downloads_storage, stored_file_delete, stored_file_sha256
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,8 @@
 from celery import Task, shared_task
 from django.conf import settings
 
-from . import alerts, analytics, queues, services
+from jobs import queues, services
+from jobs.ops import alerts, analytics
 
 
 @shared_task(

@@ -7,17 +7,18 @@ longer documented: a URL ends up in proxy logs.
 """
 
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from channels.auth import AuthMiddlewareStack
 from channels.db import database_sync_to_async
 from channels.middleware import BaseMiddleware
 from channels.security.websocket import AllowedHostsOriginValidator, OriginValidator
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
 from rest_framework.exceptions import AuthenticationFailed
 
-from jobs.authentication import CachedTokenAuthentication
+from jobs.api.authentication import CachedTokenAuthentication
 
 from .tickets import websocket_ticket_user_id
 
@@ -70,14 +71,27 @@ async def socket_user(scope: dict[str, Any], job_id: str) -> Any:
 class _BrowserOriginValidator(OriginValidator):
     def valid_origin(self, parsed_origin: Any) -> bool:
         # Browsers send an Origin with every WebSocket handshake, so a page of another
-        # site is refused. Channels also refuses a handshake without one; only non-browser
-        # clients make those (and could claim any Origin), so they are let through, to be
+        # site is refused, unless CORS_ALLOWED_ORIGINS lists it (a browser app that calls
+        # the API with a token: it opens the websocket_url's socket with its ticket).
+        # Channels also refuses a handshake without one; only non-browser clients make
+        # those (and could claim any Origin), so they are let through, to be
         # authenticated like any other.
-        return parsed_origin is None or bool(super().valid_origin(parsed_origin))
+        return (
+            parsed_origin is None or bool(super().valid_origin(parsed_origin)) or _cors_allowed(parsed_origin)
+        )
+
+
+def _cors_allowed(parsed_origin: Any) -> bool:
+    """The Origin is one of CORS_ALLOWED_ORIGINS, compared as django-cors-headers does."""
+    return any(
+        (allowed.scheme, allowed.netloc) == (parsed_origin.scheme, parsed_origin.netloc)
+        for allowed in map(urlsplit, settings.CORS_ALLOWED_ORIGINS)
+    )
 
 
 def AllowedHostsOrNoOriginValidator(application: Any) -> Any:
     """Channels' AllowedHostsOriginValidator (the Origin's host must be in ALLOWED_HOSTS),
-    except that a handshake without an Origin header, which no browser makes, is accepted."""
+    except that a handshake without an Origin header, which no browser makes, is accepted,
+    and so is one from a page of CORS_ALLOWED_ORIGINS."""
     allowed = AllowedHostsOriginValidator(application).allowed_origins
     return _BrowserOriginValidator(application, allowed)

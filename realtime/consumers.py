@@ -26,9 +26,10 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocke
 from django.conf import settings
 from django.utils import timezone
 
-from jobs import metrics, selectors
+from jobs import selectors
 from jobs.events import job_group_name
 from jobs.models import ACTIVE_STATUSES, DownloadJob, Status
+from jobs.ops import metrics
 
 from . import connections
 from .auth import socket_user

@@ -4,7 +4,7 @@ other path, a job id with a space or of 120 characters say, is closed 4404 as HT
 
 from django.urls import re_path
 
-from jobs.openapi import JOB_ID_PATH_REGEX
+from jobs.api.openapi import JOB_ID_PATH_REGEX
 
 from .consumers import JobConsumer, UnknownPathConsumer
 

@@ -8,7 +8,7 @@ def ask(name: str, now: float, start: Any, answers: Any) -> None:
     import django
 
     django.setup()
-    from jobs.breaker import OriginBreaker
+    from jobs.transfer.breaker import OriginBreaker
 
     breaker = OriginBreaker(name, clock=lambda: now)
     start.wait()

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Self
 
-from jobs.origins import synthetic_chunks
+from jobs.transfer.origins import synthetic_chunks
 
 CHUNK = 64 * 1024
 

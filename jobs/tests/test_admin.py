@@ -11,8 +11,8 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from jobs import admin as jobs_admin
 from jobs import hotstate
+from jobs.admin import downloads as jobs_admin
 from jobs.models import DownloadJob, Priority, Status
 
 CHANGELIST = "admin:jobs_downloadjob_changelist"

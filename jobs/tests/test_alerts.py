@@ -15,8 +15,9 @@ from django.test import Client
 from django.utils import timezone
 
 from downloads_project.celery import app
-from jobs import alerts, metrics, tasks
+from jobs import tasks
 from jobs.models import DownloadJob, Status
+from jobs.ops import alerts, metrics
 from jobs.tests.test_ops import closed_port_url, samples
 
 pytestmark = pytest.mark.django_db
@@ -81,7 +82,7 @@ def test_a_success_rate_below_the_threshold_fires_and_is_logged(
     ended_jobs(user, Status.FAILED, 2)  # 18 / 20 = 0.90
     ended_jobs(user, Status.CANCELLED, 30)  # not counted either way
 
-    with caplog.at_level(logging.WARNING, logger="jobs.alerts"):
+    with caplog.at_level(logging.WARNING, logger="jobs.ops.alerts"):
         tasks.download_alerts_check()
 
     [warning] = alert_warnings(caplog)
@@ -103,7 +104,7 @@ def test_a_success_rate_at_or_above_the_threshold_does_not_fire(
     ended_jobs(user, Status.COMPLETED, 19)
     ended_jobs(user, Status.FAILED, 1)  # 0.95 exactly: not below
 
-    with caplog.at_level(logging.WARNING, logger="jobs.alerts"):
+    with caplog.at_level(logging.WARNING, logger="jobs.ops.alerts"):
         state = alerts.alerts_check()
 
     assert state.success is not None
@@ -119,7 +120,7 @@ def test_too_few_ended_jobs_give_no_success_rate_alert(
     ended_jobs(user, Status.COMPLETED, 1)
     ended_jobs(user, Status.FAILED, 18)  # 1 / 19: bad, but fewer than ALERT_MIN_SAMPLES
 
-    with caplog.at_level(logging.WARNING, logger="jobs.alerts"):
+    with caplog.at_level(logging.WARNING, logger="jobs.ops.alerts"):
         tasks.download_alerts_check()
 
     assert alert_warnings(caplog) == []
@@ -162,7 +163,7 @@ def test_a_backlog_above_the_threshold_fires_and_is_logged(
             tasks.download_job_stage.apply_async(args=(job_pk,), queue=queue, connection=connection)  # type: ignore[call-arg]
     assert alerts.queue_backlog() == 4
 
-    with caplog.at_level(logging.WARNING, logger="jobs.alerts"):
+    with caplog.at_level(logging.WARNING, logger="jobs.ops.alerts"):
         tasks.download_alerts_check()
 
     [warning] = alert_warnings(caplog)
@@ -175,7 +176,7 @@ def test_a_backlog_above_the_threshold_fires_and_is_logged(
 
     alert_settings.ALERT_BACKLOG_THRESHOLD = 4  # at the threshold: not above
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="jobs.alerts"):
+    with caplog.at_level(logging.WARNING, logger="jobs.ops.alerts"):
         tasks.download_alerts_check()
     assert alert_warnings(caplog) == []
     assert firing(scrape(client), "backlog") == 0
@@ -187,7 +188,7 @@ def test_an_unreadable_broker_leaves_the_backlog_out_of_the_scrape(
     alert_settings.CELERY_BROKER_URL = f"{closed_port_url()}/0"
     metrics._broker.cache_clear()
     try:
-        with caplog.at_level(logging.WARNING, logger="jobs.alerts"):
+        with caplog.at_level(logging.WARNING, logger="jobs.ops.alerts"):
             tasks.download_alerts_check()
         found = scrape(client)
     finally:

@@ -15,9 +15,10 @@ from django.urls import reverse
 from django.utils import timezone
 
 from downloads_project.celery import app
-from jobs import analytics, metrics, tasks
-from jobs.analytics import AnalyticsHour
+from jobs import tasks
 from jobs.models import DownloadAnalyticsHour, DownloadJob, Status
+from jobs.ops.analytics import AnalyticsHour
+from jobs.ops import analytics, metrics
 
 PAGE = "admin:jobs_downloadjob_analytics"
 postgresql_only = pytest.mark.skipif(

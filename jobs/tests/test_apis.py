@@ -22,7 +22,7 @@ from rest_framework.test import APIClient
 from jobs import hotstate
 from jobs.hotstate import HotProgress
 from jobs.models import DownloadJob, Status
-from jobs.origins import _name_from_disposition as name_from_disposition  # RFC 6266: filename* first
+from jobs.transfer.origins import _name_from_disposition as name_from_disposition  # RFC 6266: filename* first
 
 INITIATE = "/v1/download/initiate"
 LIST = "/v1/downloads"
@@ -598,7 +598,7 @@ def test_initiate_refused_by_one_limit_is_not_counted_by_the_other(api_client, s
     ],
 )
 def test_client_ip_comes_from_the_trusted_header_only(settings, rf, header_setting, headers, counted_as):
-    from jobs.ratelimits import client_ip
+    from jobs.api.ratelimits import client_ip
 
     settings.CLIENT_IP_HEADER = header_setting
 
@@ -606,7 +606,7 @@ def test_client_ip_comes_from_the_trusted_header_only(settings, rf, header_setti
 
 
 def test_client_ip_skips_as_many_proxies_as_configured(settings, rf):
-    from jobs.ratelimits import client_ip
+    from jobs.api.ratelimits import client_ip
 
     settings.CLIENT_IP_HEADER = "X-Forwarded-For"
     settings.CLIENT_IP_PROXY_COUNT = 2
@@ -627,7 +627,7 @@ def test_initiate_rate_per_ip_behind_a_proxy_counts_each_client(api_client, sett
 
 
 def test_initiate_rate_limits_fail_open_without_redis(api_client, monkeypatch, dispatched):
-    from jobs import ratelimits
+    from jobs.api import ratelimits
 
     def unreachable(*args: Any) -> bool:
         raise ConnectionError("redis down")

@@ -21,7 +21,10 @@ from django.urls import reverse
 from prometheus_client import REGISTRY
 
 from jobs import hotstate
-from jobs.breaker import (
+from jobs.tests import breaker_caller
+from jobs.tests.local_servers import free_port
+from jobs.tests.test_ops import samples
+from jobs.transfer.breaker import (
     HALF_OPEN_WAIT_S,
     REGISTRY_KEY,
     BreakerState,
@@ -30,9 +33,6 @@ from jobs.breaker import (
     breakers_all,
     origin_breaker_name,
 )
-from jobs.tests import breaker_caller
-from jobs.tests.local_servers import free_port
-from jobs.tests.test_ops import samples
 
 T0 = 1_800_000_000.0
 PAGE = "admin:jobs_downloadjob_analytics"
@@ -124,7 +124,7 @@ def test_it_opens_when_failures_reach_the_ratio_with_enough_outcomes(name, clock
     assert breaker.allow() is None  # 2 of 5
     before = opened_total(name)
 
-    with caplog.at_level(logging.INFO, logger="jobs.breaker"):
+    with caplog.at_level(logging.INFO, logger="jobs.transfer.breaker"):
         breaker.record_failure()  # 3 of 6
 
     assert breaker.state() == BreakerState(name, "open", 3, 3, at(T0), at(T0 + 30), 0)
@@ -239,7 +239,7 @@ def test_the_probes_success_closes_it_and_clears_the_counts(name, clock, caplog)
     assert breaker.state() == BreakerState(name, "half_open", 5, 0, at(T0), at(T0 + 230), 1)
     clock.advance(100)  # a long download
 
-    with caplog.at_level(logging.INFO, logger="jobs.breaker"):
+    with caplog.at_level(logging.INFO, logger="jobs.transfer.breaker"):
         breaker.record_success()
 
     assert breaker.state() == BreakerState(name, "closed", 0, 0, None, None, 0)
@@ -268,7 +268,7 @@ def test_the_probes_failure_opens_it_again(name, clock, caplog) -> None:
     clock.advance(12)
     before = opened_total(name)
 
-    with caplog.at_level(logging.WARNING, logger="jobs.breaker"):
+    with caplog.at_level(logging.WARNING, logger="jobs.transfer.breaker"):
         breaker.record_failure()
 
     assert breaker.state() == BreakerState(name, "open", 6, 0, at(T0 + 42), at(T0 + 72), 0)
@@ -378,7 +378,7 @@ def redis_down(settings: Any) -> Iterator[None]:
 def test_without_redis_it_lets_calls_through_and_drops_outcomes(name, redis_down, caplog) -> None:
     breaker = OriginBreaker(name)
 
-    with caplog.at_level(logging.WARNING, logger="jobs.breaker"):
+    with caplog.at_level(logging.WARNING, logger="jobs.transfer.breaker"):
         assert breaker.allow() is None
         breaker.record_failure()
         breaker.record_success()

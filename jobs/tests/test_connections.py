@@ -61,7 +61,7 @@ def test_a_page_without_its_database_answers_503(user: User, monkeypatch: pytest
     browser = Client(raise_request_exception=False)
     browser.force_login(user)
     monkeypatch.setattr(selectors, "download_job_list_for_owner", _database_down)
-    monkeypatch.setattr("jobs.views.render", _database_down)  # whatever the page reads first
+    monkeypatch.setattr("jobs.web.views.render", _database_down)  # whatever the page reads first
     response = browser.get("/")
     assert response.status_code == 503
     assert response["Retry-After"] == "5"

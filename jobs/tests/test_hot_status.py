@@ -22,7 +22,7 @@ from jobs import hotstate, selectors, services
 from jobs.errors import ErrorCode, JobError
 from jobs.hotstate import HotProgress, JobCard
 from jobs.models import ACTIVE_STATUSES, DownloadJob, Status
-from jobs.staging import StagedFile
+from jobs.transfer.staging import StagedFile
 
 pytestmark = pytest.mark.django_db
 

@@ -24,9 +24,9 @@ from downloads_project.celery import app
 from jobs import services
 from jobs.errors import JobSuperseded
 from jobs.models import DownloadJob, Status
-from jobs.staging import StagedFile
-from jobs.storage import SignedFileSystemStorage
 from jobs.tests.test_storage import s3_downloads_storage
+from jobs.transfer.staging import StagedFile
+from jobs.transfer.storage import SignedFileSystemStorage
 
 FILE_ID = 70000
 STALE_S = 90

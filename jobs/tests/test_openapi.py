@@ -34,8 +34,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from conftest import Stack, stack_env
+from jobs.api.openapi import JOB_ID_PATTERN
 from jobs.models import DownloadJob, Status
-from jobs.openapi import JOB_ID_PATTERN
 from jobs.tests.origin_server import OriginServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]

@@ -22,7 +22,7 @@ from websockets.sync.client import connect
 
 from conftest import Stack, stack_env
 from downloads_project.embedded import _redis_server_binary
-from jobs import metrics
+from jobs.ops import metrics
 from jobs.tests.local_servers import free_port
 from jobs.tests.origin_server import FileScript, OriginServer
 
@@ -91,7 +91,7 @@ def test_ready_is_503_naming_storage_when_its_folder_is_not_one(
     settings.STORAGES = {
         **settings.STORAGES,
         "downloads": {
-            "BACKEND": "jobs.storage.SignedFileSystemStorage",
+            "BACKEND": "jobs.transfer.storage.SignedFileSystemStorage",
             "OPTIONS": {"location": str(blocker / "media"), "base_url": "/files/"},
         },
     }

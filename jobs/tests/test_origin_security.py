@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 
-from jobs import origins, services
+from jobs import services
 from jobs.errors import JobError
 from jobs.models import DownloadJob, Status
-from jobs.origins import OriginFile, get_origin
-from jobs.staging import StoredFileFacts, stage_file
 from jobs.tests.origin_server import Reply, ReplyServer
+from jobs.transfer import origins
+from jobs.transfer.origins import OriginFile, get_origin
+from jobs.transfer.staging import StoredFileFacts, stage_file
 
 FILE_ID = 70000
 CHUNK = 16 * 1024

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from jobs.errors import ErrorCode, JobError
-from jobs.origins import (
+from jobs.tests.origin_server import FileScript, OriginServer, Reply, ReplyServer
+from jobs.transfer.origins import (
     SYNTHETIC_SEGMENT_BYTES,
     DirectoryOrigin,
     HttpOrigin,
@@ -22,7 +23,6 @@ from jobs.origins import (
     safe_file_name,
     synthetic_chunks,
 )
-from jobs.tests.origin_server import FileScript, OriginServer, Reply, ReplyServer
 
 FILE_ID = 70000
 CHUNK = 16 * 1024

@@ -19,9 +19,9 @@ from django.utils import timezone
 from jobs import services
 from jobs.errors import ErrorCode, JobSuperseded
 from jobs.models import DownloadJob, Status
-from jobs.staging import StoredFileFacts
 from jobs.tests.origin_server import FileScript, OriginServer
 from jobs.tests.test_storage import Bucket, s3_downloads_storage
+from jobs.transfer.staging import StoredFileFacts
 
 FILE_ID = 71000
 MiB = 1024 * 1024
@@ -78,7 +78,7 @@ def storage(request: Any, settings: Any, origin: OriginServer, dispatched: Any, 
         settings.STORAGES = {
             **settings.STORAGES,
             "downloads": {
-                "BACKEND": "jobs.storage.SignedFileSystemStorage",
+                "BACKEND": "jobs.transfer.storage.SignedFileSystemStorage",
                 "OPTIONS": {"location": str(tmp_path), "base_url": "/files/"},
             },
         }

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from jobs import services
 from jobs.models import DownloadJob, Status
-from jobs.storage import SignedFileSystemStorage
+from jobs.transfer.storage import SignedFileSystemStorage
 
 INITIATE = "/v1/download/initiate"
 FILE_ID = 72000

@@ -21,11 +21,11 @@ from jobs import hotstate, services
 from jobs.errors import JobSuperseded
 from jobs.events import job_group_name
 from jobs.models import TRANSITIONS, DownloadJob, Status
-from jobs.origins import get_origin
-from jobs.staging import StagedFile, StoredFileFacts, stage_file
-from jobs.storage import SignedFileSystemStorage
 from jobs.tests.origin_server import FileScript, OriginServer
 from jobs.tests.test_storage import s3_downloads_storage
+from jobs.transfer.origins import get_origin
+from jobs.transfer.staging import StagedFile, StoredFileFacts, stage_file
+from jobs.transfer.storage import SignedFileSystemStorage
 
 FILE_ID = 70000
 
@@ -604,7 +604,7 @@ def breaker_settings(worker_settings: Any) -> Any:
 def test_a_failing_origin_opens_the_breaker_and_queued_jobs_wait_without_using_attempts(
     user, origin, media, breaker_settings, dispatched, run_attempt
 ):
-    from jobs.breaker import OriginBreaker, origin_breaker_name
+    from jobs.transfer.breaker import OriginBreaker, origin_breaker_name
 
     for offset in range(3):
         origin.add(FILE_ID + offset, FileScript(size=1000, faults=["503"]))
@@ -636,7 +636,7 @@ def test_a_failing_origin_opens_the_breaker_and_queued_jobs_wait_without_using_a
 
 
 def test_a_missing_file_is_not_held_against_the_origin(user, origin, media, breaker_settings, run_attempt):
-    from jobs.breaker import OriginBreaker, origin_breaker_name
+    from jobs.transfer.breaker import OriginBreaker, origin_breaker_name
 
     for offset in range(4):
         run_attempt(make_job(user, file_id=FILE_ID + offset).pk)  # 404: the origin answered

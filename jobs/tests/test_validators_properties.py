@@ -15,14 +15,14 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from rest_framework import serializers
 
-from jobs.models import Priority, Status
-from jobs.serializers import (
+from jobs.api.serializers import (
     MAX_FILE_ID,
     METADATA_MAX_DEPTH,
     DownloadJobInitiateSerializer,
     DownloadJobListFilterSerializer,
     idempotency_key_validate,
 )
+from jobs.models import Priority, Status
 
 PROPERTIES = settings(derandomize=True, max_examples=200, deadline=None)
 PRIORITIES = {"low", "normal", "high"}

@@ -517,8 +517,8 @@ def test_a_job_id_outside_the_http_pattern_is_closed_4404_without_an_error(user,
 
 def test_the_websocket_route_has_the_http_job_id_pattern():
     """One definition, in the routes of both protocols and in the schema's 404."""
-    from jobs import openapi
-    from jobs.urls import JobIdConverter
+    from jobs.api import openapi
+    from jobs.api.urls import JobIdConverter
     from realtime.routing import websocket_urlpatterns
 
     assert JobIdConverter.regex == openapi.JOB_ID_PATH_REGEX

@@ -20,7 +20,7 @@ from rest_framework.authtoken.models import Token
 
 from downloads_project import processes
 from downloads_project.embedded import embedded_redis
-from jobs.metrics import multiprocess_dir_reset
+from jobs.ops.metrics import multiprocess_dir_reset
 
 
 def _interrupt(signum: int, frame: object) -> None:

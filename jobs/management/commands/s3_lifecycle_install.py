@@ -17,7 +17,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from storages.backends.s3 import S3Storage
 
-from jobs.storage import downloads_storage
+from jobs.transfer.storage import downloads_storage
 
 RULE_ID = "downloads-retention"
 SECONDS_PER_DAY = 86400

@@ -4,8 +4,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
 
-from .api_errors import error_body
-from .models import Priority
+from jobs.api.errors import error_body
+from jobs.models import Priority
 
 
 @login_required

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import httpx
 from django.conf import settings
 
-from .errors import ErrorCode, JobError
+from jobs.errors import ErrorCode, JobError
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 # The longest header value of the origin's that a job keeps: its columns `content_type`
@@ -75,7 +75,7 @@ def safe_file_name(name: str, *, fallback: str) -> str:
     """A file name fit for a Content-Disposition header and any file system: no path,
     no control or invisible characters, no leading dots, at most 200 bytes of UTF-8
     (the extension kept). Quotes and semicolons that remain are for the header's
-    builder (`jobs.storage.attachment_disposition`) to encode."""
+    builder (`jobs.transfer.storage.attachment_disposition`) to encode."""
     name = unicodedata.normalize("NFC", name)
     name = "".join("\x00" if unicodedata.category(char) in _INVISIBLE_CATEGORIES else char for char in name)
     name = name.replace("\\", "/").rsplit("/", 1)[-1]

@@ -23,8 +23,8 @@ from django.utils import timezone
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from . import metrics
-from .models import DownloadJob, Status
+from jobs.models import DownloadJob, Status
+from jobs.ops import metrics
 
 logger = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from typing import Any, Protocol
 
 from django.conf import settings
 
-from .errors import JobCancelled
-from .origins import Origin, read_size_check
-from .storage import (
+from jobs.errors import JobCancelled
+from jobs.transfer.origins import Origin, read_size_check
+from jobs.transfer.storage import (
     StagedWrite,
     parts_size,
     staged_write_open,

@@ -26,10 +26,10 @@ from django.urls import reverse
 from django.utils.http import parse_header_parameters
 from storages.backends.s3 import S3Storage
 
-from .errors import ErrorCode, JobError
-from .origins import DEFAULT_CONTENT_TYPE, media_type_or_default, safe_file_name
+from jobs.errors import ErrorCode, JobError
+from jobs.transfer.origins import DEFAULT_CONTENT_TYPE, media_type_or_default, safe_file_name
 
-_URL_SALT = "jobs.storage.download-url"
+_URL_SALT = "jobs.transfer.storage.download-url"
 
 
 def downloads_storage() -> Storage:

@@ -44,7 +44,8 @@ import redis
 from django.conf import settings
 from redis.commands.core import Script
 
-from . import hotstate, metrics
+from jobs import hotstate
+from jobs.ops import metrics
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from typing import Any
 from django.conf import settings
 from rest_framework import serializers
 
-from .models import Priority, Status
+from jobs.models import Priority, Status
 
 MAX_FILE_ID = 2**63 - 1
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # whole value: fullmatch, not `$` (allows a final \n)

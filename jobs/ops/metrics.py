@@ -40,7 +40,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from .models import DownloadJob
+    from jobs.models import DownloadJob
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def queue_depths() -> dict[str, int]:
 
 
 def active_jobs() -> Tally[tuple[str, str]]:
-    from .models import ACTIVE_STATUSES, DownloadJob
+    from jobs.models import ACTIVE_STATUSES, DownloadJob
 
     rows = (
         DownloadJob.objects.filter(status__in=ACTIVE_STATUSES)
@@ -141,8 +141,8 @@ CIRCUIT_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 
 def origin_circuit_families() -> list[Metric]:
     """The state and the failures in the window of every origin's circuit breaker, from
-    hot-state Redis (jobs.breaker); none if it cannot be read."""
-    from .breaker import breakers_all
+    hot-state Redis (jobs.transfer.breaker); none if it cannot be read."""
+    from jobs.transfer.breaker import breakers_all
 
     try:
         breakers = breakers_all()
@@ -196,8 +196,8 @@ class LevelsCollector(Collector):
                 jobs.add_metric([status, priority], n)
             yield jobs
         yield from origin_circuit_families()
-        # The alerts' figures and whether each fires (jobs.alerts), as they are now.
-        from .alerts import alert_metric_families, alerts_evaluate
+        # The alerts' figures and whether each fires (jobs.ops.alerts), as they are now.
+        from jobs.ops.alerts import alert_metric_families, alerts_evaluate
 
         yield from alert_metric_families(alerts_evaluate(queue_depths=depths))
 

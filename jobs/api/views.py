@@ -15,16 +15,16 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from realtime.tickets import websocket_ticket_mint
-
-from . import openapi, ratelimits, selectors, services
-from .api_errors import ApiError, job_not_found
-from .models import ACTIVE_STATUSES, DownloadJob, Status
-from .serializers import (
+from jobs import selectors, services
+from jobs.api import openapi, ratelimits
+from jobs.api.errors import ApiError, job_not_found
+from jobs.api.serializers import (
     DownloadJobInitiateSerializer,
     DownloadJobListFilterSerializer,
     idempotency_key_validate,
 )
+from jobs.models import ACTIVE_STATUSES, DownloadJob, Status
+from realtime.tickets import websocket_ticket_mint
 
 
 def ok(data: Any, *, status_code: int = status.HTTP_200_OK) -> Response:

@@ -1,7 +1,8 @@
 from django.urls import path, register_converter
 
-from . import apis, views
-from .openapi import JOB_ID_PATH_REGEX
+from jobs.api import views as apis
+from jobs.api.openapi import JOB_ID_PATH_REGEX
+from jobs.web import views
 
 
 class JobIdConverter:

@@ -21,8 +21,9 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
-from . import admin_analytics, services
-from .models import DownloadJob
+from jobs import services
+from jobs.admin import analytics as admin_analytics
+from jobs.models import DownloadJob
 
 ACTION_CHUNK_ROWS = 500
 REFUSED_IDS_SHOWN = 10

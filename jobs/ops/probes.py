@@ -24,8 +24,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from storages.backends.s3 import S3Storage
 
-from . import metrics
-from .storage import downloads_storage
+from jobs.ops import metrics
+from jobs.transfer.storage import downloads_storage
 
 CHECK_TIMEOUT_S = 2.0
 

@@ -29,6 +29,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from axes.backends import AxesStandaloneBackend
 from axes.handlers.base import AxesHandler
 from axes.helpers import get_client_username
@@ -38,8 +39,8 @@ from django.forms import Form
 from django.http import HttpRequest, HttpResponse
 from django.template.response import SimpleTemplateResponse, TemplateResponse
 
-from . import hotstate
-from .ratelimits import client_ip
+from jobs import hotstate
+from jobs.api.ratelimits import client_ip
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +182,11 @@ class LoginFailureHandler(AxesHandler):
         if request is None:  # Channels' login() sends none
             return
         pair, _address = _counters(address=client_ip(request), username=user.get_username())
-        hotstate.client().delete(pair.key)
+        try:
+            hotstate.client().delete(pair.key)
+        except redis.RedisError:
+            # The user is signed in already; the count lapses after LOGIN_LOCKOUT_S anyway.
+            logger.warning("Could not forget the sign-in failures of a user who signed in", exc_info=True)
 
     def reset_attempts(
         self, *, ip_address: str | None = None, username: str | None = None, ip_or_username: bool = False

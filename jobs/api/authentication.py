@@ -24,7 +24,7 @@ from django.dispatch import receiver
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.authtoken.models import Token
 
-from . import hotstate
+from jobs import hotstate
 
 logger = logging.getLogger(__name__)
 

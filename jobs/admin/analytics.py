@@ -1,4 +1,4 @@
-"""The admin's analytics page: the hourly figures of `jobs.analytics` as charts drawn
+"""The admin's analytics page: the hourly figures of `jobs.ops.analytics` as charts drawn
 here as inline SVG (no script, nothing fetched from elsewhere), the table of the same
 figures, and the current queue per priority (read from the broker, as /metrics does) and
 active jobs per status. Each chart has a title and a description for assistive
@@ -20,10 +20,10 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from . import metrics
-from .analytics import AnalyticsHour, download_analytics_hourly, uses_view
-from .breaker import BreakerState, OriginBreaker, breakers_all
-from .models import ACTIVE_STATUSES
+from jobs.models import ACTIVE_STATUSES
+from jobs.ops.analytics import AnalyticsHour, download_analytics_hourly, uses_view
+from jobs.ops import metrics
+from jobs.transfer.breaker import BreakerState, OriginBreaker, breakers_all
 
 logger = logging.getLogger(__name__)
 

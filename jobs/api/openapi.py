@@ -18,8 +18,8 @@ from drf_spectacular.utils import (
 )
 from rest_framework import serializers
 
-from .models import Priority, Status
-from .serializers import MAX_FILE_ID
+from jobs.api.serializers import MAX_FILE_ID
+from jobs.models import Priority, Status
 
 # The job id of API.md: `job_` + lowercase hex from a CSPRNG (`models.new_job_id`), at
 # most 50 characters (the column).

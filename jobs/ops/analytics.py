@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from django.db import connection
 from django.utils import timezone
 
-from .models import DownloadAnalyticsHour, DownloadJob, Status
+from jobs.models import DownloadAnalyticsHour, DownloadJob, Status
 
 WINDOW = timedelta(days=7)
 VIEW = "download_analytics"

@@ -1,0 +1,5 @@
+"""The Django admin of download jobs: the job pages and actions (`downloads`), and the
+analytics page with the origin's circuit breaker (`analytics`). Importing the package
+registers them, as the admin's autodiscovery does."""
+
+from jobs.admin import downloads  # noqa: F401

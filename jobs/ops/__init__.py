@@ -1,0 +1,2 @@
+"""For operators: probes (/health, /ready, /metrics), Prometheus metrics, alerts and the
+hourly analytics."""
