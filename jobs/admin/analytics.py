@@ -21,8 +21,8 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from jobs.models import ACTIVE_STATUSES
+from jobs.ops import broker, scrape
 from jobs.ops.analytics import AnalyticsHour, download_analytics_hourly, uses_view
-from jobs.ops import metrics
 from jobs.transfer.breaker import BreakerState, OriginBreaker, breakers_all
 
 logger = logging.getLogger(__name__)
@@ -282,14 +282,13 @@ def bytes_volume_chart(rows: Sequence[AnalyticsHour]) -> SafeString:
 def analytics_page(request: HttpRequest, model_admin: "admin.ModelAdmin[Any]") -> TemplateResponse:
     rows = download_analytics_hourly()
     try:
-        depths: dict[str, int] | None = metrics.queue_depths()
+        depths: dict[str, int] | None = broker.queue_depths()
     except redis.RedisError:
         logger.warning("analytics: could not read the queue depths from the broker", exc_info=True)
         depths = None
-    active = metrics.active_jobs()
+    active = scrape.active_jobs()
     active_rows = [
-        (status, [active[(status, priority)] for priority in metrics.PRIORITIES])
-        for status in ACTIVE_STATUSES
+        (status, [active[(status, priority)] for priority in broker.PRIORITIES]) for status in ACTIVE_STATUSES
     ]
     charts = (
         [success_rate_chart(rows), duration_chart(rows), jobs_volume_chart(rows), bytes_volume_chart(rows)]
@@ -305,8 +304,8 @@ def analytics_page(request: HttpRequest, model_admin: "admin.ModelAdmin[Any]") -
         "source": "materialized view download_analytics, refreshed every minute"
         if uses_view()
         else "computed from the jobs",
-        "priorities": metrics.PRIORITIES,
-        "depths": [depths[priority] for priority in metrics.PRIORITIES] if depths is not None else None,
+        "priorities": broker.PRIORITIES,
+        "depths": [depths[priority] for priority in broker.PRIORITIES] if depths is not None else None,
         "active_rows": active_rows,
         "breakers": _breakers(),
         "breaker_window_s": settings.ORIGIN_BREAKER_WINDOW_S,

@@ -24,7 +24,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from jobs.models import DownloadJob, Status
-from jobs.ops import metrics
+from jobs.ops import broker
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class AlertState:
 
 def queue_backlog() -> int:
     """Messages waiting in the broker over every priority queue."""
-    return sum(metrics.queue_depths().values())
+    return sum(broker.queue_depths().values())
 
 
 def success_rate_window(*, now: datetime | None = None) -> SuccessRate:

@@ -24,7 +24,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from storages.backends.s3 import S3Storage
 
-from jobs.ops import metrics
+from jobs.ops import scrape
 from jobs.transfer.storage import downloads_storage
 
 CHECK_TIMEOUT_S = 2.0
@@ -146,5 +146,5 @@ def ready(request: HttpRequest) -> JsonResponse:
 @require_GET
 @never_cache
 def metrics_view(request: HttpRequest) -> HttpResponse:
-    body, content_type = metrics.exposition()
+    body, content_type = scrape.exposition()
     return HttpResponse(body, content_type=content_type)

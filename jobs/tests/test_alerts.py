@@ -17,7 +17,8 @@ from django.utils import timezone
 from downloads_project.celery import app
 from jobs import tasks
 from jobs.models import DownloadJob, Status
-from jobs.ops import alerts, metrics
+from jobs.ops import alerts
+from jobs.ops.broker import broker_client
 from jobs.tests.test_ops import closed_port_url, samples
 
 pytestmark = pytest.mark.django_db
@@ -39,12 +40,12 @@ def alert_settings(settings: Any) -> Any:
 def broker(settings: Any) -> Iterator[redis.Redis]:
     """An empty broker database of this module's own, read by the metrics and alerts."""
     settings.CELERY_BROKER_URL = f"{settings.REDIS_URL}/{BACKLOG_BROKER_DB}"
-    metrics._broker.cache_clear()
+    broker_client.cache_clear()
     client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
     client.flushdb()
     yield client
     client.flushdb()
-    metrics._broker.cache_clear()
+    broker_client.cache_clear()
 
 
 def ended_jobs(owner: User, status: Status, n: int, *, ago_s: float = 60) -> None:
@@ -186,13 +187,13 @@ def test_an_unreadable_broker_leaves_the_backlog_out_of_the_scrape(
     alert_settings: Any, client: Client, caplog: pytest.LogCaptureFixture
 ) -> None:
     alert_settings.CELERY_BROKER_URL = f"{closed_port_url()}/0"
-    metrics._broker.cache_clear()
+    broker_client.cache_clear()
     try:
         with caplog.at_level(logging.WARNING, logger="jobs.ops.alerts"):
             tasks.download_alerts_check()
         found = scrape(client)
     finally:
-        metrics._broker.cache_clear()
+        broker_client.cache_clear()
     assert "could not read the queue backlog" in caplog.text
     assert alert_warnings(caplog) == []
     assert ("download_queue_backlog", ()) not in found

@@ -17,8 +17,9 @@ from django.utils import timezone
 from downloads_project.celery import app
 from jobs import tasks
 from jobs.models import DownloadAnalyticsHour, DownloadJob, Status
+from jobs.ops import analytics, broker
 from jobs.ops.analytics import AnalyticsHour
-from jobs.ops import analytics, metrics
+from jobs.ops.broker import PRIORITIES, queue_depths
 
 PAGE = "admin:jobs_downloadjob_analytics"
 postgresql_only = pytest.mark.skipif(
@@ -206,11 +207,9 @@ def test_the_page_shows_the_figures_charts_and_queue_to_staff(staff_client, know
         assert figure in page, figure
     assert response.context["rows"] == analytics.download_analytics_hourly()
     # The queue per priority is the broker's reading, as /metrics has it.
-    assert response.context["depths"] == [metrics.queue_depths()[p] for p in metrics.PRIORITIES]
+    assert response.context["depths"] == [queue_depths()[p] for p in PRIORITIES]
     assert 'id="queue-depths"' in page
-    assert ("queued", [1 if p == "normal" else 0 for p in metrics.PRIORITIES]) in response.context[
-        "active_rows"
-    ]
+    assert ("queued", [1 if p == "normal" else 0 for p in PRIORITIES]) in response.context["active_rows"]
     assert "<script" not in page
 
 
@@ -218,7 +217,7 @@ def test_the_page_says_so_when_the_broker_cannot_be_read(staff_client, monkeypat
     def unreachable() -> dict[str, int]:
         raise redis.ConnectionError("broker down")
 
-    monkeypatch.setattr(metrics, "queue_depths", unreachable)  # named fake: a broker outage
+    monkeypatch.setattr(broker, "queue_depths", unreachable)  # named fake: a broker outage
 
     response = staff_client.get(reverse(PAGE))
 
