@@ -196,7 +196,8 @@ def throughput_main(target: str, size: int, repeat: int, out: Path) -> None:
     from storages.backends.s3 import S3Storage
 
     from jobs.models import DownloadJob
-    from jobs.services import _AttemptHooks, download_job_complete, download_job_start
+    from jobs.services import download_job_complete, download_job_start
+    from jobs.services.progress import AttemptHooks
     from jobs.transfer.origins import SyntheticOrigin, synthetic_chunks
     from jobs.transfer.staging import StagedFile, StagingHooks, stage_file
     from jobs.transfer.storage import SignedFileSystemStorage, downloads_storage, stored_file_delete
@@ -238,7 +239,7 @@ def throughput_main(target: str, size: int, repeat: int, out: Path) -> None:
             job = download_job_start(job_pk=row.pk)
             assert job is not None
             key = job.storage_key
-            hooks = _AttemptHooks(job)
+            hooks = AttemptHooks(job)
         staged: list[StagedFile] = []
 
         def action() -> None:
@@ -326,7 +327,7 @@ def throughput_main(target: str, size: int, repeat: int, out: Path) -> None:
         ]
     plans += [
         ("project", "project: stage_file, no-op hooks", lambda key: project("noop", key)),
-        ("project-hooks", "project: stage_file, real _AttemptHooks", lambda key: project("real", key)),
+        ("project-hooks", "project: stage_file, real AttemptHooks", lambda key: project("real", key)),
     ]
 
     for run in range(1, repeat + 1):

@@ -22,6 +22,8 @@ from jobs import hotstate, selectors, services
 from jobs.errors import ErrorCode, JobError
 from jobs.hotstate import HotProgress, JobCard
 from jobs.models import ACTIVE_STATUSES, DownloadJob, Status
+from jobs.services import attempt
+from jobs.services.progress import AttemptHooks
 from jobs.transfer.staging import StagedFile
 
 pytestmark = pytest.mark.django_db
@@ -168,11 +170,11 @@ def test_the_card_follows_every_state_change_of_the_services(
     step(lambda: services.download_job_start(job_pk=pk, task_id="t1"))
     check(Status.PROCESSING)
     # The attempt's throttled row write (heartbeat and progress) changes updated_at.
-    hooks = services._AttemptHooks(job())
+    hooks = AttemptHooks(job())
     step(lambda: hooks._write_row(progress=30, bytes_done=30, bytes_total=100))
     assert check(Status.PROCESSING)["progress"] == 30
     # A retryable failure queues it again, with the error and the time of the retry.
-    step(lambda: services._fail(job(), attempt=1, error=JobError(ErrorCode.NETWORK_ERROR, "reset")))
+    step(lambda: attempt.attempt_fail(job(), attempt=1, error=JobError(ErrorCode.NETWORK_ERROR, "reset")))
     assert check(Status.QUEUED)["error"]["code"] == ErrorCode.NETWORK_ERROR
     step(lambda: services.download_job_cancel(job=job()))
     check(Status.CANCELLED)

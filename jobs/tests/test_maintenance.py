@@ -24,6 +24,7 @@ from downloads_project.celery import app
 from jobs import services
 from jobs.errors import JobSuperseded
 from jobs.models import DownloadJob, Status
+from jobs.services.progress import AttemptHooks
 from jobs.tests.test_storage import s3_downloads_storage
 from jobs.transfer.staging import StagedFile
 from jobs.transfer.storage import SignedFileSystemStorage
@@ -166,7 +167,7 @@ def test_reap_fences_a_stalled_job_out_and_dispatches_it_again(
 ):
     media = Path(local_storage.location)
     job = stalled_job(user, media)
-    old_attempt = services._AttemptHooks(DownloadJob.objects.get(pk=job.pk))  # the worker's copy
+    old_attempt = AttemptHooks(DownloadJob.objects.get(pk=job.pk))  # the worker's copy
 
     with on_commit():
         assert services.download_jobs_reap() == 1
@@ -261,7 +262,7 @@ def test_a_started_job_has_a_fresh_heartbeat_and_its_progress_writes_renew_it(
     DownloadJob.objects.filter(pk=job.pk).update(heartbeat_at=ago(STALE_S + 5))
     reaper_settings.PROGRESS_DB_INTERVAL_S = 0
 
-    services._AttemptHooks(started).chunk_staged(bytes_done=10, bytes_total=100)
+    AttemptHooks(started).chunk_staged(bytes_done=10, bytes_total=100)
 
     with on_commit():
         assert services.download_jobs_reap() == 0

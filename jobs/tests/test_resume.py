@@ -16,9 +16,11 @@ from django.core.files.storage import storages
 from django.db import OperationalError
 from django.utils import timezone
 
-from jobs import services
+from jobs import hotstate, services
 from jobs.errors import ErrorCode, JobSuperseded
 from jobs.models import DownloadJob, Status
+from jobs.services import attempt
+from jobs.services.progress import AttemptHooks
 from jobs.tests.origin_server import FileScript, OriginServer
 from jobs.tests.test_storage import Bucket, s3_downloads_storage
 from jobs.transfer.staging import StoredFileFacts
@@ -179,7 +181,7 @@ def test_a_fenced_attempt_can_no_longer_record_parts_or_commit(user, origin, sto
     services.download_job_run(job_pk=job.pk)  # one part stored, queued for a retry
     started = services.download_job_start(job_pk=job.pk)
     assert started is not None
-    old_attempt = services._AttemptHooks(started)  # the worker's copy of attempt 2
+    old_attempt = AttemptHooks(started)  # the worker's copy of attempt 2
     recorded = DownloadJob.objects.get(pk=job.pk).upload_parts
     # Attempt 2's worker goes silent; the reaper presumes it dead and fences it out.
     later = timezone.now() + timedelta(seconds=settings.JOB_HEARTBEAT_STALE_S + 1)
@@ -202,13 +204,13 @@ def test_a_fenced_attempt_can_no_longer_record_parts_or_commit(user, origin, sto
 def test_a_job_past_its_time_limit_fails_and_leaves_no_partial_object(user, origin, storage, monkeypatch):
     origin.add(FILE_ID, FileScript(size=SIZE))
     job = make_job(user)
-    real_part_stored = services._AttemptHooks.part_stored
+    real_part_stored = AttemptHooks.part_stored
 
-    def time_is_up(self: services._AttemptHooks, *, parts: list[dict[str, Any]]) -> None:
+    def time_is_up(self: AttemptHooks, *, parts: list[dict[str, Any]]) -> None:
         real_part_stored(self, parts=parts)
         raise SoftTimeLimitExceeded()  # as Celery raises it in the middle of the work
 
-    monkeypatch.setattr(services._AttemptHooks, "part_stored", time_is_up)
+    monkeypatch.setattr(AttemptHooks, "part_stored", time_is_up)
 
     services.download_job_run(job_pk=job.pk)
 
@@ -264,7 +266,7 @@ def test_a_cancel_before_the_origin_answers_leaves_no_upload(user, origin, stora
     assert started is not None
     services.download_job_cancel(job=DownloadJob.objects.get(pk=job.pk))
 
-    assert services._attempt_run(started) is None
+    assert attempt._attempt_run(started) is None
 
     assert storage.leftovers(job) == []
     assert storage.objects(job) == []
@@ -283,7 +285,7 @@ def test_a_redis_error_at_cancel_neither_skips_the_abort_nor_fails_the_request(
     def redis_down(job_id: str) -> None:
         raise redis.ConnectionError("Connection refused")
 
-    monkeypatch.setattr(services.hotstate, "cancel_flag_set", redis_down)
+    monkeypatch.setattr(hotstate, "cancel_flag_set", redis_down)
     response = api_client.delete(f"/v1/download/{job.job_id}")
 
     assert response.status_code == 200
@@ -296,7 +298,7 @@ def test_a_redis_error_at_cancel_neither_skips_the_abort_nor_fails_the_request(
 def test_a_database_blip_at_completion_is_retried_and_the_file_kept(user, origin, storage, monkeypatch):
     origin.add(FILE_ID, FileScript(size=SIZE))
     job = make_job(user)
-    real_transition = services._transition
+    real_transition = attempt.transition
     failures = [OperationalError("server closed the connection unexpectedly")] * 2
     waits: list[float] = []
 
@@ -305,8 +307,8 @@ def test_a_database_blip_at_completion_is_retried_and_the_file_kept(user, origin
             raise failures.pop()
         real_transition(job, to_status, **kwargs)
 
-    monkeypatch.setattr(services, "_transition", flaky)
-    monkeypatch.setattr(services.time, "sleep", waits.append)
+    monkeypatch.setattr(attempt, "transition", flaky)
+    monkeypatch.setattr(attempt.time, "sleep", waits.append)
 
     services.download_job_run(job_pk=job.pk)
 
@@ -318,15 +320,15 @@ def test_a_database_blip_at_completion_is_retried_and_the_file_kept(user, origin
 
 def _completion_write_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every completion write fails (the database is down past the retries)."""
-    real_transition = services._transition
+    real_transition = attempt.transition
 
     def down(job: DownloadJob, to_status: str, **kwargs: Any) -> None:
         if to_status == Status.COMPLETED:
             raise OperationalError("the database system is shutting down")
         real_transition(job, to_status, **kwargs)
 
-    monkeypatch.setattr(services, "_transition", down)
-    monkeypatch.setattr(services.time, "sleep", lambda s: None)
+    monkeypatch.setattr(attempt, "transition", down)
+    monkeypatch.setattr(attempt.time, "sleep", lambda s: None)
 
 
 @committed

@@ -21,6 +21,8 @@ from jobs import hotstate, services
 from jobs.errors import JobSuperseded
 from jobs.events import job_group_name
 from jobs.models import TRANSITIONS, DownloadJob, Status
+from jobs.services import writes
+from jobs.services.progress import AttemptHooks
 from jobs.tests.origin_server import FileScript, OriginServer
 from jobs.tests.test_storage import s3_downloads_storage
 from jobs.transfer.origins import get_origin
@@ -95,7 +97,7 @@ def test_every_illegal_transition_is_refused(user, from_status, to_status):
     updated_at = job.updated_at
 
     with pytest.raises(services.InvalidTransition):
-        services._transition(job, to_status, progress=50)
+        writes.transition(job, to_status, progress=50)
 
     job.refresh_from_db()
     assert (job.status, job.progress, job.updated_at) == (from_status, 0, updated_at)
@@ -105,7 +107,7 @@ def test_every_illegal_transition_is_refused(user, from_status, to_status):
 def test_every_legal_transition_is_written(user, from_status, to_status):
     job = make_job(user, status=from_status)
 
-    services._transition(job, to_status, progress=50)
+    writes.transition(job, to_status, progress=50)
 
     assert job.status == to_status
     job.refresh_from_db()
@@ -127,7 +129,7 @@ def test_a_transition_of_an_attempt_the_row_no_longer_runs_is_a_conflict(user):
     job = make_job(user, status=Status.PROCESSING, attempts=2)
 
     with pytest.raises(services.JobStateConflict):
-        services._transition(job, Status.COMPLETED, attempt=1, progress=100)
+        writes.transition(job, Status.COMPLETED, attempt=1, progress=100)
 
     job.refresh_from_db()
     assert (job.status, job.progress) == (Status.PROCESSING, 0)
@@ -445,7 +447,7 @@ def test_a_stale_attempt_cannot_write_progress(user, origin, media, worker_setti
     services.download_job_start(job_pk=job.pk)  # redelivered: attempt 2
 
     with pytest.raises(JobSuperseded):
-        services._AttemptHooks(stale).chunk_staged(bytes_done=10, bytes_total=100)
+        AttemptHooks(stale).chunk_staged(bytes_done=10, bytes_total=100)
 
     job.refresh_from_db()
     assert (job.attempts, job.bytes_done) == (2, 0)
@@ -573,7 +575,7 @@ def test_a_retried_cancelled_job_runs_a_new_attempt_to_completion(
 ):
     origin.add(FILE_ID, FileScript(size=1000))
     job = make_job(user, status=Status.PROCESSING, attempts=1)
-    stale = services._AttemptHooks(job)
+    stale = AttemptHooks(job)
     services.download_job_cancel(job=job)
     hotstate.cancel_flag_set(job.job_id)
 

@@ -1,0 +1,85 @@
+"""What a user or an operator does to a job: cancel it, retry it."""
+
+import logging
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from jobs import hotstate
+from jobs.models import DownloadJob, Status
+from jobs.ops import metrics
+from jobs.services.writes import (
+    InvalidTransition,
+    dispatch_on_commit,
+    on_commit,
+    publish_on_commit,
+    transition,
+    upload_abort,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def download_job_cancel(*, job: DownloadJob) -> DownloadJob:
+    """Cancels a queued or processing job. A processing worker sees the flag within one
+    chunk, aborts its upload and leaves nothing in storage."""
+    key, upload_id = job.storage_key, job.upload_id
+    with transaction.atomic():
+        transition(
+            job,
+            Status.CANCELLED,
+            cancelled_at=timezone.now(),
+            next_retry_at=None,
+            upload_id="",
+            upload_parts=[],
+        )
+        on_commit(lambda: hotstate.cancel_flag_set(job.job_id))
+        # A job waiting for its retry keeps the upload of its last attempt: no worker
+        # holds it, so it is aborted here (a running worker aborts its own as well).
+        on_commit(lambda: upload_abort(key, upload_id, job.job_id))
+        publish_on_commit(job, "cancelled")
+        on_commit(lambda: metrics.job_ended("cancelled"))
+    return job
+
+
+class NotDeadLettered(InvalidTransition):
+    def __str__(self) -> str:
+        return f"{self.job.job_id} is not dead-lettered"
+
+
+def download_job_retry(*, job: DownloadJob, dead_lettered_only: bool = False) -> DownloadJob:
+    """Queues a failed or cancelled job again as a fresh run of attempts.
+
+    `attempts` is never reset: it is the fencing token, so a late worker of an earlier
+    attempt stays refused and each attempt keeps its own storage key. The job gets
+    JOB_MAX_ATTEMPTS more attempts on top of those it has used. The cancel flag is cleared
+    before the task is sent, or the worker would stop the new attempt at its first chunk."""
+    # The table also allows processing -> queued, for a worker's own retry; an operator
+    # retries only a job that has ended.
+    if job.status not in (Status.FAILED, Status.CANCELLED):
+        raise InvalidTransition(job, Status.QUEUED)
+    if dead_lettered_only and (job.status != Status.FAILED or job.dead_lettered_at is None):
+        raise NotDeadLettered(job, Status.QUEUED)
+    with transaction.atomic():
+        transition(
+            job,
+            Status.QUEUED,
+            max_attempts=job.attempts + settings.JOB_MAX_ATTEMPTS,
+            next_retry_at=None,
+            dead_lettered_at=None,
+            failed_at=None,
+            cancelled_at=None,
+            progress=0,
+            bytes_done=0,
+            bytes_total=None,
+            upload_id="",
+            upload_parts=[],
+            error_code="",
+            error_message="",
+            error_retryable=None,
+        )
+        on_commit(lambda: hotstate.cancel_flag_clear(job.job_id))
+        publish_on_commit(job, "status_update")
+        dispatch_on_commit(job)
+    return job

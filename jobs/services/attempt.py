@@ -1,0 +1,351 @@
+"""The worker's side: one attempt of a job, from its start through staging to its
+completion, retry or failure, and what the origin's circuit breaker decides before it."""
+
+import logging
+import random
+import time
+from datetime import timedelta
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django import db
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from jobs import hotstate
+from jobs.errors import ORIGIN_FAILURE_CODES, ErrorCode, JobCancelled, JobError, JobSuperseded
+from jobs.models import ACTIVE_STATUSES, DownloadJob, Status
+from jobs.ops import metrics
+from jobs.services.progress import AttemptHooks
+from jobs.services.writes import (
+    JobStateConflict,
+    dispatch_on_commit,
+    on_commit,
+    publish_on_commit,
+    storage_key_for,
+    transition,
+    upload_abort,
+    write,
+)
+from jobs.transfer.breaker import OriginBreaker, origin_breaker_name
+from jobs.transfer.origins import get_origin
+from jobs.transfer.staging import Checkpoint, StagedFile, stage_file
+from jobs.transfer.storage import downloads_storage, stored_file_delete, stored_file_sha256
+
+logger = logging.getLogger(__name__)
+
+
+def download_job_start(*, job_pk: int, task_id: str = "") -> DownloadJob | None:
+    """Marks the job processing as a new attempt, or returns None if there is nothing to
+    do (finished, cancelled, or taken by another worker). A job found already processing
+    was redelivered after its worker died: its leftover upload is aborted and it restarts,
+    unless that was its last attempt.
+
+    Only a redelivery of the message that runs the attempt (same `task_id`) may restart
+    it: another message for the job (the reaper's, or a duplicate dispatch) that finds it
+    processing lost the race to start it, and does nothing."""
+    job = DownloadJob.objects.filter(pk=job_pk).first()
+    if job is None or job.status not in ACTIVE_STATUSES:
+        return None
+    if job.status == Status.PROCESSING and job.task_id and task_id and job.task_id != task_id:
+        return None
+    if job.status == Status.PROCESSING and complete_from_storage(job):
+        return None
+    if job.status == Status.PROCESSING and job.attempts >= job.max_attempts:
+        attempt_fail(
+            job,
+            attempt=job.attempts,
+            error=JobError(ErrorCode.PROCESSING_ERROR, "The worker stopped during the last attempt"),
+            dead_letter=True,
+        )
+        return None
+    now = timezone.now()
+    # An upload in which an earlier attempt stored parts stays, under its key, for this
+    # attempt to resume; one with none is of no use and is aborted. So does one that an
+    # earlier attempt committed (it recorded the file) but could not complete.
+    resumable = bool(job.upload_id and (job.upload_parts or job.file_size_bytes is not None))
+    if job.upload_id and not resumable:
+        upload_abort(job.storage_key, job.upload_id, job.job_id)
+    storage_key = job.storage_key if resumable else storage_key_for(job, attempt=job.attempts + 1)
+    try:
+        with transaction.atomic():
+            transition(
+                job,
+                Status.PROCESSING,
+                attempt=job.attempts,
+                attempts=job.attempts + 1,
+                started_at=now,
+                next_retry_at=None,
+                progress=0,
+                bytes_done=0,
+                bytes_total=None,
+                storage_key=storage_key,
+                upload_id=job.upload_id if resumable else "",
+                upload_parts=job.upload_parts if resumable else [],
+                **({} if resumable else {"file_size_bytes": None, "sha256": ""}),
+                heartbeat_at=now,
+                task_id=task_id,
+            )
+            publish_on_commit(job, "status_update")
+    except JobStateConflict:
+        return None
+    return job
+
+
+def download_job_run(*, job_pk: int, task_id: str = "") -> None:
+    """One attempt of a job: start it, stage the file, then complete, retry or fail.
+
+    While the origin's circuit breaker is open, a queued job does not start: it waits
+    for the breaker without using up an attempt. The attempt's outcome is reported to
+    the breaker: a failure of the origin's (network, 5xx, timeout, 429) counts against
+    it, any answer of the origin's (a file, a 404) for it."""
+    breaker = OriginBreaker(origin_breaker_name())
+    queued = DownloadJob.objects.filter(pk=job_pk, status=Status.QUEUED).first()
+    # A redelivered job (processing) goes on: its attempt had got past the breaker.
+    if queued is not None and (wait_s := breaker.allow()) is not None:
+        _wait_for_origin(queued, wait_s)
+        return
+    job = download_job_start(job_pk=job_pk, task_id=task_id)
+    if job is None:
+        return
+    try:
+        staged = _attempt_run(job)
+    except JobError as error:
+        # The attempt has been ended (retry or fail) by _attempt_run; only the breaker
+        # is left to tell.
+        if error.code in ORIGIN_FAILURE_CODES:
+            breaker.record_failure()
+        elif error.code != ErrorCode.STORAGE_ERROR:
+            breaker.record_success()  # the origin answered, if not with the file
+        return
+    if staged is not None:
+        breaker.record_success()
+
+
+def _wait_for_origin(job: DownloadJob, wait_s: float) -> None:
+    """Sends the queued job again once the breaker lets a request through. Its attempt
+    count stays: the origin, not the job, is failing."""
+    now = timezone.now()
+    countdown_s = wait_s * random.uniform(1.0, 1.0 + settings.JOB_RETRY_JITTER)  # noqa: S311 (jitter)
+    error = JobError(ErrorCode.TEMPORARY_UNAVAILABLE, "The origin is failing; waiting for it to recover")
+    fields = {
+        "next_retry_at": now + timedelta(seconds=countdown_s),
+        "error_code": error.code,
+        "error_message": error.message,
+        "error_retryable": True,
+        "updated_at": now,
+    }
+    rows = DownloadJob.objects.filter(pk=job.pk, status=Status.QUEUED, attempts=job.attempts)
+    with transaction.atomic():
+        if not write(rows, job, **fields):
+            return  # cancelled, or taken by another message meanwhile
+        for name, value in fields.items():
+            setattr(job, name, value)
+        publish_on_commit(job, "status_update")
+        dispatch_on_commit(job, countdown_s=countdown_s)
+        on_commit(lambda: metrics.job_ended("held", error.code))
+    logger.info("%s waits %.0f s for the origin's circuit breaker", job.job_id, countdown_s)
+
+
+def _attempt_run(job: DownloadJob) -> StagedFile | None:
+    """Stages the file and completes, retries or fails the attempt. Returns the staged
+    file if it completed; re-raises a JobError (after handling it) for the breaker."""
+    attempt = job.attempts
+    if stored := complete_from_storage(job):
+        return stored
+    checkpoint = (
+        Checkpoint(upload_id=job.upload_id, parts=job.upload_parts, validator=job.origin_validator)
+        if job.upload_id
+        else None
+    )
+    try:
+        staged = stage_file(
+            origin=get_origin(),
+            file_id=job.file_id,
+            key=job.storage_key,
+            hooks=AttemptHooks(job),
+            checkpoint=checkpoint,
+        )
+    except (JobCancelled, JobSuperseded):
+        logger.info("%s attempt %s stopped: cancelled or superseded", job.job_id, attempt)
+        hotstate.progress_clear(job.job_id)
+        return None
+    except JobError as error:
+        attempt_fail(job, attempt=attempt, error=error)
+        raise
+    except SoftTimeLimitExceeded:
+        limit_s = settings.JOB_SOFT_TIME_LIMIT_S
+        attempt_fail(
+            job,
+            attempt=attempt,
+            error=JobError(ErrorCode.DOWNLOAD_TIMEOUT, f"File download exceeded {limit_s} s"),
+        )
+        return None
+    except Exception:
+        logger.exception("%s attempt %s failed unexpectedly", job.job_id, attempt)
+        attempt_fail(
+            job, attempt=attempt, error=JobError(ErrorCode.PROCESSING_ERROR, "Failed to process file")
+        )
+        return None
+    download_job_complete(job=job, attempt=attempt, staged=staged)
+    return staged
+
+
+def _stored_file(job: DownloadJob) -> StagedFile | None:
+    """The file an earlier attempt of the job committed to storage and recorded on the row
+    (`before_commit`), if it is there, whole: its completion write was lost."""
+    if not job.upload_id or job.file_size_bytes is None:
+        return None
+    storage = downloads_storage()
+    try:
+        if not storage.exists(job.storage_key) or storage.size(job.storage_key) != job.file_size_bytes:
+            return None
+        sha256 = job.sha256 or stored_file_sha256(job.storage_key)
+    except Exception:
+        logger.warning("Could not check the stored file of %s", job.job_id, exc_info=True)
+        return None
+    return StagedFile(
+        key=job.storage_key,
+        file_name=job.file_name,
+        content_type=job.content_type,
+        size=job.file_size_bytes,
+        sha256=sha256,
+        resumed_bytes=job.file_size_bytes,
+    )
+
+
+def complete_from_storage(job: DownloadJob) -> StagedFile | None:
+    """Completes the processing job with the file its attempt already stored, if any,
+    without a byte from the origin. Returns the file if the job completed with it (by
+    this call or another)."""
+    staged = _stored_file(job)
+    if staged is None:
+        return None
+    logger.info("%s: its file is stored; completing without fetching it again", job.job_id)
+    download_job_complete(job=job, attempt=job.attempts, staged=staged)
+    job.refresh_from_db(fields=["status"])
+    return staged if job.status == Status.COMPLETED else None
+
+
+# A stored file is worth a wait: a brief database outage at the final write is waited out
+# (31 s in all, well inside JOB_HEARTBEAT_STALE_S) rather than leaving the file to the reaper.
+COMPLETION_RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+def download_job_complete(*, job: DownloadJob, attempt: int, staged: StagedFile) -> None:
+    """Completes the attempt with its stored file. A transient database error is retried
+    with backoff; past the last try it propagates, and the next attempt finds the stored
+    file and completes with it."""
+    for delay_s in (*COMPLETION_RETRY_DELAYS_S, None):
+        try:
+            _complete(job, attempt=attempt, staged=staged)
+            return
+        except (db.OperationalError, db.InterfaceError) as error:
+            if delay_s is None:
+                raise
+            logger.warning(
+                "%s attempt %s: the completion write failed (%s); again in %.0f s",
+                job.job_id,
+                attempt,
+                error,
+                delay_s,
+            )
+            if not db.connection.in_atomic_block:
+                db.connection.close_if_unusable_or_obsolete()
+            time.sleep(delay_s)
+
+
+def _complete(job: DownloadJob, *, attempt: int, staged: StagedFile) -> None:
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            transition(
+                job,
+                Status.COMPLETED,
+                attempt=attempt,
+                progress=100,
+                bytes_done=staged.size,
+                bytes_total=staged.size,
+                completed_at=now,
+                duration_seconds=(now - job.started_at).total_seconds() if job.started_at else None,
+                expires_at=now + timedelta(seconds=settings.JOB_RETENTION_S),
+                upload_id="",
+                upload_parts=[],
+                resumed_bytes=staged.resumed_bytes,
+                file_name=staged.file_name,
+                file_size_bytes=staged.size,
+                content_type=staged.content_type,
+                sha256=staged.sha256,
+                error_code="",
+                error_message="",
+                error_retryable=None,
+            )
+            publish_on_commit(job, "completed")
+            on_commit(lambda: metrics.job_completed(job, size=staged.size))
+    except JobStateConflict:
+        # Cancelled (or superseded) after the last chunk: the file must not stay behind,
+        # unless the job completed with it, or goes on with the same key (its next attempt
+        # completes with the stored file).
+        job.refresh_from_db(fields=["status", "storage_key"])
+        keeps_it = job.status in (Status.COMPLETED, *ACTIVE_STATUSES) and job.storage_key == staged.key
+        if not keeps_it:
+            stored_file_delete(staged.key)
+        logger.info("%s attempt %s finished after it was cancelled or superseded", job.job_id, attempt)
+    hotstate.progress_clear(job.job_id)
+
+
+def retry_delay_s(attempt: int) -> float:
+    """Exponential backoff with jitter: 5, 10, 20 s ... by default, each +/- 20 %."""
+    base = min(settings.JOB_RETRY_BACKOFF_MAX_S, settings.JOB_RETRY_BACKOFF_S * 2 ** (attempt - 1))
+    jitter = settings.JOB_RETRY_JITTER
+    return base * random.uniform(1 - jitter, 1 + jitter)  # noqa: S311 (jitter, not a secret)
+
+
+def attempt_fail(job: DownloadJob, *, attempt: int, error: JobError, dead_letter: bool = False) -> None:
+    """Ends an attempt that failed: queued again after a backoff if the error is
+    retryable and attempts remain, otherwise failed (dead-lettered if it was retryable)."""
+    now = timezone.now()
+    error_fields = {
+        "error_code": error.code,
+        "error_message": error.message,
+        "error_retryable": error.retryable,
+    }
+    try:
+        with transaction.atomic():
+            if error.retryable and attempt < job.max_attempts and not dead_letter:
+                delay_s = retry_delay_s(attempt)
+                # The upload and its recorded parts stay: the next attempt resumes them.
+                transition(
+                    job,
+                    Status.QUEUED,
+                    attempt=attempt,
+                    next_retry_at=now + timedelta(seconds=delay_s),
+                    **error_fields,
+                )
+                publish_on_commit(job, "status_update")
+                dispatch_on_commit(job, countdown_s=delay_s)
+                on_commit(lambda: metrics.job_ended("retried", error.code))
+                logger.info(
+                    "%s attempt %s failed with %s; retry in %.1f s", job.job_id, attempt, error.code, delay_s
+                )
+            else:
+                exhausted = error.retryable or dead_letter
+                key, upload_id = job.storage_key, job.upload_id
+                transition(
+                    job,
+                    Status.FAILED,
+                    attempt=attempt,
+                    failed_at=now,
+                    upload_id="",
+                    upload_parts=[],
+                    dead_lettered_at=now if exhausted else None,
+                    **error_fields,
+                )
+                # No attempt follows: nothing of the file may stay in storage.
+                on_commit(lambda: upload_abort(key, upload_id, job.job_id))
+                publish_on_commit(job, "error")
+                on_commit(lambda: metrics.job_ended("failed", error.code))
+                logger.warning("%s failed with %s after %s attempt(s)", job.job_id, error.code, attempt)
+    except JobStateConflict:
+        logger.info("%s attempt %s failed after it was cancelled or superseded", job.job_id, attempt)
+    hotstate.progress_clear(job.job_id)

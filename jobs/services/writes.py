@@ -1,0 +1,129 @@
+"""The one way a download job's row is written.
+
+Every write is a compare-and-swap (`UPDATE ... WHERE <the row as the caller read it>`)
+through `write`, which raises the row's version and replaces the job's card in hot-state
+Redis once the write commits; a change of status goes through `transition`, checked
+against the one table of allowed transitions in `models.py`. A worker's writes also
+carry its attempt number, so the writes of an attempt that was cancelled or replaced are
+refused. Work that must follow a write (dispatching the task, publishing an event) runs
+on commit, robustly.
+"""
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, QuerySet
+from django.utils import timezone
+
+from jobs import hotstate, queues
+from jobs.events import job_event_publish
+from jobs.models import DownloadJob, can_transition
+from jobs.selectors import download_job_status, iso
+from jobs.transfer.storage import stored_file_delete
+
+logger = logging.getLogger(__name__)
+
+
+class InvalidTransition(Exception):
+    def __init__(self, job: DownloadJob, to_status: str) -> None:
+        super().__init__(f"{job.job_id}: {job.status} -> {to_status} is not allowed")
+        self.job = job
+        self.to_status = to_status
+
+
+class JobStateConflict(Exception):
+    """The row changed under us (another process moved it first)."""
+
+
+def transition(job: DownloadJob, to_status: str, *, attempt: int | None = None, **fields: Any) -> None:
+    """Moves `job` to `to_status` if the row still has the status (and attempt) we read."""
+    if not can_transition(job.status, to_status):
+        raise InvalidTransition(job, to_status)
+    fields["updated_at"] = timezone.now()
+    rows = DownloadJob.objects.filter(pk=job.pk, status=job.status)
+    if attempt is not None:
+        rows = rows.filter(attempts=attempt)
+    if not write(rows, job, status=to_status, **fields):
+        raise JobStateConflict(f"{job.job_id} is no longer {job.status}")
+    job.status = to_status
+    for name, value in fields.items():
+        setattr(job, name, value)
+
+
+def on_commit(callback: Callable[[], Any]) -> None:
+    """Runs `callback` once the transaction commits. Robust: one that fails is logged and
+    the others still run (a Redis error at a cancel must not skip the upload's abort), and
+    a committed change is never answered as a failure."""
+    transaction.on_commit(callback, robust=True)
+
+
+def write(rows: QuerySet[DownloadJob], job: DownloadJob, **fields: Any) -> bool:
+    """Every write of a job row goes through here: `rows` is the compare-and-swap (the
+    row of `job` as the caller expects it). Raises the row's version and, once the write
+    commits, replaces the job's card in Redis. True if the row was written."""
+    if rows.update(version=F("version") + 1, **fields) != 1:
+        return False
+    card_replace_on_commit(job)
+    return True
+
+
+def card_replace_on_commit(job: DownloadJob) -> None:
+    """Drops the job's card now, so that until the write commits a poll reads the row,
+    and writes the new one from the committed row after. Never fails the caller: a card
+    that could not be written is read from the row by the next poll, and a stale one
+    lives at most JOB_CARD_TTL_S (the version check keeps out any older copy)."""
+    job_id, pk = job.job_id, job.pk
+    try:
+        hotstate.card_forget(job_id)
+    except Exception:
+        logger.warning("Could not drop the card of %s", job_id, exc_info=True)
+
+    def replace() -> None:
+        try:
+            values = DownloadJob.objects.filter(pk=pk).values(*hotstate.card_fields()).first()
+            if values is not None:
+                hotstate.card_write(hotstate.JobCard(**values))
+        except Exception:
+            logger.warning("Could not write the card of %s", job_id, exc_info=True)
+
+    on_commit(replace)
+
+
+def publish_on_commit(job: DownloadJob, event_type: str, **extra: Any) -> None:
+    event = {
+        **download_job_status(job=job, hot=None),
+        "type": event_type,
+        "timestamp": iso(timezone.now()),
+        **extra,
+    }
+    on_commit(lambda: job_event_publish(job.job_id, event))
+
+
+def dispatch_on_commit(job: DownloadJob, *, countdown_s: float = 0) -> None:
+    def send() -> None:
+        try:
+            queues.stage_send(job_pk=job.pk, priority=job.priority, countdown_s=countdown_s)
+        except Exception:
+            # The row stays queued; the reaper re-dispatches jobs queued for too long.
+            logger.exception("Could not dispatch %s to the broker", job.job_id)
+
+    on_commit(send)
+
+
+def storage_key_for(job: DownloadJob, *, attempt: int) -> str:
+    """Each attempt writes its own key: a late attempt that lost the race to complete
+    removes only its own file, never the one the job completed with."""
+    return f"{settings.DOWNLOADS_LOCATION}/{job.owner_id}/{job.job_id}-{attempt}"
+
+
+def upload_abort(key: str, upload_id: str, job_id: str) -> None:
+    """Aborts an unfinished upload that no attempt will resume."""
+    if not upload_id:
+        return
+    try:
+        stored_file_delete(key, upload_id=upload_id)
+    except Exception:
+        logger.exception("Could not abort the leftover upload of %s", job_id)
