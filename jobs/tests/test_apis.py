@@ -22,7 +22,7 @@ from rest_framework.test import APIClient
 from jobs import hotstate
 from jobs.hotstate import HotProgress
 from jobs.models import DownloadJob, Status
-from jobs.transfer.origins import _name_from_disposition as name_from_disposition  # RFC 6266: filename* first
+from jobs.transfer.origins.http import name_from_disposition  # RFC 6266: filename* first
 
 INITIATE = "/v1/download/initiate"
 LIST = "/v1/downloads"

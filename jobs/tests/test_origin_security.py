@@ -93,7 +93,7 @@ def loopback_counts_as_public(monkeypatch: pytest.MonkeyPatch) -> None:
     loopback addresses stand for public ones (every other address is classified as usual)."""
     is_public = origins.address_is_public
     monkeypatch.setattr(
-        origins,
+        origins.http,  # where the http origin looks it up
         "address_is_public",
         lambda address: ipaddress.ip_address(address).is_loopback or is_public(address),
     )

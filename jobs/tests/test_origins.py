@@ -14,7 +14,6 @@ import pytest
 from jobs.errors import ErrorCode, JobError
 from jobs.tests.origin_server import FileScript, OriginServer, Reply, ReplyServer
 from jobs.transfer.origins import (
-    SYNTHETIC_SEGMENT_BYTES,
     DirectoryOrigin,
     HttpOrigin,
     OriginFile,
@@ -23,6 +22,7 @@ from jobs.transfer.origins import (
     safe_file_name,
     synthetic_chunks,
 )
+from jobs.transfer.origins.local import SYNTHETIC_SEGMENT_BYTES
 
 FILE_ID = 70000
 CHUNK = 16 * 1024

@@ -1,132 +1,28 @@
-"""Where files come from. `file_id` names a file at the origin chosen by `ORIGIN`.
-
-Every origin opens a file as an `OriginFile`: its name, type and size (when known) and an
-iterator of byte chunks. Failures are raised as `JobError` with a code from `errors.py`,
-never as the transport's own exceptions.
-
-An attempt that resumes asks for the file from an offset, with the validator the first
-attempt was given (an HTTP `Range` with `If-Range`). The origin starts there only if it
-can and the file is still the same version; otherwise it sends the whole file, and says
-so by `OriginFile.offset`, which is where its chunks start.
-
-Whatever an origin announces, no more bytes are read than it announced nor than
-JOB_MAX_FILE_BYTES allows; its type and validator are kept only if they are well formed
-and fit the job's columns.
-"""
+"""The http origin: `ORIGIN_URL_TEMPLATE`, redirects followed by hand to allowed hosts only
+(each hop resolved once and connected to by its checked address), resume by `Range` +
+`If-Range`."""
 
 import ipaddress
-import mimetypes
-import os
-import random
 import re
 import socket
-import time
-import unicodedata
 from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager
 from email.message import Message
 from email.utils import collapse_rfc2231_value
-from pathlib import Path
-from typing import Protocol
 from urllib.parse import urlsplit
 
 import httpx
-from django.conf import settings
 
 from jobs.errors import ErrorCode, JobError
-
-DEFAULT_CONTENT_TYPE = "application/octet-stream"
-# The longest header value of the origin's that a job keeps: its columns `content_type`
-# and `origin_validator` (jobs/models.py) hold 255 characters.
-HEADER_VALUE_MAX_CHARS = 255
-
-
-@dataclass
-class OriginFile:
-    name: str
-    content_type: str
-    size: int | None  # of the whole file
-    chunks: Iterator[bytes]  # from `offset` to the end
-    offset: int = 0
-    # This version of the file, for a later request of the rest; empty: cannot resume.
-    validator: str = ""
-
-
-class Origin(Protocol):
-    def open(
-        self, file_id: int, *, chunk_bytes: int, offset: int = 0, validator: str = ""
-    ) -> AbstractContextManager[OriginFile]: ...
-
-
-_UNSAFE_NAME_CHARS = re.compile(r'[\x00-\x1f\x7f-\x9f/\\:*?"<>|]+')
-# Invisible and control characters of Unicode: bidi overrides that disguise an extension
-# ("invoice\u202efdp.exe" shows as "invoiceexe.pdf"), zero-width characters, line and
-# paragraph separators, surrogates (undecodable bytes), private and unassigned ones.
-_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
-FILE_NAME_MAX_BYTES = 200  # of UTF-8: file systems count bytes (255 at most)
-
-
-def _cut_utf8(text: str, max_bytes: int) -> str:
-    return text.encode()[:max_bytes].decode("utf-8", "ignore")
-
-
-def safe_file_name(name: str, *, fallback: str) -> str:
-    """A file name fit for a Content-Disposition header and any file system: no path,
-    no control or invisible characters, no leading dots, at most 200 bytes of UTF-8
-    (the extension kept). Quotes and semicolons that remain are for the header's
-    builder (`jobs.transfer.storage.attachment_disposition`) to encode."""
-    name = unicodedata.normalize("NFC", name)
-    name = "".join("\x00" if unicodedata.category(char) in _INVISIBLE_CATEGORIES else char for char in name)
-    name = name.replace("\\", "/").rsplit("/", 1)[-1]
-    name = _UNSAFE_NAME_CHARS.sub("_", name).strip().lstrip(".")
-    if len(name.encode()) > FILE_NAME_MAX_BYTES:
-        stem, dot, ext = name.rpartition(".")
-        if dot and len(ext.encode()) <= 16:
-            name = _cut_utf8(stem, FILE_NAME_MAX_BYTES - len(ext.encode()) - 1) + dot + ext
-        else:
-            name = _cut_utf8(name, FILE_NAME_MAX_BYTES)
-    return name or fallback
-
-
-def _default_name(file_id: int, content_type: str) -> str:
-    ext = mimetypes.guess_extension(content_type.split(";")[0].strip()) or ".bin"
-    return f"file_{file_id}{ext}"
-
-
-def _check_size(size: int | None) -> None:
-    if size is not None and size > settings.JOB_MAX_FILE_BYTES:
-        raise JobError(
-            ErrorCode.FILE_TOO_LARGE,
-            f"File is {size} bytes; the limit is {settings.JOB_MAX_FILE_BYTES} bytes",
-        )
-
-
-def read_size_check(bytes_read: int) -> None:
-    """FILE_TOO_LARGE as soon as more bytes of a file arrived than the limit allows,
-    whatever its origin announced: checked before the chunk that crosses it is used."""
-    if bytes_read > settings.JOB_MAX_FILE_BYTES:
-        raise JobError(
-            ErrorCode.FILE_TOO_LARGE, f"File is larger than the limit of {settings.JOB_MAX_FILE_BYTES} bytes"
-        )
-
-
-# A media type (RFC 9110 8.3.1) in ASCII: type/subtype, then parameters whose values are
-# tokens or quoted strings of printable characters.
-_MEDIA_TYPE = re.compile(
-    r"[A-Za-z0-9][\w.+-]*/[A-Za-z0-9][\w.+-]*(?:[ \t]*;[ \t]*[\w.+-]+=(?:[\w.+-]+|\"[ !#-\[\]-~]*\"))*",
-    re.ASCII,
+from jobs.transfer.origins.base import (
+    HEADER_VALUE_MAX_CHARS,
+    OriginFile,
+    check_size,
+    default_name,
+    media_type_or_default,
+    read_size_check,
+    safe_file_name,
 )
-
-
-def media_type_or_default(value: str) -> str:
-    """`value` if it is a well-formed media type short enough to be kept, else
-    application/octet-stream. What a browser is then served is `storage.safe_content_type`'s
-    decision."""
-    if len(value) <= HEADER_VALUE_MAX_CHARS and _MEDIA_TYPE.fullmatch(value):
-        return value
-    return DEFAULT_CONTENT_TYPE
-
 
 # --- http ---------------------------------------------------------------------------------
 
@@ -160,7 +56,7 @@ def _transport_error(exc: httpx.HTTPError) -> JobError:
     return JobError(ErrorCode.NETWORK_ERROR, f"Origin connection failed ({type(exc).__name__})")
 
 
-def _name_from_disposition(header: str) -> str | None:
+def name_from_disposition(header: str) -> str | None:
     msg = Message()
     msg["content-disposition"] = header
     # RFC 6266 4.3: when both are sent, `filename*` (RFC 5987, any charset) wins over the
@@ -360,14 +256,14 @@ class HttpOrigin:
         if offset:
             size = _content_range_total(response)
             rest = size - offset  # what the range holds, whatever Content-Length says
-        _check_size(size)
+        check_size(size)
         name = None
         if disposition := response.headers.get("content-disposition"):
-            name = _name_from_disposition(disposition)
+            name = name_from_disposition(disposition)
         if not name:
             last_segment = url.path.rsplit("/", 1)[-1]
             name = last_segment if "." in last_segment else None
-        fallback = _default_name(file_id, content_type)
+        fallback = default_name(file_id, content_type)
         return OriginFile(
             name=safe_file_name(name or fallback, fallback=fallback),
             content_type=content_type,
@@ -429,124 +325,3 @@ def _validator(response: httpx.Response) -> str:
         return etag
     last_modified = response.headers.get("last-modified", "")
     return last_modified if _VALIDATOR.fullmatch(last_modified) else ""
-
-
-# --- directory ----------------------------------------------------------------------------
-
-
-class DirectoryOrigin:
-    """Files named `<file_id>` or `<file_id>.<ext>` directly under `root` (an on-prem share).
-    A symlink that leads outside the root is refused."""
-
-    def __init__(self, *, root: str) -> None:
-        self.root = Path(root).resolve()
-
-    def _find(self, file_id: int) -> Path:
-        candidates = [self.root / str(file_id), *sorted(self.root.glob(f"{file_id}.*"))]
-        for candidate in candidates:
-            if not candidate.exists():
-                continue
-            resolved = candidate.resolve()
-            if not resolved.is_relative_to(self.root):
-                raise JobError(ErrorCode.PERMISSION_DENIED, "File is outside the origin directory")
-            if resolved.is_file():
-                return resolved
-        raise JobError(ErrorCode.FILE_NOT_FOUND, f"No file {file_id} at the origin")
-
-    @contextmanager
-    def open(
-        self, file_id: int, *, chunk_bytes: int, offset: int = 0, validator: str = ""
-    ) -> Iterator[OriginFile]:
-        path = self._find(file_id)
-        try:
-            handle = path.open("rb")
-        except PermissionError as exc:
-            raise JobError(ErrorCode.PERMISSION_DENIED, "File is not readable") from exc
-        with handle:
-            stat = os.fstat(handle.fileno())
-            size = stat.st_size
-            _check_size(size)
-            current = f"{stat.st_mtime_ns}-{size}"
-            start = offset if offset and validator == current and offset <= size else 0
-            handle.seek(start)
-            content_type = mimetypes.guess_type(path.name)[0] or DEFAULT_CONTENT_TYPE
-            yield OriginFile(
-                name=safe_file_name(path.name, fallback=_default_name(file_id, content_type)),
-                content_type=content_type,
-                size=size,
-                chunks=iter(lambda: handle.read(chunk_bytes), b""),
-                offset=start,
-                validator=current,
-            )
-
-
-# --- synthetic ----------------------------------------------------------------------------
-
-SYNTHETIC_SEGMENT_BYTES = 1024 * 1024
-
-
-def synthetic_chunks(file_id: int, size: int, chunk_bytes: int, *, start: int = 0) -> Iterator[bytes]:
-    """The bytes of synthetic file `file_id` from `start`: the same for the same id and
-    size, anywhere. Each MiB is one random block (seeded by the id) that starts with its
-    own index, so the file is not one block repeated."""
-    block = random.Random(file_id).randbytes(SYNTHETIC_SEGMENT_BYTES)  # noqa: S311 (test data)
-    offset = start
-    while offset < size:
-        index, start = divmod(offset, SYNTHETIC_SEGMENT_BYTES)
-        segment = memoryview(index.to_bytes(8, "big") + block[8:])
-        segment_end = min(SYNTHETIC_SEGMENT_BYTES, size - offset + start)
-        while start < segment_end:
-            end = min(segment_end, start + chunk_bytes)
-            yield bytes(segment[start:end])
-            offset += end - start
-            start = end
-
-
-class SyntheticOrigin:
-    """Generated bytes at a configured rate: for the demo, benchmarks and tests. Not real files."""
-
-    def __init__(self, *, size_bytes: int, rate_bps: int) -> None:
-        self.size_bytes = size_bytes
-        self.rate_bps = rate_bps
-
-    def _throttled(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
-        started = time.monotonic()
-        sent = 0
-        for chunk in chunks:
-            sent += len(chunk)
-            if self.rate_bps:
-                time.sleep(max(0.0, started + sent / self.rate_bps - time.monotonic()))
-            yield chunk
-
-    @contextmanager
-    def open(
-        self, file_id: int, *, chunk_bytes: int, offset: int = 0, validator: str = ""
-    ) -> Iterator[OriginFile]:
-        _check_size(self.size_bytes)
-        current = f"synthetic-{self.size_bytes}"
-        start = offset if validator == current and offset <= self.size_bytes else 0
-        yield OriginFile(
-            name=f"synthetic_{file_id}.bin",
-            content_type=DEFAULT_CONTENT_TYPE,
-            size=self.size_bytes,
-            chunks=self._throttled(synthetic_chunks(file_id, self.size_bytes, chunk_bytes, start=start)),
-            offset=start,
-            validator=current,
-        )
-
-
-def get_origin() -> Origin:
-    kind = settings.ORIGIN
-    if kind == "http":
-        return HttpOrigin(
-            url_template=settings.ORIGIN_URL_TEMPLATE,
-            connect_timeout_s=settings.ORIGIN_CONNECT_TIMEOUT_S,
-            read_timeout_s=settings.ORIGIN_READ_TIMEOUT_S,
-            allowed_hosts=settings.ORIGIN_ALLOWED_HOSTS,
-            max_redirects=settings.ORIGIN_MAX_REDIRECTS,
-        )
-    if kind == "directory":
-        return DirectoryOrigin(root=settings.ORIGIN_DIRECTORY)
-    if kind == "synthetic":
-        return SyntheticOrigin(size_bytes=settings.SYNTHETIC_FILE_BYTES, rate_bps=settings.SYNTHETIC_RATE_BPS)
-    raise ValueError(f"Unknown ORIGIN {kind!r}: use http, directory or synthetic")
