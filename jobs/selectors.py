@@ -14,7 +14,8 @@ from django.utils import timezone
 from jobs import hotstate
 from jobs.hotstate import HotProgress, JobCard
 from jobs.models import ACTIVE_STATUSES, DownloadJob, Status
-from jobs.transfer.storage import attachment_disposition, downloads_storage, safe_content_type
+from jobs.transfer.files import attachment_disposition, safe_content_type
+from jobs.transfer.storage import downloads_storage
 
 logger = logging.getLogger(__name__)
 

@@ -39,8 +39,8 @@ from downloads_project.logging import REDACTED, RedactSecrets, redact, redact_ha
 from jobs.models import DownloadJob, Status, new_job_id
 from jobs.tests.local_servers import free_port, wait_for_port
 from jobs.tests.test_storage import s3_downloads_storage
+from jobs.transfer.files import attachment_disposition
 from jobs.transfer.origins import safe_file_name
-from jobs.transfer.storage import attachment_disposition
 
 ROOT = Path(__file__).resolve().parents[2]
 INITIATE = "/v1/download/initiate"

@@ -22,9 +22,9 @@ from storages.backends.s3 import S3Storage
 from jobs.errors import ErrorCode, JobError
 from jobs.models import DownloadJob, Status
 from jobs.selectors import download_job_link
+from jobs.transfer.files import safe_content_type
 from jobs.transfer.storage import (
     S3MultipartWrite,
-    safe_content_type,
     staged_write_open,
     staged_write_resume,
     stored_file_delete,
@@ -204,7 +204,7 @@ def tamper(url: str) -> str:
                 + signing.dumps(
                     {"key": KEY, "exp": 2**40, "cd": "", "ct": ""},
                     key="not-the-secret-key",
-                    salt="jobs.transfer.storage.download-url",
+                    salt="jobs.storage.download-url",
                 )
             ),
             id="signed-with-another-key",

@@ -3,100 +3,33 @@
 Production uses django-storages' S3Storage (AWS S3, MinIO, R2): a file is written as an
 S3 multipart upload and handed out as a presigned GET URL. The embedded default uses
 `SignedFileSystemStorage`: a file is written to a temporary name and renamed into place,
-and handed out as a signed URL with an expiry, served by `file_download` below. Both
+and handed out as a signed URL with an expiry, served by `jobs.web.files.file_download`. Both
 answer `url(name, parameters=..., expire=...)` the same way, so callers never branch.
 """
 
 import hashlib
 import os
-import re
 import time
-import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import quote
 
 from botocore.exceptions import BotoCoreError, ClientError
 from django.core import signing
 from django.core.files.storage import FileSystemStorage, Storage, storages
-from django.http import FileResponse, Http404, HttpRequest
 from django.urls import reverse
-from django.utils.http import parse_header_parameters
 from storages.backends.s3 import S3Storage
 
 from jobs.errors import ErrorCode, JobError
-from jobs.transfer.origins import DEFAULT_CONTENT_TYPE, media_type_or_default, safe_file_name
+from jobs.transfer.files import safe_content_type
 
-_URL_SALT = "jobs.transfer.storage.download-url"
+# Kept as first named: links signed before the module moved stay valid.
+_URL_SALT = "jobs.storage.download-url"
 
 
 def downloads_storage() -> Storage:
     return storages["downloads"]
-
-
-# What the plain `filename="..."` may hold raw: printable ASCII but the quote, backslash,
-# semicolon and percent (which some clients would decode), so that no client can misread it.
-_FALLBACK_UNSAFE = re.compile(r"[^A-Za-z0-9 !#$&'()+,\-.=@\[\]^_`{}~]")
-# The media types a download is served with as they are: a browser neither runs them nor
-# renders them as a page (it shows, plays or saves them). Anything else is served as
-# application/octet-stream: HTML, XML, SVG, scripts, JSON, multipart, ...
-_SAFE_MEDIA_TYPES = frozenset(
-    {
-        DEFAULT_CONTENT_TYPE,
-        "application/pdf",
-        "application/zip",
-        "application/gzip",
-        "application/x-gzip",
-        "application/x-tar",
-        "application/x-bzip2",
-        "application/x-xz",
-        "application/zstd",
-        "application/x-7z-compressed",
-        "application/vnd.rar",
-        "text/plain",
-        "text/csv",
-    }
-)
-_SAFE_MEDIA_KINDS = ("image/", "audio/", "video/")  # but SVG and any other XML
-_CHARSET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,39}", re.ASCII)
-
-
-def attachment_disposition(file_name: str) -> str:
-    """`Content-Disposition: attachment` naming the file as RFC 6266 says: a plain ASCII
-    `filename` (accents dropped, anything else `_`) and, when that is not the name itself,
-    the exact name as `filename*=UTF-8''<percent-encoded>` (RFC 5987), which clients
-    prefer. Whatever the origin called the file, no CR/LF, quote or semicolon is sent raw:
-    it cannot end the header, add a parameter, or carry a path."""
-    name = safe_file_name(file_name, fallback="download")
-    decomposed = unicodedata.normalize("NFKD", name)
-    plain = _FALLBACK_UNSAFE.sub("_", "".join(c for c in decomposed if not unicodedata.combining(c)))
-    if plain == name:
-        return f'attachment; filename="{name}"'
-    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(name, safe='')}"
-
-
-def safe_content_type(content_type: str) -> str:
-    """The type a stored file is served with, by every way of serving it (the S3 object's
-    own type, a presigned link's override, a signed local link): the stored type if it is
-    one of the safe list above, in lower case and with only a text type's charset as a
-    parameter; else application/octet-stream. The file is served as an attachment too,
-    but a browser told `text/html` may still render it from the site's own origin."""
-    if media_type_or_default(content_type) != content_type:
-        return DEFAULT_CONTENT_TYPE
-    media_type, parameters = parse_header_parameters(content_type)
-    safe = media_type in _SAFE_MEDIA_TYPES or (
-        media_type.startswith(_SAFE_MEDIA_KINDS)
-        and "svg" not in media_type
-        and not media_type.endswith("xml")
-    )
-    if not safe:
-        return DEFAULT_CONTENT_TYPE
-    charset = parameters.get("charset", "")
-    if media_type.startswith("text/") and _CHARSET.fullmatch(charset):
-        return f"{media_type}; charset={charset.lower()}"
-    return media_type
 
 
 class SignedFileSystemStorage(FileSystemStorage):
@@ -123,29 +56,15 @@ class SignedFileSystemStorage(FileSystemStorage):
         )
         return reverse("file-download", kwargs={"token": token})
 
-
-def file_download(request: HttpRequest, token: str) -> FileResponse:
-    """Serves a file of SignedFileSystemStorage to whoever holds an unexpired signed URL.
-    A bad or expired token answers 404, as an expired S3 URL answers 403: nothing leaks."""
-    try:
-        claims = signing.loads(token, salt=_URL_SALT)
-    except signing.BadSignature:
-        raise Http404("Invalid link") from None
-    if claims["exp"] < time.time():
-        raise Http404("Link expired")
-    storage = downloads_storage()
-    if not isinstance(storage, SignedFileSystemStorage) or not storage.exists(claims["key"]):
-        raise Http404("No such file")
-    response = FileResponse(storage.open(claims["key"], "rb"))
-    response["Content-Type"] = safe_content_type(claims["ct"])
-    if claims["cd"]:
-        response["Content-Disposition"] = claims["cd"]
-    response["Cache-Control"] = "private, no-store"
-    response["X-Content-Type-Options"] = "nosniff"
-    # The origin's bytes are served from the site's own origin: should a browser render
-    # them anyway, no script of theirs runs with the site's cookies.
-    response["Content-Security-Policy"] = "default-src 'none'; sandbox"
-    return response
+    @staticmethod
+    def link_claims(token: str) -> dict[str, Any] | None:
+        """What a signed link says (key, content disposition and type), or None if it is
+        forged or expired."""
+        try:
+            claims: dict[str, Any] = signing.loads(token, salt=_URL_SALT)
+        except signing.BadSignature:
+            return None
+        return claims if claims["exp"] >= time.time() else None
 
 
 class StagedWrite(Protocol):
