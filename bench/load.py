@@ -1,4 +1,4 @@
-"""Load benchmark: the seed's k6 scenario (spec section 8.1) replayed against the real
+"""Load benchmark: the reference k6 load scenario (docs/operations.md, Load) replayed against the real
 server and worker. Prints figures; exits 1 if any request got a 5xx or a transport error,
 so that it doubles as a smoke check.
 
@@ -8,7 +8,7 @@ so that it doubles as a smoke check.
         --ramp-down 10 --file-mib 0.25 --rate-mibps 0
     .venv/bin/python bench/load.py --url http://127.0.0.1:8000 --tokens-file tokens.txt
 
-The seed's scenario: virtual users (VUs) ramp up to 100 over 2 min, hold 5 min, ramp down
+The reference scenario: virtual users (VUs) ramp up to 100 over 2 min, hold 5 min, ramp down
 over 2 min; each VU loops: POST /v1/download/initiate {"file_id": 70000}, check 200 and
 data.job_id, then every 2 s GET /v1/download/status/<job_id> until the job is completed or
 failed. Here the VUs are asyncio tasks of this process (httpx.AsyncClient, one per VU, so
@@ -69,8 +69,8 @@ from downloads_project import processes  # noqa: E402
 from jobs.tests.local_servers import free_port, s3_endpoint, wait_for_port  # noqa: E402
 
 BROKER_DB = 8  # a broker database of its own (staging and realtime use 9)
-SEED_FILE_ID = 70000
-TERMINAL = {"completed", "failed", "cancelled", "expired"}  # the seed stops on the first two
+REFERENCE_FILE_ID = 70000
+TERMINAL = {"completed", "failed", "cancelled", "expired"}  # the reference scenario stops on the first two
 STARTUP_TIMEOUT_S = 120
 PG_DATABASE = "bench_load"  # the production profile's throwaway database
 # The first line of an exception in a log: `ValueError: ...`, `psycopg_pool.PoolTimeout: ...`.
@@ -367,7 +367,7 @@ class Load:
         self.tokens = tokens
         self.results = Results()
         self.started = 0.0
-        self.file_ids = iter(range(SEED_FILE_ID, 2**62))
+        self.file_ids = iter(range(REFERENCE_FILE_ID, 2**62))
         self.active_vus = 0
         self.stopping = asyncio.Event()  # Ctrl-C: every VU stops at once
 
@@ -400,10 +400,10 @@ class Load:
             await self.request(client, "health", "GET", "/health")
 
     def file_id(self) -> int:
-        return next(self.file_ids) if self.args.file_id_mode == "distinct" else SEED_FILE_ID
+        return next(self.file_ids) if self.args.file_id_mode == "distinct" else REFERENCE_FILE_ID
 
     async def vu(self, index: int, start_s: float, stop_s: float) -> None:
-        """One virtual user: from start_s it loops the seed's iteration; it starts none
+        """One virtual user: from start_s it loops the reference scenario's iteration; it starts none
         after stop_s, and abandons a job still polled at stop_s + graceful stop."""
         args = self.args
         if not await self.sleep(start_s - self.now()):
@@ -439,7 +439,7 @@ class Load:
             if not job_id:
                 self.results.bad_bodies += 1
         if not job_id:
-            # The seed's script would poll /status/undefined for ever; this VU waits one
+            # The reference k6 script would poll /status/undefined for ever; this VU waits one
             # interval and starts its next iteration instead.
             await self.sleep(interval)
             return
@@ -634,7 +634,7 @@ def report(
             )
     initiate_ok = sum(1 for sample in results.samples["initiate"] if sample.status == 200)
     log(
-        f"\nchecks (as the seed's): status is 200: {initiate_ok}/{figures['initiate'].count}; "
+        f"\nchecks (as the reference scenario's): status is 200: {initiate_ok}/{figures['initiate'].count}; "
         f"has job_id: {len(results.jobs)}/{figures['initiate'].count}"
         + (f" ({results.bad_bodies} 200s without a job_id)" if results.bad_bodies else "")
     )
@@ -758,8 +758,8 @@ def run_load(args: argparse.Namespace, base_url: str, tokens: list[str]) -> Resu
 def describe(args: argparse.Namespace) -> tuple[str, str]:
     """The scenario and the client host, as printed in the header."""
     mode_note = {
-        "fixed": f"fixed (file_id {SEED_FILE_ID} for every iteration, as the seed)",
-        "distinct": f"distinct (a fresh file_id per iteration, from {SEED_FILE_ID} up)",
+        "fixed": f"fixed (file_id {REFERENCE_FILE_ID} for every iteration, as the reference scenario)",
+        "distinct": f"distinct (a fresh file_id per iteration, from {REFERENCE_FILE_ID} up)",
     }[args.file_id_mode]
     scenario = (
         f"scenario: {args.users} VUs (one user each); ramp-up {args.ramp_up:g} s, hold {args.hold:g} s, "
@@ -967,7 +967,7 @@ def own_stack_main(args: argparse.Namespace, scenario: str, host: str) -> int:
             )
         results, extra_lines, pg = run_on_stack(args, servers, setup)
         servers.check_alive()
-        title = "load benchmark (the seed's k6 scenario, scaled down), own stack"
+        title = "load benchmark (the reference k6 scenario, scaled down), own stack"
         summary, clean = report(results, args, [title, scenario, *header, host], extra_lines)
         servers.print_log_problems(failed=not clean)
         if not clean and args.var_dir is None:
@@ -997,11 +997,20 @@ def main(argv: list[str]) -> None:
     )
     scenario = parser.add_argument_group("scenario")
     scenario.add_argument(
-        "--users", type=int, default=50, help="virtual users at the hold (default 50; the seed: 100)"
+        "--users",
+        type=int,
+        default=50,
+        help="virtual users at the hold (default 50; reference: 100)",
     )
-    scenario.add_argument("--ramp-up", type=float, default=20.0, help="seconds (default 20; the seed: 120)")
-    scenario.add_argument("--hold", type=float, default=60.0, help="seconds (default 60; the seed: 300)")
-    scenario.add_argument("--ramp-down", type=float, default=20.0, help="seconds (default 20; the seed: 120)")
+    scenario.add_argument(
+        "--ramp-up", type=float, default=20.0, help="seconds (default 20; reference: 120)"
+    )
+    scenario.add_argument(
+        "--hold", type=float, default=60.0, help="seconds (default 60; reference: 300)"
+    )
+    scenario.add_argument(
+        "--ramp-down", type=float, default=20.0, help="seconds (default 20; reference: 120)"
+    )
     scenario.add_argument(
         "--graceful-stop",
         type=float,
@@ -1016,7 +1025,7 @@ def main(argv: list[str]) -> None:
         "--file-id-mode",
         choices=("fixed", "distinct"),
         default="distinct",
-        help=f"fixed: file_id {SEED_FILE_ID} always, as the seed (a server that reuses a user's "
+        help=f"fixed: file_id {REFERENCE_FILE_ID} always, as the reference (a server that reuses a user's "
         "retained file then stages only each VU's first job); distinct: a fresh file_id per iteration "
         "(default)",
     )

@@ -337,7 +337,7 @@ WEBSOCKET_HEARTBEAT_S = env.float("WEBSOCKET_HEARTBEAT_S", default=15.0)
 # A socket with no event of its job for this long re-reads the job (a dropped terminal
 # event must not leave it open) ...
 WEBSOCKET_RESYNC_S = env.float("WEBSOCKET_RESYNC_S", default=60.0)
-# ... and is closed (4408) after this long without one: the seed's 10 minutes.
+# ... and is closed (4408) after this long without one: 10 minutes.
 WEBSOCKET_IDLE_TIMEOUT_S = env.float("WEBSOCKET_IDLE_TIMEOUT_S", default=600.0)
 # Sockets one user may hold open at once, counted on every web process (hot-state Redis);
 # one more is closed 4429. The page opens one per active job (JOB_MAX_ACTIVE_PER_USER).
@@ -389,7 +389,7 @@ AXES_COOLOFF_TIME = timedelta(seconds=LOGIN_LOCKOUT_S)
 AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
 AXES_ENABLE_ADMIN = False  # its admin pages list database records; the counts are in Redis
 
-# --- Alerts (spec 6.3) ----------------------------------------------------------------------
+# --- Alerts (docs/operations.md) ----------------------------------------------------------------------
 # Beat's jobs.download_alerts_check logs a WARNING while one fires; /metrics exposes the
 # figures and download_alert_firing{alert} as they are at each scrape (jobs/alerts.py).
 ALERT_BACKLOG_THRESHOLD = env.int("ALERT_BACKLOG_THRESHOLD", default=1000)  # messages waiting

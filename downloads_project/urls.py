@@ -16,7 +16,7 @@ urlpatterns = [
     path("health", ops.health, name="health"),
     path("ready", ops.ready, name="ready"),
     path("metrics", ops.metrics_view, name="metrics"),
-    # Readable without signing in: the schema describes the public contract (API.md) and
+    # Readable without signing in: the schema describes the public contract (docs/api.md) and
     # holds no secret; every operation it lists still requires authentication.
     path("api/schema/", SpectacularAPIView.as_view(permission_classes=[AllowAny]), name="api-schema"),
     path(

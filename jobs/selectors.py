@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 
 def iso(value: datetime | None) -> str | None:
-    """ISO 8601 in UTC with a `Z`, to the millisecond, as API.md writes timestamps."""
+    """ISO 8601 in UTC with a `Z`, to the millisecond, as docs/api.md writes timestamps."""
     if value is None:
         return None
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -47,7 +47,7 @@ def download_jobs_purge() -> int:
 
 @shared_task(name="jobs.download_alerts_check")
 def download_alerts_check() -> None:
-    """Logs a WARNING for each alert that fires (spec 6.3); /metrics shows their state."""
+    """Logs a WARNING for each alert that fires (docs/operations.md); /metrics shows their state."""
     alerts.alerts_check()
 
 

@@ -1,4 +1,4 @@
-"""The OpenAPI description of the REST API (API.md), for drf-spectacular: the shapes that
+"""The OpenAPI description of the REST API (docs/api.md), for drf-spectacular: the shapes that
 the views of `apis.py` build by hand (`selectors.download_job_status` and friends) and the
 error envelope of `api_errors.py`. Documentation only: nothing here validates or renders,
 but for `JOB_ID_PATH_REGEX`, the job id of every route, HTTP and WebSocket alike.
@@ -21,7 +21,7 @@ from rest_framework import serializers
 from jobs.api.serializers import MAX_FILE_ID
 from jobs.models import Priority, Status
 
-# The job id of API.md: `job_` + lowercase hex from a CSPRNG (`models.new_job_id`), at
+# The job id of docs/api.md: `job_` + lowercase hex from a CSPRNG (`models.new_job_id`), at
 # most 50 characters (the column).
 JOB_ID_PATTERN = r"^job_[0-9a-f]{24,46}$"
 # What the routes take as a job id, over HTTP (`urls.JobIdConverter`) and on the WebSocket
@@ -43,7 +43,7 @@ class _FalseField(serializers.BooleanField):
 
 
 class JobErrorSerializer(serializers.Serializer[dict[str, Any]]):
-    code = serializers.CharField(help_text="Worker-side error code (API.md, Error codes).")
+    code = serializers.CharField(help_text="Worker-side error code (docs/api.md, Error codes).")
     message = serializers.CharField(allow_blank=True)
     retryable = serializers.BooleanField()
 

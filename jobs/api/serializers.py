@@ -31,7 +31,7 @@ class DownloadJobInitiateSerializer(serializers.Serializer[dict[str, Any]]):
     metadata = serializers.DictField(
         required=False, default=dict, help_text="At most 4 KiB serialized and 32 levels deep; no U+0000."
     )
-    # Accepted for the seed's clients and ignored: a job belongs to the authenticated user.
+    # Accepted for clients that send it, and ignored: a job belongs to the authenticated user.
     user_id = serializers.CharField(required=False, allow_blank=True, max_length=100)
 
     def validate_metadata(self, value: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The REST API of API.md: each view parses, calls a service or selector, and answers in
+"""The REST API of docs/api.md: each view parses, calls a service or selector, and answers in
 the envelope `{"success": true, "data": ...}`. Errors are shaped by `api_errors`."""
 
 from typing import Any

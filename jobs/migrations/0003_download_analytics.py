@@ -1,4 +1,4 @@
-# The seed's download_analytics (section 3.2) as a PostgreSQL materialized view, plus the
+# download_analytics as a PostgreSQL materialized view, plus the
 # unmanaged model over it. On SQLite the view is not made: the selector computes the same
 # figures in Python. The unique index on hour is what REFRESH ... CONCURRENTLY requires.
 # Hours are truncated in UTC whatever the session time zone, and the 7-day window is

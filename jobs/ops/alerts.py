@@ -1,4 +1,4 @@
-"""The service's two alerts (spec 6.3): a queue backlog and a low job success rate.
+"""The service's two alerts (docs/operations.md): a queue backlog and a low job success rate.
 
 `alerts_evaluate()` reads both figures from their sources of truth (the broker's queue
 lists and the job table), so the `/metrics` collector exposes them as they are at scrape
@@ -123,9 +123,7 @@ def alert_metric_families(state: AlertState | None = None) -> Iterable[Metric]:
     """The figures and the alerts' state, for the scrape-time collector. A figure that
     could not be read is left out, with its alert."""
     state = state or alerts_evaluate()
-    firing = GaugeMetricFamily(
-        "download_alert_firing", "1 while the alert fires (spec 6.3), else 0.", labels=["alert"]
-    )
+    firing = GaugeMetricFamily("download_alert_firing", "1 while the alert fires, else 0.", labels=["alert"])
     if state.backlog is not None:
         yield GaugeMetricFamily(
             "download_queue_backlog",

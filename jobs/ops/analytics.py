@@ -1,4 +1,4 @@
-"""Hourly download analytics over the last 7 days: the seed's `download_analytics`.
+"""Hourly download analytics over the last 7 days: `download_analytics`.
 
 On PostgreSQL the figures are a materialized view (migration 0003) that beat refreshes
 concurrently every minute (`download_analytics_refresh`), so the admin page reads a small

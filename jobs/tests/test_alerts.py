@@ -1,4 +1,4 @@
-"""The alerts of spec 6.3: a queue backlog and a low success rate. Jobs with known outcomes
+"""The alerts of docs/operations.md: a queue backlog and a low success rate. Jobs with known outcomes
 are written to the test database; the backlog is real Celery messages in a broker database
 of this module's own. The check is beat's task, run here in-process; the gauges are read
 from a real /metrics scrape."""

@@ -1,4 +1,4 @@
-"""The REST API of API.md through DRF's test client, in process: exact status codes and
+"""The REST API of docs/api.md through DRF's test client, in process: exact status codes and
 JSON bodies. The broker send is the one fake (`dispatched`): the real worker path is
 covered end to end by test_e2e."""
 
@@ -39,7 +39,7 @@ def job_url(job_id: str) -> str:
 
 
 def z(value: datetime) -> str:
-    """A timestamp as API.md writes it: UTC, milliseconds, `Z`."""
+    """A timestamp as docs/api.md writes it: UTC, milliseconds, `Z`."""
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
