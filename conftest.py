@@ -22,12 +22,12 @@ from django.db import connection
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from devtools.servers import S3Endpoint, free_port, s3_endpoint, wait_for_port
 from downloads_project import processes
 from jobs import queues
 from jobs.ops import metrics
-from jobs.tests.local_servers import S3Endpoint, free_port, s3_endpoint, wait_for_port
-from jobs.tests.origin_server import OriginServer
 from jobs.transfer.storage import SignedFileSystemStorage
+from tests.support.origin_server import OriginServer
 
 ROOT = Path(__file__).resolve().parent
 ARTIFACTS = ROOT / "test-artifacts"

@@ -65,8 +65,8 @@ from bench.sandbox import (  # noqa: E402
     results_save,
     run_until_interrupted,
 )
+from devtools.servers import free_port, s3_endpoint, wait_for_port  # noqa: E402
 from downloads_project import processes  # noqa: E402
-from jobs.tests.local_servers import free_port, s3_endpoint, wait_for_port  # noqa: E402
 
 BROKER_DB = 8  # a broker database of its own (staging and realtime use 9)
 REFERENCE_FILE_ID = 70000
@@ -1002,12 +1002,8 @@ def main(argv: list[str]) -> None:
         default=50,
         help="virtual users at the hold (default 50; reference: 100)",
     )
-    scenario.add_argument(
-        "--ramp-up", type=float, default=20.0, help="seconds (default 20; reference: 120)"
-    )
-    scenario.add_argument(
-        "--hold", type=float, default=60.0, help="seconds (default 60; reference: 300)"
-    )
+    scenario.add_argument("--ramp-up", type=float, default=20.0, help="seconds (default 20; reference: 120)")
+    scenario.add_argument("--hold", type=float, default=60.0, help="seconds (default 60; reference: 300)")
     scenario.add_argument(
         "--ramp-down", type=float, default=20.0, help="seconds (default 20; reference: 120)"
     )

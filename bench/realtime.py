@@ -51,8 +51,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [str(ROOT)] + [entry for entry in sys.path if Path(entry or ".").resolve() != ROOT / "bench"]
 
 from bench.sandbox import bench_env, install_signal_handlers, results_save  # noqa: E402
+from devtools.servers import free_port, wait_for_port  # noqa: E402
 from downloads_project import processes  # noqa: E402
-from jobs.tests.local_servers import free_port, wait_for_port  # noqa: E402
 
 BROKER_DB = 9  # as bench/staging.py: no job is dispatched, but no worker could take one either
 WARMUP_EVENTS = 5  # sent first, at the same rate, and not counted

@@ -36,9 +36,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.sandbox import bench_env, install_signal_handlers, interrupted, results_save  # noqa: E402
+from devtools.servers import s3_endpoint  # noqa: E402
 from downloads_project import processes  # noqa: E402
 from jobs.queues import QUEUES  # noqa: E402
-from jobs.tests.local_servers import s3_endpoint  # noqa: E402
 
 MIB = 1024 * 1024
 MB = 1_000_000

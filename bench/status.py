@@ -47,7 +47,7 @@ from bench.sandbox import (  # noqa: E402
     results_save,
     run_until_interrupted,
 )
-from jobs.tests.local_servers import free_port, wait_for_port  # noqa: E402
+from devtools.servers import free_port, wait_for_port  # noqa: E402
 
 DATABASE = "bench_status"
 BASELINES_APPLICATION_NAME = "bench-status-baselines"  # as bench/status_baselines.py connects

@@ -473,7 +473,7 @@ STORAGES = {
 # --- CORS: browser apps of other origins (clients/react) ----------------------------------
 # Pages of these origins (`scheme://host[:port]`, comma-separated) may call /v1/ from the
 # browser and open the socket of a job's websocket_url (realtime/auth.py). None by default:
-# no cross-origin access. No cookies cross-origin: such a page authenticates its API calls
+# no cross-origin access. Without credentials (cookies): such a page authenticates its calls
 # with `Authorization: Token`, and its socket with the websocket_url's ticket.
 CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=[])
 CORS_URLS_REGEX = r"^/v1/"

@@ -1,0 +1,68 @@
+// components/DownloadButton.tsx
+import React from 'react';
+import { useDownload } from '../hooks/useDownload';
+
+export function DownloadButton({ fileId }: { fileId: number }) {
+  const { state, startDownload, downloadFile, retry } = useDownload();
+
+  const renderContent = () => {
+    switch (state.status) {
+      case 'idle':
+        return (
+          <button
+            onClick={() => startDownload(fileId)}
+            className="btn-primary"
+          >
+            Download File
+          </button>
+        );
+
+      case 'queued':
+        return (
+          <div className="download-status">
+            <div className="spinner" />
+            <span>Queued...</span>
+          </div>
+        );
+
+      case 'processing':
+        return (
+          <div className="download-status">
+            <div className="progress-bar">
+              <div
+                className="progress-fill"
+                style={{ width: `${state.progress}%` }}
+              />
+            </div>
+            <span>{state.progress}% Complete</span>
+          </div>
+        );
+
+      case 'completed':
+        return (
+          <button
+            onClick={downloadFile}
+            className="btn-success"
+          >
+            Download Ready! Click to Download
+          </button>
+        );
+
+      case 'failed':
+        return (
+          <div className="download-error">
+            <span className="error-message">{state.error}</span>
+            <button onClick={retry} className="btn-retry">
+              Retry
+            </button>
+          </div>
+        );
+    }
+  };
+
+  return (
+    <div className="download-container">
+      {renderContent()}
+    </div>
+  );
+}

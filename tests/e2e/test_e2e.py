@@ -1,0 +1,519 @@
+"""End to end: real processes (uvicorn + a Celery prefork worker) driven through the HTTP
+API only, against the test database, Redis, storage (local files or S3 through moto) and a
+real HTTP origin that fails on cue. Nothing runs eagerly in this process.
+
+Each test polls with a deadline; none sleeps for long. Child process logs are in
+test-artifacts/logs/.
+"""
+
+import contextlib
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+from uuid import uuid4
+
+import httpx
+import pytest
+import redis
+from django.conf import settings
+from rest_framework.authtoken.models import Token
+
+from conftest import Stack, stack_env
+from devtools.servers import S3Endpoint
+from jobs.models import DownloadJob
+from tests.support.flows import (
+    assert_downloads_exactly,
+    eventually,
+    fetch_download,
+    initiate,
+    job_status,
+    stored_files,
+    wait_for_status,
+    wait_until_finished,
+)
+from tests.support.origin_server import FileScript, OriginServer
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+MiB = 1024 * 1024
+STATUS_ORDER = {"queued": 0, "processing": 1, "completed": 2}
+
+
+# --- fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["local", "s3"])
+def stack(request: pytest.FixtureRequest) -> Stack:
+    return request.getfixturevalue(f"{request.param}_stack")
+
+
+@pytest.fixture
+def token(django_user_model: Any) -> str:
+    """A user of its own per test; committed, so the stack's processes see it."""
+    user = django_user_model.objects.create_user(f"e2e-{uuid4().hex[:12]}")
+    return Token.objects.create(user=user).key
+
+
+# The Redis transport hands an unacknowledged message back to the queue only once it is
+# older than the visibility timeout, when a worker starts (and every ~100 s after). The
+# redelivery test needs a stack whose timeout is short enough to wait out.
+REDELIVERY_BROKER_DB = 7
+REDELIVERY_VISIBILITY_TIMEOUT_S = 3
+
+
+@pytest.fixture(scope="module")
+def redelivery_stack(django_db_setup: None, origin_server: OriginServer, s3: S3Endpoint) -> Iterator[Stack]:
+    broker_url = f"{settings.REDIS_URL}/{REDELIVERY_BROKER_DB}"
+    redis.Redis.from_url(broker_url).flushdb()
+    env = stack_env(
+        origin_server,
+        {**s3.env, "CELERY_VISIBILITY_TIMEOUT_S": str(REDELIVERY_VISIBILITY_TIMEOUT_S)},
+        broker_db=REDELIVERY_BROKER_DB,
+    )
+    stack = Stack("redelivery", env).start()
+    yield stack
+    stack.stop()
+
+
+# A worker whose jobs have three seconds: past them, Celery's soft time limit ends the job.
+TIME_LIMIT_BROKER_DB = 14  # 5-13: the other test stacks (see test_alerts, test_deploy_nginx)
+
+
+@pytest.fixture(scope="module")
+def time_limit_stack(django_db_setup: None, origin_server: OriginServer, s3: S3Endpoint) -> Iterator[Stack]:
+    redis.Redis.from_url(f"{settings.REDIS_URL}/{TIME_LIMIT_BROKER_DB}").flushdb()
+    env = stack_env(
+        origin_server,
+        {**s3.env, "JOB_SOFT_TIME_LIMIT_S": "3", "JOB_HARD_TIME_LIMIT_S": "8"},
+        broker_db=TIME_LIMIT_BROKER_DB,
+    )
+    stack = Stack("time-limit", env).start()
+    yield stack
+    stack.stop()
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def wait_until_stable(read: Callable[[], int], *, window_s: float, timeout_s: float) -> int:
+    """Waits until `read()` stops changing for `window_s`; returns the value."""
+    deadline = time.monotonic() + timeout_s
+    value, since = read(), time.monotonic()
+    while time.monotonic() - since < window_s:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still changing after {timeout_s} s (now {value})")
+        time.sleep(0.05)
+        current = read()
+        if current != value:
+            value, since = current, time.monotonic()
+    return value
+
+
+def broker(stack: Stack) -> redis.Redis:
+    return redis.Redis.from_url(stack.env["CELERY_BROKER_URL"])
+
+
+def wait_until_broker_idle(stack: Stack) -> None:
+    """No message delivered and not yet acknowledged: killing the worker now loses nothing."""
+    eventually(lambda: broker(stack).hlen("unacked") == 0, timeout_s=5, what="all messages acknowledged")
+
+
+# --- 1. the happy path ---------------------------------------------------------------------
+
+
+def test_download_reports_progress_and_delivers_the_origin_bytes(
+    stack: Stack, origin: OriginServer, token: str
+) -> None:
+    file_id = 71001
+    # > 5 MiB: two parts of an S3 multipart upload; ~2 s at 3 MiB/s, so progress shows.
+    script = origin.add(
+        file_id,
+        FileScript(
+            size=6 * MiB + 123,
+            rate_bps=3 * MiB,
+            content_type="application/pdf",
+            file_name="annual report.pdf",
+        ),
+    )
+    seen: list[dict[str, Any]] = []
+    with stack.client(token) as api:
+        job_id = initiate(api, file_id, priority="normal", metadata={"source": "e2e"})
+        final = wait_until_finished(api, job_id, seen=seen)
+
+        assert final["status"] == "completed", final
+        statuses = [data["status"] for data in seen]
+        order = [STATUS_ORDER[status] for status in statuses]
+        assert order == sorted(order), statuses
+        progress = [data["progress"] for data in seen]
+        assert progress == sorted(progress), progress
+
+        processing = [data for data in seen if data["status"] == "processing"]
+        assert processing, statuses
+        for data in processing:
+            assert {"bytes_done", "bytes_total", "estimated_completion"} <= data.keys(), data
+            assert data["bytes_total"] in (None, script.size), data
+        done = [data["bytes_done"] for data in processing]
+        assert done == sorted(done), done
+        assert any(
+            0 < data["bytes_done"] < script.size and 0 < data["progress"] < 100 and data["bytes_total"]
+            for data in processing
+        ), processing
+
+        assert final["progress"] == 100
+        assert final["download_url"] == f"/v1/download/{job_id}"
+        assert final["file_name"] == "annual report.pdf"
+        assert final["file_size"] == script.size
+        assert final["expires_at"]
+        assert "error" not in final
+
+        link, file_response = fetch_download(api, job_id)
+        # Each call mints a fresh link to the same file.
+        again = api.get(f"/v1/download/{job_id}").json()["data"]
+
+    expected = script.sha256(file_id)
+    assert hashlib.sha256(file_response.content).hexdigest() == expected == link["sha256"]
+    assert len(file_response.content) == script.size
+    assert link["file_name"] == "annual report.pdf"
+    assert link["content_type"] == "application/pdf"
+    assert link["file_size"] == script.size
+    assert {"expires_at", "retained_until"} <= link.keys()
+    assert again["sha256"] == expected
+    assert 'filename="annual report.pdf"' in file_response.headers["content-disposition"]
+    assert file_response.headers["content-type"] == "application/pdf"
+
+    row = DownloadJob.objects.get(job_id=job_id)
+    assert row.attempts == 1
+    assert row.metadata == {"source": "e2e"}
+    assert origin.requests[file_id] == 1
+    assert len(stored_files(stack, job_id)) == 1, stored_files(stack, job_id)
+
+
+# --- 2. cancel mid-stream ------------------------------------------------------------------
+
+
+def test_cancel_mid_stream_stops_the_origin_and_leaves_nothing_stored(
+    stack: Stack, origin: OriginServer, token: str
+) -> None:
+    file_id = 71002
+    script = origin.add(file_id, FileScript(size=8 * MiB, rate_bps=2 * MiB))  # ~4 s if not stopped
+    with stack.client(token) as api:
+        job_id = initiate(api, file_id)
+        wait_for_status(api, job_id, lambda data: data["status"] == "processing" and data["bytes_done"] > 0)
+
+        response = api.delete(f"/v1/download/{job_id}")
+        assert response.status_code == 200, response.text
+        assert response.json() == {"success": True, "message": "Job cancelled successfully"}
+        assert job_status(api, job_id)["status"] == "cancelled"
+
+        # The worker stops within a chunk and closes the origin connection.
+        sent = wait_until_stable(lambda: origin.bytes_sent[file_id], window_s=0.5, timeout_s=3)
+        assert sent < script.size, sent
+        eventually(lambda: stored_files(stack, job_id) == [], timeout_s=3, what="nothing left in storage")
+
+        after = job_status(api, job_id)
+        assert after["status"] == "cancelled", after
+        assert "download_url" not in after
+        assert origin.bytes_sent[file_id] == sent
+        assert origin.requests[file_id] == 1
+
+        again = api.delete(f"/v1/download/{job_id}")
+        assert again.status_code == 409, again.text
+        assert again.json()["error"]["code"] == "JOB_ALREADY_FINISHED"
+        assert api.get(f"/v1/download/{job_id}").status_code == 409
+
+    row = DownloadJob.objects.get(job_id=job_id)
+    assert row.status == "cancelled"
+    assert row.cancelled_at is not None
+    assert row.completed_at is None
+
+
+# --- 3. retryable faults -------------------------------------------------------------------
+
+FAULT_CODES = {"500": "TEMPORARY_UNAVAILABLE", "drop": "NETWORK_ERROR", "stall": "TIMEOUT"}
+
+
+@pytest.mark.parametrize(
+    ("faults", "attempts"),
+    [pytest.param(["500", "drop"], 3, id="500-then-drop"), pytest.param(["stall"], 2, id="stall")],
+)
+def test_retryable_origin_faults_retry_then_succeed(
+    stack: Stack, origin: OriginServer, token: str, faults: list[str], attempts: int
+) -> None:
+    file_id = 71003
+    script = origin.add(file_id, FileScript(size=MiB + 7, faults=list(faults)))
+    seen: list[dict[str, Any]] = []
+    with stack.client(token) as api:
+        job_id = initiate(api, file_id)
+        final = wait_until_finished(api, job_id, seen=seen)
+        assert final["status"] == "completed", final
+        assert "error" not in final
+
+        # Between attempts the job may be seen queued with its last error.
+        expected_codes = {FAULT_CODES[fault] for fault in faults}
+        for data in seen:
+            if data["status"] == "queued" and data.get("attempts"):
+                assert 1 <= data["attempts"] < attempts, data
+                assert data["next_retry_at"], data
+                assert data["error"]["code"] in expected_codes, data
+                assert data["error"]["retryable"] is True, data
+
+        assert_downloads_exactly(api, job_id, script, file_id)
+
+    row = DownloadJob.objects.get(job_id=job_id)
+    assert row.attempts == attempts
+    assert row.error_code == ""
+    assert row.dead_lettered_at is None
+    assert origin.requests[file_id] == attempts
+    # The failed attempts' partial uploads were aborted: only the completed file remains.
+    files = stored_files(stack, job_id)
+    assert len(files) == 1, files
+    assert files[0].endswith(f"{job_id}-{attempts}")
+
+
+# --- 4. not retryable ----------------------------------------------------------------------
+
+
+def test_origin_404_fails_at_once_without_retry(stack: Stack, origin: OriginServer, token: str) -> None:
+    file_id = 71004
+    # A second request would succeed: the job must not make one.
+    origin.add(file_id, FileScript(size=MiB, faults=["404"]))
+    with stack.client(token) as api:
+        job_id = initiate(api, file_id)
+        final = wait_until_finished(api, job_id)
+        assert final["status"] == "failed", final
+        assert final["error"]["code"] == "FILE_NOT_FOUND"
+        assert final["error"]["retryable"] is False
+        assert final["error"]["message"]
+
+        response = api.get(f"/v1/download/{job_id}")
+        assert response.status_code == 409, response.text
+        assert response.json()["success"] is False
+        assert "failed" in response.json()["error"]["message"]
+
+        again = api.delete(f"/v1/download/{job_id}")
+        assert again.status_code == 409
+        assert again.json()["error"]["code"] == "JOB_ALREADY_FINISHED"
+
+    row = DownloadJob.objects.get(job_id=job_id)
+    assert row.attempts == 1
+    assert row.dead_lettered_at is None
+    assert origin.requests[file_id] == 1
+    assert stored_files(stack, job_id) == []
+
+
+# --- 5. the last attempt fails -------------------------------------------------------------
+
+
+def test_last_attempt_failing_dead_letters_the_job(stack: Stack, origin: OriginServer, token: str) -> None:
+    file_id = 71005
+    origin.add(file_id, FileScript(size=MiB, faults=["500", "500", "500"]))
+    with stack.client(token) as api:
+        job_id = initiate(api, file_id)
+        final = wait_until_finished(api, job_id)
+        assert final["status"] == "failed", final
+        assert final["error"]["code"] == "TEMPORARY_UNAVAILABLE"
+        assert final["error"]["retryable"] is True
+        assert "attempts" not in final  # only said of a job queued for its next attempt
+        assert api.get(f"/v1/download/{job_id}").status_code == 409
+
+    row = DownloadJob.objects.get(job_id=job_id)
+    assert row.attempts == 3
+    assert row.dead_lettered_at is not None
+    assert row.failed_at is not None
+    assert origin.requests[file_id] == 3
+    assert stored_files(stack, job_id) == []
+
+
+# --- 6. priority (local stack) -------------------------------------------------------------
+
+
+def test_high_priority_is_served_before_low(local_stack: Stack, origin: OriginServer, token: str) -> None:
+    """With the worker down, 3 low jobs then 1 high job are queued. A worker with a single
+    process (prefetch 1) then takes one message at a time, and takes downloads.high first."""
+    stack = local_stack
+    low_ids, high_id = [71061, 71062, 71063], 71064
+    for file_id in [*low_ids, high_id]:
+        origin.add(file_id, FileScript(size=256 * 1024, rate_bps=2 * MiB))
+    wait_until_broker_idle(stack)
+    stack.kill_worker()
+    try:
+        with stack.client(token) as api:
+            lows = [initiate(api, file_id, priority="low") for file_id in low_ids]
+            high = initiate(api, high_id, priority="high")
+            stack.start_worker(concurrency=1)
+            for job_id in [*lows, high]:
+                assert wait_until_finished(api, job_id)["status"] == "completed"
+        rows = {row.job_id: row for row in DownloadJob.objects.filter(job_id__in=[*lows, high])}
+        high_started = rows[high].started_at
+        started = [at for job_id in lows if (at := rows[job_id].started_at) is not None]
+        assert high_started is not None
+        assert len(started) == len(lows)
+        assert all(high_started < low_started for low_started in started), (high_started, started)
+        # Within one priority, first come first served.
+        assert started == sorted(started)
+    finally:
+        # Back to the worker the other tests expect (without hiding why the test failed).
+        with contextlib.suppress(AssertionError):
+            wait_until_broker_idle(stack)
+        if stack.worker is not None and stack.worker.poll() is None:
+            stack.kill_worker()
+        stack.start_worker()
+
+
+# --- 7. a worker dies mid-job --------------------------------------------------------------
+
+
+def test_job_of_a_killed_worker_is_redelivered_and_completes_once(
+    redelivery_stack: Stack, origin: OriginServer, token: str
+) -> None:
+    stack = redelivery_stack
+    file_id = 71007
+    script = origin.add(file_id, FileScript(size=6 * MiB, rate_bps=1 * MiB))  # slow first attempt
+    with stack.client(token) as api:
+        job_id = initiate(api, file_id)
+        wait_for_status(api, job_id, lambda data: data["status"] == "processing" and data["bytes_done"] > 0)
+        stack.kill_worker()
+
+        row = DownloadJob.objects.get(job_id=job_id)
+        assert row.status == "processing"
+        assert row.attempts == 1
+        assert row.upload_id  # the crashed attempt left an unfinished upload behind
+        # The message was delivered and never acknowledged: the broker still holds it.
+        unacked = broker(stack).zrange("unacked_index", 0, -1, withscores=True)
+        assert len(unacked) == 1, unacked
+        delivered_at = float(unacked[0][1])
+
+        script.rate_bps = 0  # the next attempt runs at full speed
+        # A starting worker restores only messages older than the visibility timeout.
+        while time.time() < delivered_at + REDELIVERY_VISIBILITY_TIMEOUT_S + 0.3:
+            time.sleep(0.1)
+        stack.start_worker()
+
+        final = wait_until_finished(api, job_id)
+        assert final["status"] == "completed", final
+        eventually(lambda: broker(stack).hlen("unacked") == 0, timeout_s=5, what="redelivered message acked")
+        assert_downloads_exactly(api, job_id, script, file_id)
+
+    row = DownloadJob.objects.get(job_id=job_id)
+    assert row.status == "completed"
+    assert row.attempts == 2
+    assert origin.requests[file_id] == 2
+    # The crashed attempt's multipart upload was aborted; one object: the second attempt's.
+    assert stored_files(stack, job_id) == [row.storage_key]
+    assert row.storage_key.endswith(f"{job_id}-2")
+
+
+def test_ten_jobs_of_a_killed_worker_resume_from_their_stored_parts(
+    redelivery_stack: Stack, origin: OriginServer, django_user_model: Any
+) -> None:
+    """kill -9 the worker in the middle of 10 jobs, start a new one: every job completes
+    once, with the origin's bytes, and the new attempts fetch only what was not stored."""
+    stack = redelivery_stack
+    wait_until_broker_idle(stack)
+    stack.kill_worker()
+    stack.start_worker(concurrency=10)
+    size = 12 * MiB + 1  # two parts of 5 MiB and a tail
+    scripts = {71100 + n: origin.add(71100 + n, FileScript(size=size, rate_bps=MiB)) for n in range(10)}
+    # Two users: each may have five active jobs.
+    tokens = [
+        Token.objects.create(user=django_user_model.objects.create_user(f"crash-{n}")).key for n in (1, 2)
+    ]
+    with stack.client(tokens[0]) as first, stack.client(tokens[1]) as second:
+        clients = {file_id: (first if n < 5 else second) for n, file_id in enumerate(scripts)}
+        jobs = {file_id: initiate(clients[file_id], file_id) for file_id in scripts}
+        # Every job has stored at least one part when the worker dies.
+        eventually(
+            lambda: all(
+                len(row.upload_parts) >= 1 for row in DownloadJob.objects.filter(job_id__in=jobs.values())
+            ),
+            timeout_s=30,
+            what="a part stored by each of the 10 jobs",
+        )
+        stack.kill_worker()
+        delivered = [
+            float(entry[1]) for entry in broker(stack).zrange("unacked_index", 0, -1, withscores=True)
+        ]
+        assert len(delivered) == 10
+        for script in scripts.values():
+            script.rate_bps = 0
+        while time.time() < max(delivered) + REDELIVERY_VISIBILITY_TIMEOUT_S + 0.3:
+            time.sleep(0.1)
+        stack.start_worker(concurrency=4)
+
+        for file_id, job_id in jobs.items():
+            final = wait_until_finished(clients[file_id], job_id, timeout_s=60)
+            assert final["status"] == "completed", final
+            assert_downloads_exactly(clients[file_id], job_id, scripts[file_id], file_id)
+            assert stored_files(stack, job_id) == [DownloadJob.objects.get(job_id=job_id).storage_key]
+
+    rows = list(DownloadJob.objects.filter(job_id__in=jobs.values()))
+    assert {(row.status, row.attempts) for row in rows} == {("completed", 2)}
+    assert all(row.resumed_bytes >= 5 * MiB for row in rows)
+    assert [origin.requests[file_id] for file_id in scripts] == [2] * 10
+    by_file = {row.file_id: row for row in rows}
+    for file_id, bodies in origin.bodies.items():
+        if file_id in scripts:
+            # The second attempt asked for the rest, from the last stored part, and got it.
+            (_, _), (second_start, second_sent) = bodies
+            assert second_start == by_file[file_id].resumed_bytes
+            assert second_sent == size - second_start
+    fetched = sum(origin.bytes_sent[file_id] for file_id in scripts)
+    # Fetching every file whole again would make it 1.4 to 2x.
+    assert fetched < 1.6 * 10 * size, f"{fetched / (10 * size):.2f}x the files' size"
+
+
+def test_a_failing_origin_opens_the_breaker_and_its_recovery_closes_it(
+    local_stack: Stack, origin: OriginServer, token: str
+) -> None:
+    """Past the failure threshold the breaker opens: a new job waits without a request to
+    the origin; after ORIGIN_BREAKER_OPEN_S one probe goes through, succeeds, and closes it."""
+    stack = local_stack
+    with stack.client(token) as api:
+        failing = [origin.add(71200 + n, FileScript(size=1000, faults=["503"] * 3)) for n in range(2)]
+        for n in range(len(failing)):
+            assert wait_until_finished(api, initiate(api, 71200 + n))["status"] == "failed"
+        assert circuit_state(api, origin) == 2  # open: 5 failures of 5 outcomes, then the probe's
+
+        origin.add(71210, FileScript(size=1000))
+        job_id = initiate(api, 71210)
+        waiting = wait_for_status(api, job_id, lambda data: data.get("next_retry_at") is not None)
+        assert waiting["status"] == "queued"
+        assert origin.requests[71210] == 0  # the origin was left alone
+
+        final = wait_until_finished(api, job_id)
+        assert final["status"] == "completed", final
+        assert origin.requests[71210] == 1
+        assert circuit_state(api, origin) == 0
+
+
+def circuit_state(api: httpx.Client, origin: OriginServer) -> int:
+    """The test origin's breaker as /metrics shows it (other tests' origins are listed too)."""
+    series = f'download_origin_circuit_state{{origin="http:127.0.0.1:{origin.server_address[1]}"}} '
+    for line in api.get("/metrics").text.splitlines():
+        if line.startswith(series):
+            return int(float(line.removeprefix(series)))
+    raise AssertionError(f"no {series} in /metrics")
+
+
+def test_a_job_past_its_time_limit_fails_download_timeout_and_leaves_nothing(
+    time_limit_stack: Stack, origin: OriginServer, token: str
+) -> None:
+    """Celery's soft time limit interrupts the download (a part already stored): the job
+    fails DOWNLOAD_TIMEOUT at once, not retried, and its multipart upload is aborted."""
+    stack = time_limit_stack
+    origin.add(71300, FileScript(size=12 * MiB, rate_bps=2 * MiB))  # 6 s of transfer
+    with stack.client(token) as api:
+        job_id = initiate(api, 71300)
+        final = wait_until_finished(api, job_id, timeout_s=30)
+
+    assert final["status"] == "failed", final
+    assert final["error"] == {
+        "code": "DOWNLOAD_TIMEOUT",
+        "message": "File download exceeded 3 s",
+        "retryable": False,
+    }
+    row = DownloadJob.objects.get(job_id=job_id)
+    assert row.attempts == 1
+    assert row.dead_lettered_at is None  # not retryable: nothing for an operator to re-queue
+    assert stored_files(stack, job_id) == []

@@ -1,0 +1,623 @@
+"""The downloads page in a real browser: headless Chromium (Debian's `chromium`) driven by
+Playwright, against a real ASGI server (uvicorn) and a real Celery worker that fetch from
+the real HTTP test origin, which serves files slowly enough to watch them progress.
+
+One browser per session, a fresh context per test. Every wait is on a condition with a
+deadline. Each page records the states its job rows go through (a MutationObserver
+installed before the page's own script runs), so tests assert on everything the page
+showed, not only on where it ended. Screenshots go to test-artifacts/screenshots/.
+
+Sync Playwright keeps its event loop marked as running in this thread between its calls,
+and Django refuses database access (SynchronousOnlyOperation) while a loop runs: the
+marker is set only while a test drives the browser (see `BrowserSession`), and test code
+that touches the database does it inside `outside_playwright()`.
+"""
+
+import asyncio
+import hashlib
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+from uuid import uuid4
+
+import pytest
+import redis
+from django.conf import settings
+from django.contrib.auth.hashers import PBKDF2PasswordHasher
+from django.contrib.auth.models import User
+from django.test import Client
+from playwright.sync_api import Browser, Page, WebSocketRoute, expect, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+from conftest import ARTIFACTS, Stack, stack_env
+from tests.support.origin_server import FileScript, OriginServer
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+MiB = 1024 * 1024
+LAUNCH_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = ARTIFACTS / "screenshots"
+PAGE_BROKER_DB = 8
+POLLING_INTERVAL_MS = 500  # the page's polling, when it has no socket
+WAIT_MS = 20_000
+STATUS_RANK = {"queued": 0, "processing": 1, "completed": 2, "failed": 2, "cancelled": 2}
+
+# Installed before the page's script: records each distinct state of every job row.
+RECORDER_JS = """
+(() => {
+  const history = {};
+  const snap = (row) => {
+    const id = row.dataset.jobId;
+    const entry = {
+      status: row.dataset.status,
+      progress: Number(row.dataset.progress),
+      transport: row.dataset.transport,
+    };
+    const list = (history[id] = history[id] || []);
+    const last = list[list.length - 1];
+    if (!last || last.status !== entry.status || last.progress !== entry.progress
+        || last.transport !== entry.transport) {
+      list.push(entry);
+    }
+  };
+  const isRow = (node) => node.nodeType === 1 && node.matches("li[data-job-id]");
+  new MutationObserver((records) => {
+    const rows = new Set();
+    for (const record of records) {
+      if (record.type === "attributes") {
+        if (isRow(record.target)) rows.add(record.target);
+      } else {
+        for (const node of record.addedNodes) if (isRow(node)) rows.add(node);
+      }
+    }
+    for (const row of rows) snap(row);
+  }).observe(document, {
+    subtree: true,
+    childList: true,
+    attributes: true,
+    attributeFilter: ["data-status", "data-progress", "data-transport"],
+  });
+  window.__jobHistory = (id) => history[id] || [];
+})();
+"""
+
+
+# --- the browser and the running-loop marker ------------------------------------------------
+
+
+class BrowserSession:
+    """The session's browser. `enter()` before driving it, `leave()` after: between tests
+    the thread has no running event loop, as the rest of the suite expects."""
+
+    def __init__(self, browser: Browser, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.browser = browser
+        self.loop = loop
+
+    def enter(self) -> None:
+        asyncio._set_running_loop(self.loop)
+
+    def leave(self) -> None:
+        asyncio._set_running_loop(None)
+
+
+@pytest.fixture(scope="session")
+def browser_session() -> Iterator[BrowserSession]:
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.skip(
+            "no `chromium` on PATH: the browser tests need Debian's chromium (apt-get install chromium)"
+        )
+    playwright = sync_playwright().start()
+    try:
+        browser = playwright.chromium.launch(executable_path=executable, args=LAUNCH_ARGS)
+    except BaseException:
+        playwright.stop()
+        raise
+    session = BrowserSession(browser, asyncio._get_running_loop())
+    session.leave()
+    yield session
+    session.enter()
+    try:
+        browser.close()
+    finally:
+        playwright.stop()
+        session.leave()
+
+
+@contextmanager
+def outside_playwright() -> Iterator[None]:
+    """Runs Django code (the ORM) in a test that drives the browser."""
+    loop = asyncio._get_running_loop()
+    asyncio._set_running_loop(None)
+    try:
+        yield
+    finally:
+        asyncio._set_running_loop(loop)
+
+
+@pytest.fixture(scope="module")
+def page_stack(django_db_setup: None, origin_server: OriginServer) -> Iterator[Stack]:
+    """uvicorn + a Celery worker of this module's, on a broker database of its own; the page
+    polls every 500 ms when it has no socket, so the polling test does not idle."""
+    redis.Redis.from_url(f"{settings.REDIS_URL}/{PAGE_BROKER_DB}").flushdb()
+    env = stack_env(
+        origin_server, {"JOB_POLLING_INTERVAL_MS": str(POLLING_INTERVAL_MS)}, broker_db=PAGE_BROKER_DB
+    )
+    stack = Stack("page", env).start()
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture
+def page(browser_session: BrowserSession, page_stack: Stack, origin: OriginServer) -> Iterator[Page]:
+    """A page in a fresh browser context, pointed at the page stack. Fails the test on any
+    uncaught error in the page's script."""
+    errors: list[str] = []
+    browser_session.enter()
+    try:
+        context = browser_session.browser.new_context(
+            base_url=page_stack.base_url, viewport={"width": 1024, "height": 900}, accept_downloads=True
+        )
+        try:
+            context.set_default_timeout(WAIT_MS)
+            context.add_init_script(RECORDER_JS)
+            page = context.new_page()
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            yield page
+        finally:
+            context.close()
+    finally:
+        browser_session.leave()
+    assert errors == [], f"uncaught errors in the page: {errors}"
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def create_user(password: str | None = None) -> User:
+    """A user of this test's. The stack's processes check passwords with Django's default
+    hashers (the tests' settings use a fast MD5 one): a password is stored as PBKDF2 with
+    few iterations, which they accept (and upgrade on the first sign-in)."""
+    with outside_playwright():
+        user = User.objects.create_user(f"page-{uuid4().hex[:10]}")
+        if password is not None:
+            hasher = PBKDF2PasswordHasher()
+            user.password = hasher.encode(password, hasher.salt(), iterations=1000)
+            user.save(update_fields=["password"])
+    return user
+
+
+def sign_in(page: Page, username: str, password: str) -> None:
+    """Through the sign-in form, as a person would: / sends them there first."""
+    page.goto("/")
+    expect(page).to_have_url(re.compile(r"/accounts/login/\?next=/$"))
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_test_id("login-submit").click()
+    page.wait_for_url(re.compile(r"/$"))
+    wait_until_ready(page)
+    expect(page.locator(".site-user")).to_have_text(f"Signed in as {username}")
+
+
+def open_signed_in(page: Page, user: User) -> None:
+    """Opens the page with a session made here (the form is test 1's subject)."""
+    with outside_playwright():
+        client = Client()
+        client.force_login(user)
+        session = client.cookies[settings.SESSION_COOKIE_NAME].value
+    page.context.add_cookies(
+        [{"name": settings.SESSION_COOKIE_NAME, "value": session, "domain": "127.0.0.1", "path": "/"}]
+    )
+    page.goto("/")
+    wait_until_ready(page)
+    expect(page.locator(".site-user")).to_have_text(f"Signed in as {user.username}")
+
+
+def wait_until_ready(page: Page) -> None:
+    expect(page.locator('#downloads-page[data-ready="true"]')).to_be_attached(timeout=WAIT_MS)
+
+
+def job_ids(page: Page) -> list[str]:
+    """The job rows on the page, newest first."""
+    return page.eval_on_selector_all(
+        "#downloads-list > li[data-job-id]", "rows => rows.map(r => r.dataset.jobId)"
+    )
+
+
+def request_file(page: Page, file_id: int) -> str:
+    """Fills in the form and submits it; returns the job id of the row that appears on top."""
+    before = job_ids(page)
+    page.locator("#file-id").fill(str(file_id))
+    page.locator("#download-submit").click()
+    page.wait_for_function(
+        "(n) => document.querySelectorAll('#downloads-list > li[data-job-id]').length > n",
+        arg=len(before),
+        polling=50,
+    )
+    job_id = job_ids(page)[0]
+    assert job_id not in before
+    assert re.fullmatch(r"job_[0-9a-f]{24,}", job_id), job_id
+    expect(row(page, job_id).get_by_test_id("job-file-id")).to_have_text(str(file_id))
+    return job_id
+
+
+def row(page: Page, job_id: str) -> Any:
+    return page.locator(f'li[data-job-id="{job_id}"]')
+
+
+def history(page: Page, job_id: str) -> list[dict[str, Any]]:
+    """Every distinct (status, progress, transport) the job's row showed on this page load."""
+    return page.evaluate("(id) => window.__jobHistory(id)", job_id)
+
+
+def wait_for_row(page: Page, job_id: str, condition: str, *, timeout_ms: int = WAIT_MS) -> None:
+    """Waits until `condition` (a JS expression of `row`, the job's <li>) holds."""
+    try:
+        page.wait_for_function(
+            f"""(id) => {{
+                const row = document.querySelector(`li[data-job-id="${{id}}"]`);
+                return !!row && ({condition});
+            }}""",
+            arg=job_id,
+            polling=50,
+            timeout=timeout_ms,
+        )
+    except PlaywrightTimeoutError:
+        raise AssertionError(
+            f"row {job_id} never met {condition!r}; it showed {history(page, job_id)}"
+        ) from None
+
+
+def api_status(page: Page, job_id: str) -> dict[str, Any]:
+    """GET /v1/download/status/<id> from the page, with its session."""
+    body = page.evaluate(
+        """async (id) => {
+            const headers = {Accept: "application/json"};
+            const response = await fetch(`/v1/download/status/${id}`, {headers});
+            return response.json();
+        }""",
+        job_id,
+    )
+    assert body["success"] is True, body
+    return body["data"]
+
+
+def stored_files(job_id: str) -> list[Path]:
+    """The job's files in local storage: finished, or still being written (`.part`)."""
+    return sorted((settings.VAR_DIR / "media" / "downloads").glob(f"*/{job_id}*"))
+
+
+def eventually(page: Page, check: Callable[[], bool], *, timeout_s: float, what: str) -> None:
+    """Polls a Python-side condition; the tiny pauses go through the page, so Playwright
+    keeps handling events meanwhile."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s} s: {what}")
+        page.wait_for_timeout(25)
+
+
+def screenshot(page: Page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def assert_monotonic(seen: list[dict[str, Any]]) -> None:
+    """Progress never goes back on screen, nor does the status go back to an earlier one."""
+    progress = [entry["progress"] for entry in seen]
+    assert progress == sorted(progress), seen
+    ranks = [STATUS_RANK[entry["status"]] for entry in seen]
+    assert ranks == sorted(ranks), seen
+
+
+# --- 1. sign in, two downloads, save one ---------------------------------------------------
+
+
+def test_two_downloads_progress_live_and_the_saved_file_is_the_origins(
+    page: Page, origin: OriginServer
+) -> None:
+    first_id, second_id = 72101, 72102
+    # ~2 s each at 2.5 MiB/s: progress is visible for a while.
+    first = origin.add(
+        first_id, FileScript(size=5 * MiB + 321, rate_bps=5 * MiB // 2, file_name="annual report.pdf")
+    )
+    origin.add(second_id, FileScript(size=4 * MiB, rate_bps=2 * MiB, file_name="appendix.pdf"))
+    password = "correct horse battery staple"
+    user = create_user(password)
+
+    sign_in(page, user.username, password)
+    expect(page.get_by_test_id("downloads-empty")).to_be_visible()
+    expect(page.get_by_test_id("downloads-empty")).to_have_text(
+        "You have no downloads yet. Request a file above."
+    )
+
+    first_job = request_file(page, first_id)
+    second_job = request_file(page, second_id)
+    assert job_ids(page) == [second_job, first_job]
+    expect(page.get_by_test_id("downloads-empty")).to_be_hidden()
+
+    for job_id in (first_job, second_job):
+        wait_for_row(page, job_id, "row.dataset.status === 'processing' && Number(row.dataset.progress) > 0")
+    screenshot(page, "processing")
+
+    for job_id in (first_job, second_job):
+        wait_for_row(page, job_id, "row.dataset.status === 'completed'")
+        job_row = row(page, job_id)
+        expect(job_row).to_have_attribute("data-progress", "100")
+        expect(job_row.get_by_test_id("job-progress")).to_have_js_property("value", 100)
+        expect(job_row.get_by_test_id("job-state")).to_have_text("Completed, ready to download")
+        expect(job_row.get_by_test_id("job-download")).to_be_visible()
+        expect(job_row.get_by_test_id("job-cancel")).to_be_hidden()
+
+        seen = history(page, job_id)
+        assert_monotonic(seen)
+        assert [entry["status"] for entry in seen][-1] == "completed", seen
+        assert any(entry["status"] == "processing" and 0 < entry["progress"] < 100 for entry in seen), seen
+        # Live over the WebSocket the whole way: the page never had to poll.
+        transports = {entry["transport"] for entry in seen}
+        assert "websocket" in transports, seen
+        assert "polling" not in transports, seen
+        assert seen[-1]["transport"] == "none", seen  # nothing left open once finished
+    expect(row(page, first_job).get_by_test_id("job-detail")).to_contain_text("annual report.pdf")
+    screenshot(page, "completed")
+
+    with page.expect_download() as download_info:
+        row(page, first_job).get_by_test_id("job-download").click()
+    download = download_info.value
+    assert download.suggested_filename == "annual report.pdf"
+    content = Path(download.path()).read_bytes()
+    assert len(content) == first.size
+    assert hashlib.sha256(content).hexdigest() == first.sha256(first_id)
+    expect(page.get_by_test_id("page-message")).to_contain_text("Saving annual report.pdf")
+    assert origin.requests[first_id] == origin.requests[second_id] == 1
+
+
+# --- 2. cancel mid-way ---------------------------------------------------------------------
+
+
+def test_cancel_mid_download_stops_it_and_stores_nothing(page: Page, origin: OriginServer) -> None:
+    file_id = 72201
+    script = origin.add(file_id, FileScript(size=10 * MiB, rate_bps=2 * MiB))  # ~5 s if not stopped
+    open_signed_in(page, create_user())
+
+    job_id = request_file(page, file_id)
+    wait_for_row(page, job_id, "row.dataset.status === 'processing' && Number(row.dataset.progress) > 0")
+    # The partial file being written is where the check below would find a leftover.
+    eventually(page, lambda: stored_files(job_id) != [], timeout_s=5, what="the partial file exists")
+
+    row(page, job_id).get_by_test_id("job-cancel").click()
+    wait_for_row(page, job_id, "row.dataset.status === 'cancelled'")
+    job_row = row(page, job_id)
+    expect(job_row.get_by_test_id("job-state")).to_have_text("Cancelled")
+    expect(job_row.get_by_test_id("job-cancel")).to_be_hidden()
+    expect(job_row.get_by_test_id("job-download")).to_be_hidden()
+    expect(job_row.get_by_test_id("job-again")).to_be_visible()
+    expect(page.get_by_test_id("page-message")).to_have_text(f"Download of file {file_id} cancelled.")
+    stopped_at = int(job_row.get_attribute("data-progress") or 0)
+    assert 0 < stopped_at < 100
+    expect(job_row.get_by_test_id("job-detail")).to_have_text(f"Stopped at {stopped_at}%.")
+    screenshot(page, "cancelled")
+
+    # The worker stops: the origin stops sending and the partial file goes away.
+    def origin_quiet() -> bool:
+        before = origin.bytes_sent[file_id]
+        page.wait_for_timeout(400)
+        return origin.bytes_sent[file_id] == before
+
+    eventually(page, origin_quiet, timeout_s=5, what="the origin stopped sending")
+    assert origin.bytes_sent[file_id] < script.size
+    eventually(page, lambda: stored_files(job_id) == [], timeout_s=5, what="nothing of the job stored")
+    assert api_status(page, job_id)["status"] == "cancelled"
+    seen = history(page, job_id)
+    assert_monotonic(seen)
+    assert seen[-1]["status"] == "cancelled", seen
+    assert seen[-1]["transport"] == "none", seen  # the page stopped watching it
+
+
+# --- 3. no WebSocket: polling ------------------------------------------------------------
+
+
+def test_without_websocket_the_page_polls_to_completion(page: Page, origin: OriginServer) -> None:
+    file_id = 72301
+    origin.add(file_id, FileScript(size=5 * MiB, rate_bps=2 * MiB))  # ~2.5 s
+    blocked: list[str] = []
+
+    def refuse(ws: WebSocketRoute) -> None:
+        """Never reaches the server: the page sees the socket close without opening."""
+        blocked.append(ws.url)
+        ws.close(code=1011, reason="blocked by the test")
+
+    page.route_web_socket("**/v1/download/subscribe/**", refuse)
+    open_signed_in(page, create_user())
+
+    job_id = request_file(page, file_id)
+    page.wait_for_function("(id) => window.downloadsPage.transport(id) === 'polling'", arg=job_id, polling=50)
+    expect(row(page, job_id)).to_have_attribute("data-transport", "polling")
+    wait_for_row(
+        page,
+        job_id,
+        "row.dataset.status === 'processing' && Number(row.dataset.progress) > 0"
+        " && row.dataset.transport === 'polling'",
+    )
+    screenshot(page, "polling")
+
+    wait_for_row(page, job_id, "row.dataset.status === 'completed'")
+    expect(row(page, job_id).get_by_test_id("job-download")).to_be_visible()
+    seen = history(page, job_id)
+    assert_monotonic(seen)
+    transports = {entry["transport"] for entry in seen}
+    assert "polling" in transports, seen
+    assert "websocket" not in transports, seen
+    # Polling showed the progress on the way, not only the end.
+    assert any(entry["status"] == "processing" and 0 < entry["progress"] < 100 for entry in seen), seen
+    assert seen[-1]["transport"] == "none", seen
+    assert blocked, "the page never tried a WebSocket"
+    assert all(urlsplit(url).path == f"/v1/download/subscribe/{job_id}" for url in blocked), blocked
+
+
+# --- 3b. a socket refused for its ticket ---------------------------------------------------
+
+
+def test_a_socket_refused_for_its_ticket_goes_on_with_a_fresh_one(page: Page, origin: OriginServer) -> None:
+    """The ticket of initiate's websocket_url opens a socket for a few minutes: a page that
+    reconnects later is refused 4401. Made here by the test (the first socket is refused as
+    the server refuses an expired ticket): the page asks the status, whose answer carries a
+    fresh websocket_url, and goes on live with it; its session has not ended."""
+    file_id = 72351
+    origin.add(file_id, FileScript(size=5 * MiB, rate_bps=2 * MiB))  # ~2.5 s
+    urls: list[str] = []
+
+    def refuse_the_first(ws: WebSocketRoute) -> None:
+        urls.append(ws.url)
+        if len(urls) == 1:
+            ws.close(code=4401, reason="ticket expired (made by the test)")
+        else:
+            ws.connect_to_server()
+
+    page.route_web_socket("**/v1/download/subscribe/**", refuse_the_first)
+    open_signed_in(page, create_user())
+
+    job_id = request_file(page, file_id)
+    wait_for_row(page, job_id, "row.dataset.transport === 'websocket'")
+    wait_for_row(page, job_id, "row.dataset.status === 'completed'")
+
+    expect(page.get_by_test_id("page-message")).not_to_contain_text("session has ended")
+    assert len(urls) >= 2, urls
+    # Both from the API, with tickets: initiate's, then the status answer's.
+    assert all(urlsplit(url).path == f"/v1/download/subscribe/{job_id}" for url in urls), urls
+    assert all(parse_qs(urlsplit(url).query).keys() == {"ticket"} for url in urls[:2]), urls
+    assert "websocket" in {entry["transport"] for entry in history(page, job_id)}
+
+
+# --- 4. reload mid-download ----------------------------------------------------------------
+
+
+def test_reload_mid_download_lists_the_job_and_resumes_live_updates(page: Page, origin: OriginServer) -> None:
+    file_id = 72401
+    origin.add(file_id, FileScript(size=10 * MiB, rate_bps=5 * MiB // 2))  # ~4 s
+    open_signed_in(page, create_user())
+
+    job_id = request_file(page, file_id)
+    wait_for_row(
+        page,
+        job_id,
+        "row.dataset.status === 'processing' && Number(row.dataset.progress) > 0"
+        " && row.dataset.transport === 'websocket'",
+    )
+
+    page.reload()
+    wait_until_ready(page)
+    assert job_ids(page) == [job_id]
+    expect(row(page, job_id).get_by_test_id("job-file-id")).to_have_text(str(file_id))
+    # Live again over a new socket while the download is still going.
+    wait_for_row(page, job_id, "row.dataset.status === 'processing' && row.dataset.transport === 'websocket'")
+    assert page.evaluate("(id) => window.downloadsPage.transport(id)", job_id) == "websocket"
+
+    wait_for_row(page, job_id, "row.dataset.status === 'completed'")
+    seen = history(page, job_id)  # this page load only
+    assert_monotonic(seen)
+    # Listed where it was, not from scratch.
+    assert seen[0]["status"] == "processing", seen
+    assert seen[0]["progress"] > 0, seen
+    live = [
+        entry["progress"]
+        for entry in seen
+        if entry["status"] == "processing" and entry["transport"] == "websocket"
+    ]
+    assert len(set(live)) >= 2, seen  # progress kept coming over the new socket
+    assert "polling" not in {entry["transport"] for entry in seen}, seen
+    expect(row(page, job_id).get_by_test_id("job-download")).to_be_visible()
+
+
+# --- 5. a failed job, and Retry -----------------------------------------------------------
+
+
+def test_failed_job_shows_its_error_and_retry_starts_a_new_job(page: Page, origin: OriginServer) -> None:
+    file_id = 72501
+    # The origin answers 404 once; the retry's request gets the file.
+    origin.add(file_id, FileScript(size=MiB, rate_bps=2 * MiB, faults=["404"]))
+    open_signed_in(page, create_user())
+
+    failed_job = request_file(page, file_id)
+    wait_for_row(page, failed_job, "row.dataset.status === 'failed'")
+    status = api_status(page, failed_job)
+    assert status["error"]["code"] == "FILE_NOT_FOUND", status
+    failed_row = row(page, failed_job)
+    expect(failed_row.get_by_test_id("job-state")).to_contain_text("Failed")
+    expect(failed_row.get_by_test_id("job-error")).to_have_text(status["error"]["message"])
+    expect(failed_row.get_by_test_id("job-detail")).to_have_text("Error code FILE_NOT_FOUND.")
+    expect(failed_row.get_by_test_id("job-retry")).to_be_visible()
+    expect(failed_row.get_by_test_id("job-cancel")).to_be_hidden()
+    expect(failed_row.get_by_test_id("job-download")).to_be_hidden()
+    assert history(page, failed_job)[-1]["transport"] == "none"
+    screenshot(page, "failed")
+
+    failed_row.get_by_test_id("job-retry").click()
+    page.wait_for_function(
+        "() => document.querySelectorAll('#downloads-list > li[data-job-id]').length === 2", polling=50
+    )
+    retry_job, first = job_ids(page)
+    assert first == failed_job
+    assert retry_job != failed_job
+    expect(row(page, retry_job).get_by_test_id("job-file-id")).to_have_text(str(file_id))
+    wait_for_row(page, retry_job, "row.dataset.status === 'completed'")
+    assert_monotonic(history(page, retry_job))
+    expect(failed_row).to_have_attribute("data-status", "failed")  # the old job stays as it was
+    assert origin.requests[file_id] == 2
+
+
+# --- 6. a phone-sized screen ---------------------------------------------------------------
+
+
+def test_page_is_usable_at_375_px(page: Page, origin: OriginServer) -> None:
+    width = 375
+    page.set_viewport_size({"width": width, "height": 740})
+    long_name = "quarterly-financial-statements-2025-consolidated-final-approved-version.pdf"
+    fast_id, slow_id = 72601, 72602
+    origin.add(fast_id, FileScript(size=MiB, rate_bps=4 * MiB, file_name=long_name))
+    origin.add(slow_id, FileScript(size=6 * MiB, rate_bps=2 * MiB))  # ~3 s
+    open_signed_in(page, create_user())
+
+    def assert_fits() -> None:
+        scroll_width = page.evaluate("() => document.scrollingElement.scrollWidth")
+        assert scroll_width <= width, f"horizontal scroll: {scroll_width} px wide"
+        for selector in ["#file-id", "#priority", "#download-submit", "li[data-job-id] button:visible"]:
+            for box in [element.bounding_box() for element in page.locator(selector).all()]:
+                assert box is not None, selector
+                assert box["x"] >= 0, (selector, box)
+                assert box["x"] + box["width"] <= width, (selector, box)
+
+    assert_fits()
+    fast_job = request_file(page, fast_id)
+    wait_for_row(page, fast_job, "row.dataset.status === 'completed'")
+    slow_job = request_file(page, slow_id)
+    wait_for_row(page, slow_job, "row.dataset.status === 'processing' && Number(row.dataset.progress) > 0")
+    expect(row(page, fast_job).get_by_test_id("job-detail")).to_contain_text(long_name)
+    assert_fits()
+    screenshot(page, "mobile-375")
+
+    # The progress is a progressbar with a name and values, for assistive technology.
+    bar = page.get_by_role("progressbar", name=f"Progress of file {slow_id}")
+    expect(bar).to_have_count(1)
+    expect(bar).to_have_attribute("max", "100")
+    value, shown = bar.evaluate("el => [el.value, Number(el.closest('li').dataset.progress)]")
+    assert 0 < value <= 100
+    assert value == shown
+    expect(page.get_by_role("progressbar", name=f"Progress of file {fast_id}")).to_have_js_property(
+        "value", 100
+    )
+
+    wait_for_row(page, slow_job, "row.dataset.status === 'completed'")
+    assert_fits()
