@@ -2,8 +2,10 @@
 S3 endpoint (moto's standalone server), and whole stacks of real processes (ASGI server
 + Celery worker) running against the test database."""
 
+import asyncio
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -19,6 +21,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.files.storage import storages
 from django.db import connection
+from playwright.sync_api import Browser, sync_playwright
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -371,3 +374,55 @@ def s3_stack(django_db_setup: None, origin_server: OriginServer, s3: S3Endpoint)
     stack = Stack("s3", stack_env(origin_server, s3.env, broker_db=S3_BROKER_DB)).start()
     yield stack
     stack.stop()
+
+
+# --- a browser ---------------------------------------------------------------------------
+
+# Debian's Chromium, headless, with nothing that would reach beyond this machine.
+LAUNCH_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+class BrowserSession:
+    """The session's browser. `enter()` before driving it, `leave()` after: between tests
+    the thread has no running event loop, as the rest of the suite expects."""
+
+    def __init__(self, browser: Browser, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.browser = browser
+        self.loop = loop
+
+    def enter(self) -> None:
+        asyncio._set_running_loop(self.loop)
+
+    def leave(self) -> None:
+        asyncio._set_running_loop(None)
+
+
+@pytest.fixture(scope="session")
+def browser_session() -> Iterator[BrowserSession]:
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.skip(
+            "no `chromium` on PATH: the browser tests need Debian's chromium (apt-get install chromium)"
+        )
+    playwright = sync_playwright().start()
+    try:
+        browser = playwright.chromium.launch(executable_path=executable, args=LAUNCH_ARGS)
+    except BaseException:
+        playwright.stop()
+        raise
+    session = BrowserSession(browser, asyncio._get_running_loop())
+    session.leave()
+    yield session
+    session.enter()
+    try:
+        browser.close()
+    finally:
+        playwright.stop()
+        session.leave()

@@ -114,22 +114,6 @@ def vm_hwm_reset(pid: int) -> bool:
 # --- throughput (a subprocess: `staging.py _throughput`) ------------------------------------
 
 
-class NoopHooks:
-    """A StagingHooks that does nothing: staging alone, no progress, no cancel checks."""
-
-    def upload_opened(self, **kwargs: Any) -> None:
-        pass
-
-    def part_stored(self, *, parts: list[dict[str, Any]]) -> None:
-        pass
-
-    def chunk_staged(self, *, bytes_done: int, bytes_total: int | None) -> None:
-        pass
-
-    def before_commit(self, *, file: Any) -> None:
-        pass
-
-
 class ChunkStream:
     """A read-only, non-seekable file over an iterator of chunks. `read(n)` returns n bytes
     until the end (s3transfer takes a short read for a part)."""
@@ -199,7 +183,7 @@ def throughput_main(target: str, size: int, repeat: int, out: Path) -> None:
     from jobs.services import download_job_complete, download_job_start
     from jobs.services.progress import AttemptHooks
     from jobs.transfer.origins import SyntheticOrigin, synthetic_chunks
-    from jobs.transfer.staging import StagedFile, StagingHooks, stage_file
+    from jobs.transfer.staging import NoHooks, StagedFile, StagingHooks, stage_file
     from jobs.transfer.storage import SignedFileSystemStorage, downloads_storage, stored_file_delete
 
     storage = downloads_storage()
@@ -230,7 +214,7 @@ def throughput_main(target: str, size: int, repeat: int, out: Path) -> None:
 
     def project(hooks_kind: str, key: str) -> Prepared:
         job = None
-        hooks: StagingHooks = NoopHooks()
+        hooks: StagingHooks = NoHooks()
         if hooks_kind == "real":
             # A job row in `processing`, as the worker has it: the hooks write progress to
             # Redis, publish it on the channel layer and check the cancel flag per chunk.

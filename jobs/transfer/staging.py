@@ -86,6 +86,22 @@ class StagingHooks(Protocol):
         be; raises if the attempt no longer owns the job."""
 
 
+class NoHooks:
+    """Staging outside any job (a benchmark, a test): no progress, no record, no cancel."""
+
+    def upload_opened(self, **kwargs: Any) -> None:
+        pass
+
+    def part_stored(self, *, parts: list[dict[str, Any]]) -> None:
+        pass
+
+    def chunk_staged(self, *, bytes_done: int, bytes_total: int | None) -> None:
+        pass
+
+    def before_commit(self, *, file: StoredFileFacts) -> None:
+        pass
+
+
 def _resumed_write(key: str, checkpoint: Checkpoint | None) -> StagedWrite | None:
     if checkpoint is None:
         return None

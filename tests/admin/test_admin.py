@@ -3,6 +3,7 @@ its filters and search, the read-only job page, the actions (which call the serv
 the link from a user to their downloads. The broker send is the one fake (`dispatched`)."""
 
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from django.utils import timezone
 from jobs import hotstate
 from jobs.admin import downloads as jobs_admin
 from jobs.models import DownloadJob, Priority, Status
+from tests import factories
 
 CHANGELIST = "admin:jobs_downloadjob_changelist"
 
@@ -25,10 +27,7 @@ def staff_client(db: None) -> Client:
     return client
 
 
-def make_job(owner: User, **fields: Any) -> DownloadJob:
-    fields.setdefault("file_id", 1000)
-    fields.setdefault("max_attempts", 3)
-    return DownloadJob.objects.create(owner=owner, **fields)
+make_job = partial(factories.make_job, file_id=1000)
 
 
 def listed(response: Any) -> set[str]:

@@ -23,6 +23,7 @@ from jobs import hotstate
 from jobs.hotstate import HotProgress
 from jobs.models import DownloadJob, Status
 from jobs.transfer.origins.http import name_from_disposition  # RFC 6266: filename* first
+from tests.factories import make_job
 
 INITIATE = "/v1/download/initiate"
 LIST = "/v1/downloads"
@@ -41,11 +42,6 @@ def job_url(job_id: str) -> str:
 def z(value: datetime) -> str:
     """A timestamp as docs/api.md writes it: UTC, milliseconds, `Z`."""
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def make_job(owner: User, **fields: Any) -> DownloadJob:
-    fields.setdefault("file_id", 70000)
-    return DownloadJob.objects.create(owner=owner, **fields)
 
 
 def pop_websocket_url(data: dict[str, Any], job_id: str, *, base: str = "ws://testserver") -> str:

@@ -36,6 +36,7 @@ from jobs.hotstate import HotProgress
 from jobs.models import DownloadJob, Status
 from jobs.selectors import iso
 from realtime.routing import websocket_urlpatterns
+from tests.factories import make_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -49,11 +50,6 @@ NORMAL_CLOSE = 1000
 
 def run(scenario: Callable[[], Awaitable[Any]]) -> Any:
     return async_to_sync(scenario)()
-
-
-def make_job(owner: User, **fields: Any) -> DownloadJob:
-    fields.setdefault("file_id", 70000)
-    return DownloadJob.objects.create(owner=owner, **fields)
 
 
 def processing_job(owner: User, *, progress: int, attempts: int = 1) -> DownloadJob:

@@ -16,7 +16,6 @@ that touches the database does it inside `outside_playwright()`.
 import asyncio
 import hashlib
 import re
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,23 +30,15 @@ from django.conf import settings
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.contrib.auth.models import User
 from django.test import Client
-from playwright.sync_api import Browser, Page, WebSocketRoute, expect, sync_playwright
+from playwright.sync_api import Page, WebSocketRoute, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-from conftest import ARTIFACTS, Stack, stack_env
+from conftest import ARTIFACTS, BrowserSession, Stack, stack_env
 from tests.support.origin_server import FileScript, OriginServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 MiB = 1024 * 1024
-LAUNCH_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOTS = ARTIFACTS / "screenshots"
 PAGE_BROKER_DB = 8
 POLLING_INTERVAL_MS = 500  # the page's polling, when it has no socket
@@ -95,45 +86,6 @@ RECORDER_JS = """
 
 
 # --- the browser and the running-loop marker ------------------------------------------------
-
-
-class BrowserSession:
-    """The session's browser. `enter()` before driving it, `leave()` after: between tests
-    the thread has no running event loop, as the rest of the suite expects."""
-
-    def __init__(self, browser: Browser, loop: asyncio.AbstractEventLoop | None) -> None:
-        self.browser = browser
-        self.loop = loop
-
-    def enter(self) -> None:
-        asyncio._set_running_loop(self.loop)
-
-    def leave(self) -> None:
-        asyncio._set_running_loop(None)
-
-
-@pytest.fixture(scope="session")
-def browser_session() -> Iterator[BrowserSession]:
-    executable = shutil.which("chromium")
-    if executable is None:
-        pytest.skip(
-            "no `chromium` on PATH: the browser tests need Debian's chromium (apt-get install chromium)"
-        )
-    playwright = sync_playwright().start()
-    try:
-        browser = playwright.chromium.launch(executable_path=executable, args=LAUNCH_ARGS)
-    except BaseException:
-        playwright.stop()
-        raise
-    session = BrowserSession(browser, asyncio._get_running_loop())
-    session.leave()
-    yield session
-    session.enter()
-    try:
-        browser.close()
-    finally:
-        playwright.stop()
-        session.leave()
 
 
 @contextmanager

@@ -40,6 +40,7 @@ from downloads_project.logging import REDACTED, RedactSecrets, redact, redact_ha
 from jobs.models import DownloadJob, Status, new_job_id
 from jobs.transfer.files import attachment_disposition
 from jobs.transfer.origins import safe_file_name
+from tests.factories import make_job
 from tests.support.s3 import s3_downloads_storage
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,11 +51,6 @@ HSTS_YEAR = "max-age=31536000; includeSubDomains"
 
 def error(code: str, message: str) -> dict[str, Any]:
     return {"success": False, "error": {"code": code, "message": message}}
-
-
-def make_job(owner: User, **fields: Any) -> DownloadJob:
-    fields.setdefault("file_id", 70000)
-    return DownloadJob.objects.create(owner=owner, **fields)
 
 
 # --- settings: check --deploy and the embedded default -------------------------------------

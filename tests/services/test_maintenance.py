@@ -7,6 +7,7 @@ import io
 import json
 import threading
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from jobs.models import DownloadJob, Status
 from jobs.services.progress import AttemptHooks
 from jobs.transfer.staging import StagedFile
 from jobs.transfer.storage import SignedFileSystemStorage
+from tests import factories
 from tests.support.s3 import s3_downloads_storage
 
 FILE_ID = 70000
@@ -46,10 +48,7 @@ def on_commit(django_capture_on_commit_callbacks: Any) -> Any:
     return lambda: django_capture_on_commit_callbacks(execute=True)
 
 
-def make_job(owner: User, **fields: Any) -> DownloadJob:
-    fields.setdefault("file_id", FILE_ID)
-    fields.setdefault("max_attempts", 3)
-    return DownloadJob.objects.create(owner=owner, **fields)
+make_job = partial(factories.make_job, file_id=FILE_ID)
 
 
 def ago(seconds: float) -> Any:

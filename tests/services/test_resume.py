@@ -5,13 +5,13 @@ HTTP origin, on local storage and on the moto S3 endpoint. The broker send is th
 fake (`dispatched`); the crash of a real worker is in test_e2e."""
 
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
-from django.contrib.auth.models import User
 from django.core.files.storage import storages
 from django.db import OperationalError
 from django.utils import timezone
@@ -22,6 +22,7 @@ from jobs.models import DownloadJob, Status
 from jobs.services import attempt
 from jobs.services.progress import AttemptHooks
 from jobs.transfer.staging import StoredFileFacts
+from tests import factories
 from tests.support.origin_server import FileScript, OriginServer
 from tests.support.s3 import Bucket, s3_downloads_storage
 
@@ -91,8 +92,7 @@ def storage(request: Any, settings: Any, origin: OriginServer, dispatched: Any, 
     return Storage(bucket=Bucket(s3))
 
 
-def make_job(owner: User, **fields: Any) -> DownloadJob:
-    return DownloadJob.objects.create(owner=owner, file_id=FILE_ID, max_attempts=3, **fields)
+make_job = partial(factories.make_job, file_id=FILE_ID)
 
 
 def stored_bytes(job: DownloadJob) -> bytes:

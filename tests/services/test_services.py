@@ -6,13 +6,13 @@ import asyncio
 import threading
 import time
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.contrib.auth.models import User
 from django.core.files.storage import storages
 from django.db import connection
 from django.utils import timezone
@@ -24,8 +24,9 @@ from jobs.models import TRANSITIONS, DownloadJob, Status
 from jobs.services import writes
 from jobs.services.progress import AttemptHooks
 from jobs.transfer.origins import get_origin
-from jobs.transfer.staging import StagedFile, StoredFileFacts, stage_file
+from jobs.transfer.staging import NoHooks, StagedFile, stage_file
 from jobs.transfer.storage import SignedFileSystemStorage
+from tests import factories
 from tests.support.origin_server import FileScript, OriginServer
 from tests.support.s3 import s3_downloads_storage
 
@@ -50,24 +51,7 @@ def stored_files(root: Path) -> list[str]:
     return sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.is_file())
 
 
-def make_job(owner: User, **fields: Any) -> DownloadJob:
-    fields.setdefault("file_id", FILE_ID)
-    fields.setdefault("max_attempts", 3)
-    return DownloadJob.objects.create(owner=owner, **fields)
-
-
-class NoHooks:
-    def upload_opened(self, **kwargs: Any) -> None:
-        pass
-
-    def part_stored(self, *, parts: list[dict[str, Any]]) -> None:
-        pass
-
-    def chunk_staged(self, *, bytes_done: int, bytes_total: int | None) -> None:
-        pass
-
-    def before_commit(self, *, file: StoredFileFacts) -> None:
-        pass
+make_job = partial(factories.make_job, file_id=FILE_ID)
 
 
 def stage(job: DownloadJob) -> StagedFile:

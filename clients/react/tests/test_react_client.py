@@ -17,7 +17,6 @@ skipped, saying why, where npm is missing. See tests/realtime/test_page.py for w
 running-loop marker is set only while a test drives the browser.
 """
 
-import asyncio
 import hashlib
 import json
 import re
@@ -39,13 +38,13 @@ import pytest
 import redis
 from django.conf import settings
 from django.contrib.auth.models import User
-from playwright.sync_api import Browser, Page, WebSocket, WebSocketRoute, expect, sync_playwright
+from playwright.sync_api import Page, WebSocket, WebSocketRoute, expect
 from rest_framework.authtoken.models import Token
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as websocket_connect
 from websockets.typing import Origin
 
-from conftest import ROOT, Stack, stack_env
+from conftest import ROOT, BrowserSession, Stack, stack_env
 from devtools.servers import free_port
 from tests.support.origin_server import FileScript, OriginServer
 
@@ -56,14 +55,6 @@ MiB = 1024 * 1024
 REACT_BROKER_DB = 4  # 0, 5-15: the other test stacks (see test_connections)
 POLLING_INTERVAL_MS = 500  # initiate's polling_interval, at which the seed polls after 5 s
 LISTED_HOST, UNLISTED_HOST = "127.0.0.2", "127.0.0.3"  # loopback, not in ALLOWED_HOSTS
-LAUNCH_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 WAIT_MS = 20_000
 READY_TEXT = "Download Ready! Click to Download"
 PERCENT = re.compile(r"^(\d+)% Complete$")
@@ -217,45 +208,6 @@ def token() -> str:
 
 
 # --- the browser -----------------------------------------------------------------------------
-
-
-@dataclass
-class BrowserSession:
-    """This module's browser. `enter()` before driving it, `leave()` after: between tests
-    the thread has no running event loop, as the rest of the suite expects."""
-
-    browser: Browser
-    loop: asyncio.AbstractEventLoop | None
-
-    def enter(self) -> None:
-        asyncio._set_running_loop(self.loop)
-
-    def leave(self) -> None:
-        asyncio._set_running_loop(None)
-
-
-@pytest.fixture(scope="module")
-def browser_session() -> Iterator[BrowserSession]:
-    executable = shutil.which("chromium")
-    if executable is None:
-        pytest.skip(
-            "no `chromium` on PATH: the browser tests need Debian's chromium (apt-get install chromium)"
-        )
-    playwright = sync_playwright().start()
-    try:
-        browser = playwright.chromium.launch(executable_path=executable, args=LAUNCH_ARGS)
-    except BaseException:
-        playwright.stop()
-        raise
-    session = BrowserSession(browser, asyncio._get_running_loop())
-    session.leave()
-    yield session
-    session.enter()
-    try:
-        browser.close()
-    finally:
-        playwright.stop()
-        session.leave()
 
 
 @dataclass
