@@ -82,8 +82,8 @@ JOB_ROW_SQL = (
 
 
 class JobStatusView(APIView):
-    authentication_classes = [TokenAuthentication]
-    permission_classes = [IsAuthenticated]
+    authentication_classes = (TokenAuthentication,)
+    permission_classes = (IsAuthenticated,)
 
     def get(self, request: Request, job_id: str) -> Response:
         with connection.cursor() as cursor:

@@ -33,7 +33,7 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     # (the look-behind starts a match only where a name starts: without it the search
     # tried every position of every word, the slowest step of redacting a log line)
     (re.compile(rf"(?i)(?<![\w-])([\w-]*token=){_QUERY_VALUE}"), rf"\1{REDACTED}"),
-    # `?ticket=` of a job's websocket_url (realtime/tickets.py): short-lived, but it opens the socket.
+    # `?ticket=` of a job's websocket_url (jobs/tickets.py): short-lived, but it opens the socket.
     (re.compile(rf"(?i)(?<![\w-])(ticket=){_QUERY_VALUE}"), rf"\1{REDACTED}"),
     (
         re.compile(rf"(?i)((?:X-Amz-Signature|X-Amz-Credential|Signature|AWSAccessKeyId)=){_QUERY_VALUE}"),

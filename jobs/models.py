@@ -119,13 +119,13 @@ class DownloadJob(models.Model):
     idempotency_key = models.CharField(max_length=255, blank=True)
 
     class Meta:
-        indexes = [
+        indexes = (
             models.Index(fields=["owner", "-created_at"], name="idx_owner_created"),
             models.Index(fields=["status", "-created_at"], name="idx_status_created"),
             # Reuse looks for a retained file of the same file id.
             models.Index(fields=["file_id", "status"], name="idx_file_status"),
-        ]
-        constraints = [
+        )
+        constraints = (
             models.UniqueConstraint(
                 fields=["owner", "idempotency_key"],
                 condition=~Q(idempotency_key=""),
@@ -133,7 +133,7 @@ class DownloadJob(models.Model):
             ),
             models.CheckConstraint(condition=Q(progress__lte=100), name="progress_at_most_100"),
             models.CheckConstraint(condition=Q(file_id__gt=0), name="file_id_positive"),
-        ]
+        )
 
     def __str__(self) -> str:
         return self.job_id
@@ -166,7 +166,7 @@ class DownloadAnalyticsHour(models.Model):
     class Meta:
         managed = False
         db_table = "download_analytics"
-        ordering = ["-hour"]
+        ordering = ["-hour"]  # noqa: RUF012 (as the migration states it: a tuple would be a change)
 
     def __str__(self) -> str:
         return self.hour.isoformat()

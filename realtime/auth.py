@@ -1,7 +1,7 @@
 """Who may open a job's socket, and from which web pages (the Origin check).
 
 The user is the one a `?ticket=` names (the ticket that the job's `websocket_url` carries,
-realtime/tickets.py), for that job only; without a ticket, the session user. `?token=<key>`
+jobs/tickets.py), for that job only; without a ticket, the session user. `?token=<key>`
 (a DRF token in the URL) is still taken for the clients written before tickets, and no
 longer documented: a URL ends up in proxy logs.
 """
@@ -19,8 +19,7 @@ from django.contrib.auth.models import AnonymousUser
 from rest_framework.exceptions import AuthenticationFailed
 
 from jobs.api.authentication import CachedTokenAuthentication
-
-from .tickets import websocket_ticket_user_id
+from jobs.tickets import websocket_ticket_user_id
 
 
 @database_sync_to_async

@@ -54,7 +54,7 @@ def _in_chunks(queryset: QuerySet[DownloadJob]) -> Iterator[DownloadJob]:
 
 @admin.register(DownloadJob)
 class DownloadJobAdmin(admin.ModelAdmin):
-    list_display = [
+    list_display = (
         "job_id",
         "status",
         "owner",
@@ -63,16 +63,29 @@ class DownloadJobAdmin(admin.ModelAdmin):
         "attempts_display",
         "duration_display",
         "created_at",
-    ]
-    list_select_related = ["owner"]
-    list_filter = ["status", "priority", DeadLetteredFilter, "created_at"]
-    search_fields = ["job_id__exact", "=owner__username", "file_id__exact"]
+    )
+    list_select_related = ("owner",)
+    list_filter = (
+        "status",
+        "priority",
+        DeadLetteredFilter,
+        "created_at",
+    )
+    search_fields = (
+        "job_id__exact",
+        "=owner__username",
+        "file_id__exact",
+    )
     search_help_text = "A job id, a username or a file id."
     date_hierarchy = "created_at"
-    ordering = ["-created_at"]
+    ordering = ("-created_at",)
     show_full_result_count = False
-    actions = ["cancel_jobs", "retry_jobs", "requeue_dead_lettered_jobs"]
-    fieldsets = [
+    actions = (
+        "cancel_jobs",
+        "retry_jobs",
+        "requeue_dead_lettered_jobs",
+    )
+    fieldsets = (
         (None, {"fields": ["job_id", "owner", "file_id", "priority", "status", "metadata"]}),
         ("Progress", {"fields": ["progress", "bytes_done", "bytes_total", "attempts", "max_attempts"]}),
         (
@@ -111,7 +124,7 @@ class DownloadJobAdmin(admin.ModelAdmin):
             },
         ),
         ("Request", {"fields": ["idempotency_key"]}),
-    ]
+    )
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -214,7 +227,7 @@ admin.site.unregister(User)
 class UserWithDownloadsAdmin(UserAdmin):
     """Django's user admin, with a link from each user to their download history."""
 
-    readonly_fields = [*UserAdmin.readonly_fields, "download_history"]
+    readonly_fields = (*UserAdmin.readonly_fields, "download_history")
 
     def get_fieldsets(self, request: HttpRequest, obj: User | None = None) -> Any:
         fieldsets = super().get_fieldsets(request, obj)

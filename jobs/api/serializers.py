@@ -17,7 +17,7 @@ METADATA_MAX_DEPTH = 32
 class StrictIntegerField(serializers.IntegerField):
     """A JSON integer only: not a string of digits, a float or a boolean."""
 
-    default_error_messages = {"invalid": "A JSON integer is required."}
+    default_error_messages = {"invalid": "A JSON integer is required."}  # noqa: RUF012 (DRF merges it)
 
     def to_internal_value(self, data: Any) -> int:
         if type(data) is not int:

@@ -24,7 +24,7 @@ from jobs.api.serializers import (
     idempotency_key_validate,
 )
 from jobs.models import ACTIVE_STATUSES, DownloadJob, Status
-from realtime.tickets import websocket_ticket_mint
+from jobs.tickets import websocket_ticket_mint
 
 
 def ok(data: Any, *, status_code: int = status.HTTP_200_OK) -> Response:
@@ -33,7 +33,7 @@ def ok(data: Any, *, status_code: int = status.HTTP_200_OK) -> Response:
 
 def _websocket_url(request: Request, job_id: str) -> str:
     """The job's socket on the request's own host and scheme, with a ticket that opens it
-    for WEBSOCKET_TICKET_TTL_S (realtime/tickets.py): no credential in a URL that proxies log."""
+    for WEBSOCKET_TICKET_TTL_S (jobs/tickets.py): no credential in a URL that proxies log."""
     scheme = "wss" if request.is_secure() else "ws"
     path = reverse("download-job-subscribe", kwargs={"job_id": job_id})
     ticket = websocket_ticket_mint(user_id=request.user.pk, job_id=job_id)  # type: ignore[arg-type]
@@ -48,8 +48,10 @@ def _owned_job(request: Request, job_id: str) -> DownloadJob:
 
 
 class DownloadJobInitiateApi(APIView):
-    # Set per request by the rate limits; every answer carries them, errors included.
-    ratelimit_headers: dict[str, str] = {}
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # Set per request by the rate limits; every answer carries them, errors included.
+        self.ratelimit_headers: dict[str, str] = {}
 
     def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
         for name, value in self.ratelimit_headers.items():

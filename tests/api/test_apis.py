@@ -46,7 +46,7 @@ def z(value: datetime) -> str:
 
 def pop_websocket_url(data: dict[str, Any], job_id: str, *, base: str = "ws://testserver") -> str:
     """Takes out the socket URL that initiate and an active job's status carry (its ticket,
-    realtime/tickets.py, is new in every answer) after checking where it points."""
+    jobs/tickets.py, is new in every answer) after checking where it points."""
     url: str = data.pop("websocket_url")
     assert url.startswith(f"{base}/v1/download/subscribe/{job_id}?ticket="), url
     return url
