@@ -3,7 +3,7 @@ the views of `apis.py` build by hand (`selectors.download_job_status` and friend
 error envelope of `api_errors.py`. Documentation only: nothing here validates or renders,
 but for `JOB_ID_PATH_REGEX`, the job id of every route, HTTP and WebSocket alike.
 
-The views reference these through `@extend_schema`; `jobs/tests/test_openapi.py` holds a
+The views reference these through `@extend_schema`; `tests/api/test_openapi.py` holds a
 live server to this description, so a change to a body that is not made here fails there.
 """
 
