@@ -31,17 +31,14 @@ See bench/README.md.
 import argparse
 import asyncio
 import json
-import math
 import os
 import platform
 import random
 import re
-import resource
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -58,11 +55,16 @@ ROOT = Path(__file__).resolve().parent.parent
 # `realtime` package (an installed app): the project's root takes its place.
 sys.path[:] = [str(ROOT)] + [entry for entry in sys.path if Path(entry or ".").resolve() != ROOT / "bench"]
 
+from bench.report import Column, Table, log, percentile, ratio, results_save  # noqa: E402
 from bench.sandbox import (  # noqa: E402
+    Children,
     bench_env,
+    django_setup,
+    every,
     install_signal_handlers,
+    log_tail,
     postgres_database,
-    results_save,
+    raised_open_file_limit,
     run_until_interrupted,
 )
 from devtools.servers import free_port, s3_endpoint, wait_for_port  # noqa: E402
@@ -77,32 +79,13 @@ PG_DATABASE = "bench_load"  # the production profile's throwaway database
 EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Timeout|Exit)\b:?")
 
 
-def log(message: str = "") -> None:
-    print(message, flush=True)
-
-
-def percentile(sorted_values: list[float], p: float) -> float:
-    """Nearest rank; NaN for no values."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
-def ratio(a: float, b: float) -> float:
-    return a / b if b > 0 else float("nan")
-
-
 # --- setup (a subprocess with the stack's environment: `load.py _setup`) --------------------
 
 
 def setup_main(users: int, out: Path) -> None:
     """N users with a DRF token each (no password: hashing 100 passwords would take a
     minute), and the limits in effect, as the web processes will read them."""
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "downloads_project.settings")
-    import django
-
-    django.setup()
+    django_setup()
     from django.conf import settings
     from django.contrib.auth import get_user_model
     from rest_framework.authtoken.models import Token
@@ -145,80 +128,47 @@ def process_tree_cpu_s(pid: int) -> float:
     return total
 
 
-class Stack:
-    """The server's processes (own sessions: Ctrl-C reaches only this script, which stops
-    them); stopped with SIGTERM, then waited for, then killed if they linger."""
+class Stack(Children):
+    """The server's processes: `web` (uvicorn) and `worker` (Celery), their logs in
+    `log_dir`; stopped with SIGTERM to each leader, then waited for, then killed if they
+    linger."""
 
     def __init__(self, env: dict[str, str], log_dir: Path) -> None:
-        self.env = env
-        self.log_dir = log_dir
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        super().__init__(env, log_dir, graceful_s=30)
         self.base_url = ""  # the web processes', once started
 
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, argv: list[str], *, pipes: bool = False, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[str]:
         # pg_stat_activity tells the processes' connections apart by their application name.
-        env = self.env | {"DATABASE_APPLICATION_NAME": f"bench-load-{name}"}
-        with (self.log_dir / f"{name}.log").open("ab") as output:
-            process = subprocess.Popen(
-                argv, env=env, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        self.processes[name] = process
-        return process
-
-    def log_tail(self, name: str, lines: int = 30) -> str:
-        path = self.log_dir / f"{name}.log"
-        if not path.exists():
-            return "(no log)"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        env = (env or self.env) | {"DATABASE_APPLICATION_NAME": f"bench-load-{name}"}
+        return super().start(name, argv, pipes=pipes, env=env)
 
     def print_log_problems(self, *, failed: bool) -> None:
         """For each log with a traceback or an ERROR line: its exception lines by kind and
         its last 40 lines; after a failed run, the last 10 lines of the other logs too."""
         for name in ("web", "worker"):
-            path = self.log_dir / f"{name}.log"
+            path = self.log_path(name)
             text = path.read_text(errors="replace") if path.exists() else ""
             if not re.search(r"Traceback|ERROR", text):
                 if failed:
                     log(f"\n{name} log ({path}): no traceback or ERROR line; its last 10 lines:")
-                    log(self.log_tail(name, 10))
+                    log(log_tail(path, 10))
                 continue
             kinds = Counter(line.strip()[:200] for line in text.splitlines() if EXCEPTION_LINE.match(line))
             log(f"\n{name} log ({path}): {text.count('Traceback')} traceback(s); exception lines by kind:")
             for line, count in kinds.most_common(10):
                 log(f"  {count:>5} x {line}")
-            log(f"--- the last 40 lines of {name}.log ---\n{self.log_tail(name, 40)}\n---")
-
-    def check_alive(self) -> None:
-        for name, process in self.processes.items():
-            if process.poll() is not None:
-                raise RuntimeError(f"{name} exited with {process.returncode}:\n{self.log_tail(name)}")
-
-    def stop(self, name: str, *, graceful_s: float) -> None:
-        process = self.processes.pop(name, None)
-        if process is None:
-            return
-        if process.poll() is None:
-            # To the leader only: Celery's main process then shuts down warm (its pool
-            # finishes the running jobs), and uvicorn's supervisor stops its workers.
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=graceful_s)
-            except subprocess.TimeoutExpired:
-                log(f"{name} did not stop within {graceful_s:.0f} s of SIGTERM: killed")
-                with suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        # A worker's pool children or uvicorn's workers may outlive their parent briefly.
-        with suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
+            log(f"--- the last 40 lines of {name}.log ---\n{log_tail(path, 40)}\n---")
 
     def stop_all(self) -> None:
         # The web processes first (no new jobs), then the worker (a warm shutdown lets its
         # running jobs finish), then the stack's ExitStack stops Redis.
         for name in ("web", "worker"):
-            self.stop(name, graceful_s=30)
-        for name in list(self.processes):
-            self.stop(name, graceful_s=30)
+            for started, process in list(self.running):
+                if started == name:
+                    self.stop(process)
+        super().stop_all()
 
 
 def wait_ready(base_url: str, stack: Stack | None, timeout_s: float) -> dict[str, Any]:
@@ -239,20 +189,6 @@ def wait_ready(base_url: str, stack: Stack | None, timeout_s: float) -> dict[str
     raise RuntimeError(f"{base_url}/ready did not answer 200 within {timeout_s:.0f} s: {last}")
 
 
-def wait_worker_ready(stack: Stack, timeout_s: float) -> None:
-    """Celery logs `<name>@<host> ready.` once it consumes."""
-    deadline = time.monotonic() + timeout_s
-    path = stack.log_dir / "worker.log"
-    while time.monotonic() < deadline:
-        stack.check_alive()
-        if path.exists() and re.search(r"\S+@\S+ ready\.", path.read_text(errors="replace")):
-            return
-        time.sleep(0.25)
-    raise RuntimeError(
-        f"the Celery worker was not ready within {timeout_s:.0f} s:\n{stack.log_tail('worker')}"
-    )
-
-
 class PgConnectionSampler:
     """Counts the connections to `database` every `interval_s`, in a thread, from a
     connection of its own that it does not count; by application_name (the stack's
@@ -271,33 +207,38 @@ class PgConnectionSampler:
         self.peak = 0
         self.peak_by_name: Counter[str] = Counter()
         self.error: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pg-sampler", daemon=True)
+        self.connection: Any = None
+        self.running = ExitStack()
 
     def __enter__(self) -> "PgConnectionSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
         import psycopg
 
         try:
-            with psycopg.connect(
-                self.database_url, autocommit=True, application_name="bench-sampler"
-            ) as conn:
-                while True:
-                    counts: dict[str, int] = dict(conn.execute(self.QUERY, (self.database,)).fetchall())
-                    self.samples += 1
-                    self.peak = max(self.peak, sum(counts.values()))
-                    self.peak_by_name |= Counter(counts)  # `|`: the larger count of each name
-                    if self._stop.wait(self.interval_s):
-                        return
+            self.connection = self.running.enter_context(
+                psycopg.connect(self.database_url, autocommit=True, application_name="bench-sampler")
+            )
         except psycopg.Error as exc:
             self.error = repr(exc)
+            return self
+        self.running.enter_context(every(self.interval_s, self.sample, name="pg-sampler"))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.running.close()  # the thread stops first, then its connection closes
+
+    def sample(self) -> bool:
+        """One count; False (no more) once the connection failed."""
+        import psycopg
+
+        try:
+            counts: dict[str, int] = dict(self.connection.execute(self.QUERY, (self.database,)).fetchall())
+        except psycopg.Error as exc:
+            self.error = repr(exc)
+            return False
+        self.samples += 1
+        self.peak = max(self.peak, sum(counts.values()))
+        self.peak_by_name |= Counter(counts)  # `|`: the larger count of each name
+        return True
 
     def line(self, bound: int, formula: str) -> str:
         by_name = ", ".join(
@@ -559,18 +500,60 @@ def endpoint_figures(samples: list[Sample], wall_s: float) -> EndpointFigures:
     )
 
 
+ENDPOINTS_TABLE = Table(
+    Column("endpoint", 10, align="<"),
+    Column("count", 6),
+    Column("req/s", 7, ".2f"),
+    *(Column(name, 8, ".1f") for name in ("p50", "p95", "p99", "max", "hold p50", "p99")),
+    Column("5xx", 5),
+    Column("transport", 9),
+    Column("non-2xx by code", align="<", before="  "),
+)
+
+
 def report(
     results: Results, args: argparse.Namespace, header: list[str], cpu_lines: list[str]
 ) -> tuple[dict[str, Any], bool]:
     """Prints the figures; returns them (for the JSON file) and whether the run is clean."""
+    banner_print(header)
+    figures = {name: endpoint_figures(samples, results.wall_s) for name, samples in results.samples.items()}
+    endpoints_print(results, figures, args)
+    slowest_print(results)
+    overall_print(results, figures)
+    baseline_print(figures)
+    outcomes = jobs_print(results, figures)
+    ended, started = job_durations(results)
+    job_durations_print(ended, started, args)
+    client_print(results)
+    for line in cpu_lines:
+        log(line)
+    clean = result_print(figures)
+    summary = {
+        "endpoints": {
+            name: vars(fig) | {"non_2xx": {str(k): v for k, v in fig.non_2xx.items()}}
+            for name, fig in figures.items()
+        },
+        "jobs": dict(outcomes) | {"initiated": len(results.jobs)},
+        "job_e2e_p50_s": percentile(ended, 50),
+        "job_e2e_p95_s": percentile(ended, 95),
+        "wall_s": results.wall_s,
+        "interrupted": results.interrupted,
+        "clean": clean,
+    }
+    return summary, clean
+
+
+def banner_print(header: list[str]) -> None:
     log("\n" + "=" * 100)
     for line in header:
         log(line)
     log("=" * 100)
-    wall = results.wall_s
-    figures = {name: endpoint_figures(samples, wall) for name, samples in results.samples.items()}
+
+
+def hold_latencies(results: Results, args: argparse.Namespace) -> dict[str, list[float]]:
+    """Each endpoint's latencies of the requests sent during the hold, sorted."""
     hold_start, hold_end = args.ramp_up, args.ramp_up + args.hold
-    hold = {
+    return {
         name: sorted(
             sample.latency_ms
             for sample in samples
@@ -578,24 +561,38 @@ def report(
         )
         for name, samples in results.samples.items()
     }
+
+
+def endpoints_print(results: Results, figures: dict[str, EndpointFigures], args: argparse.Namespace) -> None:
+    hold = hold_latencies(results, args)
     log(
-        f"\nrequests over the load phase ({wall:.1f} s{', INTERRUPTED' if results.interrupted else ''}); "
-        "latency in ms, from send to the whole body read"
+        f"\nrequests over the load phase ({results.wall_s:.1f} s"
+        f"{', INTERRUPTED' if results.interrupted else ''}); latency in ms, from send to the whole body read"
     )
-    log(
-        f"{'endpoint':<10} {'count':>6} {'req/s':>7} {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8} "
-        f"{'hold p50':>8} {'p99':>8} {'5xx':>5} {'transport':>9}  non-2xx by code"
-    )
+    ENDPOINTS_TABLE.print_header()
     for name in ("initiate", "status", "health"):
         fig = figures[name]
         if name == "health" and not fig.count:
             continue
         codes = ", ".join(f"{code}: {count}" for code, count in fig.non_2xx.items()) or "-"
-        log(
-            f"{name:<10} {fig.count:>6} {fig.rps:>7.2f} {fig.p50:>8.1f} {fig.p95:>8.1f} {fig.p99:>8.1f} "
-            f"{fig.max:>8.1f} {percentile(hold[name], 50):>8.1f} {percentile(hold[name], 99):>8.1f} "
-            f"{fig.server_errors:>5} {fig.transport_errors:>9}  {codes}"
+        ENDPOINTS_TABLE.print_row(
+            name,
+            fig.count,
+            fig.rps,
+            fig.p50,
+            fig.p95,
+            fig.p99,
+            fig.max,
+            percentile(hold[name], 50),
+            percentile(hold[name], 99),
+            fig.server_errors,
+            fig.transport_errors,
+            codes,
         )
+
+
+def slowest_print(results: Results) -> None:
+    """The three slowest requests of each endpoint, and when they were sent."""
     slowest = {
         name: sorted(
             (sample for sample in samples if sample.latency_ms is not None),
@@ -611,6 +608,10 @@ def report(
             if worst
         )
     )
+
+
+def overall_print(results: Results, figures: dict[str, EndpointFigures]) -> None:
+    wall = results.wall_s
     total = sum(fig.count for fig in figures.values())
     scenario = figures["initiate"].count + figures["status"].count
     log(
@@ -620,18 +621,27 @@ def report(
     )
     if results.errors:
         log("transport errors: " + ", ".join(f"{kind} x{count}" for kind, count in results.errors.items()))
+
+
+def baseline_print(figures: dict[str, EndpointFigures]) -> None:
+    """The scenario's endpoints against GET /health, if it ran."""
     health = figures["health"]
-    if health.count:
+    if not health.count:
+        return
+    log(
+        "\nbaseline: GET /health (answers without touching anything), one per poll at a random moment, "
+        "same clients and concurrency"
+    )
+    for name in ("initiate", "status"):
+        fig = figures[name]
         log(
-            "\nbaseline: GET /health (answers without touching anything), one per poll at a random moment, "
-            "same clients and concurrency"
+            f"  {name:<8} / health: p50 {ratio(fig.p50, health.p50):6.1f}x   p99 "
+            f"{ratio(fig.p99, health.p99):6.1f}x"
         )
-        for name in ("initiate", "status"):
-            fig = figures[name]
-            log(
-                f"  {name:<8} / health: p50 {ratio(fig.p50, health.p50):6.1f}x   p99 "
-                f"{ratio(fig.p99, health.p99):6.1f}x"
-            )
+
+
+def jobs_print(results: Results, figures: dict[str, EndpointFigures]) -> Counter[str]:
+    """The reference scenario's checks and the jobs' outcomes, which it returns."""
     initiate_ok = sum(1 for sample in results.samples["initiate"] if sample.status == 200)
     log(
         f"\nchecks (as the reference scenario's): status is 200: {initiate_ok}/{figures['initiate'].count}; "
@@ -648,6 +658,12 @@ def report(
             if name not in {"completed", "failed", "active"}
         )
     )
+    return outcomes
+
+
+def job_durations(results: Results) -> tuple[list[float], list[float]]:
+    """The completed jobs' end-to-end times and the jobs' waits (until a poll saw them
+    past queued), sorted."""
     ended = sorted(
         job.ended_at_s - job.initiated_at_s
         for job in results.jobs
@@ -658,6 +674,10 @@ def report(
         for job in results.jobs
         if job.first_processing_at_s is not None
     )
+    return ended, started
+
+
+def job_durations_print(ended: list[float], started: list[float], args: argparse.Namespace) -> None:
     log(
         "job end to end (initiate sent -> the poll that saw it completed), s: "
         f"p50 {percentile(ended, 50):.1f}, "
@@ -669,6 +689,10 @@ def report(
         f"p50 {percentile(started, 50):.1f}, "
         f"p95 {percentile(started, 95):.1f}, max {percentile(started, 100):.1f}"
     )
+
+
+def client_print(results: Results) -> None:
+    wall = results.wall_s
     lag = sorted(results.loop_lag_ms)
     client_load = results.client_cpu_s / wall if wall else 0.0
     log(
@@ -676,8 +700,10 @@ def report(
         f"of a core); event-loop lag p50 {percentile(lag, 50):.1f} ms, p99 {percentile(lag, 99):.1f} ms, "
         f"max {percentile(lag, 100):.1f} ms"
     )
-    for line in cpu_lines:
-        log(line)
+
+
+def result_print(figures: dict[str, EndpointFigures]) -> bool:
+    """The verdict: clean when no request got a 5xx or a transport error."""
     server_errors = sum(fig.server_errors for fig in figures.values())
     transport_errors = sum(fig.transport_errors for fig in figures.values())
     clean = server_errors == 0 and transport_errors == 0
@@ -685,19 +711,7 @@ def report(
         f"\nRESULT: {'OK' if clean else 'FAILED'}: {server_errors} 5xx, {transport_errors} transport error(s)"
         + ("" if clean else " (exit status 1)")
     )
-    summary = {
-        "endpoints": {
-            name: vars(fig) | {"non_2xx": {str(k): v for k, v in fig.non_2xx.items()}}
-            for name, fig in figures.items()
-        },
-        "jobs": dict(outcomes) | {"initiated": len(results.jobs)},
-        "job_e2e_p50_s": percentile(ended, 50),
-        "job_e2e_p95_s": percentile(ended, 95),
-        "wall_s": wall,
-        "interrupted": results.interrupted,
-        "clean": clean,
-    }
-    return summary, clean
+    return clean
 
 
 def metrics_lines(base_url: str) -> list[str]:
@@ -918,7 +932,7 @@ def pg_bound(args: argparse.Namespace, setup: StackSetup) -> tuple[int, str]:
 
 
 def server_lines(servers: Stack, cpu_before: dict[str, float], wall_s: float) -> list[str]:
-    cpu = {name: process_tree_cpu_s(servers.processes[name].pid) - cpu_before[name] for name in cpu_before}
+    cpu = {name: process_tree_cpu_s(servers.process(name).pid) - cpu_before[name] for name in cpu_before}
     return [
         f"server: CPU over the load phase: web {cpu['web']:.1f} s ({cpu['web'] / wall_s:.2f} of a core), "
         f"worker {cpu['worker']:.1f} s ({cpu['worker'] / wall_s:.2f}); "
@@ -932,7 +946,7 @@ def run_on_stack(
 ) -> tuple[Results, list[str], dict[str, Any]]:
     """The load against the started stack, with the CPU of its processes and, on PostgreSQL,
     its connections sampled meanwhile: the results, the extra report lines and the figures."""
-    cpu_before = {name: process_tree_cpu_s(servers.processes[name].pid) for name in ("web", "worker")}
+    cpu_before = {name: process_tree_cpu_s(servers.process(name).pid) for name in ("web", "worker")}
     sampler = None
     if args.profile == "production":
         sampler = PgConnectionSampler(setup.env["DATABASE_URL"], PG_DATABASE)
@@ -955,7 +969,7 @@ def own_stack_main(args: argparse.Namespace, scenario: str, host: str) -> int:
         setup = stack_setup(stack, args, var_dir)
         servers = start_servers(stack, args, setup, log_dir)
         ready = wait_ready(servers.base_url, servers, STARTUP_TIMEOUT_S)
-        wait_worker_ready(servers, STARTUP_TIMEOUT_S)
+        servers.wait_worker_ready("worker", STARTUP_TIMEOUT_S)
         header = stack_lines(args, setup)
         for line in header:
             log(f"load: {line}")
@@ -980,21 +994,43 @@ def own_stack_main(args: argparse.Namespace, scenario: str, host: str) -> int:
 def save(args: argparse.Namespace, summary: dict[str, Any]) -> None:
     if not args.save:
         return
-    path = results_save("load", {"options": vars(args), **summary})
-    log(f"results: {path.relative_to(ROOT)}")
+    results_save("load", {"options": vars(args), **summary})
 
 
 def main(argv: list[str]) -> None:
     if argv and argv[0] == "_setup":
-        parser = argparse.ArgumentParser(prog="load.py _setup")
-        parser.add_argument("--users", type=int, required=True)
-        parser.add_argument("--out", type=Path, required=True)
-        setup_args = parser.parse_args(argv[1:])
-        setup_main(setup_args.users, setup_args.out)
+        setup_command(argv[1:])
         return
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    scenario_options(parser)
+    target = parser.add_argument_group("target: a running server")
+    target.add_argument("--url", help="e.g. http://127.0.0.1:8000 (then no stack is started)")
+    target.add_argument(
+        "--tokens-file", type=Path, help="DRF tokens, one per line (or a JSON list), one per VU"
+    )
+    stack_options(parser)
+    parser.add_argument(
+        "--no-save", dest="save", action="store_false", help="do not write bench/results/load-*.json"
+    )
+    args = parser.parse_args(argv)
+    if args.users < 1 or args.poll_interval <= 0.2:
+        parser.error("--users must be at least 1 and --poll-interval more than 0.2 s")
+    # Many VUs hold sockets: raise the soft open-files limit (children inherit it).
+    with raised_open_file_limit():
+        run_until_interrupted(lambda: driver_main(args))
+
+
+def setup_command(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="load.py _setup")
+    parser.add_argument("--users", type=int, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    setup_args = parser.parse_args(argv)
+    setup_main(setup_args.users, setup_args.out)
+
+
+def scenario_options(parser: argparse.ArgumentParser) -> None:
     scenario = parser.add_argument_group("scenario")
     scenario.add_argument(
         "--users",
@@ -1029,11 +1065,9 @@ def main(argv: list[str]) -> None:
         "--timeout", type=float, default=30.0, help="per-request timeout, seconds (default 30)"
     )
     scenario.add_argument("--no-baseline", action="store_true", help="no GET /health probes")
-    target = parser.add_argument_group("target: a running server")
-    target.add_argument("--url", help="e.g. http://127.0.0.1:8000 (then no stack is started)")
-    target.add_argument(
-        "--tokens-file", type=Path, help="DRF tokens, one per line (or a JSON list), one per VU"
-    )
+
+
+def stack_options(parser: argparse.ArgumentParser) -> None:
     own = parser.add_argument_group("target: the script's own stack (without --url)")
     own.add_argument(
         "--profile",
@@ -1068,18 +1102,7 @@ def main(argv: list[str]) -> None:
         type=Path,
         help="keep the stack's VAR_DIR (database, logs, tokens.txt) here; default: a temporary one",
     )
-    parser.add_argument(
-        "--no-save", dest="save", action="store_false", help="do not write bench/results/load-*.json"
-    )
-    args = parser.parse_args(argv)
-    if args.users < 1 or args.poll_interval <= 0.2:
-        parser.error("--users must be at least 1 and --poll-interval more than 0.2 s")
-    run_until_interrupted(lambda: driver_main(args))
 
 
 if __name__ == "__main__":
-    # Many VUs hold sockets: raise the soft open-files limit (children inherit it).
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard))
     main(sys.argv[1:])

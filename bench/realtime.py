@@ -25,10 +25,8 @@ See bench/README.md.
 import argparse
 import asyncio
 import json
-import math
 import os
 import platform
-import resource
 import selectors
 import shutil
 import signal
@@ -37,8 +35,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from collections.abc import Awaitable, Callable
+from contextlib import ExitStack, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +48,14 @@ ROOT = Path(__file__).resolve().parent.parent
 # `realtime` package: the project's root takes its place.
 sys.path[:] = [str(ROOT)] + [entry for entry in sys.path if Path(entry or ".").resolve() != ROOT / "bench"]
 
-from bench.sandbox import bench_env, install_signal_handlers, results_save  # noqa: E402
+from bench.report import Column, Table, log, percentile, ratio, results_save  # noqa: E402
+from bench.sandbox import (  # noqa: E402
+    Children,
+    bench_env,
+    django_setup,
+    raised_open_file_limit,
+    run_until_interrupted,
+)
 from devtools.servers import free_port, wait_for_port  # noqa: E402
 from downloads_project import processes  # noqa: E402
 
@@ -62,25 +67,7 @@ WARMUP_EVENTS = 5  # sent first, at the same rate, and not counted
 IN_FLIGHT = 32
 READY_TIMEOUT_S = 300  # to open all sockets (1,000 handshakes, each with a snapshot)
 QUIET_S = 5.0  # once all events are sent, the readers stop after this long without a receipt
-
-
-def log(message: str) -> None:
-    print(message, flush=True)
-
-
-def django_setup() -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "downloads_project.settings")
-    import django
-
-    django.setup()
-
-
-def percentile(sorted_values: list[int] | list[float], p: float) -> float:
-    """Nearest rank; NaN for no values."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
-    return float(sorted_values[rank - 1])
+SELF = [sys.executable, str(Path(__file__).resolve())]  # this script, for its parts (`_clients`, ...)
 
 
 # --- receivers: what each subscriber got ----------------------------------------------------
@@ -326,72 +313,17 @@ def setup_main(out: Path) -> None:
 # --- the driver --------------------------------------------------------------------------------
 
 
-class Children:
-    """The driver's child processes, each in a session of its own (so that Ctrl-C reaches
-    only the driver, which stops them); all stopped when the driver's stack unwinds."""
-
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
-        self.env = env
-        self.log_dir = log_dir
-        self.running: list[subprocess.Popen[str]] = []
-
-    def start(self, name: str, argv: list[str], *, pipes: bool = False) -> subprocess.Popen[str]:
-        with (self.log_dir / f"{name}.log").open("a") as stderr:
-            process = subprocess.Popen(
-                argv,
-                env=self.env,
-                cwd=ROOT,
-                stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
-                stdout=subprocess.PIPE if pipes else stderr,
-                stderr=stderr,
-                text=True,
-                start_new_session=True,
-            )
-        self.running.append(process)
-        return process
-
-    def script(self, name: str, argv: list[str], *, pipes: bool = True) -> subprocess.Popen[str]:
-        return self.start(name, [sys.executable, str(Path(__file__).resolve()), *argv], pipes=pipes)
-
-    def log_tail(self, name: str, lines: int = 20) -> str:
-        path = self.log_dir / f"{name}.log"
-        text = path.read_text(errors="replace") if path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self, process: subprocess.Popen[str], *, graceful_s: float = 10) -> None:
-        """SIGTERM to its process group, SIGKILL after `graceful_s`."""
-        if process.poll() is None:
-            with suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=graceful_s)
-            except subprocess.TimeoutExpired:
-                with suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        for stream in (process.stdin, process.stdout):
-            if stream is not None:
-                with suppress(OSError):
-                    stream.close()
-        if process in self.running:
-            self.running.remove(process)
-
-    def stop_all(self) -> None:
-        for process in reversed(list(self.running)):
-            self.stop(process)
-
-
 def read_line(process: subprocess.Popen[str], timeout_s: float, children: Children, name: str) -> str:
     """The child's next stdout line, or an error with its log if it exits or takes too long."""
     assert process.stdout is not None
     with selectors.DefaultSelector() as selector:
         selector.register(process.stdout, selectors.EVENT_READ)
         if not selector.select(timeout_s):
-            raise RuntimeError(f"{name} said nothing in {timeout_s:.0f} s:\n{children.log_tail(name)}")
+            raise RuntimeError(f"{name} said nothing in {timeout_s:.0f} s:\n{children.log_tail(name, 20)}")
     line = process.stdout.readline()
     if not line:
         process.wait()
-        raise RuntimeError(f"{name} exited with {process.returncode}:\n{children.log_tail(name)}")
+        raise RuntimeError(f"{name} exited with {process.returncode}:\n{children.log_tail(name, 20)}")
     return line.strip()
 
 
@@ -438,10 +370,6 @@ class Side:
         return percentile(sorted(value for value in self.last_receipt_us if value >= 0), q) / 1000
 
 
-def ratio(a: float, b: float) -> float:
-    return a / b if b > 0 else float("nan")
-
-
 def merge(parts: list[Receipts], publish: dict[str, float], server_cpu_s: float | None) -> Side:
     events = parts[0].events
     last = [max(part.last_receipt_us[seq] for part in parts) for seq in range(events)]
@@ -472,11 +400,13 @@ def measure(
     try:
         for receiver, argv in receivers:
             out = tmp / f"{receiver}.json"
-            started.append((receiver, children.script(receiver, [*argv, "--out", str(out)]), out))
+            started.append(
+                (receiver, children.start(receiver, [*SELF, *argv, "--out", str(out)], pipes=True), out)
+            )
         for receiver, process, _ in started:
             read_line(process, READY_TIMEOUT_S, children, receiver)
         cpu_before = sum(server.cpu_times()[:2]) if server is not None else 0.0
-        publishing = children.script(f"{name}-publish", publisher)
+        publishing = children.start(f"{name}-publish", [*SELF, *publisher], pipes=True)
         publish = json.loads(read_line(publishing, 600, children, f"{name}-publish"))
         publishing.wait(timeout=60)
         children.stop(publishing)
@@ -489,7 +419,7 @@ def measure(
         for receiver, process, out in started:
             if process.wait(timeout=120) != 0 or not out.exists():
                 raise RuntimeError(
-                    f"{receiver} failed ({process.returncode}):\n{children.log_tail(receiver)}"
+                    f"{receiver} failed ({process.returncode}):\n{children.log_tail(receiver, 20)}"
                 )
             parts.append(Receipts(**json.loads(out.read_text())))
             out.unlink()
@@ -497,18 +427,6 @@ def measure(
     finally:
         for _, process, _ in started:
             children.stop(process)
-
-
-@contextmanager
-def raised_open_file_limit(wanted: int) -> Iterator[int]:
-    """Raises this process's soft limit of open files (children inherit it) toward `wanted`."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    new = soft if soft >= wanted else (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-    try:
-        yield new
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def ws_auth(url: str, origin: str, token: str, cookie: str) -> tuple[str, str]:
@@ -536,6 +454,7 @@ class Target:
     cookie: str
     origin: str
     job_id: str
+    auth: str  # "?token=" or "session cookie", for the header
 
 
 @dataclass
@@ -577,7 +496,7 @@ def measure_count(
     return Row(count, len(shares), project, baseline)
 
 
-def driver_main(args: argparse.Namespace) -> None:
+def driver_main(args: argparse.Namespace) -> int:
     started = time.monotonic()
     counts = [int(value) for value in args.subscribers.split(",") if value]
     with ExitStack() as stack:
@@ -586,119 +505,180 @@ def driver_main(args: argparse.Namespace) -> None:
         if args.logs:  # copied at the end, after the children stopped (the stack unwinds in reverse)
             stack.callback(shutil.copytree, tmp / "logs", args.logs, dirs_exist_ok=True)
         nofile = stack.enter_context(raised_open_file_limit(max(counts) * 2 + 1024))
-        var_dir = tmp / "var"
-        env = bench_env(stack, var_dir, broker_db=BROKER_DB)
+        env = bench_env(stack, tmp / "var", broker_db=BROKER_DB)
         # Every subscriber is the one benchmark user: lift the per-user socket cap for it.
         env["WEBSOCKET_MAX_PER_USER"] = str(max(counts) + 10)
-        children = Children(env, tmp / "logs")
+        children = Children(env, tmp / "logs", whole_group=True)
         stack.callback(children.stop_all)
-        setup_out = tmp / "setup.json"
-        subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "_setup", "--out", str(setup_out)],
-            env=env,
-            cwd=ROOT,
-            check=True,
-        )
-        setup = json.loads(setup_out.read_text())
-
-        port = free_port()
-        uvicorn = children.start(
-            "uvicorn",
-            processes.web_argv(port=port, extra=("--no-access-log", "--log-level", "warning")),
-        )
-        wait_for_port(port, process=uvicorn)
+        uvicorn, target = server_start(children, setup_run(env, tmp))
+        header_print(args, nofile, target)
         server = psutil.Process(uvicorn.pid)
-        origin = f"http://127.0.0.1:{port}"
-        url = f"ws://127.0.0.1:{port}/v1/download/subscribe/{setup['job_id']}"
-        query, cookie = ws_auth(url, origin, setup["token"], setup["cookie"])
-
-        import channels_redis
-        import uvicorn as uvicorn_module
-        import websockets
-
-        log(
-            f"realtime benchmark  Python {platform.python_version()} on {platform.machine()}, "
-            f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; uvicorn "
-            f"{uvicorn_module.__version__} (one process), channels_redis {channels_redis.__version__}, "
-            f"websockets {websockets.__version__}; open files limit {nofile}"
-        )
-        log(
-            f"{args.events} events at {args.rate:g}/s (+{WARMUP_EVENTS} warm-up) per measurement; "
-            f"WebSocket auth: {'?token=' if query else 'session cookie'}; Origin {origin}"
-        )
-        target = Target(url=url + query, cookie=cookie, origin=origin, job_id=setup["job_id"])
-        rows: list[Row] = []
-        try:
-            for count in counts:
-                rows.append(measure_count(children, tmp, target, server, count, args))
-        except RuntimeError:
-            log(f"uvicorn's log:\n{children.log_tail('uvicorn', 40)}")
-            raise
+        rows = rows_measure(children, tmp, target, server, counts, args)
         server_rss = server.memory_info().rss
         children.stop(uvicorn, graceful_s=15)
-
-        log(
-            f"\ndelay from publish to receipt, ms, over {args.events} events x subscribers "
-            "(project: job_event_publish -> channel layer -> uvicorn/JobConsumer -> WebSocket client; "
-            "baseline: group_send -> layer.receive in one process)"
-        )
-        log(
-            f"{'subscribers':>11} {'project p50':>11} {'p99':>7} {'baseline p50':>12} {'p99':>7} "
-            f"{'ratio p50':>9} {'p99':>5} {'lost project':>12} {'baseline':>8}"
-        )
-        for row in rows:
-            project, baseline = row.project, row.baseline
-            log(
-                f"{row.subscribers:>11} {project.p(50):>11.1f} {project.p(99):>7.1f} "
-                f"{baseline.p(50):>12.1f} {baseline.p(99):>7.1f} "
-                f"{ratio(project.p(50), baseline.p(50)):>9.1f} {ratio(project.p(99), baseline.p(99)):>5.1f} "
-                f"{project.lost:>12} {baseline.lost:>8}"
-            )
-        span = args.events / args.rate
-        log(
-            "\nper event, until its LAST subscriber had it (ms). CPU per message received (us) and "
-            f"CPU load (CPU s over the {span:g} s of events; over 1.0 for one process means it "
-            "fell behind): server = the uvicorn process, clients = all client processes, "
-            "baseline = its receiving process. connect = the time to open all sockets (s)"
-        )
-        log(
-            f"{'subscribers':>11} {'clients':>7} {'last p50':>8} {'p99':>8} {'baseline last p50':>17} "
-            f"{'p99':>7} {'server us':>9} {'load':>5} {'clients us':>10} {'load':>5} "
-            f"{'baseline us':>11} {'load':>5} {'connect':>7}"
-        )
-        for row in rows:
-            project, baseline = row.project, row.baseline
-            server_cpu, clients_cpu = project.server_cpu_s or 0.0, project.receiver_cpu_s
-            log(
-                f"{row.subscribers:>11} {row.client_procs:>7} {project.last_p(50):>8.1f} "
-                f"{project.last_p(99):>8.1f} {baseline.last_p(50):>17.1f} {baseline.last_p(99):>7.1f} "
-                f"{project.per_message_us(server_cpu):>9.0f} {server_cpu / span:>5.2f} "
-                f"{project.per_message_us(clients_cpu):>10.0f} {clients_cpu / span:>5.2f} "
-                f"{baseline.per_message_us(baseline.receiver_cpu_s):>11.0f} "
-                f"{baseline.receiver_cpu_s / span:>5.2f} {project.connect_s:>7.1f}"
-            )
+        delays_print(rows, args)
+        cpu_print(rows, args)
         elapsed = time.monotonic() - started
         log(
             f"\nuvicorn RSS at the end: {server_rss / 2**20:.0f} MiB. benchmark wall time: {elapsed:.0f} s; "
             f"load average now {os.getloadavg()[0]:.2f}"
         )
         if args.save:
-            summary = [
-                {
-                    "subscribers": row.subscribers,
-                    "client_procs": row.client_procs,
-                    **{
-                        f"{side}_{key}": value
-                        for side in ("project", "baseline")
-                        for key, value in summarize(getattr(row, side)).items()
-                    },
-                }
-                for row in rows
-            ]
-            path = results_save(
-                "realtime", {"events": args.events, "rate": args.rate, "rows": summary, "wall_s": elapsed}
-            )
-            log(f"results: {path.relative_to(ROOT)}")
+            save(rows, args, elapsed)
+    return 0
+
+
+def setup_run(env: dict[str, str], tmp: Path) -> dict[str, Any]:
+    """The benchmark's user, token, session and queued job (`_setup`)."""
+    setup_out = tmp / "setup.json"
+    subprocess.run([*SELF, "_setup", "--out", str(setup_out)], env=env, cwd=ROOT, check=True)
+    setup: dict[str, Any] = json.loads(setup_out.read_text())
+    return setup
+
+
+def server_start(children: Children, setup: dict[str, Any]) -> tuple[subprocess.Popen[str], Target]:
+    """uvicorn on a free port, and the job's socket on it, with the authentication it takes."""
+    port = free_port()
+    uvicorn = children.start(
+        "uvicorn",
+        processes.web_argv(port=port, extra=("--no-access-log", "--log-level", "warning")),
+    )
+    wait_for_port(port, process=uvicorn)
+    origin = f"http://127.0.0.1:{port}"
+    url = f"ws://127.0.0.1:{port}/v1/download/subscribe/{setup['job_id']}"
+    query, cookie = ws_auth(url, origin, setup["token"], setup["cookie"])
+    auth = "?token=" if query else "session cookie"
+    return uvicorn, Target(url=url + query, cookie=cookie, origin=origin, job_id=setup["job_id"], auth=auth)
+
+
+def header_print(args: argparse.Namespace, nofile: int, target: Target) -> None:
+    import channels_redis
+    import uvicorn as uvicorn_module
+    import websockets
+
+    log(
+        f"realtime benchmark  Python {platform.python_version()} on {platform.machine()}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; uvicorn "
+        f"{uvicorn_module.__version__} (one process), channels_redis {channels_redis.__version__}, "
+        f"websockets {websockets.__version__}; open files limit {nofile}"
+    )
+    log(
+        f"{args.events} events at {args.rate:g}/s (+{WARMUP_EVENTS} warm-up) per measurement; "
+        f"WebSocket auth: {target.auth}; Origin {target.origin}"
+    )
+
+
+def rows_measure(
+    children: Children,
+    tmp: Path,
+    target: Target,
+    server: psutil.Process,
+    counts: list[int],
+    args: argparse.Namespace,
+) -> list[Row]:
+    """The measurements at each subscriber count, in turn; uvicorn's log if one fails."""
+    try:
+        return [measure_count(children, tmp, target, server, count, args) for count in counts]
+    except RuntimeError:
+        log(f"uvicorn's log:\n{children.log_tail('uvicorn', 40)}")
+        raise
+
+
+DELAYS_TABLE = Table(
+    Column("subscribers", 11),
+    Column("project p50", 11, ".1f"),
+    Column("p99", 7, ".1f"),
+    Column("baseline p50", 12, ".1f"),
+    Column("p99", 7, ".1f"),
+    Column("ratio p50", 9, ".1f"),
+    Column("p99", 5, ".1f"),
+    Column("lost project", 12),
+    Column("baseline", 8),
+)
+
+
+def delays_print(rows: list[Row], args: argparse.Namespace) -> None:
+    log(
+        f"\ndelay from publish to receipt, ms, over {args.events} events x subscribers "
+        "(project: job_event_publish -> channel layer -> uvicorn/JobConsumer -> WebSocket client; "
+        "baseline: group_send -> layer.receive in one process)"
+    )
+    DELAYS_TABLE.print_header()
+    for row in rows:
+        project, baseline = row.project, row.baseline
+        DELAYS_TABLE.print_row(
+            row.subscribers,
+            project.p(50),
+            project.p(99),
+            baseline.p(50),
+            baseline.p(99),
+            ratio(project.p(50), baseline.p(50)),
+            ratio(project.p(99), baseline.p(99)),
+            project.lost,
+            baseline.lost,
+        )
+
+
+CPU_TABLE = Table(
+    Column("subscribers", 11),
+    Column("clients", 7),
+    Column("last p50", 8, ".1f"),
+    Column("p99", 8, ".1f"),
+    Column("baseline last p50", 17, ".1f"),
+    Column("p99", 7, ".1f"),
+    Column("server us", 9, ".0f"),
+    Column("load", 5, ".2f"),
+    Column("clients us", 10, ".0f"),
+    Column("load", 5, ".2f"),
+    Column("baseline us", 11, ".0f"),
+    Column("load", 5, ".2f"),
+    Column("connect", 7, ".1f"),
+)
+
+
+def cpu_print(rows: list[Row], args: argparse.Namespace) -> None:
+    span = args.events / args.rate
+    log(
+        "\nper event, until its LAST subscriber had it (ms). CPU per message received (us) and "
+        f"CPU load (CPU s over the {span:g} s of events; over 1.0 for one process means it "
+        "fell behind): server = the uvicorn process, clients = all client processes, "
+        "baseline = its receiving process. connect = the time to open all sockets (s)"
+    )
+    CPU_TABLE.print_header()
+    for row in rows:
+        project, baseline = row.project, row.baseline
+        server_cpu, clients_cpu = project.server_cpu_s or 0.0, project.receiver_cpu_s
+        CPU_TABLE.print_row(
+            row.subscribers,
+            row.client_procs,
+            project.last_p(50),
+            project.last_p(99),
+            baseline.last_p(50),
+            baseline.last_p(99),
+            project.per_message_us(server_cpu),
+            server_cpu / span,
+            project.per_message_us(clients_cpu),
+            clients_cpu / span,
+            baseline.per_message_us(baseline.receiver_cpu_s),
+            baseline.receiver_cpu_s / span,
+            project.connect_s,
+        )
+
+
+def save(rows: list[Row], args: argparse.Namespace, elapsed: float) -> None:
+    summary = [
+        {
+            "subscribers": row.subscribers,
+            "client_procs": row.client_procs,
+            **{
+                f"{side}_{key}": value
+                for side in ("project", "baseline")
+                for key, value in summarize(getattr(row, side)).items()
+            },
+        }
+        for row in rows
+    ]
+    results_save("realtime", {"events": args.events, "rate": args.rate, "rows": summary, "wall_s": elapsed})
 
 
 def summarize(side: Side) -> dict[str, Any]:
@@ -748,7 +728,6 @@ def main(argv: list[str]) -> None:
     if argv and argv[0].startswith("_"):
         sub(argv)
         return
-    install_signal_handlers()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -766,11 +745,7 @@ def main(argv: list[str]) -> None:
     )
     parser.add_argument("--logs", type=Path, help="copy the processes' logs to this directory at the end")
     args = parser.parse_args(argv)
-    try:
-        driver_main(args)
-    except KeyboardInterrupt:
-        print("\ninterrupted; cleaned up", file=sys.stderr)
-        raise SystemExit(130) from None
+    run_until_interrupted(lambda: driver_main(args))
 
 
 def sub(argv: list[str]) -> None:

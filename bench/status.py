@@ -20,15 +20,13 @@ import os
 import platform
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,13 +39,17 @@ ROOT = Path(__file__).resolve().parent.parent
 # `realtime` package (an installed app): the project's root takes its place.
 sys.path[:] = [str(ROOT)] + [entry for entry in sys.path if Path(entry or ".").resolve() != ROOT / "bench"]
 
+from bench.report import Column, Table, log, ratio, results_save  # noqa: E402
 from bench.sandbox import (  # noqa: E402
+    Children,
     bench_env,
+    django_setup,
+    every,
     postgres_database,
-    results_save,
     run_until_interrupted,
 )
 from devtools.servers import free_port, wait_for_port  # noqa: E402
+from downloads_project import processes  # noqa: E402
 
 DATABASE = "bench_status"
 BASELINES_APPLICATION_NAME = "bench-status-baselines"  # as bench/status_baselines.py connects
@@ -63,10 +65,7 @@ RATIO_GOALS = (  # (name, numerator row, denominator row, least ratio of their r
 ACCESS_LINE = re.compile(r'"[A-Z]+ \S+ HTTP/[\d.]+" (\d{3})')
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ")
 TIME_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
-
-
-def log(message: str = "") -> None:
-    print(message, flush=True)
+SELF = [sys.executable, str(Path(__file__).resolve())]  # this script, for its `_setup`
 
 
 # --- setup (a subprocess with the bench's environment: `status.py _setup`) -------------------
@@ -75,10 +74,7 @@ def log(message: str = "") -> None:
 def setup_main() -> None:
     """A user with a DRF token, a processing job with its hot progress in Redis and a
     completed job; prints the token and the job ids as JSON."""
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "downloads_project.settings")
-    import django
-
-    django.setup()
+    django_setup()
     from datetime import timedelta
 
     from django.contrib.auth import get_user_model
@@ -120,7 +116,7 @@ def setup_main() -> None:
 
 def fixture_create(env: dict[str, str]) -> dict[str, Any]:
     done = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "_setup"],
+        [*SELF, "_setup"],
         env=env,
         cwd=ROOT,
         check=True,
@@ -162,41 +158,19 @@ class Server:
         return "\n".join(kept[-lines:]) or "(nothing but access lines)"
 
 
-def process_stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-@contextmanager
-def uvicorn(name: str, app: str, env: dict[str, str], log_dir: Path) -> Iterator[Server]:
-    """`python -m uvicorn APP` on a free loopback port, as runstack starts it (access log on)."""
+def server_start(children: Children, name: str, app: str, env: dict[str, str]) -> Server:
+    """`python -m uvicorn APP` on a free loopback port, as runstack starts it (access log on),
+    stopped with the other children (SIGTERM, SIGKILL after 15 s)."""
     port = free_port()
-    argv = [sys.executable, "-m", "uvicorn", app, "--no-proxy-headers", "--host", "127.0.0.1"]
-    log_path = log_dir / f"{name}.log"
-    with log_path.open("ab") as output:
-        process = subprocess.Popen(
-            [*argv, "--port", str(port)],
-            env=env,
-            cwd=ROOT,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches this script only, which stops it
-        )
-    server = Server(name, f"http://127.0.0.1:{port}", log_path)
+    # The project's command line (downloads_project/processes.py), with this server's app.
+    argv = [app if part == processes.ASGI_APP else part for part in processes.web_argv(port=port)]
+    process = children.start(name, argv, env=env)
+    server = Server(name, f"http://127.0.0.1:{port}", children.log_path(name))
     try:
-        try:
-            wait_for_port(port, timeout_s=60, process=process)
-        except (RuntimeError, TimeoutError) as exc:
-            raise RuntimeError(f"{name} did not start: {exc}\n{server.log_digest()}") from None
-        yield server
-    finally:
-        process_stop(process)
+        wait_for_port(port, timeout_s=60, process=process)
+    except (RuntimeError, TimeoutError) as exc:
+        raise RuntimeError(f"{name} did not start: {exc}\n{server.log_digest()}") from None
+    return server
 
 
 # --- one row: wrk against one path, with PostgreSQL's connections sampled -------------------
@@ -241,22 +215,15 @@ def pg_connections_sampled(database_url: str, server: str) -> Iterator[Peak]:
         "AND backend_type = 'client backend' AND pid <> pg_backend_pid() AND (application_name = %s) = %s"
     )
     params = (BASELINES_APPLICATION_NAME, server == "baselines")
-    peak, stop = Peak(), threading.Event()
+    peak = Peak()
     with psycopg.connect(database_url, autocommit=True) as sampler:
 
         def sample() -> None:
-            while not stop.is_set():
-                row = sampler.execute(query, params).fetchone()
-                peak.connections = max(peak.connections, row[0] if row else 0)
-                stop.wait(SAMPLE_EVERY_S)
+            row = sampler.execute(query, params).fetchone()
+            peak.connections = max(peak.connections, row[0] if row else 0)
 
-        thread = threading.Thread(target=sample, name="pg-sampler", daemon=True)
-        thread.start()
-        try:
+        with every(SAMPLE_EVERY_S, sample, name="pg-sampler"):
             yield peak
-        finally:
-            stop.set()
-            thread.join()
 
 
 def wrk(url: str, token: str | None, args: argparse.Namespace, duration_s: int) -> str:
@@ -344,7 +311,7 @@ class Goal:
 def goals(rows: dict[str, Row], pool_max_size: int) -> list[Goal]:
     found = []
     for name, numerator, denominator, least in RATIO_GOALS:
-        value = rows[numerator].rps / rows[denominator].rps if rows[denominator].rps else float("nan")
+        value = ratio(rows[numerator].rps, rows[denominator].rps)
         found.append(Goal(name, round(value, 2), f">= {least:g}", value >= least))
     project = [row for row in rows.values() if row.target.server == "project"]
     errors = sum(row.errors for row in project)
@@ -357,20 +324,25 @@ def goals(rows: dict[str, Row], pool_max_size: int) -> list[Goal]:
 
 
 def table_print(rows: list[Row]) -> None:
-    width = max(len(row.target.label) for row in rows)
-    log(f"\n{'path':<{width}} {'rps':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'peak PG':>8}")
+    table = Table(
+        Column("path", max(len(row.target.label) for row in rows), align="<"),
+        Column("rps", 8, ".0f"),
+        Column("p50 ms", 8, ".1f"),
+        Column("p99 ms", 8, ".1f"),
+        Column("errors", 7),
+        Column("peak PG", 8),
+    )
+    log()
+    table.print_header()
     for row in rows:
-        log(
-            f"{row.target.label:<{width}} {row.rps:>8.0f} {row.p50_ms:>8.1f} {row.p99_ms:>8.1f} "
-            f"{row.errors:>7} {row.peak_pg:>8}"
-        )
+        table.print_row(row.target.label, row.rps, row.p50_ms, row.p99_ms, row.errors, row.peak_pg)
 
 
 def goals_print(found: list[Goal], rows: dict[str, Row]) -> None:
     log("\nrequests/s ratios of this run, and the goals:")
     for goal in found:
         log(f"  {goal.name:<38} {goal.value:>7g}  goal {goal.bound:<6} {'pass' if goal.met else 'MISS'}")
-    peer = rows["processing"].rps / rows["peer"].rps if rows["peer"].rps else float("nan")
+    peer = ratio(rows["processing"].rps, rows["peer"].rps)
     log(f"  {'status(processing) / celery-progress':<38} {peer:>7.2f}  (no goal)")
     log(
         "  PG connections: every connection to the database but the baselines' and the sampler's, "
@@ -405,7 +377,7 @@ def report(ordered: list[Row], servers: dict[str, Server], args: argparse.Namesp
     if args.save:
         rows_found, goals_found = [asdict(row) for row in ordered], [asdict(goal) for goal in found]
         summary = {"options": vars(args), "rows": rows_found, "goals": goals_found}
-        log(f"results: {results_save('status', summary).relative_to(ROOT)}")
+        results_save("status", summary)
     return 1 if project_errors else 0
 
 
@@ -455,9 +427,9 @@ def run(args: argparse.Namespace) -> int:
             f"--timeout={args.timeout}s --latency; {os.cpu_count()} CPUs, {platform.platform()}"
         )
         # Both at once, loaded one row at a time: the rows follow each other closely on a noisy box.
-        servers = {
-            name: stack.enter_context(uvicorn(name, app, envs[name], var_dir)) for name, app in APPS.items()
-        }
+        children = Children(env, var_dir, graceful_s=15)
+        stack.callback(children.stop_all)
+        servers = {name: server_start(children, name, app, envs[name]) for name, app in APPS.items()}
         rows = [
             measure(servers[target.server], target, fixture["token"], args, database_url)
             for target in all_targets
