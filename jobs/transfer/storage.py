@@ -20,6 +20,7 @@ from django.core import signing
 from django.core.files.storage import FileSystemStorage, Storage, storages
 from django.urls import reverse
 from storages.backends.s3 import S3Storage
+from storages.utils import safe_join
 
 from jobs.errors import ErrorCode, JobError
 from jobs.transfer.files import safe_content_type
@@ -30,6 +31,12 @@ _URL_SALT = "jobs.storage.download-url"
 
 def downloads_storage() -> Storage:
     return storages["downloads"]
+
+
+def s3_object_key(storage: S3Storage, name: str) -> str:
+    """The bucket key of a storage name, as S3Storage makes it (under its `location`; a
+    name that climbs out of it is refused)."""
+    return str(safe_join(storage.location, name))
 
 
 class SignedFileSystemStorage(FileSystemStorage):
@@ -105,7 +112,7 @@ class S3MultipartWrite:
     ) -> None:
         self.client: Any = storage.connection.meta.client
         self.bucket = storage.bucket_name
-        self.key = storage._normalize_name(key)
+        self.key = s3_object_key(storage, key)
         self.part_bytes = max(part_bytes, 5 * 1024 * 1024)
         self.buffer = bytearray()
         self.parts: list[dict[str, Any]] = list(parts or [])
@@ -293,7 +300,7 @@ def stored_file_sha256(key: str, *, chunk_bytes: int = 1024 * 1024) -> str:
     with _storage_errors():
         if isinstance(storage, S3Storage):
             client = storage.connection.meta.client
-            body = client.get_object(Bucket=storage.bucket_name, Key=storage._normalize_name(key))["Body"]
+            body = client.get_object(Bucket=storage.bucket_name, Key=s3_object_key(storage, key))["Body"]
             for chunk in body.iter_chunks(chunk_bytes):
                 digest.update(chunk)
         else:
@@ -308,7 +315,7 @@ def stored_file_delete(key: str, *, upload_id: str = "") -> None:
     storage = downloads_storage()
     if upload_id and isinstance(storage, S3Storage):
         client = storage.connection.meta.client
-        s3_multipart_abort(client, storage.bucket_name, storage._normalize_name(key), upload_id)
+        s3_multipart_abort(client, storage.bucket_name, s3_object_key(storage, key), upload_id)
     elif upload_id and isinstance(storage, FileSystemStorage):
         _local_part_path(Path(storage.path(key)), upload_id).unlink(missing_ok=True)
     if key:

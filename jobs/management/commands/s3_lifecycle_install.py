@@ -17,14 +17,14 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from storages.backends.s3 import S3Storage
 
-from jobs.transfer.storage import downloads_storage
+from jobs.transfer.storage import downloads_storage, s3_object_key
 
 RULE_ID = "downloads-retention"
 SECONDS_PER_DAY = 86400
 
 
 def retention_rule(storage: S3Storage) -> dict[str, Any]:
-    prefix = storage._normalize_name(settings.DOWNLOADS_LOCATION).rstrip("/") + "/"
+    prefix = s3_object_key(storage, settings.DOWNLOADS_LOCATION).rstrip("/") + "/"
     return {
         "ID": RULE_ID,
         "Filter": {"Prefix": prefix},
