@@ -18,6 +18,13 @@ count it then runs, one after the other:
 - baseline: one process (`_baseline`) holds as many channels of the channel layer in one
   group and `receive()`s on each, as one ASGI process holding that many sockets does; a
   publisher (`_publish baseline`) awaits the bare `layer.group_send`. No ASGI, no WebSocket.
+- bare consumer: the same clients on a second uvicorn process (the same command line)
+  serving `bench/realtime_bare.py`, a stock `AsyncWebsocketConsumer` that forwards its
+  group's messages; published with the bare `layer.group_send`.
+
+A second shape (`--jobs`, default 1000): N sockets each of its own job, `--many-events` per
+job at `--many-rate` (4/s), the last one terminal; project, then bare consumer. The issue's
+goals are printed with pass or MISS.
 
 See bench/README.md.
 """
@@ -67,6 +74,7 @@ WARMUP_EVENTS = 5  # sent first, at the same rate, and not counted
 IN_FLIGHT = 32
 READY_TIMEOUT_S = 300  # to open all sockets (1,000 handshakes, each with a snapshot)
 QUIET_S = 5.0  # once all events are sent, the readers stop after this long without a receipt
+BARE_APP = "bench.realtime_bare:application"  # the bare-consumer baseline, on its own uvicorn
 SELF = [sys.executable, str(Path(__file__).resolve())]  # this script, for its parts (`_clients`, ...)
 
 
@@ -89,6 +97,7 @@ class Receipts:
     cpu_s: float = 0.0
     wall_s: float = 0.0
     last_at: float = 0.0  # time.monotonic() of the latest counted receipt
+    terminal: int = 0  # subscribers that received the last event (the terminal one)
 
     def __post_init__(self) -> None:
         if not self.last_receipt_us:
@@ -104,7 +113,7 @@ class Subscriber:
 
     def note(self, event: dict[str, Any], received_ns: int) -> bool:
         """Counts one event; True once the last one arrived."""
-        if event.get("type") != "bench":
+        if event.get("type") not in ("bench", "completed"):
             return False  # the snapshot, a heartbeat
         seq = int(event["seq"])
         if seq < 0:
@@ -118,7 +127,10 @@ class Subscriber:
         receipts.received += 1
         receipts.last_at = time.monotonic()
         receipts.last_receipt_us[seq] = max(receipts.last_receipt_us[seq], latency)
-        return seq == receipts.events - 1
+        if seq == receipts.events - 1:
+            receipts.terminal += 1
+            return True
+        return False
 
 
 async def stdin_line() -> str:
@@ -163,11 +175,13 @@ async def clients_main(args: argparse.Namespace) -> None:
     headers = {"Cookie": args.cookie} if args.cookie else {}
     gate = asyncio.Semaphore(args.in_flight)
 
-    async def open_socket() -> ClientConnection:
+    urls = json.loads(Path(args.urls).read_text()) if args.urls else [args.url]
+
+    async def open_socket(index: int) -> ClientConnection:
         async with gate:
             # Compression as browsers offer it (permessage-deflate); no client pings.
             socket = await connect(
-                args.url,
+                urls[index % len(urls)],
                 origin=Origin(args.origin),
                 additional_headers=headers,
                 open_timeout=120,
@@ -179,7 +193,7 @@ async def clients_main(args: argparse.Namespace) -> None:
             return socket
 
     started = time.monotonic()
-    sockets = await asyncio.gather(*(open_socket() for _ in range(args.count)))
+    sockets = await asyncio.gather(*(open_socket(index) for index in range(args.count)))
     receipts.connect_s = time.monotonic() - started
     print("ready", flush=True)
 
@@ -241,8 +255,57 @@ async def baseline_main(args: argparse.Namespace) -> None:
 # --- the publisher (a subprocess: `realtime.py _publish`) ------------------------------------
 
 
-def bench_event(seq: int) -> dict[str, Any]:
+def bench_event(seq: int, *, last: int | None = None) -> dict[str, Any]:
+    """A counted event; the one numbered `last` is a terminal one (the project's consumer
+    closes the socket after it)."""
+    if seq == last:
+        return {"type": "completed", "status": "completed", "seq": seq, "sent_at_ns": time.time_ns()}
     return {"type": "bench", "seq": seq, "sent_at_ns": time.time_ns()}
+
+
+PUBLISH_IN_FLIGHT = 64  # group_sends awaited at once by a many-jobs publisher
+
+
+def publish_many(args: argparse.Namespace) -> list[float]:
+    """Each group of `--targets` gets `--events` events at `--rate` per second, the groups'
+    schedules spread evenly over one period; the last event of each is terminal. Messages as
+    `jobs.events` makes them (`project`), or bare (`bare`)."""
+    from channels.layers import get_channel_layer
+
+    from jobs.events import job_event_message, job_group_name
+
+    layer = get_channel_layer()
+    targets: list[str] = json.loads(Path(args.target).read_text())
+    calls: list[float] = []
+
+    def message(seq: int) -> dict[str, Any]:
+        event = bench_event(seq, last=args.events - 1)
+        return job_event_message(event) if args.mode == "project" else {"type": "job.event", "event": event}
+
+    async def send(group: str, seq: int, gate: asyncio.Semaphore) -> None:
+        async with gate:
+            began = time.perf_counter()
+            await layer.group_send(group, message(seq))
+            if seq >= 0:
+                calls.append(time.perf_counter() - began)
+
+    async def publish() -> None:
+        gate = asyncio.Semaphore(PUBLISH_IN_FLIGHT)
+        groups = [job_group_name(target) if args.mode == "project" else target for target in targets]
+        schedule = sorted(
+            ((index + position / len(groups)) / args.rate, seq, group)
+            for index, seq in enumerate(range(-WARMUP_EVENTS, args.events))
+            for position, group in enumerate(groups)
+        )
+        start, tasks = time.monotonic(), []
+        for due, seq, group in schedule:
+            if (wait := start + due - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
+            tasks.append(asyncio.ensure_future(send(group, seq, gate)))
+        await asyncio.gather(*tasks)
+
+    asyncio.run(publish())
+    return calls
 
 
 def publish_main(args: argparse.Namespace) -> None:
@@ -254,7 +317,9 @@ def publish_main(args: argparse.Namespace) -> None:
     def due(index: int, start: float) -> float:
         return start + index / args.rate - time.monotonic()
 
-    if args.mode == "project":
+    if args.many:
+        calls = publish_many(args)
+    elif args.mode == "project":
         from jobs.events import job_event_publish
 
         start = time.monotonic()
@@ -277,7 +342,7 @@ def publish_main(args: argparse.Namespace) -> None:
                 calls.append(time.perf_counter() - began)
 
         asyncio.run(publish())
-    counted = sorted(calls[WARMUP_EVENTS:])
+    counted = sorted(calls if args.many else calls[WARMUP_EVENTS:])
     print(
         json.dumps(
             {"call_p50_ms": percentile(counted, 50) * 1000, "call_p99_ms": percentile(counted, 99) * 1000}
@@ -289,9 +354,9 @@ def publish_main(args: argparse.Namespace) -> None:
 # --- setup (a subprocess: `realtime.py _setup`) ----------------------------------------------
 
 
-def setup_main(out: Path) -> None:
-    """A user with a token and a session, and a queued job of theirs (no worker takes it:
-    it stays queued, so its sockets stay open)."""
+def setup_main(out: Path, jobs: int) -> None:
+    """A user with a token and a session, and `jobs` queued jobs of theirs (no worker takes
+    them: they stay queued, so their sockets stay open)."""
     django_setup()
     from django.conf import settings
     from django.contrib.auth.models import User
@@ -303,11 +368,11 @@ def setup_main(out: Path) -> None:
     user = User.objects.create_user("bench-realtime")
     client = Client()
     client.force_login(user)
-    job = DownloadJob.objects.create(owner=user, file_id=424242)
+    job_ids = [DownloadJob.objects.create(owner=user, file_id=424242 + index).job_id for index in range(jobs)]
     session = client.cookies[settings.SESSION_COOKIE_NAME].value
     token = Token.objects.create(user=user).key
     cookie = f"{settings.SESSION_COOKIE_NAME}={session}"
-    out.write_text(json.dumps({"job_id": job.job_id, "token": token, "cookie": cookie}))
+    out.write_text(json.dumps({"job_id": job_ids[0], "job_ids": job_ids, "token": token, "cookie": cookie}))
 
 
 # --- the driver --------------------------------------------------------------------------------
@@ -349,6 +414,12 @@ class Side:
     receiver_cpu_s: float
     publish: dict[str, float]
     server_cpu_s: float | None = None
+    subscribers: int = 0
+    terminal: int = 0  # subscribers that had the last (terminal) event
+
+    @property
+    def terminal_lost(self) -> int:
+        return self.subscribers - self.terminal
 
     @property
     def lost(self) -> int:
@@ -384,6 +455,8 @@ def merge(parts: list[Receipts], publish: dict[str, float], server_cpu_s: float 
         receiver_cpu_s=sum(part.cpu_s for part in parts),
         publish=publish,
         server_cpu_s=server_cpu_s,
+        subscribers=sum(part.subscribers for part in parts),
+        terminal=sum(part.terminal for part in parts),
     )
 
 
@@ -392,7 +465,7 @@ def measure(
     tmp: Path,
     name: str,
     receivers: list[tuple[str, list[str]]],
-    publisher: list[str],
+    publishers: list[list[str]],
     server: psutil.Process | None,
 ) -> Side:
     """Starts the receivers, waits until all are ready, runs the publisher, then collects."""
@@ -406,10 +479,18 @@ def measure(
         for receiver, process, _ in started:
             read_line(process, READY_TIMEOUT_S, children, receiver)
         cpu_before = sum(server.cpu_times()[:2]) if server is not None else 0.0
-        publishing = children.start(f"{name}-publish", [*SELF, *publisher], pipes=True)
-        publish = json.loads(read_line(publishing, 600, children, f"{name}-publish"))
-        publishing.wait(timeout=60)
-        children.stop(publishing)
+        publishing = [
+            children.start(f"{name}-publish-{index}", [*SELF, *publisher], pipes=True)
+            for index, publisher in enumerate(publishers)
+        ]
+        calls = [
+            json.loads(read_line(process, 900, children, f"{name}-publish-{index}"))
+            for index, process in enumerate(publishing)
+        ]
+        publish = {key: max(call[key] for call in calls) for key in calls[0]}
+        for process in publishing:
+            process.wait(timeout=60)
+            children.stop(process)
         for _, process, _ in started:
             say_sent(process)
         for receiver, process, _ in started:
@@ -448,76 +529,170 @@ def ws_auth(url: str, origin: str, token: str, cookie: str) -> tuple[str, str]:
 
 @dataclass
 class Target:
-    """The job's socket, as the clients open it."""
+    """The sockets, as the clients open them: the project's (one per job) and the bare
+    consumer's (one per group)."""
 
-    url: str
+    project_url: str  # + job id + query
+    query: str
     cookie: str
     origin: str
-    job_id: str
+    job_ids: list[str]
     auth: str  # "?token=" or "session cookie", for the header
+    bare_url: str  # + group
+    bare_origin: str
+
+    def job_url(self, job_id: str) -> str:
+        return f"{self.project_url}{job_id}{self.query}"
+
+
+@dataclass
+class Servers:
+    project: psutil.Process
+    bare: psutil.Process
 
 
 @dataclass
 class Row:
+    shape: str  # "one-job" or "many-jobs"
     subscribers: int
     client_procs: int
-    project: Side
-    baseline: Side
+    span_s: float  # how long the events of one measurement last
+    sides: dict[str, Side]  # "project", "bare consumer", and for one job "layer"
 
 
-def measure_count(
-    children: Children,
-    tmp: Path,
-    target: Target,
-    server: psutil.Process,
-    count: int,
-    args: argparse.Namespace,
+def client_receivers(
+    tmp: Path, name: str, urls: list[str], cookie: str, origin: str, events: int, args: argparse.Namespace
+) -> list[tuple[str, list[str]]]:
+    """Client processes for one socket per URL: 1 up to 100 sockets, else 2 (`--client-procs`)."""
+    procs = args.client_procs or (1 if len(urls) <= 100 else 2)
+    receivers = []
+    for index in range(procs):
+        share = urls[index::procs]
+        if not share:
+            continue
+        urls_file = tmp / f"{name}-{index}-urls.json"
+        urls_file.write_text(json.dumps(share))
+        argv = ["_clients", "--urls", str(urls_file), "--cookie", cookie, "--origin", origin]
+        argv += [
+            "--events",
+            str(events),
+            "--count",
+            str(len(share)),
+            "--in-flight",
+            str(max(1, IN_FLIGHT // procs)),
+        ]
+        receivers.append((f"{name}-{index}", argv))
+    return receivers
+
+
+def many_publishers(
+    tmp: Path, name: str, mode: str, targets: list[str], events: int, rate: float
+) -> list[list[str]]:
+    """`_publish MODE --many` processes for these targets: one per 500 targets."""
+    procs = max(1, (len(targets) + 499) // 500)
+    publishers = []
+    for index in range(procs):
+        targets_file = tmp / f"{name}-{index}-targets.json"
+        targets_file.write_text(json.dumps(targets[index::procs]))
+        publishers.append(
+            ["_publish", mode, str(targets_file), "--many", "--rate", str(rate), "--events", str(events)]
+        )
+    return publishers
+
+
+def measure_one_job(
+    children: Children, tmp: Path, target: Target, servers: Servers, count: int, args: argparse.Namespace
 ) -> Row:
-    """The project, then the baseline, with `count` subscribers."""
-    procs = args.client_procs or (1 if count <= 100 else 2)
-    shares = [
-        share for share in (count // procs + (index < count % procs) for index in range(procs)) if share
-    ]
-    log(f"\n== {count} subscriber(s): project ({len(shares)} client process(es)), then baseline ==")
-    common = ["--events", str(args.events)]
-    client = ["_clients", "--url", target.url, "--cookie", target.cookie, "--origin", target.origin, *common]
-    client += ["--in-flight", str(max(1, IN_FLIGHT // len(shares)))]
-    clients = [
-        (f"clients-{count}-{index}", [*client, "--count", str(share)]) for index, share in enumerate(shares)
-    ]
-    publisher = ["_publish", "project", target.job_id, "--rate", str(args.rate), *common]
-    project = measure(children, tmp, f"project-{count}", clients, publisher, server)
-    log_side("project", project)
+    """`count` sockets of one job, `--events` at `--rate`: the project, the bare consumer,
+    then the bare layer."""
+    events, rate = args.events, args.rate
+    common = ["--events", str(events)]
+    name = f"one-job-{count}"
+    clients = client_receivers(tmp, f"{name}-project", [target.job_url(target.job_ids[0])] * count,
+                               target.cookie, target.origin, events, args)  # fmt: skip
+    log(
+        f"\n== one job, {count} socket(s): project ({len(clients)} client process(es)), bare consumer, "
+        "layer =="
+    )
+    sides: dict[str, Side] = {}
+    publisher = ["_publish", "project", target.job_ids[0], "--rate", str(rate), *common]
+    sides["project"] = measure(children, tmp, f"{name}-project", clients, [publisher], servers.project)
+    group = f"bench.bare.{uuid.uuid4().hex}"
+    clients = client_receivers(
+        tmp, f"{name}-bare", [target.bare_url + group] * count, "", target.bare_origin, events, args
+    )
+    publisher = ["_publish", "baseline", group, "--rate", str(rate), *common]
+    sides["bare consumer"] = measure(children, tmp, f"{name}-bare", clients, [publisher], servers.bare)
     group = f"bench.realtime.{uuid.uuid4().hex}"
-    receivers = [(f"baseline-{count}", ["_baseline", "--group", group, "--count", str(count), *common])]
-    publisher = ["_publish", "baseline", group, "--rate", str(args.rate), *common]
-    baseline = measure(children, tmp, f"baseline-{count}", receivers, publisher, None)
-    log_side("baseline", baseline)
-    return Row(count, len(shares), project, baseline)
+    receivers = [(f"{name}-layer", ["_baseline", "--group", group, "--count", str(count), *common])]
+    publisher = ["_publish", "baseline", group, "--rate", str(rate), *common]
+    sides["layer"] = measure(children, tmp, f"{name}-layer", receivers, [publisher], None)
+    for side, measured in sides.items():
+        log_side(side, measured)
+    return Row("one-job", count, len(clients), events / rate, sides)
+
+
+def measure_many_jobs(
+    children: Children, tmp: Path, target: Target, servers: Servers, count: int, args: argparse.Namespace
+) -> Row:
+    """`count` sockets, each of its own job, `--many-events` per job at `--many-rate`, the last
+    one terminal: the project, then the bare consumer."""
+    events, rate = args.many_events, args.many_rate
+    name = f"many-jobs-{count}"
+    job_ids = target.job_ids[:count]
+    clients = client_receivers(tmp, f"{name}-project", [target.job_url(job_id) for job_id in job_ids],
+                               target.cookie, target.origin, events, args)  # fmt: skip
+    log(
+        f"\n== {count} socket(s) of {count} job(s): project ({len(clients)} client process(es)), "
+        "bare consumer =="
+    )
+    sides: dict[str, Side] = {}
+    publishers = many_publishers(tmp, f"{name}-project", "project", job_ids, events, rate)
+    sides["project"] = measure(children, tmp, f"{name}-project", clients, publishers, servers.project)
+    groups = [f"bench.bare.{uuid.uuid4().hex}" for _ in range(count)]
+    clients = client_receivers(tmp, f"{name}-bare", [target.bare_url + group for group in groups], "",
+                               target.bare_origin, events, args)  # fmt: skip
+    publishers = many_publishers(tmp, f"{name}-bare", "bare", groups, events, rate)
+    sides["bare consumer"] = measure(children, tmp, f"{name}-bare", clients, publishers, servers.bare)
+    for side, measured in sides.items():
+        log_side(side, measured)
+    return Row("many-jobs", count, len(clients), events / rate, sides)
+
+
+def counts_of(value: str) -> list[int]:
+    return [int(count) for count in value.split(",") if count]
 
 
 def driver_main(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    counts = [int(value) for value in args.subscribers.split(",") if value]
+    counts, many_counts = counts_of(args.subscribers), counts_of(args.jobs)
+    most = max([*counts, *many_counts, 1])
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-realtime-")))
         (tmp / "logs").mkdir()
         if args.logs:  # copied at the end, after the children stopped (the stack unwinds in reverse)
             stack.callback(shutil.copytree, tmp / "logs", args.logs, dirs_exist_ok=True)
-        nofile = stack.enter_context(raised_open_file_limit(max(counts) * 2 + 1024))
+        nofile = stack.enter_context(raised_open_file_limit(most * 4 + 1024))
         env = bench_env(stack, tmp / "var", broker_db=BROKER_DB)
         # Every subscriber is the one benchmark user: lift the per-user socket cap for it.
-        env["WEBSOCKET_MAX_PER_USER"] = str(max(counts) + 10)
+        env["WEBSOCKET_MAX_PER_USER"] = str(most + 10)
         children = Children(env, tmp / "logs", whole_group=True)
         stack.callback(children.stop_all)
-        uvicorn, target = server_start(children, setup_run(env, tmp))
+        uvicorn, bare, target = servers_start(children, setup_run(env, tmp, max([*many_counts, 1])))
         header_print(args, nofile, target)
-        server = psutil.Process(uvicorn.pid)
-        rows = rows_measure(children, tmp, target, server, counts, args)
-        server_rss = server.memory_info().rss
+        servers = Servers(psutil.Process(uvicorn.pid), psutil.Process(bare.pid))
+        try:
+            rows = [measure_one_job(children, tmp, target, servers, count, args) for count in counts]
+            rows += [measure_many_jobs(children, tmp, target, servers, count, args) for count in many_counts]
+        except RuntimeError:
+            log(f"uvicorn's log:\n{children.log_tail('uvicorn', 40)}")
+            log(f"bare uvicorn's log:\n{children.log_tail('uvicorn-bare', 40)}")
+            raise
+        server_rss = servers.project.memory_info().rss
         children.stop(uvicorn, graceful_s=15)
-        delays_print(rows, args)
-        cpu_print(rows, args)
+        children.stop(bare, graceful_s=15)
+        rows_print(rows)
+        goals_print(rows)
         elapsed = time.monotonic() - started
         log(
             f"\nuvicorn RSS at the end: {server_rss / 2**20:.0f} MiB. benchmark wall time: {elapsed:.0f} s; "
@@ -528,157 +703,162 @@ def driver_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def setup_run(env: dict[str, str], tmp: Path) -> dict[str, Any]:
-    """The benchmark's user, token, session and queued job (`_setup`)."""
+def setup_run(env: dict[str, str], tmp: Path, jobs: int) -> dict[str, Any]:
+    """The benchmark's user, token, session and queued jobs (`_setup`)."""
     setup_out = tmp / "setup.json"
-    subprocess.run([*SELF, "_setup", "--out", str(setup_out)], env=env, cwd=ROOT, check=True)
+    subprocess.run(
+        [*SELF, "_setup", "--out", str(setup_out), "--jobs", str(jobs)], env=env, cwd=ROOT, check=True
+    )
     setup: dict[str, Any] = json.loads(setup_out.read_text())
     return setup
 
 
-def server_start(children: Children, setup: dict[str, Any]) -> tuple[subprocess.Popen[str], Target]:
-    """uvicorn on a free port, and the job's socket on it, with the authentication it takes."""
-    port = free_port()
-    uvicorn = children.start(
-        "uvicorn",
-        processes.web_argv(port=port, extra=("--no-access-log", "--log-level", "warning")),
-    )
+def servers_start(
+    children: Children, setup: dict[str, Any]
+) -> tuple[subprocess.Popen[str], subprocess.Popen[str], Target]:
+    """The project's uvicorn and the bare consumer's (the same command line, another app),
+    each on a free port; the sockets on them, with the authentication the project takes."""
+    port, bare_port = free_port(), free_port()
+    extra = ("--no-access-log", "--log-level", "warning")
+    uvicorn = children.start("uvicorn", processes.web_argv(port=port, extra=extra))
+    bare_argv = [
+        BARE_APP if arg == processes.ASGI_APP else arg
+        for arg in processes.web_argv(port=bare_port, extra=extra)
+    ]
+    bare = children.start("uvicorn-bare", bare_argv)
     wait_for_port(port, process=uvicorn)
+    wait_for_port(bare_port, process=bare)
     origin = f"http://127.0.0.1:{port}"
-    url = f"ws://127.0.0.1:{port}/v1/download/subscribe/{setup['job_id']}"
-    query, cookie = ws_auth(url, origin, setup["token"], setup["cookie"])
-    auth = "?token=" if query else "session cookie"
-    return uvicorn, Target(url=url + query, cookie=cookie, origin=origin, job_id=setup["job_id"], auth=auth)
+    base = f"ws://127.0.0.1:{port}/v1/download/subscribe/"
+    query, cookie = ws_auth(base + setup["job_id"], origin, setup["token"], setup["cookie"])
+    target = Target(
+        project_url=base,
+        query=query,
+        cookie=cookie,
+        origin=origin,
+        job_ids=setup["job_ids"],
+        auth="?token=" if query else "session cookie",
+        bare_url=f"ws://127.0.0.1:{bare_port}/bare/",
+        bare_origin=f"http://127.0.0.1:{bare_port}",
+    )
+    return uvicorn, bare, target
 
 
 def header_print(args: argparse.Namespace, nofile: int, target: Target) -> None:
     import channels_redis
     import uvicorn as uvicorn_module
     import websockets
+    from django.conf import settings
 
     log(
         f"realtime benchmark  Python {platform.python_version()} on {platform.machine()}, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; uvicorn "
-        f"{uvicorn_module.__version__} (one process), channels_redis {channels_redis.__version__}, "
-        f"websockets {websockets.__version__}; open files limit {nofile}"
+        f"{uvicorn_module.__version__} (one process each), channels_redis {channels_redis.__version__}, "
+        f"websockets {websockets.__version__}; open files limit {nofile}; channel layer "
+        f"{settings.CHANNEL_LAYERS['default']['BACKEND']}"
     )
     log(
-        f"{args.events} events at {args.rate:g}/s (+{WARMUP_EVENTS} warm-up) per measurement; "
-        f"WebSocket auth: {target.auth}; Origin {target.origin}"
+        f"one job: {args.events} events at {args.rate:g}/s; many jobs: {args.many_events} events per job "
+        f"at {args.many_rate:g}/s (+{WARMUP_EVENTS} warm-up); WebSocket auth: {target.auth}"
     )
 
 
-def rows_measure(
-    children: Children,
-    tmp: Path,
-    target: Target,
-    server: psutil.Process,
-    counts: list[int],
-    args: argparse.Namespace,
-) -> list[Row]:
-    """The measurements at each subscriber count, in turn; uvicorn's log if one fails."""
-    try:
-        return [measure_count(children, tmp, target, server, count, args) for count in counts]
-    except RuntimeError:
-        log(f"uvicorn's log:\n{children.log_tail('uvicorn', 40)}")
-        raise
-
-
-DELAYS_TABLE = Table(
-    Column("subscribers", 11),
-    Column("project p50", 11, ".1f"),
-    Column("p99", 7, ".1f"),
-    Column("baseline p50", 12, ".1f"),
-    Column("p99", 7, ".1f"),
-    Column("ratio p50", 9, ".1f"),
-    Column("p99", 5, ".1f"),
-    Column("lost project", 12),
-    Column("baseline", 8),
-)
-
-
-def delays_print(rows: list[Row], args: argparse.Namespace) -> None:
-    log(
-        f"\ndelay from publish to receipt, ms, over {args.events} events x subscribers "
-        "(project: job_event_publish -> channel layer -> uvicorn/JobConsumer -> WebSocket client; "
-        "baseline: group_send -> layer.receive in one process)"
-    )
-    DELAYS_TABLE.print_header()
-    for row in rows:
-        project, baseline = row.project, row.baseline
-        DELAYS_TABLE.print_row(
-            row.subscribers,
-            project.p(50),
-            project.p(99),
-            baseline.p(50),
-            baseline.p(99),
-            ratio(project.p(50), baseline.p(50)),
-            ratio(project.p(99), baseline.p(99)),
-            project.lost,
-            baseline.lost,
-        )
-
-
-CPU_TABLE = Table(
-    Column("subscribers", 11),
-    Column("clients", 7),
-    Column("last p50", 8, ".1f"),
+ROWS_TABLE = Table(
+    Column("shape", 9),
+    Column("sockets", 7),
+    Column("side", 13),
+    Column("p50", 8, ".1f"),
     Column("p99", 8, ".1f"),
-    Column("baseline last p50", 17, ".1f"),
-    Column("p99", 7, ".1f"),
+    Column("last p99", 8, ".1f"),
+    Column("lost", 6),
+    Column("terminal lost", 13),
     Column("server us", 9, ".0f"),
     Column("load", 5, ".2f"),
-    Column("clients us", 10, ".0f"),
-    Column("load", 5, ".2f"),
-    Column("baseline us", 11, ".0f"),
-    Column("load", 5, ".2f"),
-    Column("connect", 7, ".1f"),
+    Column("us / bare", 9, ".2f"),
+    Column("p99 / bare", 10, ".2f"),
 )
 
 
-def cpu_print(rows: list[Row], args: argparse.Namespace) -> None:
-    span = args.events / args.rate
+def rows_print(rows: list[Row]) -> None:
     log(
-        "\nper event, until its LAST subscriber had it (ms). CPU per message received (us) and "
-        f"CPU load (CPU s over the {span:g} s of events; over 1.0 for one process means it "
-        "fell behind): server = the uvicorn process, clients = all client processes, "
-        "baseline = its receiving process. connect = the time to open all sockets (s)"
+        "\ndelay from publish to receipt (ms, over every receipt; last = until the last socket had "
+        "an event). server us = CPU of the side's uvicorn process per message delivered; load = its "
+        "CPU s over the span of the events (over 1.0: it fell behind). / bare = project over bare "
+        "consumer. Sides: project (JobConsumer), bare consumer (bench/realtime_bare.py), layer "
+        "(group_send -> layer.receive in one process, no ASGI)"
     )
-    CPU_TABLE.print_header()
+    ROWS_TABLE.print_header()
     for row in rows:
-        project, baseline = row.project, row.baseline
-        server_cpu, clients_cpu = project.server_cpu_s or 0.0, project.receiver_cpu_s
-        CPU_TABLE.print_row(
-            row.subscribers,
-            row.client_procs,
-            project.last_p(50),
-            project.last_p(99),
-            baseline.last_p(50),
-            baseline.last_p(99),
-            project.per_message_us(server_cpu),
-            server_cpu / span,
-            project.per_message_us(clients_cpu),
-            clients_cpu / span,
-            baseline.per_message_us(baseline.receiver_cpu_s),
-            baseline.receiver_cpu_s / span,
-            project.connect_s,
+        bare = row.sides["bare consumer"]
+        for name, side in row.sides.items():
+            server_us = side.per_message_us(side.server_cpu_s)
+            ROWS_TABLE.print_row(
+                row.shape,
+                row.subscribers,
+                name,
+                side.p(50),
+                side.p(99),
+                side.last_p(99),
+                side.lost,
+                side.terminal_lost if row.shape == "many-jobs" else "-",
+                server_us,
+                (side.server_cpu_s or float("nan")) / row.span_s,
+                ratio(server_us, bare.per_message_us(bare.server_cpu_s))
+                if name == "project"
+                else float("nan"),
+                ratio(side.p(99), bare.p(99)) if name == "project" else float("nan"),
+            )
+
+
+def goals_print(rows: list[Row]) -> None:
+    """Issue 14's goals, each pass or MISS (printed only; the exit status does not change)."""
+    log("\ngoals (one web process):")
+
+    def goal(text: str, ok: bool) -> None:
+        log(f"  {'pass' if ok else 'MISS'}  {text}")
+
+    for row in rows:
+        project, bare = row.sides["project"], row.sides["bare consumer"]
+        us, bare_us = project.per_message_us(project.server_cpu_s), bare.per_message_us(bare.server_cpu_s)
+        where = f"{row.shape}, {row.subscribers} socket(s)"
+        goal(
+            f"{where}: server CPU per message {us:.0f} us <= 1.5 x bare {bare_us:.0f} us", us <= 1.5 * bare_us
         )
+        if row.shape == "many-jobs" and row.subscribers >= 1000:
+            goal(f"{where}: p99 {project.p(99):.0f} ms < 250 ms", project.p(99) < 250)
+            goal(f"{where}: terminal events lost {project.terminal_lost} = 0", project.terminal_lost == 0)
+        if row.shape == "one-job" and row.subscribers >= 500:
+            goal(
+                f"{where}: p99 {project.p(99):.0f} ms < 2 x bare {bare.p(99):.0f} ms",
+                project.p(99) < 2 * bare.p(99),
+            )
 
 
 def save(rows: list[Row], args: argparse.Namespace, elapsed: float) -> None:
     summary = [
         {
+            "shape": row.shape,
             "subscribers": row.subscribers,
             "client_procs": row.client_procs,
             **{
-                f"{side}_{key}": value
-                for side in ("project", "baseline")
-                for key, value in summarize(getattr(row, side)).items()
+                f"{side.replace(' ', '_')}_{key}": value
+                for side, measured in row.sides.items()
+                for key, value in summarize(measured).items()
             },
         }
         for row in rows
     ]
-    results_save("realtime", {"events": args.events, "rate": args.rate, "rows": summary, "wall_s": elapsed})
+    results_save(
+        "realtime",
+        {
+            "events": args.events,
+            "rate": args.rate,
+            "many_events": args.many_events,
+            "many_rate": args.many_rate,
+            "rows": summary,
+            "wall_s": elapsed,
+        },
+    )
 
 
 def summarize(side: Side) -> dict[str, Any]:
@@ -689,11 +869,13 @@ def summarize(side: Side) -> dict[str, Any]:
         "last_p50_ms": side.last_p(50),
         "last_p99_ms": side.last_p(99),
         "lost": side.lost,
+        "terminal_lost": side.terminal_lost,
         "events_unseen": side.unseen,
         "duplicates": side.duplicates,
         "closed_by_server": side.closed,
         "receiver_cpu_s": side.receiver_cpu_s,
         "server_cpu_s": side.server_cpu_s,
+        "server_us_per_message": side.per_message_us(side.server_cpu_s),
         "connect_s": side.connect_s,
         "publish_call_p50_ms": side.publish["call_p50_ms"],
         "publish_call_p99_ms": side.publish["call_p99_ms"],
@@ -731,9 +913,20 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--subscribers", default="1,100,1000", help="subscriber counts (default 1,100,1000)")
-    parser.add_argument("--events", type=int, default=200, help="events per measurement (default 200)")
-    parser.add_argument("--rate", type=float, default=20.0, help="events per second (default 20)")
+    parser.add_argument(
+        "--subscribers", default="1,100,1000", help="one job: socket counts (default 1,100,1000; '' for none)"
+    )
+    parser.add_argument(
+        "--events", type=int, default=200, help="one job: events per measurement (default 200)"
+    )
+    parser.add_argument("--rate", type=float, default=20.0, help="one job: events per second (default 20)")
+    parser.add_argument(
+        "--jobs", default="1000", help="many jobs: socket counts, one job each (default 1000; '' for none)"
+    )
+    parser.add_argument("--many-events", type=int, default=40, help="many jobs: events per job (default 40)")
+    parser.add_argument(
+        "--many-rate", type=float, default=4.0, help="many jobs: events per second per job (default 4)"
+    )
     parser.add_argument(
         "--client-procs",
         type=int,
@@ -752,12 +945,15 @@ def sub(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog=f"realtime.py {argv[0]}")
     parser.add_argument("--out", type=Path)
     if argv[0] == "_setup":
-        setup_main(parser.parse_args(argv[1:]).out)
+        parser.add_argument("--jobs", type=int, default=1)
+        setup_args = parser.parse_args(argv[1:])
+        setup_main(setup_args.out, setup_args.jobs)
         return
     parser.add_argument("--events", type=int, required=True)
     parser.add_argument("--count", type=int)
     if argv[0] == "_clients":
-        parser.add_argument("--url", required=True)
+        parser.add_argument("--url", default="")
+        parser.add_argument("--urls", help="a JSON file: the sockets' URLs, in turn")
         parser.add_argument("--cookie", default="")
         parser.add_argument("--origin", required=True)
         parser.add_argument("--in-flight", type=int, default=IN_FLIGHT)
@@ -767,8 +963,11 @@ def sub(argv: list[str]) -> None:
         django_setup()
         run_async(baseline_main, parser.parse_args(argv[1:]))
     elif argv[0] == "_publish":
-        parser.add_argument("mode", choices=("project", "baseline"))
-        parser.add_argument("target", help="the job id (project) or the group (baseline)")
+        parser.add_argument("mode", choices=("project", "baseline", "bare"))
+        parser.add_argument(
+            "target", help="the job id (project) or the group (baseline); with --many, a JSON file of either"
+        )
+        parser.add_argument("--many", action="store_true", help="many targets at once (asyncio)")
         parser.add_argument("--rate", type=float, required=True)
         django_setup()
         publish_main(parser.parse_args(argv[1:]))

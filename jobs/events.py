@@ -13,6 +13,7 @@ again in a forked child (Celery's prefork pool forks after import).
 
 import asyncio
 import atexit
+import json
 import logging
 import os
 import threading
@@ -37,12 +38,18 @@ def job_event_publish(job_id: str, event: dict[str, Any]) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
-    message = {"type": "job.event", "event": event}
     try:
+        message = job_event_message(event)
         _publisher().run(layer.group_send(job_group_name(job_id), message), timeout_s=PUBLISH_TIMEOUT_S)
     except Exception:
         # A lost hint must never fail the job: watchers fall back to polling.
         logger.warning("Could not publish %s event of %s", event.get("type"), job_id, exc_info=True)
+
+
+def job_event_message(event: dict[str, Any]) -> dict[str, Any]:
+    """The group message of one event: the event (what the consumer decides on) and its
+    JSON text, encoded once here rather than once per socket (what the consumer sends)."""
+    return {"type": "job.event", "event": event, "text": json.dumps(event)}
 
 
 class _LoopThread:

@@ -16,6 +16,7 @@ handshake, so that the client sees its code.
 """
 
 import asyncio
+import json
 import time
 import uuid
 from typing import Any
@@ -68,6 +69,10 @@ def _row_status(user: Any, job_id: str) -> dict[str, Any] | None:
 _place_take = sync_to_async(connections.websocket_place_take, thread_sensitive=False)
 _place_renew = sync_to_async(connections.websocket_place_renew, thread_sensitive=False)
 _place_give_up = sync_to_async(connections.websocket_place_give_up, thread_sensitive=False)
+
+
+# Message types whose handlers never touch the database (see JobConsumer.dispatch).
+_NO_DATABASE_HANDLERS = {"job.event": "job_event", "websocket.receive": "websocket_receive"}
 
 
 class UnknownPathConsumer(AsyncWebsocketConsumer):
@@ -134,21 +139,43 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         if self.group is not None:
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Channels' dispatch, without its `aclose_old_connections()` (a hop to the
+        thread-sensitive executor) before the handlers that touch no database: the
+        job's events and the client's frames, which is one hop per event and socket.
+        Every database read here goes through `database_sync_to_async`, which closes old
+        connections in its thread anyway."""
+        handler_name = _NO_DATABASE_HANDLERS.get(message.get("type", ""))
+        if handler_name is None:
+            await super().dispatch(message)
+            return
+        await getattr(self, handler_name)(message)
+
     async def job_event(self, message: dict[str, Any]) -> None:
         event = message["event"]
-        if self.closing or await self._is_outdated(event):
+        if self.closing:
+            return
+        if self._may_be_outdated(event) and await self._is_outdated(event):
             return
         self.last_event_at = time.monotonic()
-        await self._send(event)
+        # The publisher encodes the event once for all its sockets (`text`); a message
+        # without it (from a publisher of an older release) is encoded here.
+        await self._send(event, text=message.get("text"))
         if event.get("type") in TERMINAL_EVENT_TYPES:
             await self._close()
+
+    def _may_be_outdated(self, event: dict[str, Any]) -> bool:
+        """A lower progress than this socket sent while processing: only then is the event
+        possibly outdated. Plain comparisons, no await: the common case costs nothing."""
+        return bool(
+            event.get("status") == self.status == Status.PROCESSING
+            and event.get("progress", 0) < self.progress
+        )
 
     async def _is_outdated(self, event: dict[str, Any]) -> bool:
         """True for a lower progress than this socket sent in the same attempt. Only a
         status change lowers it: queued for a retry, then processing from 0."""
-        if not (event.get("status") == self.status == Status.PROCESSING):
-            return False
-        if event.get("progress", 0) >= self.progress:
+        if not self._may_be_outdated(event):
             return False
         if event.get("type") == "progress":
             return True
@@ -159,10 +186,11 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         attempt, self.attempt = self.attempt, (found[1] if found else None)
         return attempt == self.attempt
 
-    async def _send(self, message: dict[str, Any]) -> None:
+    async def _send(self, message: dict[str, Any], *, text: str | None = None) -> None:
+        """Sends `message`, as `text` when that is its JSON already."""
         self.status = message.get("status", self.status)
         self.progress = message.get("progress", self.progress)
-        await self.send_json(message)
+        await self.send(text_data=text if text is not None else json.dumps(message))
 
     async def _beat(self) -> None:
         last_resync_at = time.monotonic()

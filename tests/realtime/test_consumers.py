@@ -720,3 +720,64 @@ def test_the_status_of_an_active_job_carries_a_fresh_websocket_url(api_client, u
     assert isinstance(snapshot, dict)
     assert snapshot["type"] == "snapshot"
     assert "websocket_url" not in finished_data
+
+
+# --- fan-out cost: one encoding per event, no thread hop per event ----------------------------
+
+
+def test_the_published_text_is_sent_as_it_is_and_a_message_without_it_still_works(user):
+    """The publisher encodes an event once (`text`), and every socket sends that text; a
+    group message from an older publisher (the event alone) is encoded by the socket."""
+    job = make_job(user)
+    first, second = progress_event(job, 10), progress_event(job, 20)
+
+    async def scenario() -> tuple[str, dict[str, Any]]:
+        from channels.layers import get_channel_layer
+
+        from jobs.events import job_event_message, job_group_name
+
+        async with socket(subscribe_path(job.job_id), user=user) as ws:
+            await receive(ws)
+            message = job_event_message(first)
+            assert json.loads(message["text"]) == first
+            # A text that differs from the event's own encoding shows which one was sent.
+            message["text"] = json.dumps(first, indent=1)
+            layer = get_channel_layer()
+            await layer.group_send(job_group_name(job.job_id), message)
+            text = await ws.receive_from(timeout=TIMEOUT_S)
+            await layer.group_send(job_group_name(job.job_id), {"type": "job.event", "event": second})
+            return text, await receive(ws)
+
+    text, old_style = run(scenario)
+    assert text == json.dumps(first, indent=1)
+    assert old_style == second
+
+
+def test_job_events_take_no_database_thread_hop(user, monkeypatch):
+    """Channels closes old database connections (in the thread-sensitive executor) before
+    every handler; the job's events touch no database and skip it."""
+    import channels.consumer
+
+    job = make_job(user)
+    hops: list[str] = []
+    original = channels.consumer.aclose_old_connections
+
+    async def counted() -> None:
+        hops.append("hop")
+        await original()
+
+    monkeypatch.setattr(channels.consumer, "aclose_old_connections", counted)
+
+    async def scenario() -> tuple[int, int]:
+        async with socket(subscribe_path(job.job_id), user=user) as ws:
+            await receive(ws)
+            after_connect = len(hops)
+            for percent in (1, 2, 3):
+                await publish(job.job_id, progress_event(job, percent))
+            for _ in range(3):
+                await receive(ws)
+            return after_connect, len(hops)
+
+    after_connect, after_events = run(scenario)
+    assert after_connect >= 1  # the connect handler still has it
+    assert after_events == after_connect
