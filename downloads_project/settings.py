@@ -362,8 +362,11 @@ JOB_HEARTBEAT_STALE_S = env.float("JOB_HEARTBEAT_STALE_S", default=90.0)
 JOB_QUEUED_STALE_S = env.float("JOB_QUEUED_STALE_S", default=600.0)
 
 STAGING_CHUNK_BYTES = env.int("STAGING_CHUNK_BYTES", default=1024 * 1024)
-# S3 needs parts of at least 5 MiB (but the last); memory per job is about one part.
+# S3 needs parts of at least 5 MiB (but the last).
 STAGING_PART_BYTES = env.int("STAGING_PART_BYTES", default=8 * 1024 * 1024)
+# S3 parts uploaded at once while the origin is read; memory per job is about this many
+# parts plus the one being filled.
+STAGING_PARTS_IN_FLIGHT = env.int("STAGING_PARTS_IN_FLIGHT", default=4)
 
 # --- Login protection --------------------------------------------------------------------
 # Failed sign-ins (the login page and the admin's) are counted in hot-state Redis, shared by

@@ -1,7 +1,8 @@
 """Streams a file from its origin into storage, chunk by chunk.
 
-Memory stays bounded by one chunk plus one multipart part, whatever the file's size; the
-sha256 is computed on the way; between two chunks the caller may stop the work (cancel,
+On S3 a few parts (STAGING_PARTS_IN_FLIGHT) are uploaded at once while the origin is read;
+memory stays bounded by those parts, one chunk and the part being filled, whatever the
+file's size; the sha256 is computed on the way; between two chunks the caller may stop the work (cancel,
 superseded attempt). An attempt after a crash or a retryable failure goes on from the last
 part an earlier attempt stored, where the origin can send the rest of the file.
 """
@@ -75,8 +76,9 @@ class StagingHooks(Protocol):
         """Called once the origin answered and the upload exists (new or resumed)."""
 
     def part_stored(self, *, parts: list[dict[str, Any]]) -> None:
-        """Called after each part is stored; records it, or raises if the attempt no
-        longer owns the job (then the upload is left to the attempt that does)."""
+        """Called when more parts are stored (`parts` is always parts 1 to n, each
+        stored); records them, or raises if the attempt no longer owns the job (then the
+        upload is left to the attempt that does)."""
 
     def chunk_staged(self, *, bytes_done: int, bytes_total: int | None) -> None:
         """Called after every chunk; raises to stop the work."""
@@ -113,6 +115,7 @@ def _resumed_write(key: str, checkpoint: Checkpoint | None) -> StagedWrite | Non
             upload_id=checkpoint.upload_id,
             parts=checkpoint.parts,
             part_bytes=settings.STAGING_PART_BYTES,
+            parts_in_flight=settings.STAGING_PARTS_IN_FLIGHT,
         )
     if write is None:
         logger.info("Upload of %s cannot be resumed; starting it again", key)
@@ -127,6 +130,18 @@ def _abort(write: StagedWrite, key: str) -> None:
         # The original failure matters more; a leftover upload is aborted by the bucket's
         # lifecycle rule.
         logger.exception("Could not abort the upload of %s", key)
+
+
+def _settle(write: StagedWrite, key: str, hooks: StagingHooks) -> None:
+    """After a failure that leaves the upload to a later attempt: the parts still being
+    uploaded are waited for (none lands later) and recorded, for that attempt to resume
+    after them."""
+    try:
+        if write.settle():
+            hooks.part_stored(parts=write.parts)
+    except Exception:
+        # The original failure matters more; a later attempt resumes after fewer parts.
+        logger.warning("Could not record the last stored parts of %s", key, exc_info=True)
 
 
 def stage_file(
@@ -154,7 +169,10 @@ def stage_file(
             write = None
         if write is None:
             write = staged_write_open(
-                key, content_type=source.content_type, part_bytes=settings.STAGING_PART_BYTES
+                key,
+                content_type=source.content_type,
+                part_bytes=settings.STAGING_PART_BYTES,
+                parts_in_flight=settings.STAGING_PARTS_IN_FLIGHT,
             )
         try:
             hooks.upload_opened(
@@ -189,10 +207,17 @@ def stage_file(
                 content_type=source.content_type,
                 sha256=digest.hexdigest() if digest is not None else "",
             )
+            # The last parts handed over are recorded before the commit, as they are
+            # during the transfer (the part being filled is stored by the commit).
+            if write.settle():
+                hooks.part_stored(parts=write.parts)
             hooks.before_commit(file=facts)
             write.commit()
         except JobCancelled:
             _abort(write, key)
+            raise
+        except BaseException:
+            _settle(write, key, hooks)
             raise
     return StagedFile(
         key=key,

@@ -9,13 +9,17 @@ answer `url(name, parameters=..., expire=...)` the same way, so callers never br
 
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Iterator
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
+from django.conf import settings
 from django.core import signing
 from django.core.files.storage import FileSystemStorage, Storage, storages
 from django.urls import reverse
@@ -78,14 +82,21 @@ class StagedWrite(Protocol):
     """A file being written into storage; visible under its key only after `commit`.
 
     The file is stored in parts. `parts` lists those stored so far as JSON-able dicts
-    (`n`, `size`, and `etag` on S3): recorded by the job, they let a later attempt
-    `resume` the same upload after its last part instead of starting again."""
+    (`n`, `size`, and `etag` on S3), always parts 1 to n with nothing missing: recorded by
+    the job, they let a later attempt `resume` the same upload after its last part instead
+    of starting again."""
 
     upload_id: str
     parts: list[dict[str, Any]]
 
     def write(self, data: bytes) -> bool:
-        """Buffers `data`; returns True when a part was stored (`parts` grew)."""
+        """Buffers `data`; returns True when `parts` grew."""
+        ...
+
+    def settle(self) -> bool:
+        """Waits for the parts being stored, so none is left uploading (at the end of the
+        file, or after a failure); returns True when `parts` grew since `write` or
+        `settle` last said so."""
         ...
 
     def commit(self) -> None: ...
@@ -97,8 +108,11 @@ def parts_size(parts: list[dict[str, Any]]) -> int:
 
 
 class S3MultipartWrite:
-    """Buffers up to one part (S3's 5 MiB minimum or more) and uploads it; memory per job
-    stays at about one part whatever the file's size."""
+    """Buffers up to one part (S3's 5 MiB minimum or more) and hands it to a few threads
+    that upload it while the next part is read: at most `parts_in_flight` parts are being
+    uploaded at once, and `write` waits for one of them to finish before it hands over
+    another, so memory per job stays at about `parts_in_flight` + 1 parts whatever the
+    file's size. `parts` only lists a part once it and every part before it are stored."""
 
     def __init__(
         self,
@@ -107,15 +121,26 @@ class S3MultipartWrite:
         *,
         content_type: str,
         part_bytes: int,
+        parts_in_flight: int = 1,
         upload_id: str = "",
         parts: list[dict[str, Any]] | None = None,
     ) -> None:
+        # boto3 clients are thread-safe: the part uploads share the storage's.
         self.client: Any = storage.connection.meta.client
         self.bucket = storage.bucket_name
         self.key = s3_object_key(storage, key)
         self.part_bytes = max(part_bytes, 5 * 1024 * 1024)
-        self.buffer = bytearray()
+        self.chunks: list[bytes] = []  # the part being filled
+        self.buffered = 0
         self.parts: list[dict[str, Any]] = list(parts or [])
+        self.parts_in_flight = max(1, parts_in_flight)
+        self.in_flight = 0  # parts handed over and not yet finished
+        self._next_number = len(self.parts) + 1
+        self._reported = len(self.parts)  # parts that write or settle have said are stored
+        self._uploading: dict[int, Future[dict[str, Any]]] = {}
+        self._slots = threading.Semaphore(self.parts_in_flight)
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
         if upload_id:
             self.upload_id = upload_id
             return
@@ -127,11 +152,26 @@ class S3MultipartWrite:
 
     @classmethod
     def resume(
-        cls, storage: S3Storage, key: str, *, upload_id: str, parts: list[dict[str, Any]], part_bytes: int
+        cls,
+        storage: S3Storage,
+        key: str,
+        *,
+        upload_id: str,
+        parts: list[dict[str, Any]],
+        part_bytes: int,
+        parts_in_flight: int = 1,
     ) -> "S3MultipartWrite | None":
         """The upload again, after `parts`, if S3 still holds each of them as recorded;
         None if the upload is gone or a part differs (a late writer replaced it)."""
-        write = cls(storage, key, content_type="", part_bytes=part_bytes, upload_id=upload_id, parts=parts)
+        write = cls(
+            storage,
+            key,
+            content_type="",
+            part_bytes=part_bytes,
+            parts_in_flight=parts_in_flight,
+            upload_id=upload_id,
+            parts=parts,
+        )
         stored: dict[int, str] = {}
         paginator = write.client.get_paginator("list_parts")
         try:
@@ -147,29 +187,108 @@ class S3MultipartWrite:
             return None
         return write
 
-    def _flush(self) -> None:
-        number = len(self.parts) + 1
-        with _storage_errors():
-            uploaded = self.client.upload_part(
-                Bucket=self.bucket,
-                Key=self.key,
-                UploadId=self.upload_id,
-                PartNumber=number,
-                Body=bytes(self.buffer),
-            )
-        self.parts.append({"n": number, "etag": uploaded["ETag"], "size": len(self.buffer)})
-        self.buffer.clear()
+    def _hand_over(self) -> None:
+        """Hands the buffered part to the upload threads; first waits, while
+        `parts_in_flight` parts are being uploaded, for one of them to finish."""
+        self._slots.acquire()
+        try:
+            self._raise_failed()
+            body = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+            self.chunks, self.buffered = [], 0
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.parts_in_flight, thread_name_prefix="s3-part")
+            number = self._next_number
+            with self._lock:
+                self.in_flight += 1
+            try:
+                # In a box the thread empties: the part's bytes are freed once uploaded.
+                self._uploading[number] = self._pool.submit(self._upload, number, [body])
+            except BaseException:
+                with self._lock:
+                    self.in_flight -= 1
+                raise
+            self._next_number += 1
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def _upload(self, number: int, box: list[bytes]) -> dict[str, Any]:
+        """One part, on an upload thread."""
+        try:
+            body = box.pop()
+            with _storage_errors():
+                uploaded = self.client.upload_part(
+                    Bucket=self.bucket,
+                    Key=self.key,
+                    UploadId=self.upload_id,
+                    PartNumber=number,
+                    Body=body,
+                )
+            size = len(body)
+            del body
+            return {"n": number, "etag": uploaded["ETag"], "size": size}
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+            self._slots.release()
+
+    def _stored_prefix_grow(self) -> bool:
+        """Moves the parts stored, in order with no gap, into `parts`; a part not stored
+        (still uploading, failed) stops it there."""
+        grown = False
+        while (future := self._uploading.get(len(self.parts) + 1)) is not None and future.done():
+            if future.cancelled() or future.exception() is not None:
+                break
+            self.parts.append(future.result())
+            del self._uploading[len(self.parts)]
+            grown = True
+        return grown
+
+    def _raise_failed(self) -> None:
+        """A part that failed fails the write (STORAGE_ERROR) as soon as it is known."""
+        for future in list(self._uploading.values()):
+            if future.done() and not future.cancelled() and future.exception() is not None:
+                future.result()
+
+    def _wait_all(self) -> None:
+        futures.wait(list(self._uploading.values()))
+
+    def _shutdown(self, *, cancel: bool) -> None:
+        """Ends the upload threads; they finish the part they are on first."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=cancel)
+            self._pool = None
 
     def write(self, data: bytes) -> bool:
-        self.buffer += data
-        if len(self.buffer) >= self.part_bytes:
-            self._flush()
-            return True
-        return False
+        if data:
+            self.chunks.append(bytes(data))  # no copy of bytes
+            self.buffered += len(data)
+        if self.buffered >= self.part_bytes:
+            self._hand_over()
+        self._stored_prefix_grow()
+        self._raise_failed()
+        return self._report()
+
+    def settle(self) -> bool:
+        self._wait_all()
+        self._shutdown(cancel=False)
+        self._stored_prefix_grow()
+        return self._report()
+
+    def _report(self) -> bool:
+        grown = len(self.parts) > self._reported
+        self._reported = len(self.parts)
+        return grown
 
     def commit(self) -> None:
-        if self.buffer or not self.parts:
-            self._flush()
+        try:
+            if self.buffered or self._next_number == 1:
+                self._hand_over()
+            self._wait_all()
+            self._stored_prefix_grow()
+            self._raise_failed()
+        finally:
+            self._shutdown(cancel=False)
         with _storage_errors():
             self.client.complete_multipart_upload(
                 Bucket=self.bucket,
@@ -179,6 +298,10 @@ class S3MultipartWrite:
             )
 
     def abort(self) -> None:
+        # No part may land after the abort: those not started are dropped, the others
+        # waited for.
+        self._shutdown(cancel=True)
+        self.chunks, self.buffered = [], 0
         s3_multipart_abort(self.client, self.bucket, self.key, self.upload_id)
 
 
@@ -248,6 +371,9 @@ class LocalWrite:
         self.unstored = 0
         return True
 
+    def settle(self) -> bool:
+        return False  # each part is stored by the `write` that fills it
+
     def commit(self) -> None:
         self.handle.close()
         os.replace(self.part_path, self.final_path)
@@ -270,23 +396,45 @@ def _storage_errors() -> Iterator[None]:
         raise JobError(ErrorCode.STORAGE_ERROR, "Storage refused the upload") from exc
 
 
-def staged_write_open(key: str, *, content_type: str, part_bytes: int) -> StagedWrite:
+def staged_write_open(
+    key: str, *, content_type: str, part_bytes: int, parts_in_flight: int | None = None
+) -> StagedWrite:
+    """A new upload of `key`; on S3 `parts_in_flight` (STAGING_PARTS_IN_FLIGHT) parts are
+    uploaded at once."""
     storage = downloads_storage()
     if isinstance(storage, S3Storage):
-        return S3MultipartWrite(storage, key, content_type=content_type, part_bytes=part_bytes)
+        return S3MultipartWrite(
+            storage,
+            key,
+            content_type=content_type,
+            part_bytes=part_bytes,
+            parts_in_flight=parts_in_flight or settings.STAGING_PARTS_IN_FLIGHT,
+        )
     if isinstance(storage, FileSystemStorage):
         return LocalWrite(storage, key, part_bytes=part_bytes)
     raise TypeError(f"Unsupported downloads storage {type(storage).__name__}")
 
 
 def staged_write_resume(
-    key: str, *, upload_id: str, parts: list[dict[str, Any]], part_bytes: int
+    key: str,
+    *,
+    upload_id: str,
+    parts: list[dict[str, Any]],
+    part_bytes: int,
+    parts_in_flight: int | None = None,
 ) -> StagedWrite | None:
     """The unfinished upload `upload_id` of `key`, to go on after `parts`; None if it
     cannot be resumed (gone, or not as recorded)."""
     storage = downloads_storage()
     if isinstance(storage, S3Storage):
-        return S3MultipartWrite.resume(storage, key, upload_id=upload_id, parts=parts, part_bytes=part_bytes)
+        return S3MultipartWrite.resume(
+            storage,
+            key,
+            upload_id=upload_id,
+            parts=parts,
+            part_bytes=part_bytes,
+            parts_in_flight=parts_in_flight or settings.STAGING_PARTS_IN_FLIGHT,
+        )
     if isinstance(storage, FileSystemStorage):
         return LocalWrite.resume(storage, key, upload_id=upload_id, parts=parts, part_bytes=part_bytes)
     raise TypeError(f"Unsupported downloads storage {type(storage).__name__}")

@@ -326,6 +326,7 @@ def test_s3_write_commits_a_small_or_empty_file(bucket, s3_storage, s3_key, cont
 def test_s3_write_abort_leaves_no_object_and_no_open_upload(bucket, s3_storage, s3_key):
     write = staged_write_open(s3_key, content_type="text/plain", part_bytes=5 * MiB)
     write.write(b"x" * (5 * MiB))
+    assert write.settle()
     assert len(write.parts) == 1
 
     write.abort()
@@ -469,10 +470,11 @@ def test_s3_download_link_lifetime_is_a_setting(s3, s3_storage, s3_key, user, se
 def _first_part(key: str, content: bytes, part_bytes: int) -> list[dict[str, Any]]:
     """An attempt that stored one part of `content` and died."""
     write = staged_write_open(key, content_type="application/pdf", part_bytes=part_bytes)
-    for offset in range(0, len(content), MiB):
-        if write.write(content[offset : offset + MiB]):
-            return [dict(part, upload_id=write.upload_id) for part in write.parts]
-    raise AssertionError("no part was stored")
+    for offset in range(0, part_bytes, MiB):
+        write.write(content[offset : offset + MiB])
+    write.settle()  # an S3 part is uploaded on a thread of the write's
+    assert len(write.parts) == 1, "no part was stored"
+    return [dict(part, upload_id=write.upload_id) for part in write.parts]
 
 
 def test_s3_resume_goes_on_after_the_recorded_parts(bucket, s3_storage, s3_key):
