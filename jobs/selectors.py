@@ -32,6 +32,12 @@ def download_job_get_for_owner(*, owner: User, job_id: str) -> DownloadJob:
     return DownloadJob.objects.get(job_id=job_id, owner=owner)
 
 
+def download_job_card_from_row(**where: Any) -> JobCard | None:
+    """The card of the one job row matching `where`, read from the database (one query)."""
+    values = DownloadJob.objects.filter(**where).values(*hotstate.card_fields()).first()
+    return None if values is None else JobCard(**values)
+
+
 def download_job_card_for_owner(*, owner_id: int, job_id: str) -> tuple[JobCard, HotProgress | None]:
     """The job's card and, while it is processing, its live progress: what its status
     answer is made of. From hot-state Redis in one round trip; from the row (which then
@@ -44,10 +50,9 @@ def download_job_card_for_owner(*, owner_id: int, job_id: str) -> tuple[JobCard,
         logger.warning("Hot state unreachable, reading %s from the database: %s", job_id, error)
         card, hot, reachable = None, None, False
     if card is None:
-        values = DownloadJob.objects.filter(job_id=job_id).values(*hotstate.card_fields()).first()
-        if values is None:
+        card = download_job_card_from_row(job_id=job_id)
+        if card is None:
             raise DownloadJob.DoesNotExist
-        card = JobCard(**values)
         if reachable:
             try:
                 hotstate.card_write(card)

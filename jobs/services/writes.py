@@ -21,7 +21,7 @@ from django.utils import timezone
 from jobs import hotstate, queues
 from jobs.events import job_event_publish
 from jobs.models import DownloadJob, can_transition
-from jobs.selectors import download_job_status, iso
+from jobs.selectors import download_job_card_from_row, download_job_status, iso
 from jobs.transfer.storage import stored_file_delete
 
 logger = logging.getLogger(__name__)
@@ -83,9 +83,8 @@ def card_replace_on_commit(job: DownloadJob) -> None:
 
     def replace() -> None:
         try:
-            values = DownloadJob.objects.filter(pk=pk).values(*hotstate.card_fields()).first()
-            if values is not None:
-                hotstate.card_write(hotstate.JobCard(**values))
+            if (card := download_job_card_from_row(pk=pk)) is not None:
+                hotstate.card_write(card)
         except Exception:
             logger.warning("Could not write the card of %s", job_id, exc_info=True)
 
