@@ -344,7 +344,7 @@ def stack_env(origin_server: OriginServer, extra: dict[str, str], *, broker_db: 
             "JOB_INITIATE_RATE_PER_IP": "1000/min",
             # A breaker that a test's failures open recovers within the next test.
             "ORIGIN_BREAKER_OPEN_S": "2",
-            "PROGRESS_DB_INTERVAL_S": "0.5",
+            "JOB_HEARTBEAT_INTERVAL_S": "0.5",
             "STAGING_CHUNK_BYTES": str(64 * 1024),
             "STAGING_PART_BYTES": str(5 * 1024 * 1024),
         }

@@ -88,7 +88,7 @@ def setup_main() -> None:
     now = timezone.now()
     size = 100 * 2**20
     processing = DownloadJob.objects.create(
-        owner=user, file_id=1, status=Status.PROCESSING, attempts=1, started_at=now, heartbeat_at=now
+        owner=user, file_id=1, status=Status.PROCESSING, attempts=1, started_at=now
     )
     hot = hotstate.HotProgress(attempt=1, bytes_done=size * 2 // 5, bytes_total=size, progress=40)
     hotstate.progress_write(job_id=processing.job_id, progress=hot)

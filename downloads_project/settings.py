@@ -345,7 +345,7 @@ WEBSOCKET_MAX_PER_USER = env.int("WEBSOCKET_MAX_PER_USER", default=20)
 # A job's websocket_url carries a signed ticket, not a credential: it opens that job's
 # socket, for its owner, this long after it was minted (initiate, or an active job's status).
 WEBSOCKET_TICKET_TTL_S = env.int("WEBSOCKET_TICKET_TTL_S", default=300)
-PROGRESS_DB_INTERVAL_S = env.float("PROGRESS_DB_INTERVAL_S", default=5.0)
+JOB_HEARTBEAT_INTERVAL_S = env.float("JOB_HEARTBEAT_INTERVAL_S", default=5.0)
 HOT_STATE_TTL_S = env.int("HOT_STATE_TTL_S", default=3600)
 # Polling reads a job's card (a copy of its row in hot-state Redis, replaced after each
 # write of the row) and a token's user from the cache, not the database. A card unused
@@ -354,8 +354,8 @@ JOB_CARD_TTL_S = env.int("JOB_CARD_TTL_S", default=300)
 # An API token's user, cached this long: a deleted token or a deactivated user is
 # dropped from the cache at once, by signal (jobs/authentication.py).
 TOKEN_CACHE_TTL_S = env.int("TOKEN_CACHE_TTL_S", default=60)
-# The reaper re-queues a processing job whose worker wrote no heartbeat (the progress
-# write, every PROGRESS_DB_INTERVAL_S while chunks flow) for this long. A live attempt can
+# The reaper re-queues a processing job whose worker sent no heartbeat (to hot-state Redis,
+# every JOB_HEARTBEAT_INTERVAL_S while chunks flow) for this long. A live attempt can
 # wait up to ORIGIN_READ_TIMEOUT_S for one chunk, so the threshold must be well above both.
 JOB_HEARTBEAT_STALE_S = env.float("JOB_HEARTBEAT_STALE_S", default=90.0)
 # ... and sends again a queued job no worker took for this long (the broker lost it).
@@ -412,9 +412,9 @@ ORIGIN = env("ORIGIN", default="synthetic")  # synthetic | http | directory
 ORIGIN_URL_TEMPLATE = env("ORIGIN_URL_TEMPLATE", default="")  # e.g. https://files.internal/{file_id}
 ORIGIN_CONNECT_TIMEOUT_S = env.float("ORIGIN_CONNECT_TIMEOUT_S", default=10.0)
 ORIGIN_READ_TIMEOUT_S = env.float("ORIGIN_READ_TIMEOUT_S", default=30.0)
-if JOB_HEARTBEAT_STALE_S <= 2 * (ORIGIN_READ_TIMEOUT_S + PROGRESS_DB_INTERVAL_S):
+if JOB_HEARTBEAT_STALE_S <= 2 * (ORIGIN_READ_TIMEOUT_S + JOB_HEARTBEAT_INTERVAL_S):
     raise ImproperlyConfigured(
-        "JOB_HEARTBEAT_STALE_S must exceed twice ORIGIN_READ_TIMEOUT_S + PROGRESS_DB_INTERVAL_S, "
+        "JOB_HEARTBEAT_STALE_S must exceed twice ORIGIN_READ_TIMEOUT_S + JOB_HEARTBEAT_INTERVAL_S, "
         "or the reaper would restart live jobs"
     )
 # The http origin connects to ORIGIN_URL_TEMPLATE's scheme, host and port, trusted as

@@ -8,6 +8,7 @@ Everything here expires on its own.
 """
 
 import json
+import time
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from functools import cache
@@ -208,3 +209,134 @@ def card_read(job_id: str) -> tuple[JobCard | None, HotProgress | None]:
     pipe.hgetall(_progress_key(job_id))
     raw_card, raw_progress = pipe.execute()
     return (JobCard.decode(raw_card) if raw_card else None), _decode(raw_progress)
+
+
+# --- the running attempt: its heartbeat and its stored parts -------------------------------
+#
+# A running attempt beats every JOB_HEARTBEAT_INTERVAL_S and records each stored part here,
+# not on the job's row: the row is written a fixed number of times per job, whatever the
+# file's size or the attempt's length. Every write is fenced by the attempt number, in Lua:
+# once a newer attempt has claimed the job, or the reaper has fenced this one off, its
+# writes are refused and it stops. If this state is lost (Redis restarted empty), a running
+# attempt writes it again at its next beat, the reaper gives an attempt without state a
+# fresh grace period, and the next attempt, finding no parts, restarts the file from zero.
+#
+#   attempt  the attempt holding the job (the row's `attempts` while it runs)
+#   live     "1" while that attempt may write; "0" once it ended or was fenced off
+#   beat     its last heartbeat (Unix time, seconds)
+#   parts    the parts it stored, 1 to n (JSON), for the next attempt to resume after
+
+
+def _run_key(job_id: str) -> str:
+    return f"job:{job_id}:run"
+
+
+# KEYS[1] the run key; ARGV: attempt, now, ttl, parts (JSON, or "" to keep them).
+# Attempt numbers only grow, and the row decides who holds the job: the holder writes over
+# an older attempt's state (its start, or a beat after the start's write was lost) and
+# writes the state again if Redis lost it. An older attempt, or one fenced off, is refused.
+# Returns 1 if written, 0 if the attempt is fenced off.
+_RUN_WRITE = """
+local current = redis.call('HGET', KEYS[1], 'attempt')
+local mine = tonumber(ARGV[1])
+if current and tonumber(current) > mine then return 0 end
+if current and tonumber(current) == mine and redis.call('HGET', KEYS[1], 'live') == '0' then
+  return 0
+end
+if ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[1], 'parts', ARGV[4])
+elseif not current or tonumber(current) < mine then
+  redis.call('HSET', KEYS[1], 'parts', '[]')
+end
+redis.call('HSET', KEYS[1], 'attempt', mine, 'live', '1', 'beat', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+# KEYS[1] the run key; ARGV: attempt, stale_before (Unix time, or "" for any beat).
+# Fences the attempt off (live = 0) if it holds the job and, with stale_before, beat last
+# before it (an attempt fenced off already stays so). Its parts stay for the next attempt.
+# Returns 1 if the attempt is fenced off.
+_RUN_FENCE = """
+local current = redis.call('HGET', KEYS[1], 'attempt')
+if not current or tonumber(current) ~= tonumber(ARGV[1]) then return 0 end
+if redis.call('HGET', KEYS[1], 'live') == '0' then return 1 end
+if ARGV[2] ~= '' and tonumber(redis.call('HGET', KEYS[1], 'beat')) >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'live', '0')
+return 1
+"""
+
+
+@cache
+def _run_write_script() -> Any:
+    return client().register_script(_RUN_WRITE)
+
+
+@cache
+def _run_fence_script() -> Any:
+    return client().register_script(_RUN_FENCE)
+
+
+@dataclass(frozen=True)
+class RunState:
+    attempt: int
+    live: bool
+    beat: float
+    parts: list[dict[str, Any]]
+
+
+def run_beat(job_id: str, *, attempt: int, parts: list[dict[str, Any]] | None = None) -> bool:
+    """The attempt's heartbeat, with its stored parts (1 to n) when given. Its start (once
+    its row write has committed) beats with the parts it resumes after. False if the
+    attempt is fenced off: it must stop."""
+    encoded = "" if parts is None else json.dumps(parts, separators=(",", ":"))
+    written = _run_write_script()(
+        keys=[_run_key(job_id)], args=[attempt, f"{time.time():.3f}", settings.HOT_STATE_TTL_S, encoded]
+    )
+    return bool(written)
+
+
+def run_fence(job_id: str, *, attempt: int, stale_before: float | None = None) -> bool:
+    """Fences the attempt off, keeping its parts: its next beat is refused. With
+    `stale_before`, only if it last beat before then (the reaper's check and fence in one
+    step). True if this call fenced it off."""
+    stale = "" if stale_before is None else f"{stale_before:.3f}"
+    return bool(_run_fence_script()(keys=[_run_key(job_id)], args=[attempt, stale]))
+
+
+def _run_decode(raw: dict[bytes, bytes]) -> RunState | None:
+    if not raw or b"attempt" not in raw:
+        return None
+    return RunState(
+        attempt=int(raw[b"attempt"]),
+        live=raw.get(b"live") == b"1",
+        beat=float(raw.get(b"beat", b"0")),
+        parts=json.loads(raw.get(b"parts", b"[]")),
+    )
+
+
+def run_read(job_id: str) -> RunState | None:
+    raw: dict[bytes, bytes] = client().hgetall(_run_key(job_id))  # type: ignore[assignment]
+    return _run_decode(raw)
+
+
+def run_read_many(job_ids: list[str]) -> dict[str, RunState]:
+    """The run state of each job that has one, in one round trip (the reaper's scan reads
+    only the attempt and the beat)."""
+    if not job_ids:
+        return {}
+    pipe = client().pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.hmget(_run_key(job_id), "attempt", "live", "beat")
+    found = {}
+    for job_id, (attempt, live, beat) in zip(job_ids, pipe.execute(), strict=True):
+        if attempt is not None:
+            found[job_id] = RunState(int(attempt), live == b"1", float(beat or 0), [])
+    return found
+
+
+def run_forget(job_id: str) -> None:
+    """The job ended (completed, failed, cancelled) or starts over: no attempt resumes."""
+    client().delete(_run_key(job_id))

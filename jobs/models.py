@@ -66,9 +66,9 @@ class DownloadJob(models.Model):
     attempts = models.PositiveSmallIntegerField(default=0)
     max_attempts = models.PositiveSmallIntegerField(default=3)
     next_retry_at = models.DateTimeField(null=True, blank=True)
-    # Written by the running attempt with its throttled progress write; the reaper
-    # re-queues a processing job whose heartbeat went stale (its worker is gone).
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # The running attempt's heartbeat and the parts it stored live in hot-state Redis
+    # (hotstate.run_beat), fenced by this number: the row is written a fixed number of
+    # times per job, whatever the file's size or the attempt's length.
     # The Celery task id of the message running the current attempt: a redelivery of that
     # same message may restart the attempt, any other message (a duplicate) may not.
     task_id = models.CharField(max_length=255, blank=True)
@@ -88,10 +88,9 @@ class DownloadJob(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True, help_text="When the stored file is deleted.")
 
     storage_key = models.CharField(max_length=500, blank=True)
+    # The in-flight upload; the parts stored in it are recorded in Redis, for a later
+    # attempt to resume after the last of them.
     upload_id = models.CharField(max_length=500, blank=True, help_text="In-flight multipart upload.")
-    # The parts of the upload that attempts have stored, each recorded by a write fenced
-    # with the attempt number: a later attempt resumes after the last of them.
-    upload_parts = models.JSONField(default=list, blank=True)
     # Identifies the origin's version of the file (ETag, Last-Modified...) so a resumed
     # attempt asks for the rest of the same file, never splices two versions.
     origin_validator = models.CharField(max_length=255, blank=True)

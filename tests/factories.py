@@ -1,9 +1,11 @@
 """Rows as tests need them."""
 
+import time
 from typing import Any
 
 from django.contrib.auth.models import User
 
+from jobs import hotstate
 from jobs.models import DownloadJob
 
 
@@ -13,3 +15,23 @@ def make_job(owner: User, **fields: Any) -> DownloadJob:
     fields.setdefault("file_id", 70000)
     fields.setdefault("max_attempts", 3)
     return DownloadJob.objects.create(owner=owner, **fields)
+
+
+def beat(job: DownloadJob, *, seconds_ago: float, attempt: int | None = None) -> None:
+    """Writes the heartbeat of the job's attempt (its current one unless `attempt` says
+    otherwise) as sent `seconds_ago`, as a worker that went silent then left it."""
+    attempt = job.attempts if attempt is None else attempt
+    assert hotstate.run_beat(job.job_id, attempt=attempt)
+    hotstate.client().hset(f"job:{job.job_id}:run", "beat", f"{time.time() - seconds_ago:.3f}")
+
+
+def recorded_parts(job: DownloadJob) -> list[dict[str, Any]]:
+    """The parts recorded for the job's next attempt to resume after (none once it ended)."""
+    state = hotstate.run_read(job.job_id)
+    return state.parts if state is not None else []
+
+
+def row_writes(job: DownloadJob) -> int:
+    """How many times the job's row was written, its insert included: the insert sets its
+    version to 1 and every write raises it by one."""
+    return DownloadJob.objects.values_list("version", flat=True).get(pk=job.pk)

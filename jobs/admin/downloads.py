@@ -7,9 +7,11 @@ cannot be added or deleted here, and the actions call the same services as the A
 row at a time, each a compare-and-swap that refuses a row in the wrong state.
 """
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import redis
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin
 from django.contrib.auth.models import User
@@ -21,7 +23,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
-from jobs import services
+from jobs import hotstate, services
 from jobs.admin import analytics as admin_analytics
 from jobs.models import DownloadJob
 
@@ -116,7 +118,7 @@ class DownloadJobAdmin(admin.ModelAdmin):
                     "sha256",
                     "storage_key",
                     "upload_id",
-                    "upload_parts",
+                    "running_attempt",
                     "origin_validator",
                     "resumed_bytes",
                     "reused_from",
@@ -167,6 +169,20 @@ class DownloadJobAdmin(admin.ModelAdmin):
     @admin.display(description="attempts", ordering="attempts")
     def attempts_display(self, job: DownloadJob) -> str:
         return f"{job.attempts} / {job.max_attempts}"
+
+    @admin.display(description="running attempt")
+    def running_attempt(self, job: DownloadJob) -> str:
+        """The attempt's heartbeat and stored parts, from hot-state Redis (not the row)."""
+        try:
+            state = hotstate.run_read(job.job_id)
+        except redis.RedisError:
+            return "unknown (Redis cannot be reached)"
+        if state is None:
+            return "-"
+        beat_s = max(0.0, time.time() - state.beat)
+        held = "running" if state.live else "ended or fenced off"
+        parts = len(state.parts)
+        return f"attempt {state.attempt} ({held}), last heartbeat {beat_s:.0f} s ago, {parts} part(s) stored"
 
     @admin.display(description="duration", ordering="duration_seconds")
     def duration_display(self, job: DownloadJob) -> str:

@@ -32,9 +32,9 @@ def download_job_cancel(*, job: DownloadJob) -> DownloadJob:
             cancelled_at=timezone.now(),
             next_retry_at=None,
             upload_id="",
-            upload_parts=[],
         )
         on_commit(lambda: hotstate.cancel_flag_set(job.job_id))
+        on_commit(lambda: hotstate.run_fence(job.job_id, attempt=job.attempts))
         # A job waiting for its retry keeps the upload of its last attempt: no worker
         # holds it, so it is aborted here (a running worker aborts its own as well).
         on_commit(lambda: upload_abort(key, upload_id, job.job_id))
@@ -74,12 +74,12 @@ def download_job_retry(*, job: DownloadJob, dead_lettered_only: bool = False) ->
             bytes_done=0,
             bytes_total=None,
             upload_id="",
-            upload_parts=[],
             error_code="",
             error_message="",
             error_retryable=None,
         )
         on_commit(lambda: hotstate.cancel_flag_clear(job.job_id))
+        on_commit(lambda: hotstate.run_forget(job.job_id))
         publish_on_commit(job, "status_update")
         dispatch_on_commit(job)
     return job

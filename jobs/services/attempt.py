@@ -5,7 +5,9 @@ import logging
 import random
 import time
 from datetime import timedelta
+from typing import Any
 
+import redis
 from celery.exceptions import SoftTimeLimitExceeded
 from django import db
 from django.conf import settings
@@ -63,7 +65,8 @@ def download_job_start(*, job_pk: int, task_id: str = "") -> DownloadJob | None:
     # An upload in which an earlier attempt stored parts stays, under its key, for this
     # attempt to resume; one with none is of no use and is aborted. So does one that an
     # earlier attempt committed (it recorded the file) but could not complete.
-    resumable = bool(job.upload_id and (job.upload_parts or job.file_size_bytes is not None))
+    parts = _stored_parts(job, attempts=(job.attempts,))
+    resumable = bool(job.upload_id and (parts or job.file_size_bytes is not None))
     if job.upload_id and not resumable:
         upload_abort(job.storage_key, job.upload_id, job.job_id)
     storage_key = job.storage_key if resumable else storage_key_for(job, attempt=job.attempts + 1)
@@ -81,15 +84,37 @@ def download_job_start(*, job_pk: int, task_id: str = "") -> DownloadJob | None:
                 bytes_total=None,
                 storage_key=storage_key,
                 upload_id=job.upload_id if resumable else "",
-                upload_parts=job.upload_parts if resumable else [],
                 **({} if resumable else {"file_size_bytes": None, "sha256": ""}),
-                heartbeat_at=now,
                 task_id=task_id,
             )
             publish_on_commit(job, "status_update")
+            on_commit(lambda: _claim(job, parts if resumable else []))
     except JobStateConflict:
         return None
     return job
+
+
+def _stored_parts(job: DownloadJob, *, attempts: tuple[int, ...]) -> list[dict[str, Any]]:
+    """The parts that the job's attempt `attempts` stored, as it recorded them in Redis.
+    Empty if that state was lost or cannot be read: the file then restarts from zero."""
+    try:
+        state = hotstate.run_read(job.job_id)
+    except redis.RedisError:
+        logger.warning("Could not read the stored parts of %s; its file restarts", job.job_id, exc_info=True)
+        return []
+    return state.parts if state is not None and state.attempt in attempts else []
+
+
+def _resumed_parts(job: DownloadJob) -> list[dict[str, Any]]:
+    """The parts the started attempt resumes after: those its start claimed, or the last
+    attempt's if that claim was lost."""
+    return _stored_parts(job, attempts=(job.attempts, job.attempts - 1))
+
+
+def _claim(job: DownloadJob, parts: list[dict[str, Any]]) -> None:
+    """The new attempt takes the job over in Redis, fencing off the attempt before it;
+    its first heartbeat does the same if this write is lost."""
+    hotstate.run_beat(job.job_id, attempt=job.attempts, parts=parts)
 
 
 def download_job_run(*, job_pk: int, task_id: str = "") -> None:
@@ -154,7 +179,7 @@ def _attempt_run(job: DownloadJob) -> StagedFile | None:
     if stored := complete_from_storage(job):
         return stored
     checkpoint = (
-        Checkpoint(upload_id=job.upload_id, parts=job.upload_parts, validator=job.origin_validator)
+        Checkpoint(upload_id=job.upload_id, parts=_resumed_parts(job), validator=job.origin_validator)
         if job.upload_id
         else None
     )
@@ -270,7 +295,6 @@ def _complete(job: DownloadJob, *, attempt: int, staged: StagedFile) -> None:
                 duration_seconds=(now - job.started_at).total_seconds() if job.started_at else None,
                 expires_at=now + timedelta(seconds=settings.JOB_RETENTION_S),
                 upload_id="",
-                upload_parts=[],
                 resumed_bytes=staged.resumed_bytes,
                 file_name=staged.file_name,
                 file_size_bytes=staged.size,
@@ -281,6 +305,7 @@ def _complete(job: DownloadJob, *, attempt: int, staged: StagedFile) -> None:
                 error_retryable=None,
             )
             publish_on_commit(job, "completed")
+            on_commit(lambda: hotstate.run_forget(job.job_id))
             on_commit(lambda: metrics.job_completed(job, size=staged.size))
     except JobStateConflict:
         # Cancelled (or superseded) after the last chunk: the file must not stay behind,
@@ -323,6 +348,8 @@ def attempt_fail(job: DownloadJob, *, attempt: int, error: JobError, dead_letter
                     **error_fields,
                 )
                 publish_on_commit(job, "status_update")
+                # Its parts stay in Redis for the next attempt; this one may write no more.
+                on_commit(lambda: hotstate.run_fence(job.job_id, attempt=attempt))
                 dispatch_on_commit(job, countdown_s=delay_s)
                 on_commit(lambda: metrics.job_ended("retried", error.code))
                 logger.info(
@@ -337,12 +364,12 @@ def attempt_fail(job: DownloadJob, *, attempt: int, error: JobError, dead_letter
                     attempt=attempt,
                     failed_at=now,
                     upload_id="",
-                    upload_parts=[],
                     dead_lettered_at=now if exhausted else None,
                     **error_fields,
                 )
                 # No attempt follows: nothing of the file may stay in storage.
                 on_commit(lambda: upload_abort(key, upload_id, job.job_id))
+                on_commit(lambda: hotstate.run_forget(job.job_id))
                 publish_on_commit(job, "error")
                 on_commit(lambda: metrics.job_ended("failed", error.code))
                 logger.warning("%s failed with %s after %s attempt(s)", job.job_id, error.code, attempt)

@@ -2,9 +2,10 @@
 worker or message was lost."""
 
 import logging
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import redis
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
@@ -84,31 +85,39 @@ def download_jobs_purge(*, now: datetime | None = None, batch: int = 1000) -> in
     return deleted
 
 
-def _stale_heartbeat(cutoff: datetime) -> Q:
-    # A row written before heartbeats existed has none: its last write stands in for it.
-    return Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, updated_at__lt=cutoff)
-
-
 def download_jobs_reap(*, now: datetime | None = None, batch: int = 500) -> int:
     """Sends again the jobs the broker lost; returns how many it re-queued or failed.
 
-    A processing job whose heartbeat is older than JOB_HEARTBEAT_STALE_S lost its worker.
-    Before anything is sent, a compare-and-swap that holds only while the heartbeat is
-    still stale moves it back to queued (or to failed, dead-lettered, on its last
-    attempt): the old attempt's next progress write or completion is then refused, so it
-    can never finish beside the new one. The new attempt starts from queued through the
-    same compare-and-swap as any other message, so if the broker also redelivers the old
-    message, exactly one of the two starts it and the other does nothing.
+    A processing job whose attempt beat last (in hot-state Redis) more than
+    JOB_HEARTBEAT_STALE_S ago lost its worker. Before anything is sent, one Lua step that
+    holds only while that heartbeat is still stale fences the attempt off, and a
+    compare-and-swap on the attempt number moves the row back to queued (or to failed,
+    dead-lettered, on its last attempt): the old attempt's next beat, part record, row
+    write or completion is then refused, so it can never finish beside the new one. The
+    new attempt starts from queued through the same compare-and-swap as any other message,
+    so if the broker also redelivers the old message, exactly one of the two starts it and
+    the other does nothing.
+
+    A processing job with no heartbeat in Redis (Redis lost it, or the start's write of it
+    was lost) is given one now: a live attempt beats again within JOB_HEARTBEAT_INTERVAL_S,
+    a dead one is reaped a threshold later. While Redis cannot be read, no processing job
+    is reaped.
 
     A queued job untouched for JOB_QUEUED_STALE_S (and not waiting for a retry) is sent
     again; a duplicate message is harmless for the same reason."""
     now = now or timezone.now()
-    heartbeat_cutoff = now - timedelta(seconds=settings.JOB_HEARTBEAT_STALE_S)
     queued_cutoff = now - timedelta(seconds=settings.JOB_QUEUED_STALE_S)
+    stale_before = now.timestamp() - settings.JOB_HEARTBEAT_STALE_S
     reaped = 0
-    stalled = DownloadJob.objects.filter(_stale_heartbeat(heartbeat_cutoff), status=Status.PROCESSING)
-    for job in stalled.order_by("pk")[:batch]:
-        reaped += _reap_stalled(job, heartbeat_cutoff=heartbeat_cutoff)
+    try:
+        stalled = _stalled(stale_before=stale_before, batch=batch)
+    except redis.RedisError:
+        logger.warning("Cannot read heartbeats from Redis; no processing job is reaped now", exc_info=True)
+        stalled = []
+    for job, beat in stalled:
+        reaped += _reap_stalled(
+            job, last_beat=beat, stale_before=now.timestamp() - settings.JOB_HEARTBEAT_STALE_S
+        )
     lost = DownloadJob.objects.filter(status=Status.QUEUED, updated_at__lt=queued_cutoff).filter(
         Q(next_retry_at__isnull=True) | Q(next_retry_at__lt=queued_cutoff)
     )
@@ -117,22 +126,52 @@ def download_jobs_reap(*, now: datetime | None = None, batch: int = 500) -> int:
     return reaped
 
 
-def _reap_stalled(job: DownloadJob, *, heartbeat_cutoff: datetime) -> int:
+def _stalled(*, stale_before: float, batch: int) -> list[tuple[DownloadJob, float]]:
+    """The processing jobs whose attempt beat last before `stale_before`, with that beat
+    (at most `batch`). Every processing job is looked at, a page at a time."""
+    found: list[tuple[DownloadJob, float]] = []
+    running = DownloadJob.objects.filter(status=Status.PROCESSING).values_list("pk", "job_id", "attempts")
+    page: list[tuple[int, str, int]] = []
+    for row in running.order_by("pk").iterator(chunk_size=batch):
+        page.append(row)
+        if len(page) == batch:
+            found += _stalled_in(page, stale_before=stale_before)
+            page = []
+        if len(found) >= batch:
+            return found[:batch]
+    return (found + _stalled_in(page, stale_before=stale_before))[:batch]
+
+
+def _stalled_in(page: list[tuple[int, str, int]], *, stale_before: float) -> list[tuple[DownloadJob, float]]:
+    states = hotstate.run_read_many([job_id for _, job_id, _ in page])
+    stale: dict[int, float] = {}
+    for pk, job_id, attempts in page:
+        state = states.get(job_id)
+        if state is None or state.attempt < attempts:
+            # No heartbeat of this attempt: it gets one now, and a threshold to beat again.
+            hotstate.run_beat(job_id, attempt=attempts)
+        elif state.attempt == attempts and (state.beat < stale_before or not state.live):
+            stale[pk] = state.beat
+    jobs = DownloadJob.objects.filter(pk__in=stale, status=Status.PROCESSING).order_by("pk")
+    return [(job, stale[job.pk]) for job in jobs]
+
+
+def _reap_stalled(job: DownloadJob, *, last_beat: float, stale_before: float) -> int:
     if complete_from_storage(job):
         return 1  # its attempt stored the file but could not complete
     now = timezone.now()
-    # An attempt that still wrote heartbeats past the job time limit was ended by Celery's
-    # hard limit (its soft-limit handler never ran; Celery acks such a task as failed): it
-    # fails DOWNLOAD_TIMEOUT, as it would have, instead of running past the limit again.
-    ran_s = (job.heartbeat_at - job.started_at).total_seconds() if job.heartbeat_at and job.started_at else 0
+    # An attempt that still beat past the job time limit was ended by Celery's hard limit
+    # (its soft-limit handler never ran; Celery acks such a task as failed): it fails
+    # DOWNLOAD_TIMEOUT, as it would have, instead of running past the limit again.
+    ran_s = last_beat - job.started_at.timestamp() if job.started_at else 0
     timed_out = ran_s >= settings.JOB_SOFT_TIME_LIMIT_S
     last_attempt = job.attempts >= job.max_attempts or timed_out
     to_status = Status.FAILED if last_attempt else Status.QUEUED
     if not can_transition(job.status, to_status):
         raise InvalidTransition(job, to_status)
-    # Re-queued, the job keeps its upload for the next attempt to resume; the fencing
-    # below refuses whatever the old attempt still tries to record or complete.
-    fields: dict[str, Any] = {"heartbeat_at": None, "next_retry_at": None}
+    # Re-queued, the job keeps its upload (and Redis the parts) for the next attempt to
+    # resume; the fence refuses whatever the old attempt still tries to record or complete.
+    fields: dict[str, Any] = {"next_retry_at": None}
     error = JobError(ErrorCode.PROCESSING_ERROR, "The worker stopped during the last attempt")
     if timed_out:
         error = JobError(
@@ -141,25 +180,25 @@ def _reap_stalled(job: DownloadJob, *, heartbeat_cutoff: datetime) -> int:
     if last_attempt:
         fields |= {
             "upload_id": "",
-            "upload_parts": [],
             "failed_at": now,
             "dead_lettered_at": None if timed_out else now,
             "error_code": error.code,
             "error_message": error.message,
             "error_retryable": error.retryable,
         }
-    leftover_key, leftover_upload_id, last_heartbeat = job.storage_key, job.upload_id, job.heartbeat_at
-    rows = DownloadJob.objects.filter(
-        _stale_heartbeat(heartbeat_cutoff), pk=job.pk, status=Status.PROCESSING, attempts=job.attempts
-    )
+    if not hotstate.run_fence(job.job_id, attempt=job.attempts, stale_before=stale_before):
+        return 0  # it beat meanwhile, or a newer attempt holds the job
+    leftover_key, leftover_upload_id = job.storage_key, job.upload_id
+    rows = DownloadJob.objects.filter(pk=job.pk, status=Status.PROCESSING, attempts=job.attempts)
     with transaction.atomic():
         if not write(rows, job, status=to_status, updated_at=now, **fields):
-            return 0  # it wrote a heartbeat meanwhile, or moved on
+            return 0  # it moved on (completed, failed, cancelled) before the fence
         job.status = to_status
         for name, value in fields.items():
             setattr(job, name, value)
         if last_attempt:
             publish_on_commit(job, "error")
+            on_commit(lambda: hotstate.run_forget(job.job_id))
             on_commit(lambda: metrics.job_ended("failed", error.code))
         else:
             publish_on_commit(job, "status_update")
@@ -168,10 +207,10 @@ def _reap_stalled(job: DownloadJob, *, heartbeat_cutoff: datetime) -> int:
         upload_abort(leftover_key, leftover_upload_id, job.job_id)
     hotstate.progress_clear(job.job_id)
     logger.warning(
-        "%s attempt %s wrote no heartbeat since %s: %s",
+        "%s attempt %s sent no heartbeat since %s: %s",
         job.job_id,
         job.attempts,
-        iso(last_heartbeat),
+        iso(datetime.fromtimestamp(last_beat, tz=UTC)),
         f"failed {error.code}" if last_attempt else "re-queued",
     )
     return 1

@@ -1,11 +1,16 @@
 """What a running attempt reports as it goes: progress to hot-state Redis and the job's
-watchers, a heartbeat and the stored parts to the row (every write fenced by the attempt
-number), and the cancel flag it checks between chunks."""
+watchers, its heartbeat and stored parts to hot-state Redis, the upload and the file's
+facts to the row (every write fenced by the attempt number), and the cancel flag it
+checks between chunks.
+
+The row is written twice by an attempt, whatever the file's size or the attempt's
+length: when the upload opens and before it is committed."""
 
 import logging
 import time
 from typing import Any
 
+import redis
 from django.conf import settings
 from django.utils import timezone
 
@@ -25,15 +30,15 @@ logger = logging.getLogger(__name__)
 
 class AttemptHooks:
     """Progress of one attempt: pushed to Redis and the job's watchers on each whole
-    percent (at most every PROGRESS_PUSH_INTERVAL_S), written to the row at most every
-    PROGRESS_DB_INTERVAL_S. Between chunks it checks the cancel flag and stops the work."""
+    percent (at most every PROGRESS_PUSH_INTERVAL_S), with a heartbeat at most every
+    JOB_HEARTBEAT_INTERVAL_S. Between chunks it checks the cancel flag and stops the work."""
 
     def __init__(self, job: DownloadJob) -> None:
         self.job = job
         self.attempt = job.attempts
         self.last_push_at = 0.0
         self.last_percent = -1
-        self.last_db_at = time.monotonic()
+        self.last_beat_at = time.monotonic()
 
     def upload_opened(
         self,
@@ -50,15 +55,15 @@ class AttemptHooks:
             )
         self._write_row(
             upload_id=upload_id,
-            upload_parts=parts,
             origin_validator=validator,
             bytes_total=bytes_total,
             bytes_done=resumed_bytes,
         )
+        self._beat(parts=parts)
         self.chunk_staged(bytes_done=resumed_bytes, bytes_total=bytes_total)
 
     def part_stored(self, *, parts: list[dict[str, Any]]) -> None:
-        self._write_row(upload_parts=parts)
+        self._beat(parts=parts)
 
     def before_commit(self, *, file: StoredFileFacts) -> None:
         # Recorded before the commit: an attempt that finds the file stored completes with it.
@@ -79,9 +84,8 @@ class AttemptHooks:
         if due and (percent != self.last_percent or not bytes_total):
             self.last_push_at, self.last_percent = now, percent
             self._push(percent, bytes_done, bytes_total)
-        if now - self.last_db_at >= settings.PROGRESS_DB_INTERVAL_S:
-            self.last_db_at = now
-            self._write_row(progress=percent, bytes_done=bytes_done, bytes_total=bytes_total)
+        if now - self.last_beat_at >= settings.JOB_HEARTBEAT_INTERVAL_S:
+            self._beat()
 
     def _push(self, percent: int, bytes_done: int, bytes_total: int | None) -> None:
         job_id = self.job.job_id
@@ -102,13 +106,27 @@ class AttemptHooks:
             },
         )
 
+    def _beat(self, *, parts: list[dict[str, Any]] | None = None) -> None:
+        """The heartbeat the reaper watches, and the stored parts a later attempt resumes
+        after, fenced by the attempt number in Redis. While Redis cannot be reached the
+        attempt goes on: its row writes are fenced still, and a later attempt that finds
+        no parts restarts the file from zero."""
+        self.last_beat_at = time.monotonic()
+        try:
+            held = hotstate.run_beat(self.job.job_id, attempt=self.attempt, parts=parts)
+        except redis.RedisError:
+            logger.warning(
+                "%s attempt %s: no heartbeat (Redis)", self.job.job_id, self.attempt, exc_info=True
+            )
+            return
+        if not held:
+            raise JobSuperseded(self.job.job_id)
+
     def _write_row(self, **fields: Any) -> None:
         """Every write of the attempt is fenced by its number: once the reaper or a newer
         attempt has taken the job, this attempt's writes are refused and it stops."""
         rows = DownloadJob.objects.filter(pk=self.job.pk, status=Status.PROCESSING, attempts=self.attempt)
-        now = timezone.now()
-        # The same write is the attempt's heartbeat, which the reaper watches.
-        if not write(rows, self.job, updated_at=now, heartbeat_at=now, **fields):
+        if not write(rows, self.job, updated_at=timezone.now(), **fields):
             raise JobSuperseded(self.job.job_id)
         for name, value in fields.items():
             setattr(self.job, name, value)

@@ -22,6 +22,7 @@ from rest_framework.authtoken.models import Token
 from conftest import Stack, stack_env
 from devtools.servers import S3Endpoint
 from jobs.models import DownloadJob
+from tests import factories
 from tests.support.flows import (
     assert_downloads_exactly,
     eventually,
@@ -425,7 +426,8 @@ def test_ten_jobs_of_a_killed_worker_resume_from_their_stored_parts(
         # Every job has stored at least one part when the worker dies.
         eventually(
             lambda: all(
-                len(row.upload_parts) >= 1 for row in DownloadJob.objects.filter(job_id__in=jobs.values())
+                len(factories.recorded_parts(row)) >= 1
+                for row in DownloadJob.objects.filter(job_id__in=jobs.values())
             ),
             timeout_s=30,
             what="a part stored by each of the 10 jobs",

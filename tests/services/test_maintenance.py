@@ -6,12 +6,14 @@ import importlib
 import io
 import json
 import threading
+import time
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from botocore.exceptions import ClientError
 from django.contrib.auth.models import User
 from django.core.files.base import ContentFile
@@ -22,7 +24,7 @@ from django.db import connection
 from django.utils import timezone
 
 from downloads_project.celery import app
-from jobs import services
+from jobs import hotstate, services
 from jobs.errors import JobSuperseded
 from jobs.models import DownloadJob, Status
 from jobs.services.progress import AttemptHooks
@@ -153,7 +155,7 @@ def stalled_job(owner: User, media: Path, **fields: Any) -> DownloadJob:
     job = make_job(owner, status=Status.PROCESSING, task_id="first-message", upload_id="cafe", **fields)
     job.storage_key = f"downloads/{owner.pk}/{job.job_id}-{job.attempts}"
     job.save(update_fields=["storage_key"])
-    DownloadJob.objects.filter(pk=job.pk).update(heartbeat_at=ago(STALE_S + 5))
+    factories.beat(job, seconds_ago=STALE_S + 5)
     leftover = media / f"{job.storage_key}.cafe.part"
     leftover.parent.mkdir(parents=True, exist_ok=True)
     leftover.write_bytes(b"half a file")
@@ -172,12 +174,12 @@ def test_reap_fences_a_stalled_job_out_and_dispatches_it_again(
         assert services.download_jobs_reap() == 1
 
     job.refresh_from_db()
-    assert (job.status, job.attempts, job.upload_id, job.heartbeat_at) == (Status.QUEUED, 1, "cafe", None)
+    assert (job.status, job.attempts, job.upload_id) == (Status.QUEUED, 1, "cafe")
     assert dispatched == [{"args": (job.pk,), "queue": "downloads.normal", "countdown": 0}]
     # The upload stays for the next attempt to resume.
     assert stored_files(media) == [f"{job.storage_key}.cafe.part"]
     # The old attempt, had it only stalled, may no longer write or complete.
-    reaper_settings.PROGRESS_DB_INTERVAL_S = 0
+    reaper_settings.JOB_HEARTBEAT_INTERVAL_S = 0
     with pytest.raises(JobSuperseded):
         old_attempt.chunk_staged(bytes_done=10, bytes_total=100)
     staged = StagedFile(key=f"{job.storage_key}-late", file_name="f", content_type="x", size=4, sha256="0")
@@ -241,7 +243,7 @@ def test_reap_fails_a_stalled_job_on_its_last_attempt(
 
 def test_reap_leaves_a_job_with_a_fresh_heartbeat_alone(user, reaper_settings, dispatched, on_commit):
     job = make_job(user, status=Status.PROCESSING, attempts=1, task_id="live")
-    DownloadJob.objects.filter(pk=job.pk).update(heartbeat_at=ago(STALE_S - 10))
+    factories.beat(job, seconds_ago=STALE_S - 10)
 
     with on_commit():
         assert services.download_jobs_reap() == 0
@@ -251,22 +253,103 @@ def test_reap_leaves_a_job_with_a_fresh_heartbeat_alone(user, reaper_settings, d
     assert dispatched == []
 
 
-def test_a_started_job_has_a_fresh_heartbeat_and_its_progress_writes_renew_it(
+def test_a_started_job_has_a_fresh_heartbeat_and_its_beats_renew_it(
     user, reaper_settings, dispatched, on_commit
 ):
     job = make_job(user)
-    started = services.download_job_start(job_pk=job.pk, task_id="t")
+    with on_commit():
+        started = services.download_job_start(job_pk=job.pk, task_id="t")
     assert started is not None
-    assert started.heartbeat_at is not None
-    DownloadJob.objects.filter(pk=job.pk).update(heartbeat_at=ago(STALE_S + 5))
-    reaper_settings.PROGRESS_DB_INTERVAL_S = 0
+    state = hotstate.run_read(job.job_id)
+    assert state is not None
+    assert (state.attempt, state.live) == (1, True)
+    assert time.time() - state.beat < 5
+    factories.beat(started, seconds_ago=STALE_S + 5)
+    reaper_settings.JOB_HEARTBEAT_INTERVAL_S = 0
+    writes = factories.row_writes(job)
 
     AttemptHooks(started).chunk_staged(bytes_done=10, bytes_total=100)
 
     with on_commit():
         assert services.download_jobs_reap() == 0
     job.refresh_from_db()
-    assert (job.status, job.bytes_done) == (Status.PROCESSING, 10)
+    assert job.status == Status.PROCESSING
+    assert factories.row_writes(job) == writes  # the beat went to Redis, not to the row
+
+
+def test_a_processing_job_without_a_heartbeat_in_redis_gets_a_grace_period_then_is_reaped(
+    user, local_storage, reaper_settings, dispatched, on_commit
+):
+    """Redis lost the attempt's state (restarted empty): the reaper cannot tell a live
+    attempt from a dead one, so it gives it one threshold to beat again."""
+    job = stalled_job(user, Path(local_storage.location))
+    hotstate.run_forget(job.job_id)
+
+    with on_commit():
+        assert services.download_jobs_reap() == 0
+    state = hotstate.run_read(job.job_id)
+    assert state is not None
+    assert (state.attempt, state.live) == (1, True)
+    assert dispatched == []
+
+    later = timezone.now() + timedelta(seconds=STALE_S + 1)
+    with on_commit():
+        assert services.download_jobs_reap(now=later) == 1
+    job.refresh_from_db()
+    assert (job.status, job.attempts) == (Status.QUEUED, 1)
+    assert len(dispatched) == 1
+
+
+def test_a_live_attempt_writes_its_lost_state_again_at_its_next_beat(user, reaper_settings, on_commit):
+    job = make_job(user)
+    with on_commit():
+        started = services.download_job_start(job_pk=job.pk, task_id="t")
+    assert started is not None
+    hotstate.run_forget(job.job_id)  # Redis restarted empty
+    reaper_settings.JOB_HEARTBEAT_INTERVAL_S = 0
+
+    AttemptHooks(started).part_stored(parts=[{"n": 1, "etag": '"a"', "size": 5}])
+
+    state = hotstate.run_read(job.job_id)
+    assert state is not None
+    assert (state.attempt, state.live, state.parts) == (1, True, [{"n": 1, "etag": '"a"', "size": 5}])
+
+
+def test_an_older_attempt_is_refused_once_a_newer_one_started(
+    user, local_storage, reaper_settings, on_commit
+):
+    job = stalled_job(user, Path(local_storage.location))
+    old_attempt = AttemptHooks(DownloadJob.objects.get(pk=job.pk))
+    with on_commit():
+        assert services.download_job_start(job_pk=job.pk, task_id="first-message") is not None
+
+    with pytest.raises(JobSuperseded):
+        old_attempt.part_stored(parts=[{"n": 1, "etag": '"late"', "size": 5}])
+    reaper_settings.JOB_HEARTBEAT_INTERVAL_S = 0
+    with pytest.raises(JobSuperseded):
+        old_attempt.chunk_staged(bytes_done=10, bytes_total=100)
+    state = hotstate.run_read(job.job_id)
+    assert state is not None
+    assert (state.attempt, state.live, state.parts) == (2, True, [])
+
+
+def test_while_redis_is_down_no_processing_job_is_reaped_and_queued_ones_still_are(
+    user, local_storage, reaper_settings, dispatched, on_commit, monkeypatch
+):
+    stalled = stalled_job(user, Path(local_storage.location))
+    lost = make_job(user)
+    DownloadJob.objects.filter(pk=lost.pk).update(updated_at=ago(601))
+
+    def redis_down(job_ids: list[str]) -> None:
+        raise redis.ConnectionError("Connection refused")
+
+    monkeypatch.setattr(hotstate, "run_read_many", redis_down)
+    with on_commit():
+        assert services.download_jobs_reap() == 1
+
+    stalled.refresh_from_db()
+    assert stalled.status == Status.PROCESSING
+    assert dispatched == [{"args": (lost.pk,), "queue": "downloads.normal", "countdown": 0}]
 
 
 # --- the reaper: queued jobs no worker took ------------------------------------------------

@@ -109,7 +109,7 @@ def test_a_retry_resumes_after_the_last_stored_part(user, origin, storage):
 
     job.refresh_from_db()
     assert (job.status, job.error_code) == (Status.QUEUED, ErrorCode.NETWORK_ERROR)
-    assert [part["size"] for part in job.upload_parts] == [PART]
+    assert [part["size"] for part in factories.recorded_parts(job)] == [PART]
     assert job.upload_id
     assert job.origin_validator == script.etag(FILE_ID)
 
@@ -118,7 +118,7 @@ def test_a_retry_resumes_after_the_last_stored_part(user, origin, storage):
     job.refresh_from_db()
     assert (job.status, job.attempts, job.resumed_bytes) == (Status.COMPLETED, 2, PART)
     assert job.storage_key == f"downloads/{user.pk}/{job.job_id}-1"  # the upload of attempt 1
-    assert (job.upload_id, job.upload_parts) == ("", [])
+    assert (job.upload_id, factories.recorded_parts(job)) == ("", [])
     assert job.sha256 == script.sha256(FILE_ID)
     assert stored_bytes(job) == script.content(FILE_ID)
     assert storage.objects(job) == [job.storage_key]
@@ -126,6 +126,37 @@ def test_a_retry_resumes_after_the_last_stored_part(user, origin, storage):
     # Attempt 1 sent half the file; attempt 2 only what was not stored.
     assert origin.requests[FILE_ID] == 2
     assert origin.bytes_sent[FILE_ID] <= SIZE // 2 + 256 * 1024 + (SIZE - PART)
+
+
+@committed
+def test_a_job_writes_its_row_five_times_whatever_its_parts_and_heartbeats(user, origin, storage, settings):
+    """The insert, the start, the upload's opening, the file's facts before the commit,
+    the completion: the parts and the heartbeats (here one per chunk) go to Redis."""
+    settings.JOB_HEARTBEAT_INTERVAL_S = 0
+    settings.STAGING_CHUNK_BYTES = 256 * 1024
+    script = origin.add(FILE_ID, FileScript(size=5 * PART + 7))
+    job = make_job(user)
+
+    services.download_job_run(job_pk=job.pk)
+
+    job.refresh_from_db()
+    assert (job.status, job.sha256) == (Status.COMPLETED, script.sha256(FILE_ID))
+    assert factories.row_writes(job) == 5
+
+
+@committed
+def test_a_retried_job_adds_three_row_writes_per_attempt(user, origin, storage, settings):
+    """The failed attempt's end, the next attempt's start and its upload's opening."""
+    settings.JOB_HEARTBEAT_INTERVAL_S = 0
+    origin.add(FILE_ID, FileScript(size=SIZE, faults=["drop"]))
+    job = make_job(user)
+
+    services.download_job_run(job_pk=job.pk)
+    services.download_job_run(job_pk=job.pk)
+
+    job.refresh_from_db()
+    assert (job.status, job.attempts, job.resumed_bytes) == (Status.COMPLETED, 2, PART)
+    assert factories.row_writes(job) == 8
 
 
 @committed
@@ -182,7 +213,7 @@ def test_a_fenced_attempt_can_no_longer_record_parts_or_commit(user, origin, sto
     started = services.download_job_start(job_pk=job.pk)
     assert started is not None
     old_attempt = AttemptHooks(started)  # the worker's copy of attempt 2
-    recorded = DownloadJob.objects.get(pk=job.pk).upload_parts
+    recorded = factories.recorded_parts(job)
     # Attempt 2's worker goes silent; the reaper presumes it dead and fences it out.
     later = timezone.now() + timedelta(seconds=settings.JOB_HEARTBEAT_STALE_S + 1)
     assert services.download_jobs_reap(now=later) == 1
@@ -193,7 +224,7 @@ def test_a_fenced_attempt_can_no_longer_record_parts_or_commit(user, origin, sto
         old_attempt.before_commit(file=StoredFileFacts(size=SIZE, file_name="f", content_type="", sha256=""))
 
     job.refresh_from_db()
-    assert (job.status, job.upload_parts) == (Status.QUEUED, recorded)
+    assert (job.status, factories.recorded_parts(job)) == (Status.QUEUED, recorded)
     # The next attempt resumes what the fenced one could not spoil, and completes.
     services.download_job_run(job_pk=job.pk)
     job.refresh_from_db()
@@ -220,7 +251,7 @@ def test_a_job_past_its_time_limit_fails_and_leaves_no_partial_object(user, orig
         ErrorCode.DOWNLOAD_TIMEOUT,
         False,
     )
-    assert (job.upload_id, job.upload_parts) == ("", [])
+    assert (job.upload_id, factories.recorded_parts(job)) == ("", [])
     assert storage.objects(job) == []
     assert storage.leftovers(job) == []
 
@@ -232,7 +263,7 @@ def test_cancelling_a_job_that_waits_for_its_retry_aborts_its_upload(user, origi
     services.download_job_run(job_pk=job.pk)
     job.refresh_from_db()
     assert job.status == Status.QUEUED
-    assert job.upload_parts
+    assert factories.recorded_parts(job)
 
     services.download_job_cancel(job=job)
 
@@ -280,7 +311,7 @@ def test_a_redis_error_at_cancel_neither_skips_the_abort_nor_fails_the_request(
     job = make_job(user)
     services.download_job_run(job_pk=job.pk)  # one part stored, queued for its retry
     job.refresh_from_db()
-    assert job.upload_parts
+    assert factories.recorded_parts(job)
 
     def redis_down(job_id: str) -> None:
         raise redis.ConnectionError("Connection refused")

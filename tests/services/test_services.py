@@ -350,9 +350,15 @@ def test_run_fails_dead_lettered_when_the_last_attempt_fails(
     assert stored_files(media) == []
 
 
+def streaming(job: DownloadJob) -> bool:
+    """The job's attempt has sent its first progress: bytes flow."""
+    hot = hotstate.progress_read_many([job.job_id]).get(job.job_id)
+    return hot is not None and hot.bytes_done > 0
+
+
 @committed
 def test_cancel_mid_stream_stops_the_attempt_and_leaves_nothing(user, origin, media, worker_settings):
-    worker_settings.PROGRESS_DB_INTERVAL_S = 0
+    worker_settings.JOB_HEARTBEAT_INTERVAL_S = 0
     size = 1024 * 1024
     origin.add(FILE_ID, FileScript(size=size, rate_bps=1024 * 1024))  # a second to cancel in
     job = make_job(user)
@@ -362,7 +368,7 @@ def test_cancel_mid_stream_stops_the_attempt_and_leaves_nothing(user, origin, me
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
                 row = DownloadJob.objects.get(pk=job.pk)
-                if row.status == Status.PROCESSING and row.bytes_done > 0:
+                if row.status == Status.PROCESSING and streaming(row):
                     services.download_job_cancel(job=row)
                     return
                 time.sleep(0.01)
@@ -397,7 +403,7 @@ def test_cancel_flag_alone_stops_the_stream(user, origin, media, run_attempt):
 
 @committed
 def test_a_superseded_attempt_stops_and_the_newer_one_completes(user, origin, media, worker_settings):
-    worker_settings.PROGRESS_DB_INTERVAL_S = 0
+    worker_settings.JOB_HEARTBEAT_INTERVAL_S = 0
     script = origin.add(FILE_ID, FileScript(size=1024 * 1024, rate_bps=1024 * 1024))
     job = make_job(user)
 
@@ -410,7 +416,7 @@ def test_a_superseded_attempt_stops_and_the_newer_one_completes(user, origin, me
     first = threading.Thread(target=first_attempt)
     first.start()
     deadline = time.monotonic() + 10
-    while not DownloadJob.objects.filter(pk=job.pk, bytes_done__gt=0).exists():
+    while not streaming(job):
         assert time.monotonic() < deadline
         time.sleep(0.01)
     # The message is redelivered while the first worker still streams.
@@ -424,11 +430,15 @@ def test_a_superseded_attempt_stops_and_the_newer_one_completes(user, origin, me
     assert origin.bytes_sent[FILE_ID] < 2 * script.size  # the first attempt stopped early
 
 
-def test_a_stale_attempt_cannot_write_progress(user, origin, media, worker_settings):
-    worker_settings.PROGRESS_DB_INTERVAL_S = 0
+def test_a_stale_attempt_cannot_write_progress(
+    user, origin, media, worker_settings, django_capture_on_commit_callbacks
+):
+    worker_settings.JOB_HEARTBEAT_INTERVAL_S = 0
     job = make_job(user)
-    stale = services.download_job_start(job_pk=job.pk)
-    services.download_job_start(job_pk=job.pk)  # redelivered: attempt 2
+    with django_capture_on_commit_callbacks(execute=True):
+        stale = services.download_job_start(job_pk=job.pk)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.download_job_start(job_pk=job.pk)  # redelivered: attempt 2
 
     with pytest.raises(JobSuperseded):
         AttemptHooks(stale).chunk_staged(bytes_done=10, bytes_total=100)
