@@ -13,7 +13,7 @@ import environ
 from corsheaders.defaults import default_headers as cors_default_headers
 from django.core.exceptions import ImproperlyConfigured
 
-from downloads_project import roles
+from downloads_project import redis_servers, roles
 from jobs.queues import DEFAULT_QUEUE, MAINTENANCE_QUEUE
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -209,7 +209,21 @@ if urlsplit(REDIS_URL).path.strip("/"):
         "the service uses its databases 0-3, or set CELERY_BROKER_URL, REDIS_STATE_URL, "
         "CHANNEL_LAYER_URL and REDIS_CACHE_URL one by one"
     )
+# Redis Sentinel: with REDIS_SENTINELS (host:port,...) and REDIS_SENTINEL_MASTER, the
+# broker, hot state, channel layer and cache all use databases 0-3 of whichever server the
+# sentinels name master, and follow it through a failover (REDIS_URL and the URLs below
+# then only name the databases).
+REDIS_SENTINELS = redis_servers.sentinels_parse(env.list("REDIS_SENTINELS", default=[]))
+REDIS_SENTINEL_MASTER = env("REDIS_SENTINEL_MASTER", default="")
+if REDIS_SENTINELS and not REDIS_SENTINEL_MASTER:
+    raise ImproperlyConfigured("REDIS_SENTINELS is set: set REDIS_SENTINEL_MASTER, the master's name too")
+if REDIS_SENTINELS:
+    REDIS_URL = f"redis://{REDIS_SENTINEL_MASTER}"
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=f"{REDIS_URL}/0")
+if REDIS_SENTINELS:
+    # kombu asks each sentinel in turn for the master (transport option master_name).
+    _broker_db = redis_servers.database(CELERY_BROKER_URL)
+    CELERY_BROKER_URL = ";".join(f"sentinel://{host}:{port}/{_broker_db}" for host, port in REDIS_SENTINELS)
 REDIS_STATE_URL = env("REDIS_STATE_URL", default=f"{REDIS_URL}/1")
 CHANNEL_LAYER_URL = env("CHANNEL_LAYER_URL", default=f"{REDIS_URL}/2")
 REDIS_CACHE_URL = env("REDIS_CACHE_URL", default=f"{REDIS_URL}/3")  # may evict
@@ -220,7 +234,13 @@ REDIS_POOL_MAX_CONNECTIONS = env.int("REDIS_POOL_MAX_CONNECTIONS", default=50)
 REDIS_POOL_TIMEOUT_S = env.float("REDIS_POOL_TIMEOUT_S", default=5.0)
 REDIS_SOCKET_TIMEOUT_S = env.float("REDIS_SOCKET_TIMEOUT_S", default=5.0)
 
-CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_CACHE_URL}}
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_CACHE_URL,
+        "OPTIONS": {"pool_class": "downloads_project.redis_servers.CachePool"},
+    }
+}
 
 CHANNEL_LAYERS = {
     "default": {
@@ -235,6 +255,15 @@ CHANNEL_LAYERS = {
         },
     }
 }
+
+if REDIS_SENTINELS:
+    # channels-redis finds the master through the sentinels itself.
+    for _host in CHANNEL_LAYERS["default"]["CONFIG"]["hosts"]:  # type: ignore[index]
+        _host.update(
+            sentinels=REDIS_SENTINELS,
+            master_name=REDIS_SENTINEL_MASTER,
+            db=redis_servers.database(_host.pop("address")),
+        )
 
 # --- Celery ------------------------------------------------------------------------------
 
@@ -257,6 +286,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     ),
     # Serve downloads.high before downloads.normal before downloads.low.
     "queue_order_strategy": "priority",
+    **({"master_name": REDIS_SENTINEL_MASTER} if REDIS_SENTINELS else {}),
 }
 CELERY_TASK_DEFAULT_QUEUE = DEFAULT_QUEUE
 CELERY_TIMEZONE = TIME_ZONE

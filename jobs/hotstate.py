@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import redis
 from django.conf import settings
 
+from downloads_project import redis_servers
+
 if TYPE_CHECKING:
     from jobs.models import DownloadJob
 
@@ -26,8 +28,9 @@ def client() -> redis.Redis:
     """The process's client of hot-state Redis. Its pool is shared by every thread, and a
     web process runs each request in a thread of its own: a busy pool makes a thread wait
     for a connection (at most REDIS_POOL_TIMEOUT_S) rather than fail or open one more."""
-    pool = redis.BlockingConnectionPool.from_url(
+    pool = redis_servers.pool(
         settings.REDIS_STATE_URL,
+        blocking=True,
         max_connections=settings.REDIS_POOL_MAX_CONNECTIONS,
         timeout=settings.REDIS_POOL_TIMEOUT_S,
         socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT_S,

@@ -24,12 +24,17 @@ from limits import RateLimitItem, parse
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 
+from jobs import hotstate
+
 logger = logging.getLogger(__name__)
 
 
 @cache
 def _limiter() -> MovingWindowRateLimiter:
-    storage = RedisStorage(settings.REDIS_STATE_URL, key_prefix="ratelimit")
+    # The hot-state pool: bounded, with its timeouts, and following a Sentinel failover.
+    storage = RedisStorage(
+        "redis://", connection_pool=hotstate.client().connection_pool, key_prefix="ratelimit"
+    )
     return MovingWindowRateLimiter(storage)
 
 

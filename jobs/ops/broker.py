@@ -9,6 +9,7 @@ from functools import cache
 import redis
 from django.conf import settings
 
+from downloads_project import redis_servers
 from jobs.queues import queue_name
 
 PRIORITIES = ("high", "normal", "low")
@@ -18,7 +19,7 @@ _KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
 
 @cache
 def broker_client() -> redis.Redis:
-    return redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_connect_timeout=1, socket_timeout=1)
+    return redis_servers.client(settings.CELERY_BROKER_URL, socket_connect_timeout=1, socket_timeout=1)
 
 
 def queue_depths() -> dict[str, int]:

@@ -14,7 +14,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import redis
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -24,6 +23,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from storages.backends.s3 import S3Storage
 
+from downloads_project import redis_servers
 from jobs.ops import scrape
 from jobs.transfer.storage import downloads_storage
 
@@ -73,7 +73,7 @@ def _redis_urls() -> dict[str, str]:
 
 
 def _redis(url: str) -> None:
-    client = redis.Redis.from_url(
+    client = redis_servers.client(
         url,
         socket_connect_timeout=CHECK_TIMEOUT_S,
         socket_timeout=CHECK_TIMEOUT_S,

@@ -12,6 +12,7 @@ from jobs.ops import metrics
 from jobs.services.writes import (
     InvalidTransition,
     dispatch_on_commit,
+    hot_on_commit,
     on_commit,
     publish_on_commit,
     transition,
@@ -34,7 +35,9 @@ def download_job_cancel(*, job: DownloadJob) -> DownloadJob:
             upload_id="",
         )
         on_commit(lambda: hotstate.cancel_flag_set(job.job_id))
-        on_commit(lambda: hotstate.run_fence(job.job_id, attempt=job.attempts))
+        hot_on_commit(
+            job.job_id, "fence off the attempt", lambda: hotstate.run_fence(job.job_id, attempt=job.attempts)
+        )
         # A job waiting for its retry keeps the upload of its last attempt: no worker
         # holds it, so it is aborted here (a running worker aborts its own as well).
         on_commit(lambda: upload_abort(key, upload_id, job.job_id))
@@ -79,7 +82,7 @@ def download_job_retry(*, job: DownloadJob, dead_lettered_only: bool = False) ->
             error_retryable=None,
         )
         on_commit(lambda: hotstate.cancel_flag_clear(job.job_id))
-        on_commit(lambda: hotstate.run_forget(job.job_id))
+        hot_on_commit(job.job_id, "drop the attempt state", lambda: hotstate.run_forget(job.job_id))
         publish_on_commit(job, "status_update")
         dispatch_on_commit(job)
     return job

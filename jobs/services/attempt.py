@@ -22,7 +22,9 @@ from jobs.services.progress import AttemptHooks
 from jobs.services.writes import (
     JobStateConflict,
     dispatch_on_commit,
+    hot_on_commit,
     on_commit,
+    progress_forget,
     publish_on_commit,
     storage_key_for,
     transition,
@@ -88,7 +90,7 @@ def download_job_start(*, job_pk: int, task_id: str = "") -> DownloadJob | None:
                 task_id=task_id,
             )
             publish_on_commit(job, "status_update")
-            on_commit(lambda: _claim(job, parts if resumable else []))
+            hot_on_commit(job.job_id, "claim the attempt", lambda: _claim(job, parts if resumable else []))
     except JobStateConflict:
         return None
     return job
@@ -193,7 +195,7 @@ def _attempt_run(job: DownloadJob) -> StagedFile | None:
         )
     except (JobCancelled, JobSuperseded):
         logger.info("%s attempt %s stopped: cancelled or superseded", job.job_id, attempt)
-        hotstate.progress_clear(job.job_id)
+        progress_forget(job.job_id)
         return None
     except JobError as error:
         attempt_fail(job, attempt=attempt, error=error)
@@ -305,7 +307,7 @@ def _complete(job: DownloadJob, *, attempt: int, staged: StagedFile) -> None:
                 error_retryable=None,
             )
             publish_on_commit(job, "completed")
-            on_commit(lambda: hotstate.run_forget(job.job_id))
+            hot_on_commit(job.job_id, "drop the attempt state", lambda: hotstate.run_forget(job.job_id))
             on_commit(lambda: metrics.job_completed(job, size=staged.size))
     except JobStateConflict:
         # Cancelled (or superseded) after the last chunk: the file must not stay behind,
@@ -316,7 +318,7 @@ def _complete(job: DownloadJob, *, attempt: int, staged: StagedFile) -> None:
         if not keeps_it:
             stored_file_delete(staged.key)
         logger.info("%s attempt %s finished after it was cancelled or superseded", job.job_id, attempt)
-    hotstate.progress_clear(job.job_id)
+    progress_forget(job.job_id)
 
 
 def retry_delay_s(attempt: int) -> float:
@@ -349,7 +351,11 @@ def attempt_fail(job: DownloadJob, *, attempt: int, error: JobError, dead_letter
                 )
                 publish_on_commit(job, "status_update")
                 # Its parts stay in Redis for the next attempt; this one may write no more.
-                on_commit(lambda: hotstate.run_fence(job.job_id, attempt=attempt))
+                hot_on_commit(
+                    job.job_id,
+                    "fence off the attempt",
+                    lambda: hotstate.run_fence(job.job_id, attempt=attempt),
+                )
                 dispatch_on_commit(job, countdown_s=delay_s)
                 on_commit(lambda: metrics.job_ended("retried", error.code))
                 logger.info(
@@ -369,10 +375,10 @@ def attempt_fail(job: DownloadJob, *, attempt: int, error: JobError, dead_letter
                 )
                 # No attempt follows: nothing of the file may stay in storage.
                 on_commit(lambda: upload_abort(key, upload_id, job.job_id))
-                on_commit(lambda: hotstate.run_forget(job.job_id))
+                hot_on_commit(job.job_id, "drop the attempt state", lambda: hotstate.run_forget(job.job_id))
                 publish_on_commit(job, "error")
                 on_commit(lambda: metrics.job_ended("failed", error.code))
                 logger.warning("%s failed with %s after %s attempt(s)", job.job_id, error.code, attempt)
     except JobStateConflict:
         logger.info("%s attempt %s failed after it was cancelled or superseded", job.job_id, attempt)
-    hotstate.progress_clear(job.job_id)
+    progress_forget(job.job_id)

@@ -21,7 +21,9 @@ from jobs.services.writes import (
     InvalidTransition,
     JobStateConflict,
     dispatch_on_commit,
+    hot_on_commit,
     on_commit,
+    progress_forget,
     publish_on_commit,
     transition,
     upload_abort,
@@ -198,14 +200,14 @@ def _reap_stalled(job: DownloadJob, *, last_beat: float, stale_before: float) ->
             setattr(job, name, value)
         if last_attempt:
             publish_on_commit(job, "error")
-            on_commit(lambda: hotstate.run_forget(job.job_id))
+            hot_on_commit(job.job_id, "drop the attempt state", lambda: hotstate.run_forget(job.job_id))
             on_commit(lambda: metrics.job_ended("failed", error.code))
         else:
             publish_on_commit(job, "status_update")
             dispatch_on_commit(job)
     if last_attempt:
         upload_abort(leftover_key, leftover_upload_id, job.job_id)
-    hotstate.progress_clear(job.job_id)
+    progress_forget(job.job_id)
     logger.warning(
         "%s attempt %s sent no heartbeat since %s: %s",
         job.job_id,

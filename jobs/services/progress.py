@@ -39,6 +39,7 @@ class AttemptHooks:
         self.last_push_at = 0.0
         self.last_percent = -1
         self.last_beat_at = time.monotonic()
+        self.redis_down_until = 0.0
 
     def upload_opened(
         self,
@@ -75,17 +76,36 @@ class AttemptHooks:
         )
 
     def chunk_staged(self, *, bytes_done: int, bytes_total: int | None) -> None:
-        if hotstate.cancel_flag_is_set(self.job.job_id):
-            raise JobCancelled(self.job.job_id)
-        # 100 % is said by the completion, not while the upload is being finished.
-        percent = min(99, bytes_done * 100 // bytes_total) if bytes_total else 0
         now = time.monotonic()
-        due = now - self.last_push_at >= settings.PROGRESS_PUSH_INTERVAL_S
-        if due and (percent != self.last_percent or not bytes_total):
-            self.last_push_at, self.last_percent = now, percent
-            self._push(percent, bytes_done, bytes_total)
+        if now < self.redis_down_until:
+            return  # hot-state Redis failed a moment ago: the attempt goes on without it
+        try:
+            if hotstate.cancel_flag_is_set(self.job.job_id):
+                raise JobCancelled(self.job.job_id)
+            # 100 % is said by the completion, not while the upload is being finished.
+            percent = min(99, bytes_done * 100 // bytes_total) if bytes_total else 0
+            due = now - self.last_push_at >= settings.PROGRESS_PUSH_INTERVAL_S
+            if due and (percent != self.last_percent or not bytes_total):
+                self.last_push_at, self.last_percent = now, percent
+                self._push(percent, bytes_done, bytes_total)
+        except redis.RedisError:
+            self._redis_failed("progress and the cancel flag")
+            return
         if now - self.last_beat_at >= settings.JOB_HEARTBEAT_INTERVAL_S:
             self._beat()
+
+    def _redis_failed(self, what: str) -> None:
+        """Hot-state Redis failed: the attempt goes on, and leaves Redis alone for one
+        heartbeat period rather than wait on it at every chunk. Meanwhile a cancel is seen
+        at its next row write (the fence), and watchers hear nothing new."""
+        self.redis_down_until = time.monotonic() + settings.JOB_HEARTBEAT_INTERVAL_S
+        logger.warning(
+            "%s attempt %s: hot-state Redis failed (%s); going on without it",
+            self.job.job_id,
+            self.attempt,
+            what,
+            exc_info=True,
+        )
 
     def _push(self, percent: int, bytes_done: int, bytes_total: int | None) -> None:
         job_id = self.job.job_id
@@ -115,9 +135,7 @@ class AttemptHooks:
         try:
             held = hotstate.run_beat(self.job.job_id, attempt=self.attempt, parts=parts)
         except redis.RedisError:
-            logger.warning(
-                "%s attempt %s: no heartbeat (Redis)", self.job.job_id, self.attempt, exc_info=True
-            )
+            self._redis_failed("heartbeat")
             return
         if not held:
             raise JobSuperseded(self.job.job_id)

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import redis
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F, QuerySet
@@ -58,6 +59,21 @@ def on_commit(callback: Callable[[], Any]) -> None:
     the others still run (a Redis error at a cancel must not skip the upload's abort), and
     a committed change is never answered as a failure."""
     transaction.on_commit(callback, robust=True)
+
+
+def hot_on_commit(job_id: str, what: str, action: Callable[[], Any]) -> None:
+    """Runs `action`, a write of the job's state in hot-state Redis, once the transaction
+    commits. A Redis fault is logged, not raised: the state it would have written is
+    written again or read from the row later (a running attempt's next heartbeat, the
+    reaper's grace period, the next attempt starting from zero)."""
+
+    def run() -> None:
+        try:
+            action()
+        except redis.RedisError:
+            logger.warning("Could not %s of %s (hot-state Redis)", what, job_id, exc_info=True)
+
+    on_commit(run)
 
 
 def write(rows: QuerySet[DownloadJob], job: DownloadJob, **fields: Any) -> bool:
@@ -110,6 +126,16 @@ def dispatch_on_commit(job: DownloadJob, *, countdown_s: float = 0) -> None:
             logger.exception("Could not dispatch %s to the broker", job.job_id)
 
     on_commit(send)
+
+
+def progress_forget(job_id: str) -> None:
+    """Drops the job's hot progress once its attempt ended. Never fails the caller: one
+    left behind by a Redis fault expires on its own (HOT_STATE_TTL_S), and a status answer
+    of a job that ended does not read it."""
+    try:
+        hotstate.progress_clear(job_id)
+    except redis.RedisError:
+        logger.warning("Could not drop the progress of %s", job_id, exc_info=True)
 
 
 def storage_key_for(job: DownloadJob, *, attempt: int) -> str:
