@@ -267,6 +267,11 @@ if REDIS_SENTINELS:
 
 # --- Celery ------------------------------------------------------------------------------
 
+# A worker's own metrics endpoint (its host's counters, through PROMETHEUS_MULTIPROC_DIR):
+# 0 = none. A host that runs only workers has no web process whose /metrics adds them up.
+WORKER_METRICS_PORT = env.int("WORKER_METRICS_PORT", default=0)
+WORKER_METRICS_ADDR = env("WORKER_METRICS_ADDR", default="0.0.0.0")  # noqa: S104 (a scrape port)
+
 JOB_SOFT_TIME_LIMIT_S = env.int("JOB_SOFT_TIME_LIMIT_S", default=150)
 JOB_HARD_TIME_LIMIT_S = env.int("JOB_HARD_TIME_LIMIT_S", default=JOB_SOFT_TIME_LIMIT_S + 30)
 

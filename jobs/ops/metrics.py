@@ -17,12 +17,15 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from celery.signals import worker_process_shutdown
+from celery.signals import worker_process_shutdown, worker_ready
 from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     multiprocess,
+    start_http_server,
 )
 
 if TYPE_CHECKING:
@@ -92,6 +95,29 @@ def _pool_child_exited(pid: int | None = None, **kwargs: Any) -> None:
     """A Celery pool child that exits takes its live gauges with it; its counts stay."""
     if multiprocess_dir():
         multiprocess.mark_process_dead(pid or os.getpid())
+
+
+@worker_ready.connect
+def _worker_metrics_serve(**kwargs: Any) -> None:
+    """With WORKER_METRICS_PORT, the worker's main process serves the counters of its host's
+    processes (its pool children, through PROMETHEUS_MULTIPROC_DIR) on that port: a worker
+    host has no web process whose /metrics would add them up. Only counters: the levels
+    read from their source at scrape time (queue depth, active jobs) stay on /metrics."""
+    from django.conf import settings
+
+    port = settings.WORKER_METRICS_PORT
+    if not port:
+        return
+    registry = REGISTRY
+    if directory := multiprocess_dir():
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=directory)
+    else:
+        logger.warning(
+            "WORKER_METRICS_PORT without PROMETHEUS_MULTIPROC_DIR: the pool children's counts are not seen"
+        )
+    start_http_server(port, addr=settings.WORKER_METRICS_ADDR, registry=registry)
+    logger.info("Worker metrics on %s:%s/metrics", settings.WORKER_METRICS_ADDR, port)
 
 
 def multiprocess_dir_reset(path: str | Path) -> None:
