@@ -30,6 +30,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import StaticFilesHandler  # noqa: E402
 
+from downloads_project.legacy_wait import LegacyWait  # noqa: E402
 from downloads_project.logging import redact_handlers  # noqa: E402
 from realtime.auth import AllowedHostsOrNoOriginValidator, TokenAuthMiddlewareStack  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
@@ -44,7 +45,10 @@ application = ProtocolTypeRouter(
     {
         # The page's script and styles come from the app server itself (found by the
         # staticfiles finders, no collectstatic step); a proxy may serve /static/ instead.
-        "http": WSGIMiddleware(StaticFilesHandler(django_wsgi_app), workers=settings.WEB_THREADS),  # type: ignore[arg-type]
+        # The old POST /download/start waits for its job on the event loop, not in a thread.
+        "http": LegacyWait(
+            WSGIMiddleware(StaticFilesHandler(django_wsgi_app), workers=settings.WEB_THREADS)  # type: ignore[arg-type]
+        ),
         # Session cookie or the job's `?ticket=`; browsers must come from a page of ALLOWED_HOSTS.
         "websocket": AllowedHostsOrNoOriginValidator(
             TokenAuthMiddlewareStack(URLRouter(websocket_urlpatterns))

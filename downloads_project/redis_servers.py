@@ -12,6 +12,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis
+import redis.asyncio
+import redis.asyncio.sentinel
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
 
@@ -60,6 +62,21 @@ def pool(url: str, *, blocking: bool = False, **options: Any) -> redis.Connectio
 
 def client(url: str, *, blocking: bool = False, **options: Any) -> redis.Redis:
     return redis.Redis(connection_pool=pool(url, blocking=blocking, **options))
+
+
+def async_client(url: str, **options: Any) -> redis.asyncio.Redis:
+    """An asyncio client of the server of `url` (or the sentinels' master), for code on an
+    event loop that must not take a thread to ask Redis. Bound to the loop it is used on."""
+    from django.conf import settings
+
+    if not settings.REDIS_SENTINELS:
+        return redis.asyncio.Redis.from_url(url, **options)
+    timeout = settings.REDIS_SOCKET_TIMEOUT_S
+    sentinel = redis.asyncio.sentinel.Sentinel(
+        settings.REDIS_SENTINELS,
+        sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
+    )
+    return sentinel.master_for(settings.REDIS_SENTINEL_MASTER, db=database(url), **options)
 
 
 class CachePool(redis.ConnectionPool):

@@ -5,13 +5,14 @@ With no variable set the service runs on its embedded default: SQLite, the Redis
 synthetic origin. Each production part is switched on by its variable.
 """
 
-from datetime import timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import environ
 from corsheaders.defaults import default_headers as cors_default_headers
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.dateparse import parse_date, parse_datetime
 
 from downloads_project import redis_servers, roles
 from jobs.queues import DEFAULT_QUEUE, MAINTENANCE_QUEUE
@@ -395,6 +396,38 @@ TOKEN_CACHE_TTL_S = env.int("TOKEN_CACHE_TTL_S", default=60)
 JOB_HEARTBEAT_STALE_S = env.float("JOB_HEARTBEAT_STALE_S", default=90.0)
 # ... and sends again a queued job no worker took for this long (the broker lost it).
 JOB_QUEUED_STALE_S = env.float("JOB_QUEUED_STALE_S", default=600.0)
+
+# The old synchronous POST /download/start (jobs/legacy.py, docs/api.md "Migrating from
+# POST /download/start"): it waits for its job at most LEGACY_WAIT_S without holding a
+# thread (below common proxies' 30-60 s), answers LEGACY_ASYNC_PERCENT of users (stable
+# per user) at once with the new flow's 202, and answers 410 once LEGACY_SUNSET_AT has
+# passed or with LEGACY_ENABLED=false. Every answer says when it was deprecated and when it
+# goes (Deprecation, Sunset) and links the successor and LEGACY_MIGRATION_URL.
+LEGACY_ENABLED = env.bool("LEGACY_ENABLED", default=True)
+LEGACY_WAIT_S = env.float("LEGACY_WAIT_S", default=20.0)
+LEGACY_ASYNC_PERCENT = env.int("LEGACY_ASYNC_PERCENT", default=0)
+if not 0 <= LEGACY_ASYNC_PERCENT <= 100:
+    raise ImproperlyConfigured(f"LEGACY_ASYNC_PERCENT is {LEGACY_ASYNC_PERCENT}: 0 to 100")
+
+
+def _aware_datetime(name: str, default: str) -> datetime | None:
+    value = env(name, default=default)
+    if not value:
+        return None
+    parsed = parse_datetime(value) or (
+        datetime.combine(parsed_date, time.min, tzinfo=UTC) if (parsed_date := parse_date(value)) else None
+    )
+    if parsed is None or parsed.tzinfo is None:
+        raise ImproperlyConfigured(f"{name} is {value!r}: a date (2027-06-01) or an ISO time with its offset")
+    return parsed
+
+
+_deprecated_at = _aware_datetime("LEGACY_DEPRECATED_AT", "2026-12-01T00:00:00+00:00")
+if _deprecated_at is None:
+    raise ImproperlyConfigured("LEGACY_DEPRECATED_AT is empty: every answer of the old endpoint says it")
+LEGACY_DEPRECATED_AT: datetime = _deprecated_at
+LEGACY_SUNSET_AT = _aware_datetime("LEGACY_SUNSET_AT", "2027-06-01T00:00:00+00:00")
+LEGACY_MIGRATION_URL = env("LEGACY_MIGRATION_URL", default="/api/docs/")
 
 STAGING_CHUNK_BYTES = env.int("STAGING_CHUNK_BYTES", default=1024 * 1024)
 # S3 needs parts of at least 5 MiB (but the last).

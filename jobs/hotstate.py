@@ -199,6 +199,15 @@ def card_write(card: JobCard) -> bool:
     return bool(written)
 
 
+def card_decode(raw: bytes | None) -> JobCard | None:
+    return JobCard.decode(raw) if raw else None
+
+
+async def card_read_async(client: Any, job_id: str) -> JobCard | None:
+    """The job's card, from an asyncio client (`redis_servers.async_client`)."""
+    return card_decode(await client.hget(_card_key(job_id), "card"))
+
+
 def card_forget(job_id: str) -> None:
     """Drops the card, before a write of the row commits: until the new card is written,
     a reader goes to the row."""

@@ -146,6 +146,26 @@ class DownloadJobStatusApi(APIView):
         return ok(data)
 
 
+def job_not_collectable(job: DownloadJob) -> ApiError:
+    """Why a job that is not completed has no file to collect (the old endpoint answers
+    the same)."""
+    if job.status == Status.EXPIRED:
+        return ApiError(
+            status_code=status.HTTP_410_GONE,
+            code="DOWNLOAD_EXPIRED",
+            message="The file was deleted after its retention period; start a new download",
+        )
+    if job.is_active:
+        message = f"Download not ready yet. Current status: {job.status}"
+        return ApiError(status_code=status.HTTP_404_NOT_FOUND, code="JOB_NOT_READY", message=message)
+    return ApiError(
+        status_code=status.HTTP_409_CONFLICT,
+        code="JOB_NOT_READY",
+        message=f"Download will not be ready: the job is {job.status}",
+        extra={"status": job.status},
+    )
+
+
 class DownloadJobApi(APIView):
     """GET collects a completed job's file as a fresh presigned URL; DELETE cancels."""
 
@@ -167,21 +187,7 @@ class DownloadJobApi(APIView):
             link = selectors.download_job_link(job=job)
             link["download_url"] = request.build_absolute_uri(link["download_url"])
             return ok(link)
-        if job.status == Status.EXPIRED:
-            raise ApiError(
-                status_code=status.HTTP_410_GONE,
-                code="DOWNLOAD_EXPIRED",
-                message="The file was deleted after its retention period; start a new download",
-            )
-        message = f"Download not ready yet. Current status: {job.status}"
-        if job.is_active:
-            raise ApiError(status_code=status.HTTP_404_NOT_FOUND, code="JOB_NOT_READY", message=message)
-        raise ApiError(
-            status_code=status.HTTP_409_CONFLICT,
-            code="JOB_NOT_READY",
-            message=f"Download will not be ready: the job is {job.status}",
-            extra={"status": job.status},
-        )
+        raise job_not_collectable(job)
 
     @extend_schema(
         operation_id="download_job_cancel",

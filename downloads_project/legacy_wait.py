@@ -1,0 +1,181 @@
+"""The wait of the old `POST /download/start` (jobs/api/legacy.py), without a thread.
+
+HTTP views run in the WSGI thread pool (asgi.py). A request of the old endpoint that had
+to wait there for its job would hold a thread for up to `LEGACY_WAIT_S`: 20 such callers
+would take the whole pool. So the view only creates the job and hands the wait over: its
+answer carries the job id in `X-Downloads-Legacy-Wait`. This ASGI middleware, in front of
+the pool, then waits on the event loop: subscribed to the job's channel-layer group (the
+events the worker publishes), re-reading the job's card from hot-state Redis every
+`RECHECK_S` in case an event was missed, until the job has ended or the wait is over.
+The answer then comes from `GET /download/start/{job_id}` run through the pool with the
+caller's own credentials: a 302 to the file, the job's error, or the 202 to the new flow.
+
+The marker header is removed from every request that reaches the pool (a client cannot
+set it) and from every answer (a client never sees it).
+"""
+
+import asyncio
+import logging
+from typing import Any
+
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from downloads_project import redis_servers
+from jobs import hotstate
+from jobs.events import job_group_name
+from jobs.models import TERMINAL_STATUSES
+
+logger = logging.getLogger(__name__)
+
+PATH = "/download/start"
+MARKER = b"x-downloads-legacy-wait"
+# How often the card is re-read while no event came: a lost event costs at most this.
+RECHECK_S = 2.0
+# Request headers the answer's request keeps from the caller's: its credentials and
+# what a client sends about itself (the body's are dropped: the answer's request has none).
+_DROPPED = {b"content-length", b"content-type", b"transfer-encoding", MARKER}
+
+Scope = dict[str, Any]
+
+
+class LegacyWait:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = [(name, value) for name, value in scope["headers"] if name.lower() != MARKER]
+        if scope["path"] != PATH or scope["method"] != "POST":
+            await self.app({**scope, "headers": headers}, receive, send)
+            return
+        answer = _Buffered()
+        await self.app({**scope, "headers": [*headers, (MARKER, b"1")]}, receive, answer.send)
+        job_id = answer.marker()
+        if job_id is None:
+            await answer.replay(send)
+            return
+        await job_end_wait(job_id, timeout_s=settings.LEGACY_WAIT_S)
+        path = f"{PATH}/{job_id}"
+        result_scope = {
+            **scope,
+            "method": "GET",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "headers": [(name, value) for name, value in headers if name.lower() not in _DROPPED],
+        }
+        await self.app(result_scope, _no_body, _Unmarked(send))
+
+
+async def _no_body() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+class _Buffered:
+    """An answer held back until it is known whether it hands a wait over."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+
+    async def send(self, message: dict[str, Any]) -> None:
+        self.messages.append(message)
+
+    def marker(self) -> str | None:
+        for message in self.messages:
+            if message["type"] == "http.response.start":
+                for name, value in message.get("headers", []):
+                    if name.lower() == MARKER:
+                        return str(value.decode("latin-1"))
+        return None
+
+    async def replay(self, send: Any) -> None:
+        for message in self.messages:
+            await _Unmarked(send)(message)
+
+
+class _Unmarked:
+    """Passes an answer on without the marker header."""
+
+    def __init__(self, send: Any) -> None:
+        self._send = send
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            headers = [(name, value) for name, value in message.get("headers", []) if name.lower() != MARKER]
+            message = {**message, "headers": headers}
+        await self._send(message)
+
+
+_clients: dict[int, Any] = {}
+
+
+def _state_client() -> Any:
+    """This event loop's asyncio client of hot-state Redis (one per loop: a client's
+    connections belong to the loop that opened them)."""
+    loop_id = id(asyncio.get_running_loop())
+    if loop_id not in _clients:
+        _clients[loop_id] = redis_servers.async_client(
+            settings.REDIS_STATE_URL,
+            max_connections=settings.REDIS_POOL_MAX_CONNECTIONS,
+            socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT_S,
+            socket_timeout=settings.REDIS_SOCKET_TIMEOUT_S,
+        )
+    return _clients[loop_id]
+
+
+async def _ended(job_id: str) -> bool:
+    """The job's card says it ended, read on the loop (no thread). A card that is missing
+    or cannot be read says nothing: the answer's request reads the row anyway."""
+    try:
+        card = await hotstate.card_read_async(_state_client(), job_id)
+    except Exception:
+        logger.warning("Legacy wait: could not read the card of %s", job_id, exc_info=True)
+        return False
+    return card is not None and card.status in TERMINAL_STATUSES
+
+
+async def job_end_wait(job_id: str, *, timeout_s: float) -> bool:
+    """Waits until the job has ended (True) or `timeout_s` has passed (False), on the
+    event loop: the job's events, and its card every RECHECK_S."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    layer = get_channel_layer()
+    group = job_group_name(job_id)
+    channel = None
+    try:
+        if layer is not None:
+            try:
+                channel = await layer.new_channel()
+                await layer.group_add(group, channel)
+            except Exception:
+                logger.warning("Legacy wait: no events for %s; reading its card only", job_id, exc_info=True)
+                channel = None
+        while True:
+            if await _ended(job_id):
+                return True
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            step = min(left, RECHECK_S)
+            if channel is None:
+                await asyncio.sleep(step)
+                continue
+            try:
+                message = await asyncio.wait_for(layer.receive(channel), timeout=step)
+            except TimeoutError:
+                continue
+            except Exception:
+                logger.warning("Legacy wait: events of %s lost; reading its card only", job_id, exc_info=True)
+                channel = None
+                continue
+            if message.get("event", {}).get("status") in TERMINAL_STATUSES:
+                return True
+    finally:
+        if channel is not None and layer is not None:
+            try:
+                await layer.group_discard(group, channel)
+            except Exception:
+                logger.warning("Legacy wait: could not leave the group of %s", job_id, exc_info=True)

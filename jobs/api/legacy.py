@@ -1,0 +1,139 @@
+"""`POST /download/start`, the old synchronous endpoint (jobs/legacy.py), on the new pipeline.
+
+It takes what initiate takes (the same authentication, validation, limits and
+`Idempotency-Key`) and creates the job the same way. Then:
+
+- retired (`LEGACY_ENABLED=false`, or past `LEGACY_SUNSET_AT`): 410 `ENDPOINT_RETIRED`;
+- the job already finished (a retained file reused at once): 302 to a fresh download URL;
+  failed or cancelled: the error of `GET /v1/download/{job_id}`;
+- a caller in `LEGACY_ASYNC_PERCENT`, or no ASGI wait in front of this view: 202 with
+  `Location: /v1/download/status/{job_id}`, `Retry-After` and initiate's body;
+- otherwise the view answers the ASGI wait (downloads_project/legacy_wait.py), which waits
+  for the job without a thread, at most `LEGACY_WAIT_S`, and then asks
+  `GET /download/start/{job_id}` (`LegacyDownloadResultApi`) for the answer: 302, the
+  error, or the 202 if it is still running.
+
+Every answer carries the deprecation headers and is counted (jobs/legacy.py).
+"""
+
+import math
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpResponseRedirect
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from jobs import legacy, selectors
+from jobs.api.errors import ApiError
+from jobs.api.views import DownloadJobInitiateApi, _owned_job, _websocket_url, job_not_collectable
+from jobs.models import DownloadJob, Status
+
+# Set on the request by the ASGI wait (and removed from any client's request first): the
+# view may hand the wait over. Answered with the job's id in the response header of the
+# same name, which the ASGI wait removes before anything reaches the client.
+WAIT_HEADER = "X-Downloads-Legacy-Wait"
+
+
+class _LegacyAnswers:
+    """What both halves of the old endpoint answer, with the deprecation headers and the
+    count of every answer."""
+
+    legacy_outcome: str | None = None
+
+    def legacy_answer(
+        self, request: Request, job: DownloadJob, *, may_wait: bool
+    ) -> Response | HttpResponseRedirect:
+        if job.status == Status.COMPLETED:
+            self.legacy_outcome = legacy.REDIRECTED
+            link = selectors.download_job_link(job=job)
+            return HttpResponseRedirect(request.build_absolute_uri(link["download_url"]))
+        if not job.is_active:
+            self.legacy_outcome = legacy.FAILED
+            raise job_not_collectable(job)  # the error the new API answers for it
+        moved = legacy.moved_at_once(request.user.pk)  # type: ignore[arg-type]
+        if may_wait and not moved:
+            response = self._accepted(request, job)
+            response[WAIT_HEADER] = job.job_id  # no outcome yet: the answer after the wait has it
+            return response
+        self.legacy_outcome = legacy.MOVED if moved else legacy.ACCEPTED
+        return self._accepted(request, job)
+
+    def _accepted(self, request: Request, job: DownloadJob) -> Response:
+        """202: the job runs on; the client moves on to the new flow with this body."""
+        polling_ms = settings.JOB_POLLING_INTERVAL_MS
+        return Response(
+            {
+                "success": True,
+                "data": {
+                    "job_id": job.job_id,
+                    "status": job.status,
+                    "estimated_time": selectors.download_job_estimate_s(),
+                    "polling_interval": polling_ms,
+                    "websocket_url": _websocket_url(request, job.job_id),
+                },
+            },
+            status=status.HTTP_202_ACCEPTED,
+            headers={
+                "Location": reverse("download-job-status", kwargs={"job_id": job.job_id}),
+                "Retry-After": str(max(1, math.ceil(polling_ms / 1000))),
+            },
+        )
+
+    def legacy_finalize(self, request: Request, response: Any) -> None:
+        for name, value in legacy.deprecation_headers().items():
+            response[name] = value
+        if response.has_header(WAIT_HEADER):
+            return
+        outcome = self.legacy_outcome
+        if outcome is None:
+            outcome = legacy.GONE if response.status_code == status.HTTP_410_GONE else legacy.REFUSED
+        user = getattr(request, "user", None)
+        legacy.legacy_request_record(
+            user_id=user.pk if user is not None and user.is_authenticated else None,
+            user_agent=request.headers.get("User-Agent", ""),
+            outcome=outcome,
+        )
+
+
+class LegacyDownloadStartApi(_LegacyAnswers, DownloadJobInitiateApi):
+    """The old synchronous endpoint: deprecated, see docs/api.md "Migrating from POST
+    /download/start"."""
+
+    # Not in the OpenAPI description, which is the contract new clients build on: the old
+    # endpoint is described in docs/api.md, with the way off it.
+    @extend_schema(exclude=True)
+    def post(self, request: Request) -> Response:
+        if legacy.retired():
+            raise ApiError(
+                status_code=status.HTTP_410_GONE,
+                code="ENDPOINT_RETIRED",
+                message=f"POST /download/start was retired: use POST {legacy.SUCCESSOR_PATH}",
+                extra={"successor": legacy.SUCCESSOR_PATH, "documentation": settings.LEGACY_MIGRATION_URL},
+            )
+        return super().post(request)
+
+    def _answer(self, request: Request, job: DownloadJob) -> Any:
+        return self.legacy_answer(request, job, may_wait=bool(request.headers.get(WAIT_HEADER)))
+
+    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
+        response = super().finalize_response(request, response, *args, **kwargs)
+        self.legacy_finalize(request, response)
+        return response
+
+
+class LegacyDownloadResultApi(_LegacyAnswers, APIView):
+    """The second half of the old endpoint: its answer once the wait is over."""
+
+    @extend_schema(exclude=True)
+    def get(self, request: Request, job_id: str) -> Any:
+        return self.legacy_answer(request, _owned_job(request, job_id), may_wait=False)
+
+    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
+        response = super().finalize_response(request, response, *args, **kwargs)
+        self.legacy_finalize(request, response)
+        return response
