@@ -2,7 +2,8 @@
 
 Each file id has a script: its size, its serving rate, and a list of faults that the next
 requests meet one by one (`500`, `404`, `drop` = connection closed mid-body, `stall` =
-body stops for longer than the client's read timeout). Requests and bytes sent are
+body stops for longer than the client's read timeout, `silent` = headers, then nothing
+for `silent_s`, `trickle` = the body one byte every `trickle_s`). Requests and bytes sent are
 counted so tests can assert on origin traffic. Files carry an ETag and answer `Range`
 requests (206 with Content-Range; the whole file if `If-Range` names another version),
 unless a script says the origin does not support ranges.
@@ -72,6 +73,8 @@ class _LoopbackServer(ThreadingHTTPServer):
 
 class OriginServer(_LoopbackServer):
     stall_s = 5.0
+    silent_s = 30.0
+    trickle_s = 0.5
 
     def __init__(self) -> None:
         super().__init__(_Handler)
@@ -159,6 +162,14 @@ class _Handler(BaseHTTPRequestHandler):
         return int(start) if start.isdigit() and int(start) < script.size else 0
 
     def _body(self, file_id: int, script: FileScript, fault: str | None, start: int) -> None:
+        if fault == "silent":
+            self.wfile.flush()
+            time.sleep(self.server.silent_s)
+            self.close_connection = True
+            return
+        if fault == "trickle":
+            self._trickle(file_id, script, start)
+            return
         started = time.monotonic()
         sent = 0
         body = [start, 0]
@@ -180,6 +191,20 @@ class _Handler(BaseHTTPRequestHandler):
                 body[1] += len(chunk)
             if script.rate_bps:
                 time.sleep(max(0.0, started + sent / script.rate_bps - time.monotonic()))
+
+    def _trickle(self, file_id: int, script: FileScript, start: int) -> None:
+        """The body, a byte at a time, each `trickle_s` after the last: never silent for as
+        long as a read timeout, never done within a time limit."""
+        for chunk in synthetic_chunks(file_id, script.size, CHUNK, start=start):
+            for index in range(len(chunk)):
+                try:
+                    self.wfile.write(chunk[index : index + 1])
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    return
+                with self.server.lock:
+                    self.server.bytes_sent[file_id] += 1
+                time.sleep(self.server.trickle_s)
 
     def _status(self, code: int) -> None:
         body = f"status {code}\n".encode()
