@@ -1,10 +1,25 @@
 """Celery tasks: thin wrappers that load nothing but an id and call a service."""
 
+import logging
+
 from celery import Task, shared_task
+from django import db
 from django.conf import settings
 
 from jobs import queues, services
 from jobs.ops import alerts, analytics
+
+logger = logging.getLogger(__name__)
+
+# A fault of the database (PostgreSQL restarting, a connection lost, the pool's timeout)
+# is no fault of the job's: the attempt's message is sent again, with the same task id,
+# after 1, 2, 4 ... 60 s, for about a quarter of an hour (then the reaper's thresholds
+# take over). Acknowledged and dropped instead, every message a worker took during a
+# short outage would wait JOB_QUEUED_STALE_S (or a running attempt JOB_HEARTBEAT_STALE_S)
+# for the reaper. The same task id lets the message restart an attempt it had started
+# (download_job_start); the compare-and-swap keeps it from starting one beside another's.
+DATABASE_FAULT_RETRIES = 20
+DATABASE_FAULT_RETRY_MAX_S = 60
 
 
 @shared_task(
@@ -24,7 +39,19 @@ from jobs.ops import alerts, analytics
 def download_job_stage(self: Task, job_pk: int) -> None:
     # The task id tells a redelivery of this message (which may restart its attempt)
     # from another message for the same job (which may not).
-    services.download_job_run(job_pk=job_pk, task_id=self.request.id or "")
+    try:
+        services.download_job_run(job_pk=job_pk, task_id=self.request.id or "")
+    except (db.OperationalError, db.InterfaceError) as error:
+        retries = self.request.retries or 0
+        countdown_s = min(DATABASE_FAULT_RETRY_MAX_S, 2**retries)
+        logger.warning(
+            "Job %s: the database failed (%s: %s); its message is sent again in %s s",
+            job_pk,
+            type(error).__name__,
+            error,
+            countdown_s,
+        )
+        raise self.retry(exc=error, countdown=countdown_s, max_retries=DATABASE_FAULT_RETRIES) from error
 
 
 # Maintenance, sent by beat (CELERY_BEAT_SCHEDULE). Each is safe to run twice at once.

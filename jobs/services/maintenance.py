@@ -1,6 +1,8 @@
 """Maintenance that beat sends: retention (files, then rows) and the reaper of jobs whose
 worker or message was lost."""
 
+import base64
+import json
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,10 +13,11 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from jobs import hotstate
+from jobs import hotstate, queues
 from jobs.errors import ErrorCode, JobError
-from jobs.models import DownloadJob, Status, can_transition
+from jobs.models import ACTIVE_STATUSES, DownloadJob, Status, can_transition
 from jobs.ops import metrics
+from jobs.ops.broker import broker_client
 from jobs.selectors import iso
 from jobs.services.attempt import complete_from_storage
 from jobs.services.writes import (
@@ -106,7 +109,10 @@ def download_jobs_reap(*, now: datetime | None = None, batch: int = 500) -> int:
     is reaped.
 
     A queued job untouched for JOB_QUEUED_STALE_S (and not waiting for a retry) is sent
-    again; a duplicate message is harmless for the same reason."""
+    again; a duplicate message is harmless for the same reason.
+
+    Last, the broker's unacknowledged messages of jobs that ended are dropped (see
+    `_unacked_of_ended_jobs_drop`)."""
     now = now or timezone.now()
     queued_cutoff = now - timedelta(seconds=settings.JOB_QUEUED_STALE_S)
     stale_before = now.timestamp() - settings.JOB_HEARTBEAT_STALE_S
@@ -125,7 +131,70 @@ def download_jobs_reap(*, now: datetime | None = None, batch: int = 500) -> int:
     )
     for job in lost.order_by("pk")[:batch]:
         reaped += _reap_lost(job)
+    try:
+        _unacked_of_ended_jobs_drop(batch=batch)
+    except redis.RedisError:
+        logger.warning("Cannot read the broker's unacknowledged messages now", exc_info=True)
     return reaped
+
+
+def _transport_key(option: str, default: str) -> str:
+    """The name of one of kombu's keys in the broker, as its transport options set it."""
+    return str(settings.CELERY_BROKER_TRANSPORT_OPTIONS.get(option, default))
+
+
+def _stage_job_pk(raw: bytes | str) -> int | None:
+    """The job of an attempt's message as kombu's Redis transport keeps it unacknowledged
+    (`[payload, exchange, routing_key]`, the body base64 of Celery's `[args, kwargs,
+    embed]`); None for any other message."""
+    try:
+        payload = json.loads(raw)[0]
+        if payload["headers"]["task"] != queues.STAGE_TASK:
+            return None
+        body = payload["body"]
+        if payload["properties"].get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        return int(json.loads(body)[0][0])
+    except (ValueError, TypeError, KeyError, IndexError):
+        return None
+
+
+def _unacked_of_ended_jobs_drop(*, batch: int) -> int:
+    """Drops the broker's unacknowledged attempt messages of jobs that ended; returns how
+    many.
+
+    A message delivered to a worker waits in kombu's `unacked` hash until the worker
+    acknowledges it. When the broker's Redis restarts (with its append-only file) while
+    attempts run, their workers lose the connection and end those attempts, and the copy
+    that would hand each message back is made over the connection that is gone: the
+    messages stay there, unacknowledged, until the visibility timeout (an hour or more)
+    delivers them again, long after the reaper has sent their jobs again and they
+    completed. A message of a job that ended can do nothing (an attempt starts only from
+    an active job), so it is dropped here, from the hash and its index at once, as an
+    acknowledgement would. A message of an active job is left alone: it may be running;
+    so is one whose row this database does not hold (the visibility timeout returns it,
+    and its delivery does nothing)."""
+    client = broker_client()
+    unacked = _transport_key("unacked_key", "unacked")
+    index = _transport_key("unacked_index_key", "unacked_index")
+    by_job: dict[int, list[bytes]] = {}
+    for tag, raw in client.hscan_iter(unacked, count=batch):
+        if (job_pk := _stage_job_pk(raw)) is not None:
+            by_job.setdefault(job_pk, []).append(tag)
+        if len(by_job) >= batch:
+            break
+    if not by_job:
+        return 0
+    ended_jobs = DownloadJob.objects.filter(pk__in=by_job).exclude(status__in=ACTIVE_STATUSES)
+    ended = [tag for job_pk in ended_jobs.values_list("pk", flat=True) for tag in by_job[job_pk]]
+    if not ended:
+        return 0
+    pipe = client.pipeline(transaction=True)
+    pipe.zrem(index, *ended)
+    pipe.hdel(unacked, *ended)
+    pipe.execute()
+    logger.info("Dropped %s unacknowledged message(s) of jobs that ended from the broker", len(ended))
+    return len(ended)
 
 
 def _stalled(*, stale_before: float, batch: int) -> list[tuple[DownloadJob, float]]:

@@ -86,6 +86,12 @@ class TcpProxy:
                 with suppress(OSError):
                     # RST rather than FIN: as when the server process dies.
                     end.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                with suppress(OSError):
+                    # Wakes the pipe thread blocked reading it: until that read returns, a
+                    # close() alone releases nothing, and both ends (the dependency's
+                    # session, an open transaction with its locks) would live on.
+                    end.shutdown(socket.SHUT_RD)
+                with suppress(OSError):
                     end.close()
 
     def down(self) -> None:
