@@ -20,21 +20,19 @@ machine's Redis is shared with another test):
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 from uuid import uuid4
 
 import httpx
 import pytest
 import redis
-from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import connection
 from rest_framework.authtoken.models import Token
 
 from conftest import Stack, stack_env
 from jobs.models import DownloadJob, Status
-from tests.support.faults import jobs_through_a_fault
+from tests.support.faults import FAST_REAPER, jobs_through_a_fault, running_stack
 from tests.support.flows import eventually
 from tests.support.origin_server import OriginServer
 from tests.support.redis_servers import RedisServer
@@ -45,50 +43,22 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 JOBS = 6
 OUTAGE_S = 10.0
 ROUND_S = 6.0  # one round of checks while the database is down, at most
-# The reaper every second and short thresholds, as in test_recovery and test_sentinel:
-# > 2 x (ORIGIN_READ_TIMEOUT_S + JOB_HEARTBEAT_INTERVAL_S 0.5), as settings require.
-REAPER = {
-    "ORIGIN_READ_TIMEOUT_S": "1.0",
-    "JOB_HEARTBEAT_STALE_S": "4",
-    "JOB_QUEUED_STALE_S": "3",
-    "JOB_REAP_EVERY_S": "1",
-    "JOB_MAX_ACTIVE_PER_USER": str(JOBS + 1),
-    "REDIS_SOCKET_TIMEOUT_S": "2",
-}
 
 
-def faults_env(
-    origin_server: OriginServer, name: str, *, broker_url: str, hot: RedisServer
-) -> dict[str, str]:
+def faults_env(origin_server: OriginServer, *, broker_url: str, hot: RedisServer) -> dict[str, str]:
     """The stack's environment: its broker at `broker_url`, its hot state, channel layer
-    and cache in databases 1-3 of `hot`, its metrics in a directory of its own."""
-    env = stack_env(origin_server, REAPER, broker_db=0)
+    and cache in databases 1-3 of `hot`."""
+    env = stack_env(origin_server, {**FAST_REAPER, "JOB_MAX_ACTIVE_PER_USER": str(JOBS + 1)}, broker_db=0)
     env |= {
         "REDIS_URL": hot.url,
         "CELERY_BROKER_URL": broker_url,
         "REDIS_STATE_URL": f"{hot.url}/1",
         "CHANNEL_LAYER_URL": f"{hot.url}/2",
         "REDIS_CACHE_URL": f"{hot.url}/3",
-        "PROMETHEUS_MULTIPROC_DIR": str(settings.VAR_DIR / "prometheus" / f"stack-{name}"),
     }
     env.pop("REDIS_SENTINELS", None)
     env.pop("REDIS_SENTINEL_MASTER", None)
     return env
-
-
-def started_stack(name: str, env: dict[str, str], beat_dir: Path) -> Stack:
-    stack = Stack(name, env).start()
-    try:
-        stack.start_beat(beat_dir)
-    except BaseException:
-        stack.stop()
-        raise
-    return stack
-
-
-def stopped(stack: Stack) -> None:
-    stack.stop_beat()
-    stack.stop()
 
 
 @pytest.fixture
@@ -115,17 +85,14 @@ def postgres_stack(
 ) -> Iterator[Stack]:
     hot = RedisServer(tmp_path_factory.mktemp("faults-postgres-redis")).start()
     try:
-        env = faults_env(origin_server, "faults-postgres", broker_url=f"{hot.url}/0", hot=hot)
+        env = faults_env(origin_server, broker_url=f"{hot.url}/0", hot=hot)
         # The stack's processes reach PostgreSQL through the proxy only.
         direct = urlsplit(env["DATABASE_URL"])
         credentials = direct.netloc.rpartition("@")[0]
         netloc = f"{credentials}@{database_proxy.address}" if credentials else database_proxy.address
         env["DATABASE_URL"] = urlunsplit(direct._replace(netloc=netloc))
-        stack = started_stack("faults-postgres", env, tmp_path_factory.mktemp("faults-postgres-beat"))
-        try:
+        with running_stack("faults-postgres", env, beat_dir=tmp_path_factory.mktemp("pg-beat")) as stack:
             yield stack
-        finally:
-            stopped(stack)
     finally:
         hot.stop()
 
@@ -220,12 +187,9 @@ def broker_stack(
 ) -> Iterator[Stack]:
     hot = RedisServer(tmp_path_factory.mktemp("faults-broker-hot")).start()
     try:
-        env = faults_env(origin_server, "faults-broker", broker_url=f"{broker_redis.url}/0", hot=hot)
-        stack = started_stack("faults-broker", env, tmp_path_factory.mktemp("faults-broker-beat"))
-        try:
+        env = faults_env(origin_server, broker_url=f"{broker_redis.url}/0", hot=hot)
+        with running_stack("faults-broker", env, beat_dir=tmp_path_factory.mktemp("broker-beat")) as stack:
             yield stack
-        finally:
-            stopped(stack)
     finally:
         hot.stop()
 

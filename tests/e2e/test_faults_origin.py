@@ -20,6 +20,7 @@ from rest_framework.authtoken.models import Token
 
 from conftest import Stack, stack_env
 from jobs.models import DownloadJob, Status
+from tests.support.faults import FAST_REAPER, running_stack
 from tests.support.flows import assert_downloads_exactly, eventually, initiate, job_status
 from tests.support.origin_server import FileScript, OriginServer
 from tests.support.redis_servers import RedisServer
@@ -38,20 +39,17 @@ def origin_fault_stack(
         origin_server,
         {
             "CELERY_BROKER_URL": f"{broker.url}/0",
-            "ORIGIN_READ_TIMEOUT_S": "1.0",
-            "JOB_HEARTBEAT_STALE_S": "4",
+            **FAST_REAPER,
             "JOB_SOFT_TIME_LIMIT_S": str(TIME_LIMIT_S),
             "JOB_HARD_TIME_LIMIT_S": str(TIME_LIMIT_S + 10),
             "JOB_MAX_ACTIVE_PER_USER": "10",
         },
         broker_db=0,
     )
-    stack = Stack("origin-faults", env).start(worker=False)
-    stack.start_worker(concurrency=1)
     try:
-        yield stack
+        with running_stack("origin-faults", env, concurrency=1) as stack:
+            yield stack
     finally:
-        stack.stop()
         broker.stop()
 
 

@@ -20,7 +20,7 @@ from rest_framework.authtoken.models import Token
 
 from conftest import Stack, stack_env
 from jobs.models import DownloadJob
-from tests.support.faults import jobs_through_a_fault
+from tests.support.faults import FAST_REAPER, jobs_through_a_fault, running_stack
 from tests.support.flows import eventually
 from tests.support.origin_server import OriginServer
 from tests.support.redis_servers import RedisServer
@@ -37,23 +37,13 @@ def worker_stack(
     broker = RedisServer(Path(tmp_path_factory.mktemp("worker-broker"))).start()
     env = stack_env(
         origin_server,
-        {
-            "CELERY_BROKER_URL": f"{broker.url}/0",
-            "ORIGIN_READ_TIMEOUT_S": "1.0",
-            "JOB_HEARTBEAT_STALE_S": "4",
-            "JOB_QUEUED_STALE_S": "3",
-            "JOB_REAP_EVERY_S": "1",
-            "JOB_MAX_ACTIVE_PER_USER": str(JOBS),
-        },
+        {"CELERY_BROKER_URL": f"{broker.url}/0", **FAST_REAPER, "JOB_MAX_ACTIVE_PER_USER": str(JOBS)},
         broker_db=0,
     )
-    stack = Stack("warm-shutdown", env).start()
     try:
-        stack.start_beat(tmp_path_factory.mktemp("warm-shutdown-beat"))
-        yield stack, broker
+        with running_stack("warm-shutdown", env, beat_dir=tmp_path_factory.mktemp("warm-beat")) as stack:
+            yield stack, broker
     finally:
-        stack.stop_beat()
-        stack.stop()
         broker.stop()
 
 

@@ -20,7 +20,7 @@ from django.contrib.auth.models import User
 from rest_framework.authtoken.models import Token
 
 from conftest import Stack, stack_env
-from tests.support.faults import jobs_through_a_fault
+from tests.support.faults import FAST_REAPER, jobs_through_a_fault, running_stack
 from tests.support.flows import assert_downloads_exactly, eventually, initiate, job_status
 from tests.support.origin_server import FileScript, OriginServer
 from tests.support.redis_servers import SentinelGroup
@@ -48,26 +48,13 @@ def sentinel_stack(
 ) -> Iterator[Stack]:
     env = stack_env(
         origin_server,
-        {
-            **sentinel_group.env,
-            "ORIGIN_READ_TIMEOUT_S": "1.0",
-            "JOB_HEARTBEAT_STALE_S": "4",
-            "JOB_QUEUED_STALE_S": "3",
-            "JOB_REAP_EVERY_S": "1",
-            "JOB_MAX_ACTIVE_PER_USER": str(JOBS + 1),
-            "REDIS_SOCKET_TIMEOUT_S": "2",
-        },
+        {**sentinel_group.env, **FAST_REAPER, "JOB_MAX_ACTIVE_PER_USER": str(JOBS + 1)},
         broker_db=0,
     )
     for name in ("REDIS_STATE_URL", "CHANNEL_LAYER_URL", "REDIS_CACHE_URL"):
         env.pop(name, None)
-    stack = Stack("sentinel", env).start()
-    try:
-        stack.start_beat(tmp_path_factory.mktemp("sentinel-beat"))
+    with running_stack("sentinel", env, beat_dir=tmp_path_factory.mktemp("sentinel-beat")) as stack:
         yield stack
-    finally:
-        stack.stop_beat()
-        stack.stop()
 
 
 @pytest.fixture

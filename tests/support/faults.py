@@ -17,10 +17,13 @@ The outcome is also appended to `test-artifacts/faults.jsonl`, one line per faul
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import httpx
+from django.conf import settings
 
 from conftest import ARTIFACTS, Stack
 from jobs.models import DownloadJob, Status
@@ -30,6 +33,35 @@ from tests.support.scrapes import samples
 
 MiB = 1024 * 1024
 COMPLETED = ("download_job_outcomes_total", (("code", ""), ("outcome", "completed")))
+
+# A fault stack's reaper: every second, with short thresholds, so that what a fault loses
+# comes back within a test (> 2 x (ORIGIN_READ_TIMEOUT_S + JOB_HEARTBEAT_INTERVAL_S 0.5),
+# as settings require).
+FAST_REAPER = {
+    "ORIGIN_READ_TIMEOUT_S": "1.0",
+    "JOB_HEARTBEAT_STALE_S": "4",
+    "JOB_QUEUED_STALE_S": "3",
+    "JOB_REAP_EVERY_S": "1",
+    "REDIS_SOCKET_TIMEOUT_S": "2",
+}
+
+
+@contextmanager
+def running_stack(
+    name: str, env: dict[str, str], *, beat_dir: Path | None = None, concurrency: int = 2
+) -> Iterator[Stack]:
+    """A stack of its own (web, worker, and beat with `beat_dir`), its metrics in a
+    directory of its own, stopped whatever happens."""
+    env = {**env, "PROMETHEUS_MULTIPROC_DIR": str(settings.VAR_DIR / "prometheus" / f"stack-{name}")}
+    stack = Stack(name, env).start(worker=False)
+    try:
+        stack.start_worker(concurrency=concurrency)
+        if beat_dir is not None:
+            stack.start_beat(beat_dir)
+        yield stack
+    finally:
+        stack.stop_beat()
+        stack.stop()
 
 
 @dataclass
