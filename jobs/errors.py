@@ -24,6 +24,8 @@ class ErrorCode(StrEnum):
     ORIGIN_REDIRECT_REFUSED = "ORIGIN_REDIRECT_REFUSED"
     # The job ran past its time limit: another attempt would run past it again.
     DOWNLOAD_TIMEOUT = "DOWNLOAD_TIMEOUT"
+    # Local storage ran out of space (or quota): another attempt would meet the same disk.
+    STORAGE_FULL = "STORAGE_FULL"
 
 
 RETRYABLE_CODES = frozenset(

@@ -7,6 +7,7 @@ and handed out as a signed URL with an expiry, served by `jobs.web.files.file_do
 answer `url(name, parameters=..., expire=...)` the same way, so callers never branch.
 """
 
+import errno
 import hashlib
 import os
 import threading
@@ -358,15 +359,13 @@ class LocalWrite:
         return cls(storage, key, part_bytes=part_bytes, upload_id=upload_id, parts=parts)
 
     def write(self, data: bytes) -> bool:
-        try:
+        with _local_errors():
             self.handle.write(data)
             self.unstored += len(data)
             if self.unstored < self.part_bytes:
                 return False
             self.handle.flush()
             os.fsync(self.handle.fileno())
-        except OSError as exc:
-            raise JobError(ErrorCode.STORAGE_ERROR, "Could not write to storage") from exc
         self.parts.append({"n": len(self.parts) + 1, "size": self.unstored})
         self.unstored = 0
         return True
@@ -375,8 +374,9 @@ class LocalWrite:
         return False  # each part is stored by the `write` that fills it
 
     def commit(self) -> None:
-        self.handle.close()
-        os.replace(self.part_path, self.final_path)
+        with _local_errors():
+            self.handle.close()  # writes out the last, partial part
+            os.replace(self.part_path, self.final_path)
 
     def abort(self) -> None:
         self.handle.close()
@@ -385,6 +385,18 @@ class LocalWrite:
 
 def _local_part_path(final_path: Path, upload_id: str) -> Path:
     return final_path.with_name(f"{final_path.name}.{upload_id}.part")
+
+
+@contextmanager
+def _local_errors() -> Iterator[None]:
+    """Turns a local write's OSError into STORAGE_FULL (not retried: another attempt would
+    meet the same full disk) or STORAGE_ERROR (retryable)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise JobError(ErrorCode.STORAGE_FULL, "The storage is full") from exc
+        raise JobError(ErrorCode.STORAGE_ERROR, "Could not write to storage") from exc
 
 
 @contextmanager
