@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import environ
+from botocore.config import Config as BotoConfig
 from corsheaders.defaults import default_headers as cors_default_headers
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.dateparse import parse_date, parse_datetime
@@ -523,9 +524,18 @@ if AWS_STORAGE_BUCKET_NAME:
             "region_name": env("AWS_S3_REGION_NAME", default=None),
             "access_key": env("AWS_ACCESS_KEY_ID", default=None),
             "secret_key": env("AWS_SECRET_ACCESS_KEY", default=None),
-            "addressing_style": env("AWS_S3_ADDRESSING_STYLE", default=None),
-            "signature_version": "s3v4",
             "querystring_expire": PRESIGNED_URL_TTL_S,
+            # An S3 outage of a few tens of seconds is ridden out inside the attempt: each
+            # call is tried AWS_S3_MAX_ATTEMPTS times with botocore's standard backoff
+            # (doubling, up to 20 s, jittered), before the attempt fails STORAGE_ERROR and
+            # its retry resumes from the stored parts.
+            "client_config": BotoConfig(
+                s3={"addressing_style": env("AWS_S3_ADDRESSING_STYLE", default=None)},
+                signature_version="s3v4",
+                retries={"mode": "standard", "max_attempts": env.int("AWS_S3_MAX_ATTEMPTS", default=10)},
+                connect_timeout=env.float("AWS_S3_CONNECT_TIMEOUT_S", default=10.0),
+                read_timeout=env.float("AWS_S3_READ_TIMEOUT_S", default=60.0),
+            ),
             "file_overwrite": True,
             "default_acl": None,
         },
