@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -612,6 +613,24 @@ def print_throughput(results: list[dict[str, Any]]) -> None:
                     if name in best
                 )
                 log(f"{target:<6} ratio project/{baseline} (MB/s over MB/s): {ratios}")
+        paired_ratios_print(target, result["runs"])
+
+
+def paired_ratios_print(target: str, runs: list[dict[str, Any]]) -> None:
+    """The ratio to the 10-thread baseline within each run (its paths ran one after the
+    other, so they shared the machine's load of the moment), and the median over runs:
+    steadier than the best of each path on a busy machine."""
+    seconds = {(run["run"], run["name"]): run["seconds"] for run in runs}
+    numbers = sorted({run["run"] for run in runs})
+    for name in ("project", "project-hooks"):
+        paired = [
+            seconds[number, "baseline"] / seconds[number, name]
+            for number in numbers
+            if (number, "baseline") in seconds and (number, name) in seconds
+        ]
+        if len(paired) > 1:
+            each = " ".join(f"{value:.2f}" for value in paired)
+            log(f"{target:<6} {name}/baseline run by run: {each}; median {statistics.median(paired):.2f}")
 
 
 MEMORY_TABLE = Table(

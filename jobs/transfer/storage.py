@@ -5,30 +5,39 @@ S3 multipart upload and handed out as a presigned GET URL. The embedded default 
 `SignedFileSystemStorage`: a file is written to a temporary name and renamed into place,
 and handed out as a signed URL with an expiry, served by `jobs.web.files.file_download`. Both
 answer `url(name, parameters=..., expire=...)` the same way, so callers never branch.
+
+boto3 and botocore (django-storages' S3 backend) are imported only once the downloads
+storage is S3: a process on local storage never loads them, and a Celery pool child loads
+them with its first job rather than holding them from the start (see bench/README.md).
 """
 
+import base64
 import errno
 import hashlib
+import io
 import os
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 from django.core import signing
 from django.core.files.storage import FileSystemStorage, Storage, storages
 from django.urls import reverse
-from storages.backends.s3 import S3Storage
 from storages.utils import safe_join
 
 from jobs.errors import ErrorCode, JobError
 from jobs.transfer.files import safe_content_type
+
+if TYPE_CHECKING:
+    from storages.backends.s3 import S3Storage
 
 # Kept as first named: links signed before the module moved stay valid.
 _URL_SALT = "jobs.storage.download-url"
@@ -38,7 +47,17 @@ def downloads_storage() -> Storage:
     return storages["downloads"]
 
 
-def s3_object_key(storage: S3Storage, name: str) -> str:
+def s3_storage(storage: Storage) -> "S3Storage | None":
+    """`storage` if it is django-storages' S3Storage, else None. Local storage is told
+    apart first, without importing the S3 backend (and boto3) at all."""
+    if isinstance(storage, FileSystemStorage):
+        return None
+    from storages.backends.s3 import S3Storage
+
+    return storage if isinstance(storage, S3Storage) else None
+
+
+def s3_object_key(storage: "S3Storage", name: str) -> str:
     """The bucket key of a storage name, as S3Storage makes it (under its `location`; a
     name that climbs out of it is refused)."""
     return str(safe_join(storage.location, name))
@@ -83,9 +102,9 @@ class StagedWrite(Protocol):
     """A file being written into storage; visible under its key only after `commit`.
 
     The file is stored in parts. `parts` lists those stored so far as JSON-able dicts
-    (`n`, `size`, and `etag` on S3), always parts 1 to n with nothing missing: recorded by
-    the job, they let a later attempt `resume` the same upload after its last part instead
-    of starting again."""
+    (`n`, `size`; on S3 also `etag`, and `crc32` when the upload declared CRC32), always
+    parts 1 to n with nothing missing: recorded by the job, they let a later attempt
+    `resume` the same upload after its last part instead of starting again."""
 
     upload_id: str
     parts: list[dict[str, Any]]
@@ -108,16 +127,117 @@ def parts_size(parts: list[dict[str, Any]]) -> int:
     return sum(int(part["size"]) for part in parts)
 
 
+# The checksum an S3 upload declares when it is created, as boto3's own `upload_fileobj`
+# does: each part is sent with its CRC32 (which S3 checks), the commit names each part's,
+# and S3 combines them into the object's checksum instead of reading the object again.
+PART_CHECKSUM = "CRC32"
+
+
+def crc32_base64(*chunks: bytes) -> str:
+    """The CRC32 of a part (of its chunks, in order) as S3 writes it (`ChecksumCRC32`):
+    4 bytes, big-endian, base64."""
+    crc = 0
+    for chunk in chunks:
+        crc = zlib.crc32(chunk, crc)
+    return base64.b64encode(crc.to_bytes(4, "big")).decode("ascii")
+
+
+def _resumed_checksum(
+    recorded: list[dict[str, Any]], stored: dict[int, dict[str, Any]], declared: str
+) -> tuple[str, list[dict[str, Any]]] | None:
+    """The checksum algorithm of an upload being resumed ("CRC32" or "" for none) and its
+    recorded parts, each with its `crc32` if the upload has one; None if the records and
+    what S3 lists disagree, or the commit could not name every part's checksum.
+
+    `declared` is the algorithm S3 lists for the upload ("" if it lists none: an upload of
+    the service before it declared one, or a store that does not say, as moto)."""
+    declared = declared.upper()
+    if declared not in ("", PART_CHECKSUM) or not recorded:
+        return None
+    with_crc32 = sum(1 for part in recorded if part.get("crc32"))
+    if with_crc32 == len(recorded):
+        # Recorded by this version: S3's own figure, where it lists one, must be the same.
+        listed = (stored.get(part["n"], {}).get("ChecksumCRC32") for part in recorded)
+        if any(value not in (None, part["crc32"]) for value, part in zip(listed, recorded, strict=True)):
+            return None
+        return PART_CHECKSUM, recorded
+    if with_crc32:
+        return None  # some parts with a checksum and some without: not a record we write
+    if not declared:
+        return "", recorded  # an upload that declared no checksum: none is named at the commit
+    # Declared, yet recorded without: only S3's listing can name them.
+    filled = []
+    for part in recorded:
+        value = stored.get(part["n"], {}).get("ChecksumCRC32")
+        if not value:
+            return None
+        filled.append({**part, "crc32": value})
+    return PART_CHECKSUM, filled
+
+
+class PartBody(io.RawIOBase):
+    """The chunks of one part, read as one file without being joined into one buffer:
+    botocore reads it in blocks (to sign it over plain http, and to send it), and seeks
+    back to its start to read it again (after signing, or to retry)."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        super().__init__()
+        self.chunks = chunks
+        self.size = sum(len(chunk) for chunk in chunks)
+        self._pos = 0
+        self._index = 0  # the chunk holding `_pos`
+        self._offset = 0  # `_pos` within that chunk
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.size}[whence]
+        self._pos = min(max(0, base + offset), self.size)
+        self._index, self._offset = 0, self._pos
+        while self._index < len(self.chunks) and self._offset >= len(self.chunks[self._index]):
+            self._offset -= len(self.chunks[self._index])
+            self._index += 1
+        return self._pos
+
+    def read(self, size: int | None = -1) -> bytes:
+        """`size` bytes, fewer only at the end (all that is left if negative). A read of one
+        whole chunk hands out that chunk itself."""
+        if size is None or size < 0:
+            size = self.size - self._pos
+        pieces: list[bytes] = []
+        while size > 0 and self._index < len(self.chunks):
+            chunk = self.chunks[self._index]
+            end = min(len(chunk), self._offset + size)
+            pieces.append(chunk if (self._offset, end) == (0, len(chunk)) else chunk[self._offset : end])
+            size -= end - self._offset
+            self._pos += end - self._offset
+            self._index, self._offset = (self._index + 1, 0) if end == len(chunk) else (self._index, end)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
 class S3MultipartWrite:
     """Buffers up to one part (S3's 5 MiB minimum or more) and hands it to a few threads
     that upload it while the next part is read: at most `parts_in_flight` parts are being
     uploaded at once, and `write` waits for one of them to finish before it hands over
     another, so memory per job stays at about `parts_in_flight` + 1 parts whatever the
-    file's size. `parts` only lists a part once it and every part before it are stored."""
+    file's size. `parts` only lists a part once it and every part before it are stored.
+
+    A new upload declares a CRC32 checksum (PART_CHECKSUM) unless the client computes
+    checksums only when required (`request_checksum_calculation`, e.g.
+    AWS_REQUEST_CHECKSUM_CALCULATION=when_required for a store that knows none): each
+    part's CRC32 is computed by botocore on the part's upload thread and sent with it; S3
+    answers with it, and the part is recorded with it for the commit to name."""
 
     def __init__(
         self,
-        storage: S3Storage,
+        storage: "S3Storage",
         key: str,
         *,
         content_type: str,
@@ -125,7 +245,10 @@ class S3MultipartWrite:
         parts_in_flight: int = 1,
         upload_id: str = "",
         parts: list[dict[str, Any]] | None = None,
+        checksum_algorithm: str | None = None,
     ) -> None:
+        """A new upload of `key`, or with `upload_id` that upload after `parts`, whose
+        `checksum_algorithm` ("CRC32" or "") `resume` found."""
         # boto3 clients are thread-safe: the part uploads share the storage's.
         self.client: Any = storage.connection.meta.client
         self.bucket = storage.bucket_name
@@ -144,17 +267,23 @@ class S3MultipartWrite:
         self._pool: ThreadPoolExecutor | None = None
         if upload_id:
             self.upload_id = upload_id
+            self.checksum_algorithm = checksum_algorithm or ""
             return
+        if checksum_algorithm is None:
+            computed = self.client.meta.config.request_checksum_calculation
+            checksum_algorithm = PART_CHECKSUM if computed == "when_supported" else ""
+        self.checksum_algorithm = checksum_algorithm
+        declared = {"ChecksumAlgorithm": checksum_algorithm} if checksum_algorithm else {}
         with _storage_errors():
             created = self.client.create_multipart_upload(
-                Bucket=self.bucket, Key=self.key, ContentType=safe_content_type(content_type)
+                Bucket=self.bucket, Key=self.key, ContentType=safe_content_type(content_type), **declared
             )
         self.upload_id = created["UploadId"]
 
     @classmethod
     def resume(
         cls,
-        storage: S3Storage,
+        storage: "S3Storage",
         key: str,
         *,
         upload_id: str,
@@ -163,8 +292,34 @@ class S3MultipartWrite:
         parts_in_flight: int = 1,
     ) -> "S3MultipartWrite | None":
         """The upload again, after `parts`, if S3 still holds each of them as recorded;
-        None if the upload is gone or a part differs (a late writer replaced it)."""
-        write = cls(
+        None if the upload is gone, a part differs (a late writer replaced it), or its
+        parts' checksums cannot be named at the commit (see `_resumed_checksum`): the
+        caller then aborts it and starts over. Parts recorded without a checksum (before
+        uploads declared one) resume as they were made, without."""
+        client = storage.connection.meta.client
+        stored: dict[int, dict[str, Any]] = {}
+        declared = ""
+        paginator = client.get_paginator("list_parts")
+        try:
+            pages = paginator.paginate(
+                Bucket=storage.bucket_name, Key=s3_object_key(storage, key), UploadId=upload_id
+            )
+            for page in pages:
+                declared = declared or page.get("ChecksumAlgorithm") or ""
+                stored |= {part["PartNumber"]: part for part in page.get("Parts", [])}
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
+                return None
+            raise JobError(ErrorCode.STORAGE_ERROR, "Storage refused the upload") from exc
+        except BotoCoreError as exc:
+            raise JobError(ErrorCode.STORAGE_ERROR, "Storage refused the upload") from exc
+        if any(stored.get(part["n"], {}).get("ETag") != part["etag"] for part in parts):
+            return None
+        resumed = _resumed_checksum(parts, stored, declared)
+        if resumed is None:
+            return None
+        checksum_algorithm, parts = resumed
+        return cls(
             storage,
             key,
             content_type="",
@@ -172,21 +327,8 @@ class S3MultipartWrite:
             parts_in_flight=parts_in_flight,
             upload_id=upload_id,
             parts=parts,
+            checksum_algorithm=checksum_algorithm,
         )
-        stored: dict[int, str] = {}
-        paginator = write.client.get_paginator("list_parts")
-        try:
-            for page in paginator.paginate(Bucket=write.bucket, Key=write.key, UploadId=upload_id):
-                stored |= {part["PartNumber"]: part["ETag"] for part in page.get("Parts", [])}
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
-                return None
-            raise JobError(ErrorCode.STORAGE_ERROR, "Storage refused the upload") from exc
-        except BotoCoreError as exc:
-            raise JobError(ErrorCode.STORAGE_ERROR, "Storage refused the upload") from exc
-        if any(stored.get(part["n"]) != part["etag"] for part in parts):
-            return None
-        return write
 
     def _hand_over(self) -> None:
         """Hands the buffered part to the upload threads; first waits, while
@@ -194,7 +336,7 @@ class S3MultipartWrite:
         self._slots.acquire()
         try:
             self._raise_failed()
-            body = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+            body = PartBody(self.chunks)  # the chunks as they came: no copy of the part
             self.chunks, self.buffered = [], 0
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.parts_in_flight, thread_name_prefix="s3-part")
@@ -213,21 +355,32 @@ class S3MultipartWrite:
             self._slots.release()
             raise
 
-    def _upload(self, number: int, box: list[bytes]) -> dict[str, Any]:
+    def _upload(self, number: int, box: list[PartBody]) -> dict[str, Any]:
         """One part, on an upload thread."""
         try:
             body = box.pop()
+            # As boto3's upload_fileobj: botocore computes the part's CRC32 (in a header over
+            # http, in a trailer of the streamed body over https, then unsigned), S3 checks
+            # it and answers with it. Given by us, it would make botocore sign the body
+            # with SHA-256 even over https.
+            checksum = {"ChecksumAlgorithm": PART_CHECKSUM} if self.checksum_algorithm else {}
             with _storage_errors():
                 uploaded = self.client.upload_part(
                     Bucket=self.bucket,
                     Key=self.key,
                     UploadId=self.upload_id,
                     PartNumber=number,
+                    # A file, not bytes: botocore would copy bytes behind its headers to
+                    # send them in one piece.
                     Body=body,
+                    **checksum,
                 )
-            size = len(body)
+            part = {"n": number, "etag": uploaded["ETag"], "size": body.size}
+            if self.checksum_algorithm:
+                # A store that does not answer with it gets the one we compute.
+                part["crc32"] = uploaded.get("ChecksumCRC32") or crc32_base64(*body.chunks)
             del body
-            return {"n": number, "etag": uploaded["ETag"], "size": size}
+            return part
         finally:
             with self._lock:
                 self.in_flight -= 1
@@ -295,8 +448,14 @@ class S3MultipartWrite:
                 Bucket=self.bucket,
                 Key=self.key,
                 UploadId=self.upload_id,
-                MultipartUpload={"Parts": [{"PartNumber": p["n"], "ETag": p["etag"]} for p in self.parts]},
+                MultipartUpload={"Parts": [self._completed_part(part) for part in self.parts]},
             )
+
+    def _completed_part(self, part: dict[str, Any]) -> dict[str, Any]:
+        completed = {"PartNumber": part["n"], "ETag": part["etag"]}
+        if self.checksum_algorithm:
+            completed["ChecksumCRC32"] = part["crc32"]
+        return completed
 
     def abort(self) -> None:
         # No part may land after the abort: those not started are dropped, the others
@@ -414,9 +573,9 @@ def staged_write_open(
     """A new upload of `key`; on S3 `parts_in_flight` (STAGING_PARTS_IN_FLIGHT) parts are
     uploaded at once."""
     storage = downloads_storage()
-    if isinstance(storage, S3Storage):
+    if (s3 := s3_storage(storage)) is not None:
         return S3MultipartWrite(
-            storage,
+            s3,
             key,
             content_type=content_type,
             part_bytes=part_bytes,
@@ -438,9 +597,9 @@ def staged_write_resume(
     """The unfinished upload `upload_id` of `key`, to go on after `parts`; None if it
     cannot be resumed (gone, or not as recorded)."""
     storage = downloads_storage()
-    if isinstance(storage, S3Storage):
+    if (s3 := s3_storage(storage)) is not None:
         return S3MultipartWrite.resume(
-            storage,
+            s3,
             key,
             upload_id=upload_id,
             parts=parts,
@@ -458,9 +617,9 @@ def stored_file_sha256(key: str, *, chunk_bytes: int = 1024 * 1024) -> str:
     digest = hashlib.sha256()
     storage = downloads_storage()
     with _storage_errors():
-        if isinstance(storage, S3Storage):
-            client = storage.connection.meta.client
-            body = client.get_object(Bucket=storage.bucket_name, Key=s3_object_key(storage, key))["Body"]
+        if (s3 := s3_storage(storage)) is not None:
+            client = s3.connection.meta.client
+            body = client.get_object(Bucket=s3.bucket_name, Key=s3_object_key(s3, key))["Body"]
             for chunk in body.iter_chunks(chunk_bytes):
                 digest.update(chunk)
         else:
@@ -473,9 +632,10 @@ def stored_file_sha256(key: str, *, chunk_bytes: int = 1024 * 1024) -> str:
 def stored_file_delete(key: str, *, upload_id: str = "") -> None:
     """Deletes a stored file and aborts its unfinished upload, if any. Idempotent."""
     storage = downloads_storage()
-    if upload_id and isinstance(storage, S3Storage):
-        client = storage.connection.meta.client
-        s3_multipart_abort(client, storage.bucket_name, s3_object_key(storage, key), upload_id)
+    s3 = s3_storage(storage)
+    if upload_id and s3 is not None:
+        client = s3.connection.meta.client
+        s3_multipart_abort(client, s3.bucket_name, s3_object_key(s3, key), upload_id)
     elif upload_id and isinstance(storage, FileSystemStorage):
         _local_part_path(Path(storage.path(key)), upload_id).unlink(missing_ok=True)
     if key:
