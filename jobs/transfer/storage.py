@@ -22,7 +22,7 @@ import zlib
 from collections.abc import Iterator
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -518,13 +518,20 @@ class LocalWrite:
         return cls(storage, key, part_bytes=part_bytes, upload_id=upload_id, parts=parts)
 
     def write(self, data: bytes) -> bool:
-        with _local_errors():
-            self.handle.write(data)
-            self.unstored += len(data)
-            if self.unstored < self.part_bytes:
-                return False
-            self.handle.flush()
-            os.fsync(self.handle.fileno())
+        try:
+            with _local_errors():
+                self.handle.write(data)
+                self.unstored += len(data)
+                if self.unstored < self.part_bytes:
+                    return False
+                self.handle.flush()
+                os.fsync(self.handle.fileno())
+        except JobError:
+            # The attempt ends here: its file is closed now, not when the handle is
+            # collected. On a full disk an open file keeps its space even once removed.
+            with suppress(OSError):
+                self.handle.close()
+            raise
         self.parts.append({"n": len(self.parts) + 1, "size": self.unstored})
         self.unstored = 0
         return True
