@@ -23,8 +23,9 @@ count it then runs, one after the other:
   group's messages; published with the bare `layer.group_send`.
 
 A second shape (`--jobs`, default 1000): N sockets each of its own job, `--many-events` per
-job at `--many-rate` (4/s), the last one terminal; project, then bare consumer. The issue's
-goals are printed with pass or MISS.
+job at `--many-rate` (4/s), the last one terminal; project, then bare consumer, with the same
+publishers (`publish_many`: one publish per event and job). The issue's goals are printed
+with pass or MISS, and a note when the publishers fell behind their schedule.
 
 See bench/README.md.
 """
@@ -98,6 +99,9 @@ class Receipts:
     wall_s: float = 0.0
     last_at: float = 0.0  # time.monotonic() of the latest counted receipt
     terminal: int = 0  # subscribers that received the last event (the terminal one)
+    # Events a subscriber did not get, but got a later one of: it has the newer state (the
+    # project's consumer skips a progress event that a newer one replaces, when behind).
+    skipped: int = 0
 
     def __post_init__(self) -> None:
         if not self.last_receipt_us:
@@ -113,7 +117,7 @@ class Subscriber:
 
     def note(self, event: dict[str, Any], received_ns: int) -> bool:
         """Counts one event; True once the last one arrived."""
-        if event.get("type") not in ("bench", "completed"):
+        if event.get("type") not in ("progress", "completed"):
             return False  # the snapshot, a heartbeat
         seq = int(event["seq"])
         if seq < 0:
@@ -132,6 +136,11 @@ class Subscriber:
             return True
         return False
 
+    def finish(self) -> None:
+        """Counts the events this subscriber missed but got a later one of."""
+        if self.seen:
+            self.receipts.skipped += max(self.seen) + 1 - len(self.seen)
+
 
 async def stdin_line() -> str:
     """The next line the driver writes (it says "sent"), read without blocking the loop."""
@@ -143,15 +152,18 @@ async def stdin_line() -> str:
 
 async def read_until_done(readers: list[Awaitable[None]], receipts: Receipts) -> None:
     """Runs the readers until each has its last event, or, once the driver has said that
-    all events are sent, until none arrived for QUIET_S; measures this process's CPU over
-    that time, and tells the driver ("done")."""
+    all events are sent, until none arrived for QUIET_S (since then); measures this
+    process's CPU over that time, and tells the driver ("done")."""
     cpu, wall = time.process_time(), time.monotonic()
     tasks = [asyncio.ensure_future(reader) for reader in readers]
     everyone: asyncio.Future[Any] = asyncio.gather(*tasks)
     sent: asyncio.Future[Any] = asyncio.ensure_future(stdin_line())
     await asyncio.wait([everyone, sent], return_when=asyncio.FIRST_COMPLETED)
+    # Quiet since the last receipt or since all was sent, whichever is later: a process whose
+    # sockets had nothing yet from a server far behind still waits QUIET_S for them.
+    sent_at = time.monotonic()
     while not everyone.done():
-        quiet = time.monotonic() - max(receipts.last_at, wall)
+        quiet = time.monotonic() - max(receipts.last_at, sent_at)
         if quiet >= QUIET_S:
             break
         await asyncio.wait([everyone], timeout=QUIET_S - quiet)
@@ -206,6 +218,8 @@ async def clients_main(args: argparse.Namespace) -> None:
                     return
         except ConnectionClosed:
             pass
+        finally:
+            subscriber.finish()
         receipts.closed += 1  # by the server, before the last event: what is missing is lost
 
     async def close(socket: ClientConnection) -> None:
@@ -240,10 +254,13 @@ async def baseline_main(args: argparse.Namespace) -> None:
 
         async def read(channel: str) -> None:
             subscriber = Subscriber(receipts)
-            while True:
-                message = await layer.receive(channel)
-                if subscriber.note(message["event"], time.time_ns()):
-                    return
+            try:
+                while True:
+                    message = await layer.receive(channel)
+                    if subscriber.note(message["event"], time.time_ns()):
+                        return
+            finally:
+                subscriber.finish()
 
         await read_until_done([read(channel) for channel in channels], receipts)
     finally:
@@ -255,100 +272,199 @@ async def baseline_main(args: argparse.Namespace) -> None:
 # --- the publisher (a subprocess: `realtime.py _publish`) ------------------------------------
 
 
-def bench_event(seq: int, *, last: int | None = None) -> dict[str, Any]:
-    """A counted event; the one numbered `last` is a terminal one (the project's consumer
-    closes the socket after it)."""
-    if seq == last:
-        return {"type": "completed", "status": "completed", "seq": seq, "sent_at_ns": time.time_ns()}
-    return {"type": "bench", "seq": seq, "sent_at_ns": time.time_ns()}
+def bench_event(seq: int, events: int, *, terminal: bool = False) -> dict[str, Any]:
+    """Event `seq` of `events`: a progress event as the worker sends them (its progress
+    never goes down, so the project's consumer drops none as outdated), or with `terminal`
+    the last one is `completed` (after which the project's consumer closes the socket)."""
+    if terminal and seq == events - 1:
+        return {
+            "type": "completed",
+            "status": "completed",
+            "progress": 100,
+            "seq": seq,
+            "sent_at_ns": time.time_ns(),
+        }
+    progress = max(0, seq) * 100 // events
+    return {
+        "type": "progress",
+        "status": "processing",
+        "progress": progress,
+        "seq": seq,
+        "sent_at_ns": time.time_ns(),
+    }
 
 
-PUBLISH_IN_FLIGHT = 64  # group_sends awaited at once by a many-jobs publisher
+# A publisher that starts its calls later than this (p99) behind its schedule is a bottleneck
+# of the benchmark itself: the goals' figures then measure it, not the server.
+PUBLISHER_LAG_WARN_MS = 50.0
+PUBLISH_IN_FLIGHT = 64  # group_sends awaited at once by a many-jobs publisher (group_send)
+MANY_TARGETS_PER_PUBLISHER = 500  # a many-jobs publisher process per this many jobs
+TICK_S = 0.001  # a many-jobs publisher sends what is due within a tick together
 
 
-def publish_many(args: argparse.Namespace) -> list[float]:
+@dataclass
+class Published:
+    """What one publisher process did: how long each counted call took, how late each
+    call started against its schedule (waiting for CPU or for a free slot), and its CPU."""
+
+    calls: list[float] = field(default_factory=list)
+    lags: list[float] = field(default_factory=list)
+    cpu_s: float = 0.0
+
+    def summary(self) -> dict[str, float]:
+        calls, lags = sorted(self.calls), sorted(self.lags)
+        return {
+            "call_p50_ms": percentile(calls, 50) * 1000,
+            "call_p99_ms": percentile(calls, 99) * 1000,
+            "lag_p99_ms": percentile(lags, 99) * 1000,
+            "cpu_s": self.cpu_s,
+        }
+
+
+def many_publish_mode(requested: str) -> str:
+    """`pipeline` with the pub/sub channel layer (unless `group_send` is asked for), else
+    `group_send`: pipelining needs to know how the layer names a group's channel."""
+    from django.conf import settings
+
+    pubsub = settings.CHANNEL_LAYERS["default"]["BACKEND"] == "channels_redis.pubsub.RedisPubSubChannelLayer"
+    if requested == "pipeline" and not pubsub:
+        raise SystemExit("--many-publish pipeline needs CHANNEL_LAYER_BACKEND=pubsub")
+    return "pipeline" if requested == "pipeline" or (requested == "auto" and pubsub) else "group_send"
+
+
+def publish_many(args: argparse.Namespace) -> Published:
     """Each group of `--targets` gets `--events` events at `--rate` per second, the groups'
-    schedules spread evenly over one period; the last event of each is terminal. Messages as
-    `jobs.events` makes them (`project`), or bare (`bare`)."""
+    schedules spread evenly over one period; the last event of each is terminal. The message
+    is the one `jobs.events.job_event_publish` sends (`project`), or the bare one (`bare`).
+
+    One publish per event and job, as the worker running that job makes it. With
+    `group_send`, each is an awaited `layer.group_send` (at most PUBLISH_IN_FLIGHT at once).
+    With `pipeline` (the pub/sub layer), each is the PUBLISH that `group_send` would make,
+    the same channel and bytes, but those due within TICK_S of each other go to Redis in
+    one pipeline: to the web process the stream is the same, and the publishers, which
+    share this host's cores with it (the workers run elsewhere), spend a fraction of the CPU."""
+    import uvloop
     from channels.layers import get_channel_layer
 
     from jobs.events import job_event_message, job_group_name
 
     layer = get_channel_layer()
     targets: list[str] = json.loads(Path(args.target).read_text())
-    calls: list[float] = []
+    groups = [job_group_name(target) if args.mode == "project" else target for target in targets]
+    schedule = sorted(
+        ((index + position / len(groups)) / args.rate, seq, group)
+        for index, seq in enumerate(range(-WARMUP_EVENTS, args.events))
+        for position, group in enumerate(groups)
+    )
+    published = Published()
 
     def message(seq: int) -> dict[str, Any]:
-        event = bench_event(seq, last=args.events - 1)
+        event = bench_event(seq, args.events, terminal=True)
         return job_event_message(event) if args.mode == "project" else {"type": "job.event", "event": event}
 
-    async def send(group: str, seq: int, gate: asyncio.Semaphore) -> None:
-        async with gate:
-            began = time.perf_counter()
-            await layer.group_send(group, message(seq))
-            if seq >= 0:
-                calls.append(time.perf_counter() - began)
+    def note(seq: int, due: float, began: float, ended: float) -> None:
+        if seq >= 0:
+            published.calls.append(ended - began)
+            published.lags.append(max(0.0, began - due))
 
-    async def publish() -> None:
+    async def by_group_send() -> None:
         gate = asyncio.Semaphore(PUBLISH_IN_FLIGHT)
-        groups = [job_group_name(target) if args.mode == "project" else target for target in targets]
-        schedule = sorted(
-            ((index + position / len(groups)) / args.rate, seq, group)
-            for index, seq in enumerate(range(-WARMUP_EVENTS, args.events))
-            for position, group in enumerate(groups)
-        )
-        start, tasks = time.monotonic(), []
+
+        async def send(group: str, seq: int, due: float) -> None:
+            async with gate:
+                began = time.perf_counter()
+                await layer.group_send(group, message(seq))
+                note(seq, due, began, time.perf_counter())
+
+        start, tasks = time.perf_counter(), []
         for due, seq, group in schedule:
-            if (wait := start + due - time.monotonic()) > 0:
+            # A timer per send would cost the publisher more CPU than the send.
+            if (wait := start + due - time.perf_counter()) > TICK_S:
                 await asyncio.sleep(wait)
-            tasks.append(asyncio.ensure_future(send(group, seq, gate)))
+            tasks.append(asyncio.ensure_future(send(group, seq, start + due)))
         await asyncio.gather(*tasks)
 
-    asyncio.run(publish())
-    return calls
+    async def by_pipeline() -> None:
+        from channels_redis.utils import create_pool, decode_hosts
+        from django.conf import settings
+        from redis import asyncio as aioredis
+
+        layers: Any = settings.CHANNEL_LAYERS
+        (host,) = decode_hosts(layers["default"]["CONFIG"]["hosts"])
+        client = aioredis.Redis(connection_pool=create_pool(host))
+        loop_layer = layer._get_layer()
+        start, next_index = time.perf_counter(), 0
+        while next_index < len(schedule):
+            if (wait := start + schedule[next_index][0] - time.perf_counter()) > 0:
+                await asyncio.sleep(wait)
+            now = time.perf_counter() - start
+            batch = []
+            while next_index < len(schedule) and schedule[next_index][0] <= now + TICK_S:
+                batch.append(schedule[next_index])
+                next_index += 1
+            pipe = client.pipeline(transaction=False)
+            for _, seq, group in batch:
+                pipe.publish(loop_layer._get_group_channel_name(group), layer.serialize(message(seq)))
+            began = time.perf_counter()
+            await pipe.execute()
+            ended = time.perf_counter()
+            for due, seq, _ in batch:
+                note(seq, start + due, began, ended)
+        await client.aclose()
+
+    # uvloop, as the server: the publishers' CPU is the benchmark's own cost on this host,
+    # taken from the same cores as the server's.
+    cpu = time.process_time()
+    uvloop.run(by_pipeline() if args.publish == "pipeline" else by_group_send())
+    published.cpu_s = time.process_time() - cpu
+    return published
 
 
 def publish_main(args: argparse.Namespace) -> None:
     """Publishes the warm-up events, then `--events` events, at `--rate` per second; prints
-    how long each publish call took (JSON)."""
-    calls: list[float] = []
+    how long the publish calls took, how late they started, and the CPU spent (JSON)."""
     seqs = range(-WARMUP_EVENTS, args.events)
+    published = Published()
 
     def due(index: int, start: float) -> float:
-        return start + index / args.rate - time.monotonic()
+        return start + index / args.rate
 
+    def note(index: int, start: float, began: float) -> None:
+        if index >= WARMUP_EVENTS:
+            published.calls.append(time.perf_counter() - began)
+            published.lags.append(max(0.0, began - due(index, start)))
+
+    cpu = time.process_time()
     if args.many:
-        calls = publish_many(args)
+        published = publish_many(args)
     elif args.mode == "project":
         from jobs.events import job_event_publish
 
-        start = time.monotonic()
+        start = time.perf_counter()
         for index, seq in enumerate(seqs):
-            time.sleep(max(0.0, due(index, start)))
+            time.sleep(max(0.0, due(index, start) - time.perf_counter()))
             began = time.perf_counter()
-            job_event_publish(args.target, bench_event(seq))
-            calls.append(time.perf_counter() - began)
+            job_event_publish(args.target, bench_event(seq, args.events))
+            note(index, start, began)
     else:
         from channels.layers import get_channel_layer
 
         layer = get_channel_layer()
 
         async def publish() -> None:
-            start = time.monotonic()
+            start = time.perf_counter()
             for index, seq in enumerate(seqs):
-                await asyncio.sleep(max(0.0, due(index, start)))
+                await asyncio.sleep(max(0.0, due(index, start) - time.perf_counter()))
                 began = time.perf_counter()
-                await layer.group_send(args.target, {"type": "job.event", "event": bench_event(seq)})
-                calls.append(time.perf_counter() - began)
+                await layer.group_send(
+                    args.target, {"type": "job.event", "event": bench_event(seq, args.events)}
+                )
+                note(index, start, began)
 
         asyncio.run(publish())
-    counted = sorted(calls if args.many else calls[WARMUP_EVENTS:])
-    print(
-        json.dumps(
-            {"call_p50_ms": percentile(counted, 50) * 1000, "call_p99_ms": percentile(counted, 99) * 1000}
-        ),
-        flush=True,
-    )
+    if not args.many:
+        published.cpu_s = time.process_time() - cpu
+    print(json.dumps(published.summary()), flush=True)
 
 
 # --- setup (a subprocess: `realtime.py _setup`) ----------------------------------------------
@@ -416,6 +532,7 @@ class Side:
     server_cpu_s: float | None = None
     subscribers: int = 0
     terminal: int = 0  # subscribers that had the last (terminal) event
+    skipped: int = 0  # events a subscriber missed but had a later one of
 
     @property
     def terminal_lost(self) -> int:
@@ -423,7 +540,8 @@ class Side:
 
     @property
     def lost(self) -> int:
-        return self.expected - (self.received - self.duplicates)
+        """Events a subscriber never had, nor any later one."""
+        return self.expected - (self.received - self.duplicates) - self.skipped
 
     @property
     def unseen(self) -> int:
@@ -457,6 +575,7 @@ def merge(parts: list[Receipts], publish: dict[str, float], server_cpu_s: float 
         server_cpu_s=server_cpu_s,
         subscribers=sum(part.subscribers for part in parts),
         terminal=sum(part.terminal for part in parts),
+        skipped=sum(part.skipped for part in parts),
     )
 
 
@@ -487,7 +606,7 @@ def measure(
             json.loads(read_line(process, 900, children, f"{name}-publish-{index}"))
             for index, process in enumerate(publishing)
         ]
-        publish = {key: max(call[key] for call in calls) for key in calls[0]}
+        publish = {key: (sum if key == "cpu_s" else max)(call[key] for call in calls) for key in calls[0]}
         for process in publishing:
             process.wait(timeout=60)
             children.stop(process)
@@ -586,16 +705,19 @@ def client_receivers(
 
 
 def many_publishers(
-    tmp: Path, name: str, mode: str, targets: list[str], events: int, rate: float
+    tmp: Path, name: str, mode: str, targets: list[str], events: int, rate: float, publish: str
 ) -> list[list[str]]:
-    """`_publish MODE --many` processes for these targets: one per 500 targets."""
-    procs = max(1, (len(targets) + 499) // 500)
+    """`_publish MODE --many` processes for these targets: one per MANY_TARGETS_PER_PUBLISHER."""
+    procs = max(1, -(-len(targets) // MANY_TARGETS_PER_PUBLISHER))
     publishers = []
     for index in range(procs):
         targets_file = tmp / f"{name}-{index}-targets.json"
         targets_file.write_text(json.dumps(targets[index::procs]))
         publishers.append(
-            ["_publish", mode, str(targets_file), "--many", "--rate", str(rate), "--events", str(events)]
+            [
+                *("_publish", mode, str(targets_file), "--many", "--rate", str(rate)),
+                *("--events", str(events), "--publish", publish),
+            ]
         )
     return publishers
 
@@ -647,12 +769,13 @@ def measure_many_jobs(
         "bare consumer =="
     )
     sides: dict[str, Side] = {}
-    publishers = many_publishers(tmp, f"{name}-project", "project", job_ids, events, rate)
+    publish = many_publish_mode(args.many_publish)
+    publishers = many_publishers(tmp, f"{name}-project", "project", job_ids, events, rate, publish)
     sides["project"] = measure(children, tmp, f"{name}-project", clients, publishers, servers.project)
     groups = [f"bench.bare.{uuid.uuid4().hex}" for _ in range(count)]
     clients = client_receivers(tmp, f"{name}-bare", [target.bare_url + group for group in groups], "",
                                target.bare_origin, events, args)  # fmt: skip
-    publishers = many_publishers(tmp, f"{name}-bare", "bare", groups, events, rate)
+    publishers = many_publishers(tmp, f"{name}-bare", "bare", groups, events, rate, publish)
     sides["bare consumer"] = measure(children, tmp, f"{name}-bare", clients, publishers, servers.bare)
     for side, measured in sides.items():
         log_side(side, measured)
@@ -759,7 +882,8 @@ def header_print(args: argparse.Namespace, nofile: int, target: Target) -> None:
     )
     log(
         f"one job: {args.events} events at {args.rate:g}/s; many jobs: {args.many_events} events per job "
-        f"at {args.many_rate:g}/s (+{WARMUP_EVENTS} warm-up); WebSocket auth: {target.auth}"
+        f"at {args.many_rate:g}/s (+{WARMUP_EVENTS} warm-up), published by "
+        f"{many_publish_mode(args.many_publish)}; WebSocket auth: {target.auth}"
     )
 
 
@@ -771,6 +895,7 @@ ROWS_TABLE = Table(
     Column("p99", 8, ".1f"),
     Column("last p99", 8, ".1f"),
     Column("lost", 6),
+    Column("skipped", 7),
     Column("terminal lost", 13),
     Column("server us", 9, ".0f"),
     Column("load", 5, ".2f"),
@@ -785,7 +910,9 @@ def rows_print(rows: list[Row]) -> None:
         "an event). server us = CPU of the side's uvicorn process per message delivered; load = its "
         "CPU s over the span of the events (over 1.0: it fell behind). / bare = project over bare "
         "consumer. Sides: project (JobConsumer), bare consumer (bench/realtime_bare.py), layer "
-        "(group_send -> layer.receive in one process, no ASGI)"
+        "(group_send -> layer.receive in one process, no ASGI). lost = events a socket never had, nor "
+        "any later one; skipped = events it missed but had a later one of (when a socket is behind, the "
+        "project skips a progress event that a newer one replaces)"
     )
     ROWS_TABLE.print_header()
     for row in rows:
@@ -800,6 +927,7 @@ def rows_print(rows: list[Row]) -> None:
                 side.p(99),
                 side.last_p(99),
                 side.lost,
+                side.skipped,
                 side.terminal_lost if row.shape == "many-jobs" else "-",
                 server_us,
                 (side.server_cpu_s or float("nan")) / row.span_s,
@@ -832,6 +960,12 @@ def goals_print(rows: list[Row]) -> None:
                 f"{where}: p99 {project.p(99):.0f} ms < 2 x bare {bare.p(99):.0f} ms",
                 project.p(99) < 2 * bare.p(99),
             )
+        for name, side in row.sides.items():
+            if side.publish["lag_p99_ms"] > PUBLISHER_LAG_WARN_MS:
+                log(
+                    f"  note  {where}, {name}: the publishers started their calls up to "
+                    f"{side.publish['lag_p99_ms']:.0f} ms late (p99): they, not the server, set the pace"
+                )
 
 
 def save(rows: list[Row], args: argparse.Namespace, elapsed: float) -> None:
@@ -869,6 +1003,7 @@ def summarize(side: Side) -> dict[str, Any]:
         "last_p50_ms": side.last_p(50),
         "last_p99_ms": side.last_p(99),
         "lost": side.lost,
+        "skipped": side.skipped,
         "terminal_lost": side.terminal_lost,
         "events_unseen": side.unseen,
         "duplicates": side.duplicates,
@@ -879,16 +1014,21 @@ def summarize(side: Side) -> dict[str, Any]:
         "connect_s": side.connect_s,
         "publish_call_p50_ms": side.publish["call_p50_ms"],
         "publish_call_p99_ms": side.publish["call_p99_ms"],
+        "publish_lag_p99_ms": side.publish["lag_p99_ms"],
+        "publisher_cpu_s": side.publish["cpu_s"],
     }
 
 
 def log_side(name: str, side: Side) -> None:
     log(
         f"  {name}: p50 {side.p(50):.1f} ms, p99 {side.p(99):.1f} ms, max {side.p(100):.1f} ms; "
-        f"lost {side.lost} of {side.expected} ({side.unseen} events reached no subscriber), "
+        f"lost {side.lost} of {side.expected} ({side.unseen} events reached no subscriber), skipped "
+        f"{side.skipped}, "
         f"duplicates {side.duplicates}, sockets closed early {side.closed}; subscribed in "
         f"{side.connect_s:.1f} s; publish call p50 {side.publish['call_p50_ms']:.2f} ms, "
-        f"p99 {side.publish['call_p99_ms']:.2f} ms"
+        f"p99 {side.publish['call_p99_ms']:.2f} ms, started late p99 {side.publish['lag_p99_ms']:.1f} ms; "
+        f"publishers' CPU {side.publish['cpu_s']:.1f} s; server CPU {side.server_cpu_s or 0:.1f} s, "
+        f"clients' CPU {side.receiver_cpu_s:.1f} s"
     )
 
 
@@ -926,6 +1066,13 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--many-events", type=int, default=40, help="many jobs: events per job (default 40)")
     parser.add_argument(
         "--many-rate", type=float, default=4.0, help="many jobs: events per second per job (default 4)"
+    )
+    parser.add_argument(
+        "--many-publish",
+        choices=("auto", "group_send", "pipeline"),
+        default="auto",
+        help="many jobs: how the publishers send each event (default: pipeline with the pub/sub "
+        "layer, else group_send; see publish_many)",
     )
     parser.add_argument(
         "--client-procs",
@@ -968,6 +1115,7 @@ def sub(argv: list[str]) -> None:
             "target", help="the job id (project) or the group (baseline); with --many, a JSON file of either"
         )
         parser.add_argument("--many", action="store_true", help="many targets at once (asyncio)")
+        parser.add_argument("--publish", choices=("group_send", "pipeline"), default="group_send")
         parser.add_argument("--rate", type=float, required=True)
         django_setup()
         publish_main(parser.parse_args(argv[1:]))

@@ -244,19 +244,47 @@ CACHES = {
     }
 }
 
-CHANNEL_LAYERS = {
-    "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {
-            # redis-py 8 times out reads after 5 s by default, as long as channels_redis's
-            # blocking receive waits: an idle consumer would die every 5 s. And its pool
-            # fails instead of waiting when full, so a burst of handshakes needs room.
-            "hosts": [{"address": CHANNEL_LAYER_URL, "socket_timeout": 30, "max_connections": 1000}],
-            "capacity": 1000,
-            "expiry": 30,
-        },
+# The channel layer (realtime/, jobs/events.py), both channels-redis:
+# - "pubsub" (RedisPubSubChannelLayer): a group send is one PUBLISH, and each web process
+#   holds one subscription connection that Redis pushes its sockets' events down. No
+#   per-channel capacity or expiry (a process that falls behind buffers in memory), and
+#   what is published while a process is disconnected from Redis is lost: its sockets'
+#   periodic resync (WEBSOCKET_RESYNC_S) reads a finished job's end from its row.
+#   Pub/sub ignores the database number, so the prefix carries it.
+# - "core" (RedisChannelLayer): per-process lists in Redis, popped one message per round
+#   trip; a group send costs several commands and a Lua call per member's process, and
+#   each process's inbox holds at most `capacity` messages (more are dropped).
+CHANNEL_LAYER_BACKEND = env("CHANNEL_LAYER_BACKEND", default="pubsub")
+_channel_layer_db = urlsplit(CHANNEL_LAYER_URL).path.strip("/") or "0"
+if CHANNEL_LAYER_BACKEND == "pubsub":
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {
+                # Publishes and (un)subscribes take one connection at a time; the read of
+                # the subscription passes its own timeout. The health check pings an idle
+                # subscription, so a dead connection is found and subscribed again.
+                "hosts": [{"address": CHANNEL_LAYER_URL, "socket_timeout": 30, "health_check_interval": 30}],
+                "prefix": f"asgi.{_channel_layer_db}.",
+            },
+        }
     }
-}
+elif CHANNEL_LAYER_BACKEND == "core":
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                # redis-py 8 times out reads after 5 s by default, as long as channels_redis's
+                # blocking receive waits: an idle consumer would die every 5 s. And its pool
+                # fails instead of waiting when full, so a burst of handshakes needs room.
+                "hosts": [{"address": CHANNEL_LAYER_URL, "socket_timeout": 30, "max_connections": 1000}],
+                "capacity": 1000,
+                "expiry": 30,
+            },
+        }
+    }
+else:
+    raise ImproperlyConfigured(f"CHANNEL_LAYER_BACKEND is {CHANNEL_LAYER_BACKEND!r}: 'pubsub' or 'core'")
 
 if REDIS_SENTINELS:
     # channels-redis finds the master through the sentinels itself.

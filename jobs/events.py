@@ -1,13 +1,15 @@
 """Publishing job events to the browsers and clients that watch a job.
 
-The channel layer delivers at most once and drops when a channel is full: an event is a
-hint. The database row (with the hot progress in Redis) is the truth, and every socket
+The channel layer delivers at most once: the pub/sub layer (the default) loses what a web
+process misses while it is cut off from Redis, the core layer what overflows a process's
+inbox, and a socket that is behind skips progress that a newer event replaces. An event is
+a hint. The database row (with the hot progress in Redis) is the truth, and every socket
 starts from a snapshot of it.
 
 Events are published from sync code (the Celery worker, the API's services). channels_redis
-keeps one connection pool per event loop, and `async_to_sync` from a thread without a loop
-would make a new loop, so a new connection, on every call (~7 ms instead of ~1 ms). So each
-process publishes on one long-lived loop in a daemon thread, made on first use and made
+keeps its connections per event loop (both layers), and `async_to_sync` from a thread
+without a loop would make a new loop, so a new connection, on every call (~7 ms instead of
+~1 ms). So each process publishes on one long-lived loop in a daemon thread, made on first use and made
 again in a forked child (Celery's prefork pool forks after import).
 """
 

@@ -2,7 +2,9 @@
 
 Every message carries `status` and `progress`. Within an attempt the progress that a socket
 shows never goes backwards: the snapshot is read after joining the job's group, so events
-already queued for the socket can be older than it, and those are dropped. While the job is
+already queued for the socket can be older than it, and those are dropped. A socket that is
+behind (its process busy) skips a progress event that a newer event of the job, queued
+behind it, replaces; status changes and terminal events are always sent. While the job is
 active, a heartbeat repeats the last state sent, so that proxies keep an idle socket open.
 
 A socket that has carried no event of its job for WEBSOCKET_RESYNC_S reads the job's row
@@ -32,7 +34,7 @@ from jobs.events import job_group_name
 from jobs.models import ACTIVE_STATUSES, DownloadJob, Status
 from jobs.ops import metrics
 
-from . import connections
+from . import backlog, connections
 from .auth import socket_user
 
 CLOSE_UNAUTHENTICATED = 4401
@@ -73,6 +75,27 @@ _place_give_up = sync_to_async(connections.websocket_place_give_up, thread_sensi
 
 # Message types whose handlers never touch the database (see JobConsumer.dispatch).
 _NO_DATABASE_HANDLERS = {"job.event": "job_event", "websocket.receive": "websocket_receive"}
+
+
+def _replaced_progress(batch: list[dict[str, Any]]) -> set[int]:
+    """The indexes of the progress events in `batch` (channel-layer messages, oldest first)
+    that a later job event of the batch replaces: a status change or terminal event, or a
+    progress event at least as far."""
+    replaced: set[int] = set()
+    later_status = False  # a later event that is not a progress event
+    later_progress = -1  # the furthest later progress event
+    for index in range(len(batch) - 1, -1, -1):
+        if batch[index].get("type") != "job.event":
+            continue
+        event = batch[index]["event"]
+        if event.get("type") != "progress":
+            later_status = True
+            continue
+        progress = event.get("progress", 0)
+        if later_status or later_progress >= progress:
+            replaced.add(index)
+        later_progress = max(later_progress, progress)
+    return replaced
 
 
 class UnknownPathConsumer(AsyncWebsocketConsumer):
@@ -152,6 +175,19 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         await getattr(self, handler_name)(message)
 
     async def job_event(self, message: dict[str, Any]) -> None:
+        """This event, and the messages queued behind it for this socket (realtime/
+        backlog.py), in order. A progress event that a later event of the job in that lot
+        replaces is skipped: a socket that fell behind catches up to the job's latest state
+        instead of replaying every step. Other events are never skipped."""
+        batch = [message, *backlog.take(self.channel_layer, self.channel_name)]
+        replaced = _replaced_progress(batch) if len(batch) > 1 else ()
+        for index, item in enumerate(batch):
+            if item.get("type") != "job.event":
+                await self.dispatch(item)
+            elif index not in replaced:
+                await self._forward(item)
+
+    async def _forward(self, message: dict[str, Any]) -> None:
         event = message["event"]
         if self.closing:
             return

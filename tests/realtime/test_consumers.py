@@ -21,6 +21,7 @@ import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.core import signing
 from django.test import Client
@@ -35,12 +36,17 @@ from jobs.events import job_event_publish
 from jobs.hotstate import HotProgress
 from jobs.models import DownloadJob, Status
 from jobs.selectors import iso
+from realtime import backlog
+from realtime.consumers import _replaced_progress
 from realtime.routing import websocket_urlpatterns
 from tests.factories import make_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ROUTER = URLRouter(websocket_urlpatterns)
+pubsub_only = pytest.mark.skipif(
+    settings.CHANNEL_LAYER_BACKEND != "pubsub", reason="the pub/sub layer's backlog (CHANNEL_LAYER_BACKEND)"
+)
 TIMEOUT_S = 5
 NORMAL_CLOSE = 1000
 
@@ -276,9 +282,11 @@ def test_events_arrive_in_order_after_the_snapshot_and_completed_closes(user):
     async def scenario() -> tuple[list[dict[str, Any]], int, bool]:
         async with socket(subscribe_path(job.job_id), user=user) as ws:
             received = [await receive(ws)]
+            # One at a time, as a socket that keeps up sees them (one that falls behind
+            # may skip progress: test_a_socket_behind_skips_only_progress_that_newer_events_replace).
             for sent in events:
                 await publish(job.job_id, sent)
-            received += [await receive(ws) for _ in events]
+                received.append(await receive(ws))
             code = await close_code(ws)
             # Whatever is still delivered after the close is not sent on a closed socket.
             await publish(job.job_id, progress_event(job, 100))
@@ -323,9 +331,11 @@ def test_a_lower_progress_is_not_forwarded(user):
             for sent in (stale_start, progress_event(job, 40), progress_event(job, 60)):
                 await publish(job.job_id, sent)
             received.append(await receive(ws))
-            for percent in (55, 60, 70):
+            for percent in (55, 60):
                 await publish(job.job_id, progress_event(job, percent))
-            received += [await receive(ws), await receive(ws)]
+            received.append(await receive(ws))
+            await publish(job.job_id, progress_event(job, 70))
+            received.append(await receive(ws))
             return received, await ws.receive_nothing(timeout=0.3)
 
     received, quiet = run(scenario)
@@ -377,6 +387,83 @@ def test_a_new_attempt_starts_progress_again(user):
         ("status_update", "processing", 0),
         ("progress", "processing", 2),
     ]
+
+
+def queue_behind(job_id: str, events: list[dict[str, Any]]) -> None:
+    """Puts `events` in the queues of the job's sockets in this process at once, as the
+    pub/sub layer's reader does for a process that is busy: the sockets have a backlog."""
+    from channels.layers import get_channel_layer
+
+    from jobs.events import job_event_message, job_group_name
+
+    layer = get_channel_layer()
+    loop_layer = layer._get_layer()
+    channels = loop_layer.groups[loop_layer._get_group_channel_name(job_group_name(job_id))]
+    for channel in channels:
+        for sent in events:
+            loop_layer.channels[channel].put_nowait(layer.serialize(job_event_message(sent)))
+
+
+@pubsub_only
+def test_a_socket_behind_skips_only_progress_that_newer_events_replace(user):
+    """A socket with a backlog sends the job's latest state: a progress event that a later
+    one (at least as far) or a status change replaces is skipped; status changes, a lower
+    progress of a new attempt and the terminal event are not."""
+    job = make_job(user)
+    first = [
+        event(job, "status_update", Status.PROCESSING, 0),
+        *(progress_event(job, percent) for percent in (10, 20, 30)),
+    ]
+    second = [
+        progress_event(job, 40),
+        event(job, "status_update", Status.QUEUED, 40),  # a retry
+        progress_event(job, 45),  # a late one of the failed attempt: no later event replaces it
+        event(job, "completed", Status.COMPLETED, 100, download_url=f"/v1/download/{job.job_id}"),
+    ]
+
+    async def scenario() -> tuple[list[dict[str, Any]], int]:
+        async with socket(subscribe_path(job.job_id), user=user) as ws:
+            received = [await receive(ws)]
+            queue_behind(job.job_id, first)
+            received += [await receive(ws), await receive(ws)]
+            assert await ws.receive_nothing(timeout=0.3)
+            queue_behind(job.job_id, second)
+            received += [await receive(ws), await receive(ws)]
+            return received, await close_code(ws)
+
+    received, code = run(scenario)
+    assert [(m["type"], m["status"], m["progress"]) for m in received] == [
+        ("snapshot", "queued", 0),
+        ("status_update", "processing", 0),
+        ("progress", "processing", 30),
+        ("status_update", "queued", 40),
+        ("completed", "completed", 100),
+    ]
+    assert code == NORMAL_CLOSE
+
+
+def test_which_progress_a_later_event_replaces():
+    def message(kind: str, progress: int) -> dict[str, Any]:
+        return {"type": "job.event", "event": {"type": kind, "progress": progress}}
+
+    assert _replaced_progress([message("progress", 10)]) == set()
+    assert _replaced_progress([message("progress", 10), message("progress", 20)]) == {0}
+    assert _replaced_progress([message("progress", 20), message("progress", 20)]) == {0}
+    # A lower progress replaces nothing (the consumer drops it, or it starts a new attempt).
+    assert _replaced_progress([message("progress", 20), message("progress", 5)]) == set()
+    assert _replaced_progress([message("progress", 20), message("status_update", 0)]) == {0}
+    assert _replaced_progress([message("status_update", 0), message("progress", 1)]) == set()
+    assert _replaced_progress([message("progress", 1), message("completed", 100)]) == {0}
+    # Other messages on the channel neither replace nor are replaced.
+    assert _replaced_progress([message("progress", 1), {"type": "other"}]) == set()
+
+
+def test_the_backlog_of_another_layer_is_empty():
+    """Only the pub/sub layer's queues are taken; with any other layer every message is
+    received one at a time, as Channels does."""
+    from channels.layers import InMemoryChannelLayer
+
+    assert backlog.take(InMemoryChannelLayer(), "anything") == []
 
 
 # --- heartbeat -----------------------------------------------------------------------------
@@ -774,7 +861,6 @@ def test_job_events_take_no_database_thread_hop(user, monkeypatch):
             after_connect = len(hops)
             for percent in (1, 2, 3):
                 await publish(job.job_id, progress_event(job, percent))
-            for _ in range(3):
                 await receive(ws)
             return after_connect, len(hops)
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.core.files.storage import storages
 from django.db import connection
@@ -189,12 +188,19 @@ def run_attempt(db: None, django_capture_on_commit_callbacks: Any) -> Any:
 
 
 class Watcher:
-    """Listens on the job's channel group as a WebSocket consumer would."""
+    """Listens on the job's channel group as a WebSocket consumer would, on an event loop of
+    its own: the pub/sub channel layer's subscriptions live on the loop that made them."""
 
     def __init__(self, job_id: str) -> None:
         self.layer = get_channel_layer()
-        self.channel = async_to_sync(self.layer.new_channel)()
-        async_to_sync(self.layer.group_add)(job_group_name(job_id), self.channel)
+        self.loop = asyncio.new_event_loop()
+
+        async def join() -> str:
+            channel: str = await self.layer.new_channel()
+            await self.layer.group_add(job_group_name(job_id), channel)
+            return channel
+
+        self.channel = self.loop.run_until_complete(join())
 
     def events(self) -> list[dict[str, Any]]:
         async def drain() -> list[dict[str, Any]]:
@@ -206,7 +212,10 @@ class Watcher:
                     return received
                 received.append(message["event"])
 
-        return async_to_sync(drain)()
+        try:
+            return self.loop.run_until_complete(drain())
+        finally:
+            self.loop.close()
 
 
 @committed
