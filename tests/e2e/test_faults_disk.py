@@ -18,12 +18,12 @@ from rest_framework.authtoken.models import Token
 
 from conftest import Stack, stack_env
 from jobs.models import DownloadJob
-from tests.support.faults import FAST_REAPER, running_stack
+from tests.support.faults import FAST_REAPER, postgres_profile_only, running_stack
 from tests.support.flows import eventually, initiate, job_status
 from tests.support.origin_server import FileScript, OriginServer
 from tests.support.redis_servers import RedisServer
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), postgres_profile_only]
 
 MiB = 1024 * 1024
 DISK_MIB = 4

@@ -28,11 +28,11 @@ from websockets.sync.client import connect
 
 from conftest import Stack, stack_env
 from jobs.models import DownloadJob
-from tests.support.faults import FAST_REAPER, jobs_through_a_fault, running_stack
+from tests.support.faults import FAST_REAPER, jobs_through_a_fault, postgres_profile_only, running_stack
 from tests.support.origin_server import OriginServer
 from tests.support.redis_servers import RedisServer
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), postgres_profile_only]
 
 JOBS = 6
 ORDER = {"queued": 0, "processing": 1, "completed": 2}

@@ -20,12 +20,12 @@ from rest_framework.authtoken.models import Token
 
 from conftest import Stack, stack_env
 from jobs.models import DownloadJob
-from tests.support.faults import FAST_REAPER, jobs_through_a_fault, running_stack
+from tests.support.faults import FAST_REAPER, jobs_through_a_fault, postgres_profile_only, running_stack
 from tests.support.flows import eventually
 from tests.support.origin_server import OriginServer
 from tests.support.redis_servers import RedisServer
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), postgres_profile_only]
 
 JOBS = 6
 

@@ -184,7 +184,7 @@ def waiting_stack(django_db_setup: None, origin_server: OriginServer, broker: Re
     """Web only: the waiting jobs stay queued, so every request waits its whole time."""
     env = stack_env(
         origin_server,
-        {"CELERY_BROKER_URL": f"{broker.url}/1", "LEGACY_WAIT_S": "20", "JOB_MAX_ACTIVE_PER_USER": "5"},
+        {"CELERY_BROKER_URL": f"{broker.url}/1", "LEGACY_WAIT_S": "15", "JOB_MAX_ACTIVE_PER_USER": "5"},
         broker_db=0,
     )
     stack = Stack("legacy-waiting", env).start(worker=False)
@@ -240,7 +240,7 @@ async def _scenario(stack: Stack, tokens: list[str], poll_token: str, poll_job: 
 
         started = time.monotonic()
         waiting = [asyncio.create_task(start(token)) for token in tokens for _ in range(WAITING // USERS)]
-        # Until every job is created: from then on all of them wait (LEGACY_WAIT_S 20).
+        # Until every job is created: from then on all of them wait (LEGACY_WAIT_S 15).
         while await asyncio.to_thread(_created, tokens) < WAITING:
             await asyncio.sleep(0.1)
         all_waiting_s = time.monotonic() - started

@@ -20,12 +20,12 @@ from django.contrib.auth.models import User
 from rest_framework.authtoken.models import Token
 
 from conftest import Stack, stack_env
-from tests.support.faults import FAST_REAPER, jobs_through_a_fault, running_stack
+from tests.support.faults import FAST_REAPER, jobs_through_a_fault, postgres_profile_only, running_stack
 from tests.support.flows import assert_downloads_exactly, eventually, initiate, job_status
 from tests.support.origin_server import FileScript, OriginServer
 from tests.support.redis_servers import SentinelGroup
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), postgres_profile_only]
 
 JOBS = 6
 
