@@ -220,7 +220,7 @@ def card_read(job_id: str) -> tuple[JobCard | None, HotProgress | None]:
     pipe.hget(_card_key(job_id), "card")
     pipe.hgetall(_progress_key(job_id))
     raw_card, raw_progress = pipe.execute()
-    return (JobCard.decode(raw_card) if raw_card else None), _decode(raw_progress)
+    return card_decode(raw_card), _decode(raw_progress)
 
 
 # --- the running attempt: its heartbeat and its stored parts -------------------------------
