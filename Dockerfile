@@ -78,4 +78,4 @@ EXPOSE 8000
 # with a Host that ALLOWED_HOSTS accepts. Only web listens: worker and beat override it.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-m", "downloads_project.healthcheck"]
-CMD ["uvicorn", "downloads_project.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--no-proxy-headers", "--timeout-graceful-shutdown", "20"]
+CMD ["uvicorn", "downloads_project.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--no-proxy-headers", "--ws-per-message-deflate", "false", "--timeout-graceful-shutdown", "20"]

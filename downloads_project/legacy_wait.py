@@ -21,7 +21,6 @@ from typing import Any
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from downloads_project import redis_servers
 from jobs import hotstate
 from jobs.events import job_group_name
 from jobs.models import TERMINAL_STATUSES
@@ -109,28 +108,11 @@ class _Unmarked:
         await self._send(message)
 
 
-_clients: dict[int, Any] = {}
-
-
-def _state_client() -> Any:
-    """This event loop's asyncio client of hot-state Redis (one per loop: a client's
-    connections belong to the loop that opened them)."""
-    loop_id = id(asyncio.get_running_loop())
-    if loop_id not in _clients:
-        _clients[loop_id] = redis_servers.async_client(
-            settings.REDIS_STATE_URL,
-            max_connections=settings.REDIS_POOL_MAX_CONNECTIONS,
-            socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT_S,
-            socket_timeout=settings.REDIS_SOCKET_TIMEOUT_S,
-        )
-    return _clients[loop_id]
-
-
 async def _ended(job_id: str) -> bool:
     """The job's card says it ended, read on the loop (no thread). A card that is missing
     or cannot be read says nothing: the answer's request reads the row anyway."""
     try:
-        card = await hotstate.card_read_async(_state_client(), job_id)
+        card = await hotstate.card_read_async(job_id)
     except Exception:
         logger.warning("Legacy wait: could not read the card of %s", job_id, exc_info=True)
         return False

@@ -64,19 +64,35 @@ def client(url: str, *, blocking: bool = False, **options: Any) -> redis.Redis:
     return redis.Redis(connection_pool=pool(url, blocking=blocking, **options))
 
 
+class AsyncSentinelBlockingConnectionPool(
+    redis.asyncio.sentinel.SentinelConnectionPool, redis.asyncio.BlockingConnectionPool
+):
+    """The sentinels' master, through a bounded asyncio pool that makes a task wait for a
+    free connection rather than fail."""
+
+
 def async_client(url: str, **options: Any) -> redis.asyncio.Redis:
     """An asyncio client of the server of `url` (or the sentinels' master), for code on an
-    event loop that must not take a thread to ask Redis. Bound to the loop it is used on."""
+    event loop that must not take a thread to ask Redis. Bound to the loop it is used on.
+    Its pool is bounded (`max_connections`): when all are busy, a command waits for one, at
+    most `timeout` seconds, rather than fail."""
     from django.conf import settings
 
     if not settings.REDIS_SENTINELS:
-        return redis.asyncio.Redis.from_url(url, **options)
+        return redis.asyncio.Redis(
+            connection_pool=redis.asyncio.BlockingConnectionPool.from_url(url, **options)
+        )
     timeout = settings.REDIS_SOCKET_TIMEOUT_S
     sentinel = redis.asyncio.sentinel.Sentinel(
         settings.REDIS_SENTINELS,
         sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
     )
-    return sentinel.master_for(settings.REDIS_SENTINEL_MASTER, db=database(url), **options)
+    return sentinel.master_for(
+        settings.REDIS_SENTINEL_MASTER,
+        db=database(url),
+        connection_pool_class=AsyncSentinelBlockingConnectionPool,
+        **options,
+    )
 
 
 class CachePool(redis.ConnectionPool):

@@ -7,8 +7,10 @@ the status answer needs (the card), so that polling a job reads Redis, not the d
 Everything here expires on its own.
 """
 
+import asyncio
 import json
 import time
+import weakref
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from functools import cache
@@ -38,6 +40,29 @@ def client() -> redis.Redis:
         health_check_interval=30,
     )
     return redis.Redis(connection_pool=pool)
+
+
+_async_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = weakref.WeakKeyDictionary()
+
+
+def async_client() -> Any:
+    """The running event loop's asyncio client of hot-state Redis (`redis.asyncio.Redis`),
+    for code on a web process's loop that must not take a thread to ask Redis: the job
+    sockets' places, the legacy wait. One per loop, as a client's connections belong to the
+    loop that opened them; a busy pool makes a task wait for a connection (at most
+    REDIS_POOL_TIMEOUT_S) rather than fail."""
+    loop = asyncio.get_running_loop()
+    found = _async_clients.get(loop)
+    if found is None:
+        found = _async_clients[loop] = redis_servers.async_client(
+            settings.REDIS_STATE_URL,
+            max_connections=settings.REDIS_POOL_MAX_CONNECTIONS,
+            timeout=settings.REDIS_POOL_TIMEOUT_S,
+            socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT_S,
+            socket_timeout=settings.REDIS_SOCKET_TIMEOUT_S,
+            health_check_interval=30,
+        )
+    return found
 
 
 def _progress_key(job_id: str) -> str:
@@ -203,9 +228,9 @@ def card_decode(raw: bytes | None) -> JobCard | None:
     return JobCard.decode(raw) if raw else None
 
 
-async def card_read_async(client: Any, job_id: str) -> JobCard | None:
-    """The job's card, from an asyncio client (`redis_servers.async_client`)."""
-    return card_decode(await client.hget(_card_key(job_id), "card"))
+async def card_read_async(job_id: str) -> JobCard | None:
+    """The job's card, read on the running event loop (`async_client`)."""
+    return card_decode(await async_client().hget(_card_key(job_id), "card"))
 
 
 def card_forget(job_id: str) -> None:

@@ -23,8 +23,8 @@ import time
 import uuid
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
 from django.conf import settings
 from django.utils import timezone
@@ -66,15 +66,13 @@ def _row_status(user: Any, job_id: str) -> dict[str, Any] | None:
     return selectors.download_job_status(job=job, hot=selectors.download_job_hot([job]).get(job_id))
 
 
-# Redis is asked from a thread: a slow or unreachable one must not stall every socket of
-# the process.
-_place_take = sync_to_async(connections.websocket_place_take, thread_sensitive=False)
-_place_renew = sync_to_async(connections.websocket_place_renew, thread_sensitive=False)
-_place_give_up = sync_to_async(connections.websocket_place_give_up, thread_sensitive=False)
-
-
-# Message types whose handlers never touch the database (see JobConsumer.dispatch).
-_NO_DATABASE_HANDLERS = {"job.event": "job_event", "websocket.receive": "websocket_receive"}
+# Message types whose handlers take no thread hop to close old database connections (see
+# JobConsumer.dispatch): the job's events, the client's frames and the disconnect.
+_NO_DATABASE_HANDLERS = {
+    "job.event": "job_event",
+    "websocket.receive": "websocket_receive",
+    "websocket.disconnect": "websocket_disconnect",
+}
 
 
 def _replaced_progress(batch: list[dict[str, Any]]) -> set[int]:
@@ -131,7 +129,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
             return
         self.user = user
         place = uuid.uuid4().hex
-        taken = await _place_take(user_id=user.pk, socket_id=place)
+        taken = await connections.websocket_place_take(user_id=user.pk, socket_id=place)
         if taken is False:
             await self._close(code=CLOSE_TOO_MANY)
             return
@@ -153,6 +151,12 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         else:
             await self._close()
 
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        """Channels' own, without its second `aclose_old_connections()` hop (see
+        `dispatch`): this consumer joins no `groups` of the class, only its job's."""
+        await self.disconnect(message.get("code", 1005))
+        raise StopConsumer()
+
     async def disconnect(self, code: int) -> None:
         if self.counted:
             self.counted = False
@@ -165,9 +169,9 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels' dispatch, without its `aclose_old_connections()` (a hop to the
         thread-sensitive executor) before the handlers that touch no database: the
-        job's events and the client's frames, which is one hop per event and socket.
-        Every database read here goes through `database_sync_to_async`, which closes old
-        connections in its thread anyway."""
+        job's events and the client's frames, which is one hop per event and socket, and
+        the disconnect. Every database read here goes through `database_sync_to_async`,
+        which closes old connections in its thread anyway."""
         handler_name = _NO_DATABASE_HANDLERS.get(message.get("type", ""))
         if handler_name is None:
             await super().dispatch(message)
@@ -234,7 +238,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
             while True:
                 await asyncio.sleep(settings.WEBSOCKET_HEARTBEAT_S)
                 if self.place is not None:
-                    await _place_renew(user_id=self.user.pk, socket_id=self.place)
+                    await connections.websocket_place_renew(user_id=self.user.pk, socket_id=self.place)
                 now = time.monotonic()
                 if now - self.last_event_at >= settings.WEBSOCKET_IDLE_TIMEOUT_S:
                     await self._close(code=CLOSE_IDLE)
@@ -279,7 +283,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         close of the server's: that may run in the heartbeat task, cancelled as it closes."""
         place, self.place = self.place, None
         if place is not None:
-            await _place_give_up(user_id=self.user.pk, socket_id=place)
+            await connections.websocket_place_give_up(user_id=self.user.pk, socket_id=place)
 
     def _stop_heartbeat(self) -> None:
         if self.heartbeat is not None:

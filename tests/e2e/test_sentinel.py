@@ -11,8 +11,10 @@ The reaper (every second here) sends lost jobs again, and fencing keeps an attem
 survived the failover from completing beside its replacement.
 """
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import pytest
@@ -20,6 +22,7 @@ from django.contrib.auth.models import User
 from rest_framework.authtoken.models import Token
 
 from conftest import Stack, stack_env
+from downloads_project import redis_servers
 from tests.support.faults import FAST_REAPER, jobs_through_a_fault, postgres_profile_only, running_stack
 from tests.support.flows import assert_downloads_exactly, eventually, initiate, job_status
 from tests.support.origin_server import FileScript, OriginServer
@@ -61,6 +64,29 @@ def sentinel_stack(
 def token() -> str:
     user = User.objects.create_user(f"sentinel-{uuid4().hex[:12]}")
     return Token.objects.create(user=user).key
+
+
+def test_an_asyncio_client_finds_the_master_and_waits_for_a_free_connection(
+    sentinel_group: SentinelGroup, settings: Any
+) -> None:
+    """What the web process's event loop uses for hot state (the sockets' places, the
+    legacy wait): the master through the sentinels, and a bounded pool where a command
+    waits for a connection instead of failing."""
+    settings.REDIS_SENTINELS = redis_servers.sentinels_parse(sentinel_group.env["REDIS_SENTINELS"].split(","))
+    settings.REDIS_SENTINEL_MASTER = sentinel_group.env["REDIS_SENTINEL_MASTER"]
+    key = f"sentinel-async-{uuid4().hex}"
+
+    async def scenario() -> bytes:
+        client = redis_servers.async_client(f"redis://{settings.REDIS_SENTINEL_MASTER}/5", max_connections=1)
+        try:
+            await asyncio.gather(*(client.incr(key) for _ in range(20)))
+            value: bytes = await client.get(key)
+            await client.delete(key)
+            return value
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(scenario()) == b"20"
 
 
 def test_every_job_completes_once_through_a_sentinel_failover_and_new_initiates_work(

@@ -840,10 +840,12 @@ def test_the_published_text_is_sent_as_it_is_and_a_message_without_it_still_work
     assert old_style == second
 
 
-def test_job_events_take_no_database_thread_hop(user, monkeypatch):
+def test_job_events_and_the_disconnect_take_no_database_thread_hop(user, monkeypatch):
     """Channels closes old database connections (in the thread-sensitive executor) before
-    every handler; the job's events touch no database and skip it."""
+    every handler, and again in its disconnect handler; the job's events and the
+    disconnect touch no database and skip it."""
     import channels.consumer
+    import channels.generic.websocket
 
     job = make_job(user)
     hops: list[str] = []
@@ -854,6 +856,7 @@ def test_job_events_take_no_database_thread_hop(user, monkeypatch):
         await original()
 
     monkeypatch.setattr(channels.consumer, "aclose_old_connections", counted)
+    monkeypatch.setattr(channels.generic.websocket, "aclose_old_connections", counted)
 
     async def scenario() -> tuple[int, int]:
         async with socket(subscribe_path(job.job_id), user=user) as ws:
@@ -862,8 +865,36 @@ def test_job_events_take_no_database_thread_hop(user, monkeypatch):
             for percent in (1, 2, 3):
                 await publish(job.job_id, progress_event(job, percent))
                 await receive(ws)
-            return after_connect, len(hops)
+        return after_connect, len(hops)
 
-    after_connect, after_events = run(scenario)
+    after_connect, at_the_end = run(scenario)
     assert after_connect >= 1  # the connect handler still has it
-    assert after_events == after_connect
+    assert at_the_end == after_connect
+
+
+def test_sockets_closing_together_all_give_up_their_places(user, settings):
+    """The places given up in one turn of the loop go to Redis in one round trip: each
+    one is freed, and the user can open as many sockets again at once."""
+    settings.WEBSOCKET_MAX_PER_USER = 5
+    job = processing_job(user, progress=10)
+
+    async def open_all() -> list[WebsocketCommunicator]:
+        opened = []
+        for _ in range(5):
+            communicator = WebsocketCommunicator(ROUTER, subscribe_path(job.job_id))
+            communicator.scope["user"] = user
+            assert (await communicator.connect(timeout=TIMEOUT_S))[0]
+            assert (await receive(communicator))["type"] == "snapshot"
+            opened.append(communicator)
+        return opened
+
+    async def scenario() -> tuple[int, int, int]:
+        first = await open_all()
+        held = await hotstate.async_client().zcard(f"websockets:user:{user.pk}")
+        await asyncio.gather(*(communicator.disconnect(timeout=TIMEOUT_S) for communicator in first))
+        after_close = await hotstate.async_client().zcard(f"websockets:user:{user.pk}")
+        again = await open_all()
+        await asyncio.gather(*(communicator.disconnect(timeout=TIMEOUT_S) for communicator in again))
+        return held, after_close, len(again)
+
+    assert run(scenario) == (5, 0, 5)
