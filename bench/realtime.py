@@ -5,8 +5,10 @@ Prints figures; asserts nothing.
     .venv/bin/python -m downloads_project.embedded .venv/bin/python bench/realtime.py
     .venv/bin/python -m downloads_project.embedded .venv/bin/python bench/realtime.py \\
         --subscribers 1,100 --events 50                # a quick run
+    REDIS_URL=redis://127.0.0.1:6379 .venv/bin/python bench/realtime.py --profile production
 
-Layout: this process (the driver) makes a throwaway VAR_DIR with a SQLite database,
+Layout: this process (the driver) makes a throwaway VAR_DIR with a SQLite database (with
+`--profile production`, a throwaway PostgreSQL database, and the Redis of REDIS_URL),
 migrates it, creates a user, a token, a session and a queued job there (`_setup`), and
 starts one uvicorn process on `downloads_project.asgi:application`. For each subscriber
 count it then runs, one after the other:
@@ -61,6 +63,7 @@ from bench.sandbox import (  # noqa: E402
     Children,
     bench_env,
     django_setup,
+    postgres_database,
     raised_open_file_limit,
     run_until_interrupted,
 )
@@ -796,7 +799,11 @@ def driver_main(args: argparse.Namespace) -> int:
         if args.logs:  # copied at the end, after the children stopped (the stack unwinds in reverse)
             stack.callback(shutil.copytree, tmp / "logs", args.logs, dirs_exist_ok=True)
         nofile = stack.enter_context(raised_open_file_limit(most * 4 + 1024))
-        env = bench_env(stack, tmp / "var", broker_db=BROKER_DB)
+        production = args.profile == "production"
+        if production and not os.environ.get("REDIS_URL"):
+            raise SystemExit("--profile production needs REDIS_URL (a Redis of the machine)")
+        database_url = postgres_database(stack, f"bench_realtime_{os.getpid()}") if production else None
+        env = bench_env(stack, tmp / "var", broker_db=BROKER_DB, database_url=database_url)
         # Every subscriber is the one benchmark user: lift the per-user socket cap for it.
         env["WEBSOCKET_MAX_PER_USER"] = str(most + 10)
         children = Children(env, tmp / "logs", whole_group=True)
@@ -878,7 +885,7 @@ def header_print(args: argparse.Namespace, nofile: int, target: Target) -> None:
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; uvicorn "
         f"{uvicorn_module.__version__} (one process each), channels_redis {channels_redis.__version__}, "
         f"websockets {websockets.__version__}; open files limit {nofile}; channel layer "
-        f"{settings.CHANNEL_LAYERS['default']['BACKEND']}"
+        f"{settings.CHANNEL_LAYERS['default']['BACKEND']}; profile {args.profile}"
     )
     log(
         f"one job: {args.events} events at {args.rate:g}/s; many jobs: {args.many_events} events per job "
@@ -1079,6 +1086,13 @@ def main(argv: list[str]) -> None:
         type=int,
         default=0,
         help="WebSocket client processes (default: 1 up to 100 sockets, else 2)",
+    )
+    parser.add_argument(
+        "--profile",
+        choices=("embedded", "production"),
+        default="embedded",
+        help="embedded: SQLite and the embedded Redis (the default); production: a throwaway "
+        "PostgreSQL database and the Redis of REDIS_URL",
     )
     parser.add_argument(
         "--no-save", dest="save", action="store_false", help="do not write bench/results/*.json"
