@@ -114,7 +114,9 @@ def test_hot_state_redis_restarted_empty_loses_no_job_and_sockets_come_back(
         assert processing is not None
         watch.start(processing.job_id)
         ws_base = hot_stack.base_url.replace("http://", "ws://")
-        ws = connect(f"{ws_base}/v1/download/subscribe/{processing.job_id}?token={token}", open_timeout=5)
+        ws = connect(
+            f"{ws_base}/v1/download/subscribe/{processing.job_id}?token={token}", open_timeout=5, legacy=True
+        )
         assert json.loads(ws.recv(timeout=5))["type"] == "snapshot"
 
         def drain() -> None:
