@@ -18,7 +18,7 @@ from downloads_project.celery import app
 from jobs import tasks
 from jobs.models import DownloadJob, Status
 from jobs.ops import alerts
-from jobs.ops.broker import broker_client
+from tests.support.brokers import broker_at, empty_broker
 from tests.support.scrapes import closed_port_url, samples
 
 pytestmark = pytest.mark.django_db
@@ -39,13 +39,8 @@ def alert_settings(settings: Any) -> Any:
 @pytest.fixture
 def broker(settings: Any) -> Iterator[redis.Redis]:
     """An empty broker database of this module's own, read by the metrics and alerts."""
-    settings.CELERY_BROKER_URL = f"{settings.REDIS_URL}/{BACKLOG_BROKER_DB}"
-    broker_client.cache_clear()
-    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    broker_client.cache_clear()
+    with empty_broker(settings, f"{settings.REDIS_URL}/{BACKLOG_BROKER_DB}") as client:
+        yield client
 
 
 def ended_jobs(owner: User, status: Status, n: int, *, ago_s: float = 60) -> None:
@@ -186,14 +181,10 @@ def test_a_backlog_above_the_threshold_fires_and_is_logged(
 def test_an_unreadable_broker_leaves_the_backlog_out_of_the_scrape(
     alert_settings: Any, client: Client, caplog: pytest.LogCaptureFixture
 ) -> None:
-    alert_settings.CELERY_BROKER_URL = f"{closed_port_url()}/0"
-    broker_client.cache_clear()
-    try:
+    with broker_at(alert_settings, f"{closed_port_url()}/0"):
         with caplog.at_level(logging.WARNING, logger="jobs.ops.alerts"):
             tasks.download_alerts_check()
         found = scrape(client)
-    finally:
-        broker_client.cache_clear()
     assert "could not read the queue backlog" in caplog.text
     assert alert_warnings(caplog) == []
     assert ("download_queue_backlog", ()) not in found

@@ -22,7 +22,8 @@ from websockets.sync.client import connect
 from conftest import Stack, stack_env
 from devtools.servers import free_port
 from downloads_project.embedded import _redis_server_binary
-from jobs.ops.broker import broker_client, queue_depths
+from jobs.ops.broker import queue_depths
+from tests.support.brokers import broker_at, empty_broker
 from tests.support.origin_server import FileScript, OriginServer
 from tests.support.scrapes import closed_port_url, samples
 
@@ -187,28 +188,17 @@ def test_ready_follows_redis_stopping_and_coming_back(
 @pytest.mark.django_db
 def test_queue_depth_counts_every_priority_list_of_a_queue(settings: Any) -> None:
     """kombu keeps priority 0 in the queue's list and the other steps in suffixed lists."""
-    settings.CELERY_BROKER_URL = f"{settings.REDIS_URL}/9"
-    broker_client.cache_clear()
-    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    broker.flushdb()
-    try:
+    with empty_broker(settings, f"{settings.REDIS_URL}/9") as broker:
         broker.rpush("downloads.high", "a", "b")
         broker.rpush("downloads.high\x06\x163", "c")
         broker.rpush("downloads.low\x06\x169", "d")
         assert queue_depths() == {"high": 3, "normal": 0, "low": 1}
-    finally:
-        broker.flushdb()
-        broker_client.cache_clear()
 
 
 @pytest.mark.django_db
 def test_metrics_scrape_survives_an_unreachable_broker(client: Client, settings: Any) -> None:
-    settings.CELERY_BROKER_URL = f"{closed_port_url()}/0"
-    broker_client.cache_clear()
-    try:
+    with broker_at(settings, f"{closed_port_url()}/0"):
         response = client.get("/metrics")
-    finally:
-        broker_client.cache_clear()
     assert response.status_code == 200
     text = response.content.decode()
     assert "download_queue_depth" not in text

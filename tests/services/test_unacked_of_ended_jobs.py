@@ -19,9 +19,9 @@ from django.utils import timezone
 from downloads_project.celery import app
 from jobs import services, tasks
 from jobs.models import DownloadJob, Status
-from jobs.ops.broker import broker_client
 from jobs.services.maintenance import _stage_job_pk
 from tests import factories
+from tests.support.brokers import broker_at, empty_broker
 from tests.support.redis_servers import RedisServer
 from tests.support.scrapes import closed_port_url
 
@@ -37,13 +37,8 @@ def broker_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSer
 
 @pytest.fixture
 def broker(settings: Any, broker_server: RedisServer) -> Iterator[redis.Redis]:
-    settings.CELERY_BROKER_URL = f"{broker_server.url}/0"
-    broker_client.cache_clear()
-    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    broker_client.cache_clear()
+    with empty_broker(settings, f"{broker_server.url}/0") as client:
+        yield client
 
 
 @contextmanager
@@ -91,13 +86,9 @@ def test_the_reaper_drops_the_unacknowledged_messages_of_jobs_that_ended(
 def test_an_unreachable_broker_leaves_the_reaper_to_its_jobs(
     settings: Any, user: User, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings.CELERY_BROKER_URL = f"{closed_port_url()}/0"
-    broker_client.cache_clear()
-    try:
+    with broker_at(settings, f"{closed_port_url()}/0"):
         queued = factories.make_job(user)
         DownloadJob.objects.filter(pk=queued.pk).update(updated_at=timezone.now() - timedelta(hours=1))
         with caplog.at_level(logging.WARNING, logger="jobs.services.maintenance"):
             assert services.download_jobs_reap() == 1  # the queued job, sent again
-    finally:
-        broker_client.cache_clear()
     assert "Cannot read the broker's unacknowledged messages" in caplog.text
