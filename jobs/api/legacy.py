@@ -41,7 +41,8 @@ WAIT_HEADER = "X-Downloads-Legacy-Wait"
 
 class _LegacyAnswers:
     """What both halves of the old endpoint answer, with the deprecation headers and the
-    count of every answer."""
+    count of every answer (on each response the view finalizes, errors included). Mixed in
+    before a DRF view."""
 
     legacy_outcome: str | None = None
 
@@ -84,7 +85,12 @@ class _LegacyAnswers:
             },
         )
 
-    def legacy_finalize(self, request: Request, response: Any) -> None:
+    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
+        response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]
+        self._legacy_finalize(request, response)
+        return response
+
+    def _legacy_finalize(self, request: Request, response: Any) -> None:
         for name, value in legacy.deprecation_headers().items():
             response[name] = value
         if response.has_header(WAIT_HEADER):
@@ -120,11 +126,6 @@ class LegacyDownloadStartApi(_LegacyAnswers, DownloadJobInitiateApi):
     def _answer(self, request: Request, job: DownloadJob) -> Any:
         return self.legacy_answer(request, job, may_wait=bool(request.headers.get(WAIT_HEADER)))
 
-    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
-        response = super().finalize_response(request, response, *args, **kwargs)
-        self.legacy_finalize(request, response)
-        return response
-
 
 class LegacyDownloadResultApi(_LegacyAnswers, APIView):
     """The second half of the old endpoint: its answer once the wait is over."""
@@ -132,8 +133,3 @@ class LegacyDownloadResultApi(_LegacyAnswers, APIView):
     @extend_schema(exclude=True)
     def get(self, request: Request, job_id: str) -> Any:
         return self.legacy_answer(request, _owned_job(request, job_id), may_wait=False)
-
-    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
-        response = super().finalize_response(request, response, *args, **kwargs)
-        self.legacy_finalize(request, response)
-        return response
