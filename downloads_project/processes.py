@@ -24,10 +24,21 @@ def web_argv(*, port: int, host: str = "127.0.0.1", extra: tuple[str, ...] = ())
             *WEB_FLAGS, *extra]  # fmt: skip
 
 
-def worker_argv(*, concurrency: int, name: str | None = None, extra: tuple[str, ...] = ()) -> list[str]:
-    """A prefork worker serving every queue, downloads.high first."""
+def worker_argv(
+    *,
+    concurrency: int | None = None,
+    pool: str | None = None,
+    name: str | None = None,
+    extra: tuple[str, ...] = (),
+) -> list[str]:
+    """A worker serving every queue, downloads.high first. Its pool and concurrency are
+    the settings' (WORKER_POOL, WORKER_CONCURRENCY) unless given here."""
     argv = [sys.executable, "-m", "celery", "-A", "downloads_project", "worker",
-            "-Q", WORKER_QUEUES_ARG, "--concurrency", str(concurrency), "--loglevel", "INFO"]  # fmt: skip
+            "-Q", WORKER_QUEUES_ARG, "--loglevel", "INFO"]  # fmt: skip
+    if pool is not None:
+        argv += ["--pool", pool]
+    if concurrency is not None:
+        argv += ["--concurrency", str(concurrency)]
     if name is not None:
         argv += ["--hostname", name]
     return [*argv, *extra]

@@ -5,6 +5,7 @@ With no variable set the service runs on its embedded default: SQLite, the Redis
 synthetic origin. Each production part is switched on by its variable.
 """
 
+import os
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -301,6 +302,22 @@ if REDIS_SENTINELS:
 # 0 = none. A host that runs only workers has no web process whose /metrics adds them up.
 WORKER_METRICS_PORT = env.int("WORKER_METRICS_PORT", default=0)
 WORKER_METRICS_ADDR = env("WORKER_METRICS_ADDR", default="0.0.0.0")  # noqa: S104 (a scrape port)
+
+# The worker's pool. "threads" (the default): one process runs WORKER_CONCURRENCY jobs at
+# once as threads. A job spends nearly all its time waiting on the origin and the store, so
+# threads hold hundreds of jobs in one process; its database connections come from a pool
+# (DATABASE_POOL_MAX_SIZE) and its S3 parts from a byte budget, whatever the concurrency.
+# "prefork": WORKER_CONCURRENCY child processes, one job each (Celery's own time limits).
+WORKER_POOL = env("WORKER_POOL", default="threads")
+if WORKER_POOL not in ("threads", "prefork"):
+    raise ImproperlyConfigured(f"WORKER_POOL is {WORKER_POOL!r}: threads or prefork")
+WORKER_CONCURRENCY = env.int(
+    "WORKER_CONCURRENCY", default=200 if WORKER_POOL == "threads" else max(2, os.cpu_count() or 2)
+)
+if WORKER_CONCURRENCY < 1:
+    raise ImproperlyConfigured("WORKER_CONCURRENCY must be 1 or more")
+CELERY_WORKER_POOL = WORKER_POOL
+CELERY_WORKER_CONCURRENCY = WORKER_CONCURRENCY
 
 JOB_SOFT_TIME_LIMIT_S = env.int("JOB_SOFT_TIME_LIMIT_S", default=150)
 JOB_HARD_TIME_LIMIT_S = env.int("JOB_HARD_TIME_LIMIT_S", default=JOB_SOFT_TIME_LIMIT_S + 30)

@@ -33,9 +33,11 @@ class Command(BaseCommand):
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-        parser.add_argument("--concurrency", type=int, default=2, help="worker processes")
+        parser.add_argument(
+            "--concurrency", type=int, default=None, help="jobs the worker runs at once (WORKER_CONCURRENCY)"
+        )
 
-    def handle(self, *args: Any, host: str, port: int, concurrency: int, **options: Any) -> None:
+    def handle(self, *args: Any, host: str, port: int, concurrency: int | None, **options: Any) -> None:
         if host not in settings.LOOPBACK_HOSTS and settings.SECRET_KEY == settings.EMBEDDED_SECRET_KEY:
             raise CommandError(
                 f"--host {host} serves beyond this machine: set DJANGO_SECRET_KEY to a long random value "
