@@ -173,15 +173,20 @@ else:
     DATABASES["default"].setdefault("OPTIONS", {})["application_name"] = env(
         "DATABASE_APPLICATION_NAME", default="downloads-web" if roles.is_web() else "downloads"
     )
-    # Web (ASGI) processes run each request in a thread of its own: a persistent
-    # connection would be one more per request thread until PostgreSQL refuses new ones.
-    # They borrow from psycopg's pool instead: at most DATABASE_POOL_MAX_SIZE connections
-    # per web process; a request that waits DATABASE_POOL_TIMEOUT_S for one answers 503.
-    # Workers and beat run one job at a time per process: one persistent connection each.
-    DATABASE_POOL = env.bool("DATABASE_POOL", default=roles.is_web())
-    DATABASE_POOL_MIN_SIZE = env.int("DATABASE_POOL_MIN_SIZE", default=2)
+    # Every process borrows its connections from psycopg's pool, at most
+    # DATABASE_POOL_MAX_SIZE, whatever its threads: a web process runs each request in a
+    # thread of its own, and a worker with the thread pool runs each job in one (200 by
+    # default). A persistent connection per thread would be one per request or job until
+    # PostgreSQL refused new ones. A job holds a connection only for each of its few writes
+    # (jobs/services/attempt.py), so ten serve hundreds of jobs.
+    # A thread that finds the pool busy waits DATABASE_POOL_TIMEOUT_S for a connection: a
+    # web request then answers 503 (5 s by default); a worker's job waits longer (60 s by
+    # default, past which PostgreSQL itself is in trouble and the job's database-fault path
+    # takes over), never failing for the want of a free connection.
+    DATABASE_POOL = env.bool("DATABASE_POOL", default=True)
+    DATABASE_POOL_MIN_SIZE = env.int("DATABASE_POOL_MIN_SIZE", default=2 if roles.is_web() else 1)
     DATABASE_POOL_MAX_SIZE = env.int("DATABASE_POOL_MAX_SIZE", default=10)
-    DATABASE_POOL_TIMEOUT_S = env.float("DATABASE_POOL_TIMEOUT_S", default=5.0)
+    DATABASE_POOL_TIMEOUT_S = env.float("DATABASE_POOL_TIMEOUT_S", default=5.0 if roles.is_web() else 60.0)
     if DATABASE_POOL:
         if not 0 < DATABASE_POOL_MIN_SIZE <= DATABASE_POOL_MAX_SIZE:
             raise ImproperlyConfigured("DATABASE_POOL_MIN_SIZE must be from 1 to DATABASE_POOL_MAX_SIZE")
@@ -190,7 +195,7 @@ else:
             "min_size": DATABASE_POOL_MIN_SIZE,
             "max_size": DATABASE_POOL_MAX_SIZE,
             "timeout": DATABASE_POOL_TIMEOUT_S,
-            "name": "downloads-web",
+            "name": DATABASES["default"]["OPTIONS"]["application_name"],
         }
     else:
         DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
@@ -478,9 +483,25 @@ LEGACY_MIGRATION_URL = env("LEGACY_MIGRATION_URL", default="/api/docs/")
 STAGING_CHUNK_BYTES = env.int("STAGING_CHUNK_BYTES", default=1024 * 1024)
 # S3 needs parts of at least 5 MiB (but the last).
 STAGING_PART_BYTES = env.int("STAGING_PART_BYTES", default=8 * 1024 * 1024)
-# S3 parts uploaded at once while the origin is read; memory per job is about this many
-# parts plus the one being filled.
+# S3 parts of one job handed to the uploads at once while the origin is read (the job waits
+# for one to finish before it hands over another).
 STAGING_PARTS_IN_FLIGHT = env.int("STAGING_PARTS_IN_FLIGHT", default=4)
+# A worker process's S3 parts, whatever its concurrency (jobs/transfer/storage.py): they are
+# uploaded by STAGING_UPLOAD_THREADS threads shared by all its jobs, and held in memory up to
+# STAGING_MEMORY_BYTES in all. A part that finds no room in memory is filled in a temporary
+# file under STAGING_SPOOL_DIR instead, up to STAGING_SPOOL_BYTES in all; past that a job
+# waits for room (within its deadline). STAGING_SPOOL_BYTES=0: parts never go to disk and
+# jobs wait for room in memory. Local storage writes its files directly and uses neither.
+STAGING_UPLOAD_THREADS = env.int("STAGING_UPLOAD_THREADS", default=16)
+STAGING_MEMORY_BYTES = env.int("STAGING_MEMORY_BYTES", default=256 * 1024 * 1024)
+STAGING_SPOOL_BYTES = env.int("STAGING_SPOOL_BYTES", default=4 * 1024**3)
+STAGING_SPOOL_DIR = env("STAGING_SPOOL_DIR", default="") or None  # None: the system's temporary directory
+if STAGING_UPLOAD_THREADS < 1 or STAGING_PARTS_IN_FLIGHT < 1:
+    raise ImproperlyConfigured("STAGING_UPLOAD_THREADS and STAGING_PARTS_IN_FLIGHT must be 1 or more")
+if STAGING_MEMORY_BYTES + STAGING_SPOOL_BYTES < max(STAGING_PART_BYTES, 5 * 1024 * 1024):
+    raise ImproperlyConfigured(
+        "STAGING_MEMORY_BYTES + STAGING_SPOOL_BYTES must hold at least one part (STAGING_PART_BYTES)"
+    )
 
 # --- Login protection --------------------------------------------------------------------
 # Failed sign-ins (the login page and the admin's) are counted in hot-state Redis, shared by
@@ -580,6 +601,9 @@ if AWS_STORAGE_BUCKET_NAME:
                 retries={"mode": "standard", "max_attempts": env.int("AWS_S3_MAX_ATTEMPTS", default=10)},
                 connect_timeout=env.float("AWS_S3_CONNECT_TIMEOUT_S", default=10.0),
                 read_timeout=env.float("AWS_S3_READ_TIMEOUT_S", default=60.0),
+                # A worker's jobs share one client (jobs/transfer/storage.py): a connection
+                # for each upload thread, and a few for the jobs' own calls.
+                max_pool_connections=STAGING_UPLOAD_THREADS + 10,
             ),
             "file_overwrite": True,
             "default_acl": None,

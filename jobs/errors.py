@@ -49,12 +49,18 @@ ORIGIN_FAILURE_CODES = frozenset(
 
 
 class JobError(Exception):
-    """A classified failure of a job's work. `message` is shown to the job's owner."""
+    """A classified failure of a job's work. `message` is shown to the job's owner.
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    `origin_fault` says whether the origin's circuit breaker counts it as the origin's
+    failure: by default, when its code is one of ORIGIN_FAILURE_CODES; a DOWNLOAD_TIMEOUT
+    counts when the attempt spent its time waiting for the origin's bytes (a slow or
+    trickling origin), not for the store's."""
+
+    def __init__(self, code: ErrorCode, message: str, *, origin_fault: bool | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.origin_fault = code in ORIGIN_FAILURE_CODES if origin_fault is None else origin_fault
 
     @property
     def retryable(self) -> bool:

@@ -15,12 +15,13 @@ from django.db import transaction
 from django.utils import timezone
 
 from jobs import hotstate
-from jobs.errors import ORIGIN_FAILURE_CODES, ErrorCode, JobCancelled, JobError, JobSuperseded
+from jobs.errors import ErrorCode, JobCancelled, JobError, JobSuperseded
 from jobs.models import ACTIVE_STATUSES, DownloadJob, Status
 from jobs.ops import metrics
 from jobs.services.progress import AttemptHooks
 from jobs.services.writes import (
     JobStateConflict,
+    connection_release,
     dispatch_on_commit,
     hot_on_commit,
     on_commit,
@@ -32,9 +33,10 @@ from jobs.services.writes import (
     write,
 )
 from jobs.transfer.breaker import OriginBreaker, origin_breaker_name
+from jobs.transfer.deadline import Deadline
 from jobs.transfer.origins import get_origin
 from jobs.transfer.staging import Checkpoint, StagedFile, stage_file
-from jobs.transfer.storage import downloads_storage, stored_file_delete, stored_file_sha256
+from jobs.transfer.storage import stored_file_delete, stored_file_sha256, stored_file_size
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +128,7 @@ def download_job_run(*, job_pk: int, task_id: str = "") -> None:
     for the breaker without using up an attempt. The attempt's outcome is reported to
     the breaker: a failure of the origin's (network, 5xx, timeout, 429) counts against
     it, any answer of the origin's (a file, a 404) for it."""
+    deadline = Deadline.after(settings.JOB_SOFT_TIME_LIMIT_S)
     breaker = OriginBreaker(origin_breaker_name())
     queued = DownloadJob.objects.filter(pk=job_pk, status=Status.QUEUED).first()
     # A redelivered job (processing) goes on: its attempt had got past the breaker.
@@ -135,12 +138,14 @@ def download_job_run(*, job_pk: int, task_id: str = "") -> None:
     job = download_job_start(job_pk=job_pk, task_id=task_id)
     if job is None:
         return
+    # The attempt holds no connection while it waits on the origin and the store.
+    connection_release()
     try:
-        staged = _attempt_run(job)
+        staged = _attempt_run(job, deadline=deadline)
     except JobError as error:
         # The attempt has been ended (retry or fail) by _attempt_run; only the breaker
         # is left to tell.
-        if error.code in ORIGIN_FAILURE_CODES:
+        if error.origin_fault:
             breaker.record_failure()
         elif error.code != ErrorCode.STORAGE_ERROR:
             breaker.record_success()  # the origin answered, if not with the file
@@ -174,9 +179,14 @@ def _wait_for_origin(job: DownloadJob, wait_s: float) -> None:
     logger.info("%s waits %.0f s for the origin's circuit breaker", job.job_id, countdown_s)
 
 
-def _attempt_run(job: DownloadJob) -> StagedFile | None:
+def _attempt_run(job: DownloadJob, *, deadline: Deadline) -> StagedFile | None:
     """Stages the file and completes, retries or fails the attempt. Returns the staged
-    file if it completed; re-raises a JobError (after handling it) for the breaker."""
+    file if it completed; re-raises a JobError (after handling it) for the breaker.
+
+    The attempt ends DOWNLOAD_TIMEOUT at its `deadline` (JOB_SOFT_TIME_LIMIT_S after its
+    task started), kept by the staging itself: the thread pool has no Celery time limit.
+    The prefork pool's soft time limit, at the same moment, interrupts a wait the
+    staging could not."""
     attempt = job.attempts
     if stored := complete_from_storage(job):
         return stored
@@ -192,6 +202,7 @@ def _attempt_run(job: DownloadJob) -> StagedFile | None:
             key=job.storage_key,
             hooks=AttemptHooks(job),
             checkpoint=checkpoint,
+            deadline=deadline,
         )
     except (JobCancelled, JobSuperseded):
         logger.info("%s attempt %s stopped: cancelled or superseded", job.job_id, attempt)
@@ -223,9 +234,8 @@ def _stored_file(job: DownloadJob) -> StagedFile | None:
     (`before_commit`), if it is there, whole: its completion write was lost."""
     if not job.upload_id or job.file_size_bytes is None:
         return None
-    storage = downloads_storage()
     try:
-        if not storage.exists(job.storage_key) or storage.size(job.storage_key) != job.file_size_bytes:
+        if stored_file_size(job.storage_key) != job.file_size_bytes:
             return None
         sha256 = job.sha256 or stored_file_sha256(job.storage_key)
     except Exception:

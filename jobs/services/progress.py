@@ -20,9 +20,7 @@ from jobs.events import job_event_publish
 from jobs.hotstate import HotProgress
 from jobs.models import DownloadJob, Status
 from jobs.selectors import iso
-from jobs.services.writes import (
-    write,
-)
+from jobs.services.writes import connection_release, write
 from jobs.transfer.staging import StoredFileFacts
 
 logger = logging.getLogger(__name__)
@@ -144,7 +142,11 @@ class AttemptHooks:
         """Every write of the attempt is fenced by its number: once the reaper or a newer
         attempt has taken the job, this attempt's writes are refused and it stops."""
         rows = DownloadJob.objects.filter(pk=self.job.pk, status=Status.PROCESSING, attempts=self.attempt)
-        if not write(rows, self.job, updated_at=timezone.now(), **fields):
+        try:
+            written = write(rows, self.job, updated_at=timezone.now(), **fields)
+        finally:
+            connection_release()  # back to the pool until the attempt's next write
+        if not written:
             raise JobSuperseded(self.job.job_id)
         for name, value in fields.items():
             setattr(self.job, name, value)

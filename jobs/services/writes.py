@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
@@ -126,6 +126,16 @@ def dispatch_on_commit(job: DownloadJob, *, countdown_s: float = 0) -> None:
             logger.exception("Could not dispatch %s to the broker", job.job_id)
 
     on_commit(send)
+
+
+def connection_release() -> None:
+    """Gives this thread's database connection back to the process's pool, between two of
+    a job's writes: a worker runs hundreds of jobs as threads, and each writes its row a
+    few times over a minute or two, so they share DATABASE_POOL_MAX_SIZE connections rather
+    than hold one each while they wait on the origin. Not inside a transaction; without a
+    pool (SQLite) the connection stays with its thread."""
+    if getattr(connection, "pool", None) is not None and not connection.in_atomic_block:
+        connection.close()
 
 
 def progress_forget(job_id: str) -> None:

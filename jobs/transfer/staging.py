@@ -9,12 +9,14 @@ part an earlier attempt stored, where the origin can send the rest of the file.
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from django.conf import settings
 
 from jobs.errors import JobCancelled
+from jobs.transfer.deadline import Deadline
 from jobs.transfer.origins import Origin, read_size_check
 from jobs.transfer.storage import (
     StagedWrite,
@@ -104,7 +106,7 @@ class NoHooks:
         pass
 
 
-def _resumed_write(key: str, checkpoint: Checkpoint | None) -> StagedWrite | None:
+def _resumed_write(key: str, checkpoint: Checkpoint | None, deadline: Deadline | None) -> StagedWrite | None:
     if checkpoint is None:
         return None
     write = None
@@ -116,6 +118,7 @@ def _resumed_write(key: str, checkpoint: Checkpoint | None) -> StagedWrite | Non
             parts=checkpoint.parts,
             part_bytes=settings.STAGING_PART_BYTES,
             parts_in_flight=settings.STAGING_PARTS_IN_FLIGHT,
+            deadline=deadline,
         )
     if write is None:
         logger.info("Upload of %s cannot be resumed; starting it again", key)
@@ -145,23 +148,35 @@ def _settle(write: StagedWrite, key: str, hooks: StagingHooks) -> None:
 
 
 def stage_file(
-    *, origin: Origin, file_id: int, key: str, hooks: StagingHooks, checkpoint: Checkpoint | None = None
+    *,
+    origin: Origin,
+    file_id: int,
+    key: str,
+    hooks: StagingHooks,
+    checkpoint: Checkpoint | None = None,
+    deadline: Deadline | None = None,
 ) -> StagedFile:
     """Streams the file into `key`. With a `checkpoint`, goes on with that upload from its
     last stored part if the origin can send the rest of the same file; otherwise starts
     over (and aborts the old upload).
 
+    With a `deadline`, the work ends DOWNLOAD_TIMEOUT once it has passed: checked between
+    chunks (and by the origin and the storage while they wait). It counts as the origin's
+    fault when waiting for the origin's chunks took most of the time.
+
     What becomes of an unfinished upload when the work stops is the job's decision: a
     cancel aborts it here, and so does any failure before the job's row recorded the
     upload (no one else knows of it then); after any other failure it stays, for the next
     attempt to resume or for the service to abort when the job ends."""
-    write = _resumed_write(key, checkpoint)
+    write = _resumed_write(key, checkpoint, deadline)
     offset = checkpoint.size if write is not None and checkpoint is not None else 0
+    started_at = time.monotonic()
     with origin.open(
         file_id,
         chunk_bytes=settings.STAGING_CHUNK_BYTES,
         offset=offset,
         validator=checkpoint.validator if checkpoint else "",
+        deadline=deadline,
     ) as source:
         if write is not None and source.offset != offset:
             logger.info("Origin sent %s from the start; its upload starts again", key)
@@ -173,6 +188,7 @@ def stage_file(
                 content_type=source.content_type,
                 part_bytes=settings.STAGING_PART_BYTES,
                 parts_in_flight=settings.STAGING_PARTS_IN_FLIGHT,
+                deadline=deadline,
             )
         try:
             hooks.upload_opened(
@@ -191,7 +207,13 @@ def stage_file(
             # file is hashed by reading it back once stored.
             digest = hashlib.sha256() if source.offset == 0 else None
             bytes_done = source.offset
+            origin_wait_s = 0.0
+            waited_from = time.monotonic()
             for chunk in source.chunks:
+                origin_wait_s += time.monotonic() - waited_from
+                if deadline is not None and deadline.passed():
+                    elapsed_s = time.monotonic() - started_at
+                    raise deadline.exceeded(origin_fault=origin_wait_s * 2 >= elapsed_s)
                 bytes_done += len(chunk)
                 # Whatever the origin announced (a file may grow while read), no byte past
                 # the limit is stored.
@@ -201,6 +223,7 @@ def stage_file(
                 if write.write(chunk):
                     hooks.part_stored(parts=write.parts)
                 hooks.chunk_staged(bytes_done=bytes_done, bytes_total=source.size)
+                waited_from = time.monotonic()
             facts = StoredFileFacts(
                 size=bytes_done,
                 file_name=source.name,

@@ -16,15 +16,17 @@ import errno
 import hashlib
 import io
 import os
+import tempfile
 import threading
 import time
+import weakref
 import zlib
 from collections.abc import Iterator
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
@@ -34,6 +36,7 @@ from django.urls import reverse
 from storages.utils import safe_join
 
 from jobs.errors import ErrorCode, JobError
+from jobs.transfer.deadline import Deadline
 from jobs.transfer.files import safe_content_type
 
 if TYPE_CHECKING:
@@ -222,12 +225,170 @@ class PartBody(io.RawIOBase):
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
+class PartBudget:
+    """The bytes of S3 parts that a worker process holds at once, shared by all its jobs:
+    up to `memory_bytes` in memory, then up to `spool_bytes` in temporary files. A job
+    that finds neither has room waits for some, until its deadline."""
+
+    def __init__(self, *, memory_bytes: int, spool_bytes: int) -> None:
+        self.memory_bytes = memory_bytes
+        self.spool_bytes = spool_bytes
+        self.memory_used = 0
+        self.spool_used = 0
+        self._changed = threading.Condition()
+
+    def memory_take(self, size: int) -> bool:
+        """Takes `size` bytes of memory if there is room; never waits."""
+        with self._changed:
+            if self.memory_used + size > self.memory_bytes:
+                return False
+            self.memory_used += size
+            return True
+
+    def spool_take(self, size: int, *, deadline: Deadline | None) -> None:
+        """Takes `size` bytes of spool, waiting for room; DOWNLOAD_TIMEOUT at the deadline.
+        A part larger than the whole spool takes it all once it is empty."""
+        with self._changed:
+            while self.spool_used and self.spool_used + size > self.spool_bytes:
+                remaining_s = None if deadline is None else deadline.remaining_s()
+                if remaining_s is not None and remaining_s <= 0:
+                    assert deadline is not None
+                    raise deadline.exceeded(origin_fault=False)
+                self._changed.wait(remaining_s)
+            self.spool_used += size
+
+    def give(self, *, memory: int = 0, spool: int = 0) -> None:
+        with self._changed:
+            self.memory_used -= memory
+            self.spool_used -= spool
+            self._changed.notify_all()
+
+
+class PartBuffer:
+    """One S3 part, filled chunk by chunk and then uploaded: in memory while the budget
+    has room, else in a temporary file (the chunks held so far move there). Its bytes go
+    back to the budget once it is uploaded or dropped (`release`)."""
+
+    def __init__(self, budget: PartBudget, *, spool_dir: str | None, deadline: Deadline | None) -> None:
+        self.budget = budget
+        self.spool_dir = spool_dir
+        self.deadline = deadline
+        self.chunks: list[bytes] = []
+        self.file: IO[bytes] | None = None
+        self.size = 0
+        self.memory = 0  # bytes taken from the budget's memory
+        self.spooled = 0  # bytes taken from its spool
+
+    def append(self, data: bytes) -> None:
+        if self.file is None and self.budget.memory_take(len(data)):
+            self.chunks.append(data)
+            self.memory += len(data)
+        else:
+            if self.file is None:
+                self._spill()
+            assert self.file is not None
+            self._spool(data)
+        self.size += len(data)
+
+    def _spill(self) -> None:
+        """Moves the part to a temporary file, with the chunks it holds."""
+        held, self.chunks = self.chunks, []
+        self.file = tempfile.TemporaryFile(prefix="part-", dir=self.spool_dir)  # noqa: SIM115 (closed by release)
+        try:
+            for chunk in held:
+                self._spool(chunk)
+        finally:
+            self.budget.give(memory=self.memory)
+            self.memory = 0
+
+    def _spool(self, data: bytes) -> None:
+        assert self.file is not None
+        self.budget.spool_take(len(data), deadline=self.deadline)
+        self.spooled += len(data)
+        with _local_errors():
+            self.file.write(data)
+
+    def body(self) -> io.RawIOBase | IO[bytes]:
+        """The part as a seekable file, from its start, for botocore to read (and read again
+        to sign or retry it)."""
+        if self.file is None:
+            return PartBody(self.chunks)
+        self.file.flush()
+        self.file.seek(0)
+        return self.file
+
+    def crc32(self) -> str:
+        body = self.body()
+        return crc32_base64(*iter(lambda: body.read(1024 * 1024), b""))
+
+    def release(self) -> None:
+        """Frees the part's bytes and gives them back to the budget. Idempotent."""
+        self.chunks = []
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+        memory, spooled, self.memory, self.spooled = self.memory, self.spooled, 0, 0
+        if memory or spooled:
+            self.budget.give(memory=memory, spool=spooled)
+
+
+# What a worker process shares between its jobs' S3 uploads: the budget for their parts and
+# the threads that upload them (made on first use, and anew in a forked child).
+_shared_lock = threading.Lock()
+_budget: PartBudget | None = None
+_upload_pool: ThreadPoolExecutor | None = None
+_s3_clients: "weakref.WeakKeyDictionary[Storage, Any]" = weakref.WeakKeyDictionary()
+
+
+def part_budget() -> PartBudget:
+    global _budget
+    with _shared_lock:
+        if _budget is None:
+            _budget = PartBudget(
+                memory_bytes=settings.STAGING_MEMORY_BYTES, spool_bytes=settings.STAGING_SPOOL_BYTES
+            )
+        return _budget
+
+
+def _upload_threads() -> ThreadPoolExecutor:
+    global _upload_pool
+    with _shared_lock:
+        if _upload_pool is None:
+            _upload_pool = ThreadPoolExecutor(settings.STAGING_UPLOAD_THREADS, thread_name_prefix="s3-part")
+        return _upload_pool
+
+
+def s3_client(storage: "S3Storage") -> Any:
+    """The process's one boto3 client of the storage's bucket, shared by every thread (boto3
+    clients are thread-safe). django-storages makes a session, a resource and a client per
+    thread: a few MiB and tens of ms each, times hundreds of job threads."""
+    with _shared_lock:
+        client = _s3_clients.get(storage)
+        if client is None:
+            client = _s3_clients[storage] = storage.connection.meta.client
+        return client
+
+
+def _forget_shared_after_fork() -> None:
+    """A forked child (Celery's prefork pool) has none of its parent's threads, and must not
+    share its parent's connections."""
+    global _shared_lock, _budget, _upload_pool
+    _shared_lock = threading.Lock()
+    _budget = None
+    _upload_pool = None
+    _s3_clients.clear()
+
+
+os.register_at_fork(after_in_child=_forget_shared_after_fork)
+
+
 class S3MultipartWrite:
-    """Buffers up to one part (S3's 5 MiB minimum or more) and hands it to a few threads
-    that upload it while the next part is read: at most `parts_in_flight` parts are being
-    uploaded at once, and `write` waits for one of them to finish before it hands over
-    another, so memory per job stays at about `parts_in_flight` + 1 parts whatever the
-    file's size. `parts` only lists a part once it and every part before it are stored.
+    """Buffers up to one part (S3's 5 MiB minimum or more) and hands it to the process's
+    upload threads, which upload it while the next part is read: at most `parts_in_flight`
+    parts of this write are handed over and not yet stored at once, and `write` waits for
+    one of them to finish before it hands over another. The parts' bytes come from the
+    process's `PartBudget`, so memory stays bounded however many jobs run. `parts` only
+    lists a part once it and every part before it are stored.
 
     A new upload declares a CRC32 checksum (PART_CHECKSUM) unless the client computes
     checksums only when required (`request_checksum_calculation`, e.g.
@@ -246,16 +407,17 @@ class S3MultipartWrite:
         upload_id: str = "",
         parts: list[dict[str, Any]] | None = None,
         checksum_algorithm: str | None = None,
+        deadline: Deadline | None = None,
     ) -> None:
         """A new upload of `key`, or with `upload_id` that upload after `parts`, whose
         `checksum_algorithm` ("CRC32" or "") `resume` found."""
-        # boto3 clients are thread-safe: the part uploads share the storage's.
-        self.client: Any = storage.connection.meta.client
+        self.client: Any = s3_client(storage)
         self.bucket = storage.bucket_name
         self.key = s3_object_key(storage, key)
         self.part_bytes = max(part_bytes, 5 * 1024 * 1024)
-        self.chunks: list[bytes] = []  # the part being filled
-        self.buffered = 0
+        self.deadline = deadline
+        self.budget = part_budget()
+        self.buffer: PartBuffer | None = None  # the part being filled
         self.parts: list[dict[str, Any]] = list(parts or [])
         self.parts_in_flight = max(1, parts_in_flight)
         self.in_flight = 0  # parts handed over and not yet finished
@@ -264,7 +426,6 @@ class S3MultipartWrite:
         self._uploading: dict[int, Future[dict[str, Any]]] = {}
         self._slots = threading.Semaphore(self.parts_in_flight)
         self._lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
         if upload_id:
             self.upload_id = upload_id
             self.checksum_algorithm = checksum_algorithm or ""
@@ -280,6 +441,13 @@ class S3MultipartWrite:
             )
         self.upload_id = created["UploadId"]
 
+    def _buffer_new(self) -> PartBuffer:
+        return PartBuffer(self.budget, spool_dir=settings.STAGING_SPOOL_DIR, deadline=self.deadline)
+
+    @property
+    def buffered(self) -> int:
+        return self.buffer.size if self.buffer is not None else 0
+
     @classmethod
     def resume(
         cls,
@@ -290,13 +458,14 @@ class S3MultipartWrite:
         parts: list[dict[str, Any]],
         part_bytes: int,
         parts_in_flight: int = 1,
+        deadline: Deadline | None = None,
     ) -> "S3MultipartWrite | None":
         """The upload again, after `parts`, if S3 still holds each of them as recorded;
         None if the upload is gone, a part differs (a late writer replaced it), or its
         parts' checksums cannot be named at the commit (see `_resumed_checksum`): the
         caller then aborts it and starts over. Parts recorded without a checksum (before
         uploads declared one) resume as they were made, without."""
-        client = storage.connection.meta.client
+        client = s3_client(storage)
         stored: dict[int, dict[str, Any]] = {}
         declared = ""
         paginator = client.get_paginator("list_parts")
@@ -328,37 +497,52 @@ class S3MultipartWrite:
             upload_id=upload_id,
             parts=parts,
             checksum_algorithm=checksum_algorithm,
+            deadline=deadline,
         )
 
+    def _slot_take(self) -> None:
+        """Waits while `parts_in_flight` parts of this write are being uploaded, at most
+        until the deadline."""
+        while not self._slots.acquire(timeout=1.0):
+            if self.deadline is not None and self.deadline.passed():
+                raise self.deadline.exceeded(origin_fault=False)
+
     def _hand_over(self) -> None:
-        """Hands the buffered part to the upload threads; first waits, while
+        """Hands the part being filled to the upload threads; first waits, while
         `parts_in_flight` parts are being uploaded, for one of them to finish."""
-        self._slots.acquire()
+        self._slot_take()
         try:
             self._raise_failed()
-            body = PartBody(self.chunks)  # the chunks as they came: no copy of the part
-            self.chunks, self.buffered = [], 0
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.parts_in_flight, thread_name_prefix="s3-part")
+            buffer = self.buffer or self._buffer_new()
+            self.buffer = None
             number = self._next_number
             with self._lock:
                 self.in_flight += 1
             try:
-                # In a box the thread empties: the part's bytes are freed once uploaded.
-                self._uploading[number] = self._pool.submit(self._upload, number, [body])
+                future = _upload_threads().submit(self._upload, number, buffer)
             except BaseException:
                 with self._lock:
                     self.in_flight -= 1
+                buffer.release()
                 raise
+            # A part dropped before its upload started (an abort) gives its bytes back.
+            future.add_done_callback(lambda done: self._dropped(done, buffer))
+            self._uploading[number] = future
             self._next_number += 1
         except BaseException:
             self._slots.release()
             raise
 
-    def _upload(self, number: int, box: list[PartBody]) -> dict[str, Any]:
+    def _dropped(self, future: "Future[dict[str, Any]]", buffer: PartBuffer) -> None:
+        if future.cancelled():
+            with self._lock:
+                self.in_flight -= 1
+            buffer.release()
+            self._slots.release()
+
+    def _upload(self, number: int, buffer: PartBuffer) -> dict[str, Any]:
         """One part, on an upload thread."""
         try:
-            body = box.pop()
             # As boto3's upload_fileobj: botocore computes the part's CRC32 (in a header over
             # http, in a trailer of the streamed body over https, then unsigned), S3 checks
             # it and answers with it. Given by us, it would make botocore sign the body
@@ -372,16 +556,16 @@ class S3MultipartWrite:
                     PartNumber=number,
                     # A file, not bytes: botocore would copy bytes behind its headers to
                     # send them in one piece.
-                    Body=body,
+                    Body=buffer.body(),
                     **checksum,
                 )
-            part = {"n": number, "etag": uploaded["ETag"], "size": body.size}
+            part = {"n": number, "etag": uploaded["ETag"], "size": buffer.size}
             if self.checksum_algorithm:
                 # A store that does not answer with it gets the one we compute.
-                part["crc32"] = uploaded.get("ChecksumCRC32") or crc32_base64(*body.chunks)
-            del body
+                part["crc32"] = uploaded.get("ChecksumCRC32") or buffer.crc32()
             return part
         finally:
+            buffer.release()
             with self._lock:
                 self.in_flight -= 1
             self._slots.release()
@@ -407,16 +591,11 @@ class S3MultipartWrite:
     def _wait_all(self) -> None:
         futures.wait(list(self._uploading.values()))
 
-    def _shutdown(self, *, cancel: bool) -> None:
-        """Ends the upload threads; they finish the part they are on first."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=cancel)
-            self._pool = None
-
     def write(self, data: bytes) -> bool:
         if data:
-            self.chunks.append(bytes(data))  # no copy of bytes
-            self.buffered += len(data)
+            if self.buffer is None:
+                self.buffer = self._buffer_new()
+            self.buffer.append(bytes(data))  # no copy of bytes
         if self.buffered >= self.part_bytes:
             self._hand_over()
         self._stored_prefix_grow()
@@ -425,7 +604,6 @@ class S3MultipartWrite:
 
     def settle(self) -> bool:
         self._wait_all()
-        self._shutdown(cancel=False)
         self._stored_prefix_grow()
         return self._report()
 
@@ -435,14 +613,11 @@ class S3MultipartWrite:
         return grown
 
     def commit(self) -> None:
-        try:
-            if self.buffered or self._next_number == 1:
-                self._hand_over()
-            self._wait_all()
-            self._stored_prefix_grow()
-            self._raise_failed()
-        finally:
-            self._shutdown(cancel=False)
+        if self.buffered or self._next_number == 1:
+            self._hand_over()
+        self._wait_all()
+        self._stored_prefix_grow()
+        self._raise_failed()
         with _storage_errors():
             self.client.complete_multipart_upload(
                 Bucket=self.bucket,
@@ -460,8 +635,12 @@ class S3MultipartWrite:
     def abort(self) -> None:
         # No part may land after the abort: those not started are dropped, the others
         # waited for.
-        self._shutdown(cancel=True)
-        self.chunks, self.buffered = [], 0
+        for future in self._uploading.values():
+            future.cancel()
+        self._wait_all()
+        if self.buffer is not None:
+            self.buffer.release()
+            self.buffer = None
         s3_multipart_abort(self.client, self.bucket, self.key, self.upload_id)
 
 
@@ -575,10 +754,15 @@ def _storage_errors() -> Iterator[None]:
 
 
 def staged_write_open(
-    key: str, *, content_type: str, part_bytes: int, parts_in_flight: int | None = None
+    key: str,
+    *,
+    content_type: str,
+    part_bytes: int,
+    parts_in_flight: int | None = None,
+    deadline: Deadline | None = None,
 ) -> StagedWrite:
     """A new upload of `key`; on S3 `parts_in_flight` (STAGING_PARTS_IN_FLIGHT) parts are
-    uploaded at once."""
+    uploaded at once, and a wait for room ends at the `deadline`."""
     storage = downloads_storage()
     if (s3 := s3_storage(storage)) is not None:
         return S3MultipartWrite(
@@ -587,6 +771,7 @@ def staged_write_open(
             content_type=content_type,
             part_bytes=part_bytes,
             parts_in_flight=parts_in_flight or settings.STAGING_PARTS_IN_FLIGHT,
+            deadline=deadline,
         )
     if isinstance(storage, FileSystemStorage):
         return LocalWrite(storage, key, part_bytes=part_bytes)
@@ -600,6 +785,7 @@ def staged_write_resume(
     parts: list[dict[str, Any]],
     part_bytes: int,
     parts_in_flight: int | None = None,
+    deadline: Deadline | None = None,
 ) -> StagedWrite | None:
     """The unfinished upload `upload_id` of `key`, to go on after `parts`; None if it
     cannot be resumed (gone, or not as recorded)."""
@@ -612,6 +798,7 @@ def staged_write_resume(
             parts=parts,
             part_bytes=part_bytes,
             parts_in_flight=parts_in_flight or settings.STAGING_PARTS_IN_FLIGHT,
+            deadline=deadline,
         )
     if isinstance(storage, FileSystemStorage):
         return LocalWrite.resume(storage, key, upload_id=upload_id, parts=parts, part_bytes=part_bytes)
@@ -625,8 +812,7 @@ def stored_file_sha256(key: str, *, chunk_bytes: int = 1024 * 1024) -> str:
     storage = downloads_storage()
     with _storage_errors():
         if (s3 := s3_storage(storage)) is not None:
-            client = s3.connection.meta.client
-            body = client.get_object(Bucket=s3.bucket_name, Key=s3_object_key(s3, key))["Body"]
+            body = s3_client(s3).get_object(Bucket=s3.bucket_name, Key=s3_object_key(s3, key))["Body"]
             for chunk in body.iter_chunks(chunk_bytes):
                 digest.update(chunk)
         else:
@@ -636,14 +822,29 @@ def stored_file_sha256(key: str, *, chunk_bytes: int = 1024 * 1024) -> str:
     return digest.hexdigest()
 
 
+def stored_file_size(key: str) -> int | None:
+    """The size of the stored file `key`, or None if there is none."""
+    storage = downloads_storage()
+    if (s3 := s3_storage(storage)) is not None:
+        try:
+            head = s3_client(s3).head_object(Bucket=s3.bucket_name, Key=s3_object_key(s3, key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return int(head["ContentLength"])
+    return storage.size(key) if storage.exists(key) else None
+
+
 def stored_file_delete(key: str, *, upload_id: str = "") -> None:
     """Deletes a stored file and aborts its unfinished upload, if any. Idempotent."""
     storage = downloads_storage()
     s3 = s3_storage(storage)
     if upload_id and s3 is not None:
-        client = s3.connection.meta.client
-        s3_multipart_abort(client, s3.bucket_name, s3_object_key(s3, key), upload_id)
+        s3_multipart_abort(s3_client(s3), s3.bucket_name, s3_object_key(s3, key), upload_id)
     elif upload_id and isinstance(storage, FileSystemStorage):
         _local_part_path(Path(storage.path(key)), upload_id).unlink(missing_ok=True)
-    if key:
+    if key and s3 is not None:
+        s3_client(s3).delete_object(Bucket=s3.bucket_name, Key=s3_object_key(s3, key))
+    elif key:
         storage.delete(key)

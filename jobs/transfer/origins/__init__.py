@@ -14,6 +14,9 @@ JOB_MAX_FILE_BYTES allows; its type and validator are kept only if they are well
 and fit the job's columns.
 """
 
+import functools
+import os
+
 from django.conf import settings
 
 from jobs.transfer.origins.base import (
@@ -46,17 +49,40 @@ __all__ = [
 
 
 def get_origin() -> Origin:
+    """The configured origin. The http origin is made once per process and configuration:
+    it holds the connections its jobs share."""
     kind = settings.ORIGIN
     if kind == "http":
-        return HttpOrigin(
-            url_template=settings.ORIGIN_URL_TEMPLATE,
-            connect_timeout_s=settings.ORIGIN_CONNECT_TIMEOUT_S,
-            read_timeout_s=settings.ORIGIN_READ_TIMEOUT_S,
-            allowed_hosts=settings.ORIGIN_ALLOWED_HOSTS,
-            max_redirects=settings.ORIGIN_MAX_REDIRECTS,
+        return _http_origin(
+            settings.ORIGIN_URL_TEMPLATE,
+            settings.ORIGIN_CONNECT_TIMEOUT_S,
+            settings.ORIGIN_READ_TIMEOUT_S,
+            tuple(settings.ORIGIN_ALLOWED_HOSTS),
+            settings.ORIGIN_MAX_REDIRECTS,
         )
     if kind == "directory":
         return DirectoryOrigin(root=settings.ORIGIN_DIRECTORY)
     if kind == "synthetic":
         return SyntheticOrigin(size_bytes=settings.SYNTHETIC_FILE_BYTES, rate_bps=settings.SYNTHETIC_RATE_BPS)
     raise ValueError(f"Unknown ORIGIN {kind!r}: use http, directory or synthetic")
+
+
+@functools.lru_cache(maxsize=8)
+def _http_origin(
+    url_template: str,
+    connect_timeout_s: float,
+    read_timeout_s: float,
+    allowed_hosts: tuple[str, ...],
+    max_redirects: int,
+) -> HttpOrigin:
+    return HttpOrigin(
+        url_template=url_template,
+        connect_timeout_s=connect_timeout_s,
+        read_timeout_s=read_timeout_s,
+        allowed_hosts=allowed_hosts,
+        max_redirects=max_redirects,
+    )
+
+
+# A forked child (Celery's prefork pool) must not share its parent's connections.
+os.register_at_fork(after_in_child=_http_origin.cache_clear)

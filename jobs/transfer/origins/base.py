@@ -12,6 +12,7 @@ from typing import Protocol
 from django.conf import settings
 
 from jobs.errors import ErrorCode, JobError
+from jobs.transfer.deadline import Deadline
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 # The longest header value of the origin's that a job keeps: its columns `content_type`
@@ -32,8 +33,17 @@ class OriginFile:
 
 class Origin(Protocol):
     def open(
-        self, file_id: int, *, chunk_bytes: int, offset: int = 0, validator: str = ""
-    ) -> AbstractContextManager[OriginFile]: ...
+        self,
+        file_id: int,
+        *,
+        chunk_bytes: int,
+        offset: int = 0,
+        validator: str = "",
+        deadline: Deadline | None = None,
+    ) -> AbstractContextManager[OriginFile]:
+        """The file from `offset`. An origin whose one chunk could take unbounded time
+        checks `deadline` while it builds the chunk; the caller checks it between chunks."""
+        ...
 
 
 _UNSAFE_NAME_CHARS = re.compile(r'[\x00-\x1f\x7f-\x9f/\\:*?"<>|]+')

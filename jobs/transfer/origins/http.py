@@ -5,6 +5,7 @@
 import ipaddress
 import re
 import socket
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from email.message import Message
@@ -14,6 +15,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from jobs.errors import ErrorCode, JobError
+from jobs.transfer.deadline import Deadline
 from jobs.transfer.origins.base import (
     HEADER_VALUE_MAX_CHARS,
     OriginFile,
@@ -161,34 +163,59 @@ class HttpOrigin:
         self.allowed_hosts = frozenset(_allowed_host(entry) for entry in allowed_hosts if entry.strip())
         self.max_redirects = max_redirects
         self.timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
+        self._client: httpx.Client | None = None
+        self._client_lock = threading.Lock()
+
+    def _http(self) -> httpx.Client:
+        """The origin's one client, shared by every job of the process (an httpx.Client may
+        be shared between threads). Its pool keeps a few idle connections and opens as many
+        as the jobs ask for: a job must never wait for another's connection. One client
+        rather than one per job: making one costs a TLS context (several ms of CPU)."""
+        with self._client_lock:
+            if self._client is None:
+                limits = httpx.Limits(max_connections=None, max_keepalive_connections=20)
+                self._client = httpx.Client(timeout=self.timeout, limits=limits)
+            return self._client
+
+    def close(self) -> None:
+        with self._client_lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
 
     @contextmanager
     def open(
-        self, file_id: int, *, chunk_bytes: int, offset: int = 0, validator: str = ""
+        self,
+        file_id: int,
+        *,
+        chunk_bytes: int,
+        offset: int = 0,
+        validator: str = "",
+        deadline: Deadline | None = None,
     ) -> Iterator[OriginFile]:
         url = httpx.URL(self.url_template.format(file_id=file_id))
         headers = {"Accept-Encoding": "identity"}
         if offset and validator:
             # If-Range: the rest of the file if it is still this version, else all of it.
             headers |= {"Range": f"bytes={offset}-", "If-Range": validator}
+        http = self._http()
         try:
-            with httpx.Client(timeout=self.timeout) as http:
-                with self._get(http, url, headers) as response:
-                    start = _range_start(response, offset) if "Range" in headers else None
-                    if start is not None:
-                        yield self._file(file_id, url, response, chunk_bytes, offset=start)
-                        return
-                    if response.status_code == 200:
-                        yield self._file(file_id, url, response, chunk_bytes)
-                        return
-                    if "Range" not in headers or response.status_code not in (206, 416):
-                        raise _http_error(response.status_code)
-                # A range it could not serve as asked: the whole file.
-                del headers["Range"], headers["If-Range"]
-                with self._get(http, url, headers) as response:
-                    if response.status_code != 200:
-                        raise _http_error(response.status_code)
-                    yield self._file(file_id, url, response, chunk_bytes)
+            with self._get(http, url, headers) as response:
+                start = _range_start(response, offset) if "Range" in headers else None
+                if start is not None:
+                    yield self._file(file_id, url, response, chunk_bytes, offset=start, deadline=deadline)
+                    return
+                if response.status_code == 200:
+                    yield self._file(file_id, url, response, chunk_bytes, deadline=deadline)
+                    return
+                if "Range" not in headers or response.status_code not in (206, 416):
+                    raise _http_error(response.status_code)
+            # A range it could not serve as asked: the whole file.
+            del headers["Range"], headers["If-Range"]
+            with self._get(http, url, headers) as response:
+                if response.status_code != 200:
+                    raise _http_error(response.status_code)
+                yield self._file(file_id, url, response, chunk_bytes, deadline=deadline)
         except httpx.HTTPError as exc:
             raise _transport_error(exc) from exc
 
@@ -248,7 +275,14 @@ class HttpOrigin:
         raise failure
 
     def _file(
-        self, file_id: int, url: httpx.URL, response: httpx.Response, chunk_bytes: int, *, offset: int = 0
+        self,
+        file_id: int,
+        url: httpx.URL,
+        response: httpx.Response,
+        chunk_bytes: int,
+        *,
+        offset: int = 0,
+        deadline: Deadline | None = None,
     ) -> OriginFile:
         content_type = media_type_or_default(response.headers.get("content-type", ""))
         length = response.headers.get("content-length", "")
@@ -268,27 +302,55 @@ class HttpOrigin:
             name=safe_file_name(name or fallback, fallback=fallback),
             content_type=content_type,
             size=size,
-            chunks=self._chunks(response, rest, chunk_bytes, offset=offset),
+            chunks=self._chunks(response, rest, chunk_bytes, offset=offset, deadline=deadline),
             offset=offset,
             validator=_validator(response),
         )
 
     @staticmethod
     def _chunks(
-        response: httpx.Response, expected: int | None, chunk_bytes: int, *, offset: int
+        response: httpx.Response,
+        expected: int | None,
+        chunk_bytes: int,
+        *,
+        offset: int,
+        deadline: Deadline | None = None,
     ) -> Iterator[bytes]:
+        """The body in chunks of `chunk_bytes` (the last may be shorter), made of the
+        network's reads as they come: between two reads the attempt's deadline is checked,
+        so an origin that trickles a byte at a time, never slow enough for the read
+        timeout, still ends at the deadline (DOWNLOAD_TIMEOUT, the origin's fault)."""
         received = 0
+        pieces: list[bytes] = []
+        buffered = 0
+
+        def checked(chunk: bytes) -> bytes:
+            # Whatever was announced, no byte past JOB_MAX_FILE_BYTES nor past the
+            # announced size is handed on.
+            nonlocal received
+            received += len(chunk)
+            read_size_check(offset + received)
+            if expected is not None and received > expected:
+                raise JobError(
+                    ErrorCode.NETWORK_ERROR, f"Origin sent more than the {expected} bytes it announced"
+                )
+            return chunk
+
         try:
-            for chunk in response.iter_raw(chunk_bytes):
-                received += len(chunk)
-                read_size_check(offset + received)
-                if expected is not None and received > expected:
-                    raise JobError(
-                        ErrorCode.NETWORK_ERROR, f"Origin sent more than the {expected} bytes it announced"
-                    )
-                yield chunk
+            for data in response.iter_raw():
+                if deadline is not None:
+                    deadline.check(origin_fault=True)
+                pieces.append(data)
+                buffered += len(data)
+                while buffered >= chunk_bytes:
+                    joined = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                    rest = joined[chunk_bytes:]
+                    yield checked(joined[:chunk_bytes] if rest else joined)
+                    pieces, buffered = ([rest] if rest else []), len(rest)
         except httpx.HTTPError as exc:
             raise _transport_error(exc) from exc
+        if pieces:
+            yield checked(b"".join(pieces))
         if expected is not None and received != expected:
             raise JobError(ErrorCode.NETWORK_ERROR, f"Origin sent {received} of {expected} bytes")
 

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from jobs.errors import ErrorCode, JobError
+from jobs.transfer.deadline import Deadline
 from jobs.transfer.origins.base import (
     DEFAULT_CONTENT_TYPE,
     OriginFile,
@@ -42,7 +43,13 @@ class DirectoryOrigin:
 
     @contextmanager
     def open(
-        self, file_id: int, *, chunk_bytes: int, offset: int = 0, validator: str = ""
+        self,
+        file_id: int,
+        *,
+        chunk_bytes: int,
+        offset: int = 0,
+        validator: str = "",
+        deadline: Deadline | None = None,  # a chunk of a local file takes bounded time
     ) -> Iterator[OriginFile]:
         path = self._find(file_id)
         try:
@@ -107,7 +114,13 @@ class SyntheticOrigin:
 
     @contextmanager
     def open(
-        self, file_id: int, *, chunk_bytes: int, offset: int = 0, validator: str = ""
+        self,
+        file_id: int,
+        *,
+        chunk_bytes: int,
+        offset: int = 0,
+        validator: str = "",
+        deadline: Deadline | None = None,  # a chunk of a local file takes bounded time
     ) -> Iterator[OriginFile]:
         check_size(self.size_bytes)
         current = f"synthetic-{self.size_bytes}"
