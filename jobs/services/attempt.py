@@ -179,7 +179,7 @@ def _wait_for_origin(job: DownloadJob, wait_s: float) -> None:
     logger.info("%s waits %.0f s for the origin's circuit breaker", job.job_id, countdown_s)
 
 
-def _attempt_run(job: DownloadJob, *, deadline: Deadline) -> StagedFile | None:
+def _attempt_run(job: DownloadJob, *, deadline: Deadline | None = None) -> StagedFile | None:
     """Stages the file and completes, retries or fails the attempt. Returns the staged
     file if it completed; re-raises a JobError (after handling it) for the breaker.
 
@@ -188,6 +188,7 @@ def _attempt_run(job: DownloadJob, *, deadline: Deadline) -> StagedFile | None:
     The prefork pool's soft time limit, at the same moment, interrupts a wait the
     staging could not."""
     attempt = job.attempts
+    deadline = deadline or Deadline.after(settings.JOB_SOFT_TIME_LIMIT_S)
     if stored := complete_from_storage(job):
         return stored
     checkpoint = (
