@@ -5,7 +5,9 @@
 #   worker: celery -A downloads_project worker -Q downloads.high,downloads.normal,downloads.low --loglevel INFO
 #   beat:   celery -A downloads_project beat --loglevel INFO --schedule /var/lib/downloads/celerybeat-schedule
 # (the default CMD is web). `--no-proxy-headers`: the app alone decides which forwarded
-# headers to trust (TRUST_X_FORWARDED_PROTO, CLIENT_IP_HEADER), not uvicorn.
+# headers to trust (TRUST_X_FORWARDED_PROTO, CLIENT_IP_HEADER), not uvicorn. The worker's
+# pool and concurrency come from the environment, not flags: WORKER_POOL (threads, the
+# default: one process runs WORKER_CONCURRENCY jobs at once, 200 by default) or prefork.
 #
 #   docker build -t downloads .                      # the app (last stage: the default target)
 #   docker build -t downloads-proxy --target proxy .  # nginx with deploy/nginx and the static files

@@ -2,8 +2,10 @@
 file against the Compose specification's JSON schema (as vendored by check-jsonschema),
 the Kubernetes manifests against the Kubernetes API schemas (kubernetes-validate, strict:
 unknown fields fail), the Dockerfile with hadolint, and `check --deploy` with the compose
-file's own production settings. The nginx configuration runs for real in
-test_deploy_nginx.py."""
+file's own production settings. KEDA's ScaledObject and TriggerAuthentication are not in
+those schemas, and no package pinned here ships KEDA's CRD schemas: `keda_problems`
+checks the fields KEDA reads, and that they agree with the other manifests. The nginx
+configuration runs for real in test_deploy_nginx.py."""
 
 import json
 import os
@@ -15,6 +17,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema  # type: ignore[import-untyped]
 import kubernetes_validate  # type: ignore[import-untyped]
@@ -22,6 +25,7 @@ import pytest
 import yaml
 
 from downloads_project.processes import WEB_FLAGS
+from jobs.queues import QUEUES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,6 +50,8 @@ PRODUCTION_SETTINGS = {
 }  # fmt: skip
 # Read by a library rather than by settings.py.
 READ_ELSEWHERE = {"AWS_CA_BUNDLE"}  # botocore
+# In the Secret for KEDA's scaler (deploy/k8s/worker-scaledobject.yaml), not for the app.
+READ_BY_KEDA = {"REDIS_BROKER_PASSWORD"}
 
 
 def settings_variables() -> set[str]:
@@ -104,24 +110,29 @@ def test_broker_redis_never_evicts_and_keeps_its_queues(compose):
     assert "redis-broker" in services["web"]["depends_on"]
 
 
-def _concurrency(command: list[str]) -> int:
-    return int(command[command.index("--concurrency") + 1])
+def worker_connections(env: dict[str, str]) -> int:
+    """PostgreSQL connections one worker process holds at most: its pool's in the thread
+    pool (whatever its concurrency), one per child in prefork."""
+    if env.get("WORKER_POOL", "threads") == "threads":
+        return int(env["DATABASE_POOL_MAX_SIZE"])
+    return int(env["WORKER_CONCURRENCY"])
 
 
 def test_the_database_connections_compose_needs_fit_postgres(compose):
-    """Web processes hold at most their pool, each worker child one connection, beat and
-    migrate one each: together below the server's max_connections, with room for an
-    operator's psql and a rolling restart (old and new web processes side by side)."""
+    """Web and worker processes hold at most their pool, beat and migrate one each:
+    together below the server's max_connections, with room for an operator's psql and a
+    rolling restart (old and new web processes side by side). The file states the sum."""
     env, services = compose["x-app-env"], compose["services"]
     web, worker = services["web"], services["worker"]
     web_total = web["deploy"]["replicas"] * int(env["DATABASE_POOL_MAX_SIZE"])
-    worker_total = worker["deploy"]["replicas"] * _concurrency(worker["command"])
+    worker_total = worker["deploy"]["replicas"] * worker_connections(env)
     needed = web_total + worker_total + 2
     postgres_command = services["postgres"]["command"]
     max_connections = int(
         next(arg for arg in postgres_command if arg.startswith("max_connections=")).split("=")[1]
     )
     assert needed + web_total <= max_connections - 3  # superuser_reserved_connections
+    assert f"total {needed}," in COMPOSE.read_text()
 
 
 def test_one_image_for_web_worker_and_beat_and_one_beat(compose):
@@ -261,11 +272,17 @@ def manifests() -> dict[tuple[str, str], dict[str, Any]]:
     return documents
 
 
+# KEDA's resources: not in the Kubernetes API schemas, checked by keda_problems below.
+KEDA_KINDS = {"ScaledObject", "TriggerAuthentication"}
+
+
 def test_manifests_follow_the_kubernetes_api_schemas(manifests):
     assert {kind for kind, _ in manifests} == {
-        "ConfigMap", "Secret", "Deployment", "Service", "HorizontalPodAutoscaler", "Job",
+        "ConfigMap", "Secret", "Deployment", "Service", "HorizontalPodAutoscaler", "Job", *KEDA_KINDS,
     }  # fmt: skip
     for (kind, name), document in manifests.items():
+        if kind in KEDA_KINDS:
+            continue
         try:
             kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
         except kubernetes_validate.ValidationError as error:
@@ -282,6 +299,21 @@ def test_the_kubernetes_check_catches_a_wrong_manifest(manifests):
 
 def container(manifests: dict[tuple[str, str], dict[str, Any]], name: str) -> dict[str, Any]:
     return manifests[("Deployment", name)]["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_workers_run_the_thread_pool_as_the_settings_say(compose, manifests):
+    """One source of truth: WORKER_POOL and WORKER_CONCURRENCY in the environment, no
+    --pool or --concurrency on a worker's command line."""
+    k8s_worker = container(manifests, "downloads-worker")
+    config = manifests[("ConfigMap", "downloads-config")]["data"]
+
+    for env, command in (
+        (compose["x-app-env"], compose["services"]["worker"]["command"]),
+        (config, k8s_worker["command"]),
+    ):
+        assert (env["WORKER_POOL"], env["WORKER_CONCURRENCY"]) == ("threads", "200")
+        assert not {"--concurrency", "-c", "--pool", "-P"} & set(command), command
+    assert "--concurrency" not in (ROOT / "Dockerfile").read_text()
 
 
 def test_every_process_has_resources_and_one_image(manifests):
@@ -315,20 +347,252 @@ def test_web_probes_and_graceful_stop(manifests):
     )
 
 
-def test_workers_outlive_their_longest_job_and_scale(manifests):
+def test_workers_outlive_their_longest_job(manifests):
     config = manifests[("ConfigMap", "downloads-config")]["data"]
     worker = manifests[("Deployment", "downloads-worker")]["spec"]["template"]["spec"]
-    hpa = manifests[("HorizontalPodAutoscaler", "downloads-worker")]
 
     assert worker["terminationGracePeriodSeconds"] > int(config["JOB_HARD_TIME_LIMIT_S"])
     assert "inspect ping" in " ".join(worker["containers"][0]["livenessProbe"]["exec"]["command"])
-    assert hpa["apiVersion"] == "autoscaling/v2"
-    assert hpa["spec"]["scaleTargetRef"] == {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "name": "downloads-worker",
+    # A 200-job process: room above the 1 GiB its S3 parts' budget aims at.
+    assert worker["containers"][0]["resources"]["limits"]["memory"] == "1536Mi"
+
+
+def test_web_scales_on_cpu_and_only_keda_scales_the_workers(manifests):
+    autoscalers = {
+        name: doc["spec"] for (kind, name), doc in manifests.items() if kind == "HorizontalPodAutoscaler"
     }
-    assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+
+    assert autoscalers.keys() == {"downloads-web"}
+    web = autoscalers["downloads-web"]
+    assert web["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "downloads-web"}
+    assert web["metrics"][0]["resource"]["name"] == "cpu"
+    assert web["minReplicas"] == manifests[("Deployment", "downloads-web")]["spec"]["replicas"]
+    assert web["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 300
+    assert (
+        manifests[("ScaledObject", "downloads-worker")]["spec"]["scaleTargetRef"]["name"]
+        == "downloads-worker"
+    )
+
+
+def test_the_connections_the_manifests_need_are_the_ones_configmap_states(manifests):
+    """Each web and worker process at most its pool, beat and the migrate Job one each; at
+    the replicas shipped, and with the web HPA and the workers' ScaledObject at their most."""
+    config = manifests[("ConfigMap", "downloads-config")]["data"]
+    pool = int(config["DATABASE_POOL_MAX_SIZE"])
+    web = manifests[("Deployment", "downloads-web")]["spec"]["replicas"]
+    web_most = manifests[("HorizontalPodAutoscaler", "downloads-web")]["spec"]["maxReplicas"]
+    workers = manifests[("Deployment", "downloads-worker")]["spec"]["replicas"]
+    workers_most = manifests[("ScaledObject", "downloads-worker")]["spec"]["maxReplicaCount"]
+    per_worker = worker_connections(config)
+
+    shipped = web * pool + workers * per_worker + 2
+    scaled_out = web_most * pool + workers_most * per_worker + 2
+
+    assert (
+        f"total {shipped}, and {scaled_out} with web and workers scaled out"
+        in (K8S / "configmap.yaml").read_text()
+    )
+
+
+# What KEDA reads of a ScaledObject, a redis trigger and a TriggerAuthentication (keda.sh
+# docs, "Scaling Deployments" and "Redis Lists"): a misspelt field is silently ignored.
+SCALEDOBJECT_FIELDS = {
+    "scaleTargetRef", "pollingInterval", "cooldownPeriod", "initialCooldownPeriod", "idleReplicaCount",
+    "minReplicaCount", "maxReplicaCount", "fallback", "advanced", "triggers",
+}  # fmt: skip
+ADVANCED_FIELDS = {"horizontalPodAutoscalerConfig", "restoreToOriginalReplicaCount", "scalingModifiers"}
+TRIGGER_FIELDS = {"type", "name", "metadata", "authenticationRef", "metricType", "useCachedMetrics"}
+REDIS_METADATA = {
+    "address", "addressFromEnv", "host", "hostFromEnv", "port", "portFromEnv", "usernameFromEnv",
+    "passwordFromEnv", "listName", "listLength", "activationListLength", "databaseIndex", "enableTLS",
+    "unsafeSsl",
+}  # fmt: skip
+
+
+def keda_problems(manifests: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """What KEDA would refuse or misread in deploy/k8s, and where the ScaledObject
+    disagrees with the other manifests (the Deployment, the broker, the Secret)."""
+    problems = []
+    worker = manifests.get(("Deployment", "downloads-worker"))
+    scaled = [doc for (kind, _), doc in manifests.items() if kind == "ScaledObject"]
+    if len(scaled) != 1:
+        return [f"{len(scaled)} ScaledObjects, one expected"]
+    document = scaled[0]
+    spec = document["spec"]
+    if document["apiVersion"] != "keda.sh/v1alpha1":
+        problems.append(f"apiVersion {document['apiVersion']}")
+    problems += [f"spec.{field}: unknown" for field in set(spec) - SCALEDOBJECT_FIELDS]
+    target = spec.get("scaleTargetRef", {})
+    if worker is None or target.get("name") != worker["metadata"]["name"]:
+        problems.append(f"scaleTargetRef.name {target.get('name')!r} is not the worker Deployment")
+    if target.get("kind", "Deployment") != "Deployment" or target.get("apiVersion", "apps/v1") != "apps/v1":
+        problems.append("scaleTargetRef is not a Deployment")
+    least, most = spec.get("minReplicaCount", 0), spec.get("maxReplicaCount", 100)
+    if not (isinstance(least, int) and isinstance(most, int) and 1 <= least <= most):
+        problems.append(f"replica counts {least!r}..{most!r}")
+    problems += _advanced_problems(spec.get("advanced", {}))
+
+    # The broker as the app reaches it: the scaler must read the same server and database.
+    secret = manifests[("Secret", "downloads-secrets")]["stringData"]
+    broker = urlsplit(secret["CELERY_BROKER_URL"])
+    authentications = {
+        name: doc for (kind, name), doc in manifests.items() if kind == "TriggerAuthentication"
+    }
+    lists = []
+    for number, trigger in enumerate(spec.get("triggers", [])):
+        where = f"triggers[{number}]"
+        metadata = trigger.get("metadata", {})
+        problems += [f"{where}.{field}: unknown" for field in set(trigger) - TRIGGER_FIELDS]
+        problems += [f"{where}.metadata.{field}: unknown" for field in set(metadata) - REDIS_METADATA]
+        if trigger.get("type") != "redis":
+            problems.append(f"{where}.type {trigger.get('type')!r}")
+        lists.append(metadata.get("listName"))
+        length = metadata.get("listLength")
+        if not (isinstance(length, str) and length.isdigit() and int(length) > 0):
+            problems.append(f"{where}.metadata.listLength {length!r} is not a positive integer string")
+        if metadata.get("databaseIndex") != broker.path.strip("/"):
+            problems.append(
+                f"{where}.metadata.databaseIndex {metadata.get('databaseIndex')!r} is not the broker's"
+            )
+        host, _, port = str(metadata.get("address", "")).rpartition(":")
+        if host.split(".")[0] != broker.hostname or port != str(broker.port):
+            problems.append(f"{where}.metadata.address {metadata.get('address')!r} is not the broker's")
+        reference = trigger.get("authenticationRef", {})
+        if reference.get("kind", "TriggerAuthentication") != "TriggerAuthentication" or (
+            reference.get("name") not in authentications
+        ):
+            problems.append(f"{where}.authenticationRef {reference!r} names no TriggerAuthentication")
+    if sorted(lists) != sorted(QUEUES):
+        problems.append(f"listNames {lists} are not the queues {list(QUEUES)}")
+    for name, authentication in authentications.items():
+        problems += _authentication_problems(name, authentication, secret, broker.password)
+    return problems
+
+
+def _advanced_problems(advanced: dict[str, Any]) -> list[str]:
+    """The HPA behaviour KEDA passes on, checked against the Kubernetes API schema of an
+    HPA's `behavior`; the scale-down must be slow (a worker finishes its jobs first)."""
+    problems = [f"spec.advanced.{field}: unknown" for field in set(advanced) - ADVANCED_FIELDS]
+    behavior = advanced.get("horizontalPodAutoscalerConfig", {}).get("behavior")
+    if behavior is None:
+        return [*problems, "spec.advanced.horizontalPodAutoscalerConfig.behavior: missing"]
+    autoscaler = {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "keda-behavior"},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "downloads-worker"},
+            "maxReplicas": 1,
+            "behavior": behavior,
+        },
+    }
+    try:
+        kubernetes_validate.validate(autoscaler, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as error:
+        problems.append(f"behavior: {'.'.join(map(str, error.path))}: {error.message}")
+    scale_down = behavior.get("scaleDown", {})
+    if scale_down.get("stabilizationWindowSeconds", 0) < 300:
+        problems.append("behavior.scaleDown: no stabilization window of 5 minutes or more")
+    if any(
+        policy.get("type") != "Pods" or policy.get("value") != 1
+        for policy in scale_down.get("policies", [{}])
+    ):
+        problems.append("behavior.scaleDown: more than one worker at a time")
+    return problems
+
+
+def _authentication_problems(
+    name: str, authentication: dict[str, Any], secret: dict[str, str], broker_password: str | None
+) -> list[str]:
+    problems = []
+    if authentication["apiVersion"] != "keda.sh/v1alpha1":
+        problems.append(f"TriggerAuthentication {name}: apiVersion {authentication['apiVersion']}")
+    references = authentication["spec"].get("secretTargetRef", [])
+    for reference in references:
+        if reference.get("name") != "downloads-secrets" or reference.get("key") not in secret:
+            problems.append(f"TriggerAuthentication {name}: {reference!r} names no key of the Secret")
+    passwords = [secret.get(ref.get("key", "")) for ref in references if ref.get("parameter") == "password"]
+    if passwords != [broker_password]:
+        problems.append(f"TriggerAuthentication {name}: its password is not the one of CELERY_BROKER_URL")
+    return problems
+
+
+def test_the_scaled_object_is_what_keda_needs_and_agrees_with_the_other_manifests(manifests):
+    assert keda_problems(manifests) == []
+
+
+def _broken(
+    manifests: dict[tuple[str, str], dict[str, Any]], change: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    copied = json.loads(json.dumps({f"{kind}/{name}": doc for (kind, name), doc in manifests.items()}))
+    change(copied)
+    return {tuple(key.split("/", 1)): doc for key, doc in copied.items()}
+
+
+def _spec(docs: dict[str, Any]) -> dict[str, Any]:
+    return docs["ScaledObject/downloads-worker"]["spec"]
+
+
+def _trigger(docs: dict[str, Any], number: int = 0) -> dict[str, Any]:
+    return _spec(docs)["triggers"][number]
+
+
+def _behavior(docs: dict[str, Any]) -> dict[str, Any]:
+    return _spec(docs)["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+
+
+def _secret_reference(docs: dict[str, Any]) -> dict[str, Any]:
+    return docs["TriggerAuthentication/downloads-broker"]["spec"]["secretTargetRef"][0]
+
+
+# A mistake each, and what keda_problems says of it.
+BREAKAGES = {
+    "another target": (lambda d: _spec(d)["scaleTargetRef"].update(name="worker"), "scaleTargetRef.name"),
+    "a misspelt field": (lambda d: _spec(d).update(maxReplicas=10), "spec.maxReplicas: unknown"),
+    "min above max": (lambda d: _spec(d).update(minReplicaCount=20), "replica counts 20..10"),
+    "a queue left out": (
+        lambda d: _trigger(d, 2)["metadata"].update(listName="downloads.normal"),
+        "listNames",
+    ),
+    "a list length of zero": (lambda d: _trigger(d)["metadata"].update(listLength="0"), "listLength '0'"),
+    "a list length as a number": (lambda d: _trigger(d)["metadata"].update(listLength=10), "listLength 10"),
+    "another database": (lambda d: _trigger(d)["metadata"].update(databaseIndex="1"), "databaseIndex"),
+    "another server": (
+        lambda d: _trigger(d)["metadata"].update(address="redis-cache.downloads.svc:6379"),
+        "metadata.address",
+    ),
+    "a misspelt metadata field": (
+        lambda d: _trigger(d)["metadata"].update(listname="downloads.high"),
+        "metadata.listname: unknown",
+    ),
+    "another scaler": (lambda d: _trigger(d).update(type="rabbitmq"), "type 'rabbitmq'"),
+    "no such authentication": (
+        lambda d: _trigger(d).update(authenticationRef={"name": "broker"}),
+        "names no TriggerAuthentication",
+    ),
+    "a key the Secret lacks": (
+        lambda d: _secret_reference(d).update(key="REDIS_PASSWORD"),
+        "names no key of the Secret",
+    ),
+    "a fast scale-down": (
+        lambda d: _behavior(d)["scaleDown"].update(stabilizationWindowSeconds=0),
+        "no stabilization window",
+    ),
+    "a behaviour Kubernetes refuses": (
+        lambda d: _behavior(d)["scaleUp"].update(selectpolicy="Max"),
+        "'selectpolicy' was unexpected",
+    ),
+}
+
+
+@pytest.mark.parametrize("breakage", BREAKAGES)
+def test_the_keda_check_catches_a_wrong_scaled_object(manifests, breakage):
+    change, expected = BREAKAGES[breakage]
+    assert keda_problems(manifests) == []
+
+    problems = keda_problems(_broken(manifests, change))
+
+    assert any(expected in problem for problem in problems), problems
 
 
 def test_exactly_one_beat(manifests):
@@ -343,8 +607,11 @@ def test_configmap_and_secret_set_every_production_setting(manifests):
     secret = manifests[("Secret", "downloads-secrets")]["stringData"]
 
     assert set(config) | set(secret) >= PRODUCTION_SETTINGS, PRODUCTION_SETTINGS - set(config) - set(secret)
-    assert set(config) | set(secret) <= settings_variables()
-    assert not {name for name in config if SECRET_NAME.search(name)} | ({"DATABASE_URL"} & set(config))
+    assert set(config) | set(secret) <= settings_variables() | READ_BY_KEDA
+    # URLs that carry a password are secrets too.
+    assert not {name for name in config if SECRET_NAME.search(name) or "@" in config[name]} | (
+        {"DATABASE_URL"} & set(config)
+    )
     assert all(value.startswith("change-me") or "change-me" in value for value in secret.values())
 
 

@@ -2,14 +2,18 @@
 
 Migrates, makes a demo user with an API token, then runs the ASGI server, a Celery worker
 and Celery beat as child processes (and a private Redis unless REDIS_URL is set).
-Ctrl-C stops them all.
+A worker that dies is started again, as a supervisor or Kubernetes would: its jobs were
+not acknowledged, and the reaper sends them again once their heartbeat is stale (they
+resume from their stored parts). Web or beat stopping stops everything: they hold no
+jobs, and what stops them (a port in use, a broken setting) would stop them again.
+Ctrl-C or SIGTERM stops them all.
 """
 
 import os
 import signal
 import subprocess
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from typing import Any
 
 from django.conf import settings
@@ -22,9 +26,30 @@ from downloads_project import processes
 from downloads_project.embedded import embedded_redis
 from jobs.ops.metrics import multiprocess_dir_reset
 
+# A worker that dies again soon after its start waits longer each time before the next
+# one, so a worker that cannot start (a broken setting, the broker gone) does not spin.
+WORKER_RESTART_FIRST_S = 1.0
+WORKER_RESTART_MAX_S = 30.0
+# A worker that ran this long before dying starts its backoff over.
+WORKER_HEALTHY_S = 60.0
+
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def worker_restart_delay_s(*, previous_s: float | None, uptime_s: float) -> float:
+    """How long to wait before starting a worker again, after the last wait was
+    `previous_s` (None: this is its first death) and the worker ran `uptime_s`."""
+    if previous_s is None or uptime_s >= WORKER_HEALTHY_S:
+        return WORKER_RESTART_FIRST_S
+    return min(previous_s * 2, WORKER_RESTART_MAX_S)
+
+
+def _exit_described(returncode: int) -> str:
+    if returncode < 0:
+        return f"killed by {signal.Signals(-returncode).name}"
+    return f"exit code {returncode}"
 
 
 class Command(BaseCommand):
@@ -62,10 +87,7 @@ class Command(BaseCommand):
             }
             # Own sessions: Ctrl-C reaches only this command, which stops the children in
             # order (the worker before the Redis it needs), not all at once.
-            children = {
-                name: subprocess.Popen(argv, env=env, start_new_session=True)
-                for name, argv in commands.items()
-            }
+            children = {name: _start(argv, env) for name, argv in commands.items()}
             base = f"http://{host}:{port}"
             self.stdout.write(
                 f"\nDownload service on {base}  (Redis {env['REDIS_URL']})\n"
@@ -74,7 +96,7 @@ class Command(BaseCommand):
                 f"-H 'Content-Type: application/json' -d '{{\"file_id\": 70000}}'\n"
                 "Ctrl-C stops everything.\n"
             )
-            self._wait(children)
+            self._supervise(children, worker_argv=commands["worker"], env=env)
 
     def _demo_user(self) -> str:
         user_model = get_user_model()
@@ -84,17 +106,45 @@ class Command(BaseCommand):
             user.save(update_fields=["password"])
         return Token.objects.get_or_create(user=user)[0].key
 
-    def _wait(self, children: dict[str, subprocess.Popen[bytes]]) -> None:
+    def _supervise(
+        self,
+        children: dict[str, subprocess.Popen[bytes]],
+        *,
+        worker_argv: list[str],
+        env: dict[str, str],
+    ) -> None:
+        """Runs until Ctrl-C, SIGTERM, or web or beat stopping; starts the worker again
+        whenever it dies, after a backoff that grows while it keeps dying young."""
         signal.signal(signal.SIGTERM, _interrupt)
+        worker_started_at = time.monotonic()
+        restart_at: float | None = None
+        delay_s: float | None = None
         try:
-            while all(child.poll() is None for child in children.values()):
+            while True:
+                dead = [name for name in ("web", "beat") if children[name].poll() is not None]
+                if dead:
+                    self.stderr.write(f"{', '.join(dead)} stopped; stopping the rest")
+                    break
+                now = time.monotonic()
+                returncode = children["worker"].poll()
+                if returncode is not None and restart_at is None:
+                    # A prefork worker's pool children outlive their parent for a moment:
+                    # none of them may go on running a job that the new worker runs too.
+                    _kill_group(children["worker"])
+                    delay_s = worker_restart_delay_s(previous_s=delay_s, uptime_s=now - worker_started_at)
+                    restart_at = now + delay_s
+                    self.stderr.write(
+                        f"worker stopped ({_exit_described(returncode)}); starting it again in {delay_s:g} s"
+                    )
+                if restart_at is not None and now >= restart_at:
+                    children["worker"] = _start(worker_argv, env)
+                    worker_started_at, restart_at = now, None
+                    self.stderr.write(f"worker started again (pid {children['worker'].pid})")
                 time.sleep(0.5)
-            dead = [name for name, child in children.items() if child.poll() is not None]
-            self.stderr.write(f"{', '.join(dead)} stopped; stopping the rest")
         except KeyboardInterrupt:
             self.stdout.write("Stopping…")
-        # The worker stops at once (cold shutdown): its job was not acknowledged, so it
-        # is handed back and runs again as a new attempt.
+        # The worker stops at once (cold shutdown): its jobs were not acknowledged, so they
+        # are handed back and run again as new attempts.
         stop_signals = {"worker": signal.SIGQUIT, "web": signal.SIGTERM, "beat": signal.SIGTERM}
         for name, child in children.items():
             if child.poll() is None:
@@ -105,3 +155,13 @@ class Command(BaseCommand):
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
+
+
+def _start(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(argv, env=env, start_new_session=True)
+
+
+def _kill_group(child: subprocess.Popen[bytes]) -> None:
+    """SIGKILL whatever is left of a child's session (it leads its own process group)."""
+    with suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGKILL)
