@@ -40,6 +40,7 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python -m downloads_project.embedded $(BIN)/python bench/realtime.py
 	$(BIN)/python -m downloads_project.embedded $(BIN)/python bench/load.py
 	$(BIN)/python -m downloads_project.embedded $(BIN)/python bench/load.py --profile production --users 100
+	$(BIN)/python -m downloads_project.embedded $(BIN)/python bench/capacity.py
 	$(BIN)/python -m downloads_project.embedded $(BIN)/python bench/status.py
 
 clean:

@@ -38,17 +38,14 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, nullcontext, suppress
+from contextlib import ExitStack, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil  # type: ignore[import-untyped]
 
 ROOT = Path(__file__).resolve().parent.parent
 # Run by path, Python puts bench/ first on sys.path, where bench/realtime.py would hide the
@@ -57,17 +54,20 @@ sys.path[:] = [str(ROOT)] + [entry for entry in sys.path if Path(entry or ".").r
 
 from bench.report import Column, Table, log, percentile, ratio, results_save  # noqa: E402
 from bench.sandbox import (  # noqa: E402
-    Children,
+    PgConnectionSampler,
+    Stack,
     bench_env,
     django_setup,
-    every,
     install_signal_handlers,
-    log_tail,
-    postgres_database,
+    process_tree_cpu_s,
+    profile_parts,
     raised_open_file_limit,
     run_until_interrupted,
+    tokens_create,
+    var_dir_for,
+    wait_ready,
 )
-from devtools.servers import free_port, s3_endpoint, wait_for_port  # noqa: E402
+from devtools.servers import free_port, wait_for_port  # noqa: E402
 from downloads_project import processes  # noqa: E402
 
 BROKER_DB = 8  # a broker database of its own (staging and realtime use 9)
@@ -75,26 +75,18 @@ REFERENCE_FILE_ID = 70000
 TERMINAL = {"completed", "failed", "cancelled", "expired"}  # the reference scenario stops on the first two
 STARTUP_TIMEOUT_S = 120
 PG_DATABASE = "bench_load"  # the production profile's throwaway database
-# The first line of an exception in a log: `ValueError: ...`, `psycopg_pool.PoolTimeout: ...`.
-EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Timeout|Exit)\b:?")
 
 
 # --- setup (a subprocess with the stack's environment: `load.py _setup`) --------------------
 
 
 def setup_main(users: int, out: Path) -> None:
-    """N users with a DRF token each (no password: hashing 100 passwords would take a
-    minute), and the limits in effect, as the web processes will read them."""
+    """N users with a DRF token each, and the limits in effect, as the web processes will
+    read them."""
     django_setup()
     from django.conf import settings
-    from django.contrib.auth import get_user_model
-    from rest_framework.authtoken.models import Token
 
-    user_model = get_user_model()
-    created = user_model.objects.bulk_create(
-        [user_model(username=f"load-{index:04d}", password="!") for index in range(users)]
-    )
-    tokens = Token.objects.bulk_create([Token(key=Token.generate_key(), user=user) for user in created])
+    tokens = tokens_create(users, prefix="load")
     names = (
         "JOB_INITIATE_RATE",
         "JOB_INITIATE_RATE_PER_IP",
@@ -107,162 +99,7 @@ def setup_main(users: int, out: Path) -> None:
     )
     limits = {name: getattr(settings, name, "(not a setting)") for name in names}
     limits["DATABASE"] = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
-    out.write_text(json.dumps({"tokens": [token.key for token in tokens], "settings": limits}))
-
-
-# --- the stack: uvicorn and a Celery worker, each in a session of its own -----------------
-
-
-def process_tree_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) of a process and its live descendants."""
-    try:
-        root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
-    total = 0.0
-    for process in processes:
-        with suppress(psutil.NoSuchProcess):
-            times = process.cpu_times()
-            total += times.user + times.system
-    return total
-
-
-class Stack(Children):
-    """The server's processes: `web` (uvicorn) and `worker` (Celery), their logs in
-    `log_dir`; stopped with SIGTERM to each leader, then waited for, then killed if they
-    linger."""
-
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
-        super().__init__(env, log_dir, graceful_s=30)
-        self.base_url = ""  # the web processes', once started
-
-    def start(
-        self, name: str, argv: list[str], *, pipes: bool = False, env: dict[str, str] | None = None
-    ) -> subprocess.Popen[str]:
-        # pg_stat_activity tells the processes' connections apart by their application name.
-        env = (env or self.env) | {"DATABASE_APPLICATION_NAME": f"bench-load-{name}"}
-        return super().start(name, argv, pipes=pipes, env=env)
-
-    def print_log_problems(self, *, failed: bool) -> None:
-        """For each log with a traceback or an ERROR line: its exception lines by kind and
-        its last 40 lines; after a failed run, the last 10 lines of the other logs too."""
-        for name in ("web", "worker"):
-            path = self.log_path(name)
-            text = path.read_text(errors="replace") if path.exists() else ""
-            if not re.search(r"Traceback|ERROR", text):
-                if failed:
-                    log(f"\n{name} log ({path}): no traceback or ERROR line; its last 10 lines:")
-                    log(log_tail(path, 10))
-                continue
-            kinds = Counter(line.strip()[:200] for line in text.splitlines() if EXCEPTION_LINE.match(line))
-            log(f"\n{name} log ({path}): {text.count('Traceback')} traceback(s); exception lines by kind:")
-            for line, count in kinds.most_common(10):
-                log(f"  {count:>5} x {line}")
-            log(f"--- the last 40 lines of {name}.log ---\n{log_tail(path, 40)}\n---")
-
-    def stop_all(self) -> None:
-        # The web processes first (no new jobs), then the worker (a warm shutdown lets its
-        # running jobs finish), then the stack's ExitStack stops Redis.
-        for name in ("web", "worker"):
-            for started, process in list(self.running):
-                if started == name:
-                    self.stop(process)
-        super().stop_all()
-
-
-def wait_ready(base_url: str, stack: Stack | None, timeout_s: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    last = ""
-    while time.monotonic() < deadline:
-        if stack is not None:
-            stack.check_alive()
-        try:
-            response = httpx.get(f"{base_url}/ready", timeout=5)
-            if response.status_code == 200:
-                body: dict[str, Any] = response.json()
-                return body
-            last = f"{response.status_code} {response.text[:300]}"
-        except httpx.HTTPError as exc:
-            last = repr(exc)
-        time.sleep(0.5)
-    raise RuntimeError(f"{base_url}/ready did not answer 200 within {timeout_s:.0f} s: {last}")
-
-
-class PgConnectionSampler:
-    """Counts the connections to `database` every `interval_s`, in a thread, from a
-    connection of its own that it does not count; by application_name (the stack's
-    processes set DATABASE_APPLICATION_NAME). Peak of the total and of each process kind."""
-
-    QUERY = (
-        "SELECT application_name, count(*) FROM pg_stat_activity "
-        "WHERE datname = %s AND pid <> pg_backend_pid() GROUP BY application_name"
-    )
-
-    def __init__(self, database_url: str, database: str, interval_s: float = 0.25) -> None:
-        self.database_url = database_url
-        self.database = database
-        self.interval_s = interval_s
-        self.samples = 0
-        self.peak = 0
-        self.peak_by_name: Counter[str] = Counter()
-        self.error: str | None = None
-        self.connection: Any = None
-        self.running = ExitStack()
-
-    def __enter__(self) -> "PgConnectionSampler":
-        import psycopg
-
-        try:
-            self.connection = self.running.enter_context(
-                psycopg.connect(self.database_url, autocommit=True, application_name="bench-sampler")
-            )
-        except psycopg.Error as exc:
-            self.error = repr(exc)
-            return self
-        self.running.enter_context(every(self.interval_s, self.sample, name="pg-sampler"))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.running.close()  # the thread stops first, then its connection closes
-
-    def sample(self) -> bool:
-        """One count; False (no more) once the connection failed."""
-        import psycopg
-
-        try:
-            counts: dict[str, int] = dict(self.connection.execute(self.QUERY, (self.database,)).fetchall())
-        except psycopg.Error as exc:
-            self.error = repr(exc)
-            return False
-        self.samples += 1
-        self.peak = max(self.peak, sum(counts.values()))
-        self.peak_by_name |= Counter(counts)  # `|`: the larger count of each name
-        return True
-
-    def line(self, bound: int, formula: str) -> str:
-        by_name = ", ".join(
-            f"{name or '(none)'} {count}" for name, count in sorted(self.peak_by_name.items())
-        )
-        verdict = "within" if self.peak <= bound else "OVER"
-        return (
-            f"PostgreSQL connections to {self.database} (sampled every {self.interval_s * 1000:.0f} ms, "
-            f"{self.samples} samples{', sampler failed: ' + self.error if self.error else ''}): peak "
-            f"{self.peak} ({verdict} the bound {bound} = {formula}); peak by process kind: {by_name or '-'}"
-        )
-
-    def figures(self, bound: int, formula: str) -> dict[str, Any]:
-        return {
-            "pg_connections": {
-                "peak": self.peak,
-                "peak_by_application_name": dict(self.peak_by_name),
-                "bound": bound,
-                "bound_formula": formula,
-                "samples": self.samples,
-                "interval_s": self.interval_s,
-                "sampler_error": self.error,
-            }
-        }
+    out.write_text(json.dumps({"tokens": tokens, "settings": limits}))
 
 
 # --- the load: virtual users ---------------------------------------------------------------
@@ -743,19 +580,6 @@ def metrics_lines(base_url: str) -> list[str]:
 # --- the driver --------------------------------------------------------------------------------
 
 
-@contextmanager
-def var_dir_for(args: argparse.Namespace) -> Iterator[Path]:
-    if args.var_dir is None:
-        with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
-            yield Path(tmp)
-        return
-    var_dir = args.var_dir.resolve()
-    if var_dir.exists() and any(var_dir.iterdir()):
-        raise SystemExit(f"--var-dir {var_dir} is not empty: give a new or empty directory")
-    var_dir.mkdir(parents=True, exist_ok=True)
-    yield var_dir  # kept: the database, the logs and the staged files stay for a look
-
-
 def read_tokens(path: Path) -> list[str]:
     text = path.read_text()
     if text.lstrip().startswith(("[", "{")):
@@ -839,23 +663,13 @@ class StackSetup:
     parts: str  # database, Redis and storage, for the header
 
 
-def profile_parts(stack: ExitStack, args: argparse.Namespace) -> tuple[str | None, dict[str, str], str]:
-    """The production profile's PostgreSQL database and S3 bucket (both removed when `stack`
-    closes): its DATABASE_URL, the AWS_* environment and a description of the storage. The
-    embedded profile: SQLite (bench_env's default) and local storage."""
-    if args.profile == "embedded":
-        return None, {}, "local storage"
-    database_url = postgres_database(stack, PG_DATABASE)
-    s3 = stack.enter_context(s3_endpoint(bucket_prefix="bench-load"))
-    where = f"moto server {s3.endpoint_url}" if s3.server else f"AWS_S3_ENDPOINT_URL {s3.endpoint_url}"
-    return database_url, s3.env, f"S3 bucket {s3.bucket} ({where})"
-
-
 def stack_setup(stack: ExitStack, args: argparse.Namespace, var_dir: Path) -> StackSetup:
     """The stack's environment (migrated database, Redis, storage, origin, limits) and its
     users, created by `load.py _setup` in that environment."""
     redis = f"Redis {os.environ['REDIS_URL']}" if os.environ.get("REDIS_URL") else "a private Redis"
-    database_url, storage_env, storage = profile_parts(stack, args)
+    database_url, storage_env, storage = profile_parts(
+        stack, args.profile, database=PG_DATABASE, bucket_prefix="bench-load"
+    )
     env = bench_env(stack, var_dir, broker_db=BROKER_DB, database_url=database_url) | storage_env
     env |= {
         "SYNTHETIC_FILE_BYTES": str(int(args.file_mib * 2**20)),
@@ -881,7 +695,7 @@ def stack_setup(stack: ExitStack, args: argparse.Namespace, var_dir: Path) -> St
 
 
 def start_servers(stack: ExitStack, args: argparse.Namespace, setup: StackSetup, log_dir: Path) -> Stack:
-    servers = Stack(setup.env, log_dir)
+    servers = Stack(setup.env, log_dir, application_prefix="bench-load")
     stack.callback(servers.stop_all)
     port = free_port()
     web = servers.start(
@@ -962,7 +776,7 @@ def run_on_stack(
 
 def own_stack_main(args: argparse.Namespace, scenario: str, host: str) -> int:
     with ExitStack() as stack:
-        var_dir = stack.enter_context(var_dir_for(args))
+        var_dir = stack.enter_context(var_dir_for(args.var_dir, prefix="bench-load-"))
         log_dir = var_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         log(f"load: setting up the {args.profile} stack in {var_dir} (logs in {log_dir})")

@@ -1,9 +1,11 @@
 """The throwaway environment a benchmark runs the service in: its own VAR_DIR and database
-(SQLite, or a PostgreSQL database of its own: `postgres_database`), migrated, a broker
-database of its own so no other worker takes its jobs, and the embedded Redis unless
-REDIS_URL is set; the child processes it starts (`Children`), Ctrl-C and SIGTERM unwinding
-its cleanup (`run_until_interrupted`), and what runs beside it (`every`,
-`raised_open_file_limit`)."""
+(SQLite, or a PostgreSQL database of its own: `postgres_database`; with S3 through
+`profile_parts`), migrated, a broker database of its own so no other worker takes its
+jobs, and the embedded Redis unless REDIS_URL is set; users with API tokens
+(`tokens_create`); the child processes it starts (`Children`, and the service's own web and
+worker processes: `Stack`), Ctrl-C and SIGTERM unwinding its cleanup
+(`run_until_interrupted`), and what runs beside it (`every`, `raised_open_file_limit`,
+`process_tree_cpu_s`, `PgConnectionSampler`)."""
 
 import os
 import re
@@ -11,14 +13,17 @@ import resource
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn
+from typing import Any, NoReturn
 
+import httpx
 import psutil  # type: ignore[import-untyped]
 
 from bench.report import log
@@ -43,6 +48,39 @@ def postgres_database(stack: ExitStack, name: str) -> str:
     run(f'CREATE DATABASE "{name}"')
     stack.callback(run, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     return POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+def profile_parts(
+    stack: ExitStack, profile: str, *, database: str, bucket_prefix: str
+) -> tuple[str | None, dict[str, str], str]:
+    """The database and storage of a profile: its DATABASE_URL (None: SQLite, `bench_env`'s
+    default), its AWS_* environment and a description of its storage. "embedded" keeps the
+    files in local storage; "production" has a PostgreSQL database `database`
+    (`postgres_database`) and an S3 bucket (a moto server of its own unless
+    AWS_S3_ENDPOINT_URL is set), both removed when `stack` closes."""
+    if profile == "embedded":
+        return None, {}, "local storage"
+    from devtools.servers import s3_endpoint
+
+    database_url = postgres_database(stack, database)
+    s3 = stack.enter_context(s3_endpoint(bucket_prefix=bucket_prefix))
+    where = f"moto server {s3.endpoint_url}" if s3.server else f"AWS_S3_ENDPOINT_URL {s3.endpoint_url}"
+    return database_url, s3.env, f"S3 bucket {s3.bucket} ({where})"
+
+
+@contextmanager
+def var_dir_for(kept: Path | None, *, prefix: str) -> Iterator[Path]:
+    """The stack's VAR_DIR: a temporary directory, or `kept` (from --var-dir), which must be
+    new or empty and stays, with the database, the logs and the staged files, for a look."""
+    if kept is None:
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            yield Path(tmp)
+        return
+    var_dir = kept.resolve()
+    if var_dir.exists() and any(var_dir.iterdir()):
+        raise SystemExit(f"--var-dir {var_dir} is not empty: give a new or empty directory")
+    var_dir.mkdir(parents=True, exist_ok=True)
+    yield var_dir
 
 
 def bench_env(
@@ -80,6 +118,33 @@ def django_setup() -> None:
     import django
 
     django.setup()
+
+
+def broker_purge() -> None:
+    """Empties the job queues of the benchmark's broker database (needs `django_setup`).
+    Messages left by an interrupted run, or by a worker stopped with jobs still queued, would
+    name rows of a database that is gone, or be run by the next worker."""
+    from downloads_project.celery import app
+    from jobs.queues import QUEUES
+
+    with app.connection_for_write() as connection:
+        channel: Any = connection.default_channel
+        for queue in QUEUES:
+            channel.queue_purge(queue)
+
+
+def tokens_create(users: int, *, prefix: str) -> list[str]:
+    """`users` users named `<prefix>-NNNN`, each with a DRF token; their tokens. No password:
+    hashing a hundred would take a minute. Needs `django_setup`."""
+    from django.contrib.auth import get_user_model
+    from rest_framework.authtoken.models import Token
+
+    user_model = get_user_model()
+    created = user_model.objects.bulk_create(
+        [user_model(username=f"{prefix}-{index:04d}", password="!") for index in range(users)]
+    )
+    tokens = Token.objects.bulk_create([Token(key=Token.generate_key(), user=user) for user in created])
+    return [token.key for token in tokens]
 
 
 # --- signals: Ctrl-C and SIGTERM both unwind through `finally`, once -----------------------
@@ -276,3 +341,171 @@ def raised_open_file_limit(wanted: int | None = None) -> Iterator[int]:
         yield new
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+# --- the service's stack: uvicorn and Celery workers, each in a session of its own -------
+
+
+def process_tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its live descendants, and of the
+    children they have reaped (a prefork pool child that was replaced)."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for process in processes:
+        with suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+# The first line of an exception in a log: `ValueError: ...`, `psycopg_pool.PoolTimeout: ...`.
+EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Timeout|Exit)\b:?")
+
+
+class Stack(Children):
+    """The service's processes: `web` (uvicorn) and workers (Celery), their logs in
+    `log_dir`; stopped with SIGTERM to each leader, then waited for, then killed if they
+    linger. Each connects to PostgreSQL as `<application_prefix>-<kind>` (the kind is the
+    process's name unless given), so that pg_stat_activity tells their connections apart."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path, *, application_prefix: str) -> None:
+        super().__init__(env, log_dir, graceful_s=30)
+        self.application_prefix = application_prefix
+        self.base_url = ""  # the web processes', once started
+
+    def start(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        pipes: bool = False,
+        env: dict[str, str] | None = None,
+        kind: str | None = None,
+    ) -> subprocess.Popen[str]:
+        application_name = f"{self.application_prefix}-{kind or name}"
+        env = (env or self.env) | {"DATABASE_APPLICATION_NAME": application_name}
+        return super().start(name, argv, pipes=pipes, env=env)
+
+    def print_log_problems(self, *, failed: bool) -> None:
+        """For each log with a traceback or an ERROR line: its exception lines by kind and
+        its last 40 lines; after a failed run, the last 10 lines of the other logs too."""
+        for path in sorted(self.log_dir.glob("*.log")):
+            name = path.stem
+            text = path.read_text(errors="replace") if path.exists() else ""
+            if not re.search(r"Traceback|ERROR", text):
+                if failed:
+                    log(f"\n{name} log ({path}): no traceback or ERROR line; its last 10 lines:")
+                    log(log_tail(path, 10))
+                continue
+            kinds = Counter(line.strip()[:200] for line in text.splitlines() if EXCEPTION_LINE.match(line))
+            log(f"\n{name} log ({path}): {text.count('Traceback')} traceback(s); exception lines by kind:")
+            for line, count in kinds.most_common(10):
+                log(f"  {count:>5} x {line}")
+            log(f"--- the last 40 lines of {name}.log ---\n{log_tail(path, 40)}\n---")
+
+    def stop_all(self) -> None:
+        # The web processes first (no new jobs), then the workers (a warm shutdown lets their
+        # running jobs finish), then the benchmark's ExitStack stops Redis.
+        for started, process in list(self.running):
+            if started == "web":
+                self.stop(process)
+        super().stop_all()
+
+
+def wait_ready(base_url: str, stack: Stack | None, timeout_s: float) -> dict[str, Any]:
+    """Until the web process's /ready answers 200 (its database and Redis answer); its body."""
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        if stack is not None:
+            stack.check_alive()
+        try:
+            response = httpx.get(f"{base_url}/ready", timeout=5)
+            if response.status_code == 200:
+                body: dict[str, Any] = response.json()
+                return body
+            last = f"{response.status_code} {response.text[:300]}"
+        except httpx.HTTPError as exc:
+            last = repr(exc)
+        time.sleep(0.5)
+    raise RuntimeError(f"{base_url}/ready did not answer 200 within {timeout_s:.0f} s: {last}")
+
+
+class PgConnectionSampler:
+    """Counts the connections to `database` every `interval_s`, in a thread, from a
+    connection of its own that it does not count; by application_name (the stack's
+    processes set DATABASE_APPLICATION_NAME). Peak of the total and of each process kind."""
+
+    QUERY = (
+        "SELECT application_name, count(*) FROM pg_stat_activity "
+        "WHERE datname = %s AND pid <> pg_backend_pid() GROUP BY application_name"
+    )
+
+    def __init__(self, database_url: str, database: str, interval_s: float = 0.25) -> None:
+        self.database_url = database_url
+        self.database = database
+        self.interval_s = interval_s
+        self.samples = 0
+        self.peak = 0
+        self.peak_by_name: Counter[str] = Counter()
+        self.error: str | None = None
+        self.connection: Any = None
+        self.running = ExitStack()
+
+    def __enter__(self) -> "PgConnectionSampler":
+        import psycopg
+
+        try:
+            self.connection = self.running.enter_context(
+                psycopg.connect(self.database_url, autocommit=True, application_name="bench-sampler")
+            )
+        except psycopg.Error as exc:
+            self.error = repr(exc)
+            return self
+        self.running.enter_context(every(self.interval_s, self.sample, name="pg-sampler"))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.running.close()  # the thread stops first, then its connection closes
+
+    def sample(self) -> bool:
+        """One count; False (no more) once the connection failed."""
+        import psycopg
+
+        try:
+            counts: dict[str, int] = dict(self.connection.execute(self.QUERY, (self.database,)).fetchall())
+        except psycopg.Error as exc:
+            self.error = repr(exc)
+            return False
+        self.samples += 1
+        self.peak = max(self.peak, sum(counts.values()))
+        self.peak_by_name |= Counter(counts)  # `|`: the larger count of each name
+        return True
+
+    def line(self, bound: int, formula: str) -> str:
+        by_name = ", ".join(
+            f"{name or '(none)'} {count}" for name, count in sorted(self.peak_by_name.items())
+        )
+        verdict = "within" if self.peak <= bound else "OVER"
+        return (
+            f"PostgreSQL connections to {self.database} (sampled every {self.interval_s * 1000:.0f} ms, "
+            f"{self.samples} samples{', sampler failed: ' + self.error if self.error else ''}): peak "
+            f"{self.peak} ({verdict} the bound {bound} = {formula}); peak by process kind: {by_name or '-'}"
+        )
+
+    def figures(self, bound: int, formula: str) -> dict[str, Any]:
+        return {
+            "pg_connections": {
+                "peak": self.peak,
+                "peak_by_application_name": dict(self.peak_by_name),
+                "bound": bound,
+                "bound_formula": formula,
+                "samples": self.samples,
+                "interval_s": self.interval_s,
+                "sampler_error": self.error,
+            }
+        }

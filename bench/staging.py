@@ -41,6 +41,7 @@ from bench.report import Column, Table, log, ratio, results_save  # noqa: E402
 from bench.sandbox import (  # noqa: E402
     Children,
     bench_env,
+    broker_purge,
     django_setup,
     every,
     interrupted,
@@ -48,7 +49,6 @@ from bench.sandbox import (  # noqa: E402
 )
 from devtools.servers import S3Endpoint, s3_endpoint  # noqa: E402
 from downloads_project import processes  # noqa: E402
-from jobs.queues import QUEUES  # noqa: E402
 
 MIB = 1024 * 1024
 MB = 1_000_000
@@ -416,17 +416,6 @@ class MeasuredWorker:
         return probe.peaks.get(self.child_pid, 0)
 
 
-def broker_purge() -> None:
-    """Messages left in the benchmark's broker database by an interrupted run would name
-    rows of a database that is gone (or, worse, rows of this one)."""
-    from downloads_project.celery import app
-
-    with app.connection_for_write() as connection:
-        channel: Any = connection.default_channel
-        for queue in QUEUES:
-            channel.queue_purge(queue)
-
-
 def worker_start(children: Children, target: str, size: int) -> MeasuredWorker:
     """A fresh worker whose synthetic origin serves files of `size`, settled."""
     name = f"worker-{target}-{size}"
@@ -435,7 +424,10 @@ def worker_start(children: Children, target: str, size: int) -> MeasuredWorker:
         name=f"bench-{target}-{size}@%h",
         extra=("--without-gossip", "--without-mingle", "--without-heartbeat"),
     )
-    process = children.start(name, argv, env={**os.environ, "SYNTHETIC_FILE_BYTES": str(size)})
+    # One pool child, chosen by the setting: Celery takes `--pool prefork` for its default and
+    # lets a configured pool (WORKER_POOL) win over it.
+    env = {**os.environ, "SYNTHETIC_FILE_BYTES": str(size), "WORKER_POOL": "prefork"}
+    process = children.start(name, argv, env=env)
     children.wait_worker_ready(name, timeout_s=60)
     time.sleep(1.0)  # let the pool child settle
     probe = TreeSampler(process.pid)

@@ -77,7 +77,14 @@ def job_run(children: Children, owner: Any, size: int, rate_bps: int, number: in
     from jobs.transfer.storage import stored_file_delete
 
     name = f"worker-{number}"
-    env = {**os.environ, "SYNTHETIC_FILE_BYTES": str(size), "SYNTHETIC_RATE_BPS": str(rate_bps)}
+    # A prefork worker, as the module says, chosen by the setting: Celery takes `--pool prefork`
+    # for its default and lets a configured pool (WORKER_POOL) win over it.
+    env = {
+        **os.environ,
+        "SYNTHETIC_FILE_BYTES": str(size),
+        "SYNTHETIC_RATE_BPS": str(rate_bps),
+        "WORKER_POOL": "prefork",
+    }
     argv = processes.worker_argv(
         concurrency=1,
         name=f"bench-writes-{number}@%h",
