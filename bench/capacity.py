@@ -539,13 +539,11 @@ def pool_run(run: ProfileRun, pool: str) -> PoolFigures:
     concurrency = pool_concurrency(run.options, pool)
     name = f"worker-{pool}"
     argv = processes.worker_argv(
-        pool=pool,
         concurrency=concurrency,
         name=f"bench-capacity-{pool}-{os.getpid()}@%h",
         extra=("--without-gossip", "--without-mingle"),
     )
-    # The settings too: Celery takes `--pool prefork` for its default, and lets a configured
-    # pool (WORKER_POOL, threads by default) win over it.
+    # The pool comes from the settings (see processes.worker_argv).
     env = stack.env | {"WORKER_POOL": pool, "WORKER_CONCURRENCY": str(concurrency)}
     log(f"  {pool_label(run.options, pool)}: starting the worker")
     worker = stack.start(name, argv, env=env, kind="worker")

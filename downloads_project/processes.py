@@ -24,19 +24,13 @@ def web_argv(*, port: int, host: str = "127.0.0.1", extra: tuple[str, ...] = ())
             *WEB_FLAGS, *extra]  # fmt: skip
 
 
-def worker_argv(
-    *,
-    concurrency: int | None = None,
-    pool: str | None = None,
-    name: str | None = None,
-    extra: tuple[str, ...] = (),
-) -> list[str]:
-    """A worker serving every queue, downloads.high first. Its pool and concurrency are
-    the settings' (WORKER_POOL, WORKER_CONCURRENCY) unless given here."""
+def worker_argv(*, concurrency: int | None = None, name: str | None = None, extra: tuple[str, ...] = ()) -> list[str]:
+    """A worker serving every queue, downloads.high first. Its pool is the settings'
+    (WORKER_POOL in its environment: Celery takes `--pool prefork` for its own default and
+    lets the configured pool win over it); its concurrency too (WORKER_CONCURRENCY), unless
+    given here."""
     argv = [sys.executable, "-m", "celery", "-A", "downloads_project", "worker",
             "-Q", WORKER_QUEUES_ARG, "--loglevel", "INFO"]  # fmt: skip
-    if pool is not None:
-        argv += ["--pool", pool]
     if concurrency is not None:
         argv += ["--concurrency", str(concurrency)]
     if name is not None:
