@@ -24,7 +24,9 @@ def web_argv(*, port: int, host: str = "127.0.0.1", extra: tuple[str, ...] = ())
             *WEB_FLAGS, *extra]  # fmt: skip
 
 
-def worker_argv(*, concurrency: int | None = None, name: str | None = None, extra: tuple[str, ...] = ()) -> list[str]:
+def worker_argv(
+    *, concurrency: int | None = None, name: str | None = None, extra: tuple[str, ...] = ()
+) -> list[str]:
     """A worker serving every queue, downloads.high first. Its pool is the settings'
     (WORKER_POOL in its environment: Celery takes `--pool prefork` for its own default and
     lets the configured pool win over it); its concurrency too (WORKER_CONCURRENCY), unless

@@ -498,7 +498,7 @@ STAGING_SPOOL_BYTES = env.int("STAGING_SPOOL_BYTES", default=4 * 1024**3)
 STAGING_SPOOL_DIR = env("STAGING_SPOOL_DIR", default="") or None  # None: the system's temporary directory
 if STAGING_UPLOAD_THREADS < 1 or STAGING_PARTS_IN_FLIGHT < 1:
     raise ImproperlyConfigured("STAGING_UPLOAD_THREADS and STAGING_PARTS_IN_FLIGHT must be 1 or more")
-if STAGING_MEMORY_BYTES + STAGING_SPOOL_BYTES < max(STAGING_PART_BYTES, 5 * 1024 * 1024):
+if max(STAGING_PART_BYTES, 5 * 1024 * 1024) > STAGING_MEMORY_BYTES + STAGING_SPOOL_BYTES:
     raise ImproperlyConfigured(
         "STAGING_MEMORY_BYTES + STAGING_SPOOL_BYTES must hold at least one part (STAGING_PART_BYTES)"
     )
