@@ -6,11 +6,17 @@ inbox, and a socket that is behind skips progress that a newer event replaces. A
 a hint. The database row (with the hot progress in Redis) is the truth, and every socket
 starts from a snapshot of it.
 
-Events are published from sync code (the Celery worker, the API's services). channels_redis
-keeps its connections per event loop (both layers), and `async_to_sync` from a thread
-without a loop would make a new loop, so a new connection, on every call (~7 ms instead of
-~1 ms). So each process publishes on one long-lived loop in a daemon thread, made on first use and made
-again in a forked child (Celery's prefork pool forks after import).
+Events are published from sync code (the Celery worker's job threads, the API's services).
+With the pub/sub layer (the default) a group send is one PUBLISH of the layer's serialized
+message on the group's channel: the calling thread sends it itself, through a pool of
+plain connections shared by the process's threads (`_pubsub_publish`), so hundreds of jobs
+publishing at once neither queue behind one connection nor hop to another thread.
+
+The core layer's group send is a Lua call per member process, which only channels_redis
+makes. It keeps its connections per event loop, and `async_to_sync` from a thread without a
+loop would make a new loop, so a new connection, on every call (~7 ms instead of ~1 ms). So
+with the core layer each process publishes on one long-lived loop in a daemon thread, made
+on first use and made again in a forked child (Celery's prefork pool forks after import).
 """
 
 import asyncio
@@ -19,9 +25,15 @@ import json
 import logging
 import os
 import threading
+import weakref
 from typing import Any
 
+import redis
 from channels.layers import get_channel_layer
+from channels_redis.pubsub import RedisPubSubChannelLayer
+from django.conf import settings
+
+from downloads_project import redis_servers
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +54,10 @@ def job_event_publish(job_id: str, event: dict[str, Any]) -> None:
         return
     try:
         message = job_event_message(event)
-        _publisher().run(layer.group_send(job_group_name(job_id), message), timeout_s=PUBLISH_TIMEOUT_S)
+        if isinstance(layer, RedisPubSubChannelLayer) and (publisher := _pubsub_publisher(layer)) is not None:
+            publisher.publish(job_group_name(job_id), layer.serialize(message))
+        else:
+            _publisher().run(layer.group_send(job_group_name(job_id), message), timeout_s=PUBLISH_TIMEOUT_S)
     except Exception:
         # A lost hint must never fail the job: watchers fall back to polling.
         logger.warning("Could not publish %s event of %s", event.get("type"), job_id, exc_info=True)
@@ -52,6 +67,52 @@ def job_event_message(event: dict[str, Any]) -> dict[str, Any]:
     """The group message of one event: the event (what the consumer decides on) and its
     JSON text, encoded once here rather than once per socket (what the consumer sends)."""
     return {"type": "job.event", "event": event, "text": json.dumps(event)}
+
+
+class _PubSubPublisher:
+    """PUBLISH as channels-redis's pub/sub layer does it (`RedisPubSubLoopLayer.group_send`:
+    the layer's serialized message, on the channel `<prefix>__group__<group>`), from the
+    calling thread. tests/realtime/test_consumers.py holds it to the layer's subscribers."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+
+    def publish(self, group: str, payload: bytes) -> None:
+        self.client.publish(f"{self.prefix}__group__{group}", payload)
+
+
+_pubsub_publishers: "weakref.WeakKeyDictionary[RedisPubSubChannelLayer, _PubSubPublisher | None]" = (
+    weakref.WeakKeyDictionary()
+)
+_pubsub_publishers_lock = threading.Lock()
+
+
+def _pubsub_publisher(layer: RedisPubSubChannelLayer) -> _PubSubPublisher | None:
+    """The process's publisher for the pub/sub `layer`, or None where the layer spreads
+    groups over several servers (then the layer itself publishes, on the loop thread). Its
+    pool is bounded as hot state's: a busy pool makes a thread wait for a connection (at
+    most REDIS_POOL_TIMEOUT_S) rather than open one more."""
+    with _pubsub_publishers_lock:
+        if layer in _pubsub_publishers:
+            return _pubsub_publishers[layer]
+        hosts = layer._kwargs.get("hosts") or []
+        publisher = None
+        if len(hosts) == 1:
+            host = hosts[0]
+            address = host.get("address") if isinstance(host, dict) else host
+            client = redis_servers.client(
+                address or settings.CHANNEL_LAYER_URL,  # with Sentinel, the layer's hosts name none
+                blocking=True,
+                max_connections=settings.REDIS_POOL_MAX_CONNECTIONS,
+                timeout=settings.REDIS_POOL_TIMEOUT_S,
+                socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT_S,
+                socket_timeout=PUBLISH_TIMEOUT_S,
+                health_check_interval=30,
+            )
+            publisher = _PubSubPublisher(client, layer._kwargs.get("prefix", "asgi"))
+        _pubsub_publishers[layer] = publisher
+        return publisher
 
 
 class _LoopThread:
@@ -100,9 +161,11 @@ def _publisher() -> _LoopThread:
 def _forget_after_fork() -> None:
     """In a forked child the parent's loop thread does not exist, and its lock may have
     been held at the fork: the next publish makes both anew."""
-    global _loop_thread, _loop_thread_lock
+    global _loop_thread, _loop_thread_lock, _pubsub_publishers_lock
     _loop_thread = None
     _loop_thread_lock = threading.Lock()
+    _pubsub_publishers_lock = threading.Lock()
+    _pubsub_publishers.clear()
 
 
 @atexit.register

@@ -19,8 +19,10 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
+from channels.layers import get_channel_layer
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
+from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core import signing
@@ -32,7 +34,7 @@ from rest_framework.test import APIClient
 
 from downloads_project.asgi import application
 from jobs import hotstate
-from jobs.events import job_event_publish
+from jobs.events import job_event_message, job_event_publish, job_group_name
 from jobs.hotstate import HotProgress
 from jobs.models import DownloadJob, Status
 from jobs.selectors import iso
@@ -464,6 +466,37 @@ def test_the_backlog_of_another_layer_is_empty():
     from channels.layers import InMemoryChannelLayer
 
     assert backlog.take(InMemoryChannelLayer(), "anything") == []
+
+
+def test_an_event_published_from_a_thread_reaches_the_pubsub_layers_subscribers():
+    """job_event_publish sends the pub/sub layer's PUBLISH itself, from the calling thread:
+    a subscriber of the layer (as a web process's consumer is) receives the very message
+    the layer's own group_send would have delivered, on the group's channel only."""
+    layer = get_channel_layer()
+    assert isinstance(layer, RedisPubSubChannelLayer)
+    sent = {"type": "progress", "job_id": "job_threaded", "progress": 42}
+
+    async def scenario() -> tuple[dict[str, Any], bool]:
+        mine, other = await layer.new_channel(), await layer.new_channel()
+        await layer.group_add(job_group_name("job_threaded"), mine)
+        await layer.group_add(job_group_name("job_other"), other)
+        try:
+            await sync_to_async(job_event_publish, thread_sensitive=False)("job_threaded", sent)
+            received = await asyncio.wait_for(layer.receive(mine), TIMEOUT_S)
+            try:
+                await asyncio.wait_for(layer.receive(other), 0.3)
+                leaked = True
+            except TimeoutError:
+                leaked = False
+            return received, leaked
+        finally:
+            await layer.group_discard(job_group_name("job_threaded"), mine)
+            await layer.group_discard(job_group_name("job_other"), other)
+
+    received, leaked = async_to_sync(scenario)()
+
+    assert received == job_event_message(sent)
+    assert not leaked
 
 
 # --- heartbeat -----------------------------------------------------------------------------

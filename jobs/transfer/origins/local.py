@@ -1,6 +1,7 @@
 """Origins on this machine: a directory of files, and the synthetic origin of the
 embedded default (deterministic bytes at a fixed rate)."""
 
+import functools
 import mimetypes
 import os
 import random
@@ -79,19 +80,28 @@ class DirectoryOrigin:
 SYNTHETIC_SEGMENT_BYTES = 1024 * 1024
 
 
+@functools.cache
+def _synthetic_block() -> bytes:
+    """One MiB of pseudo-random bytes, the same in every process: made once (a Mersenne
+    Twister takes milliseconds per MiB, more than the rest of a job's work on its bytes)."""
+    return random.Random(424242).randbytes(SYNTHETIC_SEGMENT_BYTES)  # noqa: S311 (test data)
+
+
 def synthetic_chunks(file_id: int, size: int, chunk_bytes: int, *, start: int = 0) -> Iterator[bytes]:
     """The bytes of synthetic file `file_id` from `start`: the same for the same id and
-    size, anywhere. Each MiB is one random block (seeded by the id) that starts with its
-    own index, so the file is not one block repeated."""
-    block = random.Random(file_id).randbytes(SYNTHETIC_SEGMENT_BYTES)  # noqa: S311 (test data)
+    size, anywhere. Each MiB is the same random block behind a header of its own (the file's
+    id and the segment's index), so no two files and no two segments of a file are alike."""
+    block = _synthetic_block()
     offset = start
     while offset < size:
         index, start = divmod(offset, SYNTHETIC_SEGMENT_BYTES)
-        segment = memoryview(index.to_bytes(8, "big") + block[8:])
+        header = (file_id % 2**64).to_bytes(8, "big") + index.to_bytes(8, "big")
+        whole = header + block[16:]
+        segment = memoryview(whole)
         segment_end = min(SYNTHETIC_SEGMENT_BYTES, size - offset + start)
         while start < segment_end:
             end = min(segment_end, start + chunk_bytes)
-            yield bytes(segment[start:end])
+            yield whole if (start, end) == (0, len(whole)) else bytes(segment[start:end])
             offset += end - start
             start = end
 
