@@ -18,6 +18,7 @@ from django.utils.dateparse import parse_date, parse_datetime
 
 from downloads_project import redis_servers, roles
 from jobs.queues import DEFAULT_QUEUE, MAINTENANCE_QUEUE
+from jobs.rates import rate_parse
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -386,11 +387,27 @@ JOB_RETRY_BACKOFF_MAX_S = env.float("JOB_RETRY_BACKOFF_MAX_S", default=300.0)
 JOB_RETRY_JITTER = env.float("JOB_RETRY_JITTER", default=0.2)  # +/- 20 %
 JOB_MAX_ACTIVE_PER_USER = env.int("JOB_MAX_ACTIVE_PER_USER", default=5)
 JOB_ACTIVE_LIMIT_RETRY_AFTER_S = env.int("JOB_ACTIVE_LIMIT_RETRY_AFTER_S", default=30)
+
+
+def _rate(name: str, default: str) -> str:
+    """A rate setting (`<n>/<second|minute|hour|day>`, jobs/rates.py), checked now: a
+    rate the limiter cannot read stops the start-up rather than the first request."""
+    value = str(env(name, default=default))
+    if value:
+        try:
+            amount = rate_parse(value).amount
+        except ValueError:
+            amount = 0
+        if amount < 1:
+            raise ImproperlyConfigured(f"{name} is {value!r}: a rate such as 50/minute")
+    return value
+
+
 # Initiate rates (`<n>/<second|minute|hour|day>`), counted in Redis so every API process
 # shares them: per user, and per client IP (see CLIENT_IP_HEADER).
-JOB_INITIATE_RATE = env("JOB_INITIATE_RATE", default="10/minute")
+JOB_INITIATE_RATE = _rate("JOB_INITIATE_RATE", default="10/minute")
 # Well above the per-user rate: many users share one address behind a NAT or a proxy.
-JOB_INITIATE_RATE_PER_IP = env("JOB_INITIATE_RATE_PER_IP", default="100/minute")
+JOB_INITIATE_RATE_PER_IP = _rate("JOB_INITIATE_RATE_PER_IP", default="100/minute")
 # Behind a proxy, the client's address comes from this header (e.g. X-Forwarded-For or
 # X-Real-IP), and only from it: the proxy must overwrite or append to it. Of a list, the
 # entry CLIENT_IP_PROXY_COUNT from the right is taken (the one our own proxy appended).
@@ -576,6 +593,16 @@ ORIGIN_BREAKER_PROBE_TIMEOUT_S = env.float(
 )
 if not 0 < ORIGIN_BREAKER_FAILURE_RATIO <= 1:
     raise ImproperlyConfigured("ORIGIN_BREAKER_FAILURE_RATIO must be above 0 and at most 1")
+# Per-origin protection (jobs/transfer/origin_limits.py), per origin as its breaker is,
+# shared by every worker through hot-state Redis. ORIGIN_MAX_IN_FLIGHT:
+# attempts running against the origin at once (0: no limit). ORIGIN_START_RATE: how fast
+# attempts may start against it, `<n>/<second|minute|hour|day>` such as 50/minute (empty:
+# no limit). A job held back by either stays queued (ORIGIN_BUSY) and uses no attempt.
+# Both off by default: a worker is meant to hold hundreds of jobs at once.
+ORIGIN_MAX_IN_FLIGHT = env.int("ORIGIN_MAX_IN_FLIGHT", default=0)
+if ORIGIN_MAX_IN_FLIGHT < 0:
+    raise ImproperlyConfigured("ORIGIN_MAX_IN_FLIGHT must be 0 (no limit) or more")
+ORIGIN_START_RATE = _rate("ORIGIN_START_RATE", default="")
 
 # --- Storage -----------------------------------------------------------------------------
 

@@ -15,6 +15,9 @@ class ErrorCode(StrEnum):
     PROCESSING_ERROR = "PROCESSING_ERROR"
     TIMEOUT = "TIMEOUT"
     STORAGE_ERROR = "STORAGE_ERROR"
+    # Not a failure: a queued job waits its turn because the origin already serves
+    # ORIGIN_MAX_IN_FLIGHT jobs or its ORIGIN_START_RATE is used up. No attempt is used.
+    ORIGIN_BUSY = "ORIGIN_BUSY"
     # Not retryable: asking again gives the same answer.
     FILE_NOT_FOUND = "FILE_NOT_FOUND"
     INVALID_FILE_ID = "INVALID_FILE_ID"
@@ -38,6 +41,7 @@ RETRYABLE_CODES = frozenset(
         # A storage hiccup (S3 5xx, throttling) is transient; a misconfigured bucket is
         # not, but it fails every attempt quickly and ends dead-lettered for an operator.
         ErrorCode.STORAGE_ERROR,
+        ErrorCode.ORIGIN_BUSY,
     }
 )
 

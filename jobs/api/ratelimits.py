@@ -1,11 +1,12 @@
 """Initiate rate limits, per user and per client IP, counted in Redis.
 
 Every API process counts in the same Redis (the hot-state database), so the limit holds
-however many processes serve the API. The `limits` library keeps a moving window per key
-(a Redis list of hit times, checked and appended in one Lua script), so parallel requests
-cannot both take the last slot. Each answer of initiate carries the draft-standard
-`RateLimit-*` headers (draft-ietf-httpapi-ratelimit-headers, as express-rate-limit's
-`standardHeaders` sends them) for whichever limit is closest to running out.
+however many processes serve the API. jobs/rates.py's limiter keeps a moving window per
+key (a Redis list of hit times, checked and appended in one Lua script), so parallel
+requests cannot both take the last slot. Each answer of initiate carries the
+draft-standard `RateLimit-*` headers (draft-ietf-httpapi-ratelimit-headers, as
+express-rate-limit's `standardHeaders` sends them) for whichever limit is closest to
+running out.
 
 If Redis cannot be reached the request is let through and the failure logged: the
 per-user cap on active jobs, kept in the database, still bounds what one user can start.
@@ -16,38 +17,20 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from functools import cache
 
 from django.conf import settings
 from django.http import HttpRequest
-from limits import RateLimitItem, parse
-from limits.storage import RedisStorage
+from limits import RateLimitItem
 from limits.strategies import MovingWindowRateLimiter
 
 from jobs import hotstate
+from jobs.rates import rate_limiter, rate_parse
 
 logger = logging.getLogger(__name__)
 
 
-@cache
 def _limiter() -> MovingWindowRateLimiter:
-    # The hot-state pool: bounded, with its timeouts, and following a Sentinel failover.
-    storage = RedisStorage(
-        "redis://", connection_pool=hotstate.client().connection_pool, key_prefix="ratelimit"
-    )
-    return MovingWindowRateLimiter(storage)
-
-
-_PERIODS = {"s": "second", "m": "minute", "h": "hour", "d": "day"}
-
-
-@cache
-def _item(rate: str) -> RateLimitItem:
-    """`10/minute`, and DRF's spellings too (`10/min`, `10/m`, `100/h`)."""
-    amount, _, period = rate.partition("/")
-    if period and period not in _PERIODS.values() and period[:1] in _PERIODS:
-        rate = f"{amount}/{_PERIODS[period[0]]}"
-    return parse(rate)
+    return rate_limiter(hotstate.client())
 
 
 def client_ip(request: HttpRequest) -> str:
@@ -87,8 +70,8 @@ def initiate_rate_hit(*, user_id: int, ip: str) -> RateLimitVerdict:
     before either is counted, so a request refused by one limit takes nothing from the
     other (short of a race between the check and the count, which can cost one slot)."""
     limits = [
-        (_item(settings.JOB_INITIATE_RATE), "user", str(user_id)),
-        (_item(settings.JOB_INITIATE_RATE_PER_IP), "ip", ip),
+        (rate_parse(settings.JOB_INITIATE_RATE), "user", str(user_id)),
+        (rate_parse(settings.JOB_INITIATE_RATE_PER_IP), "ip", ip),
     ]
     policy = ", ".join(_policy(item, name) for item, name, _ in limits)
     limiter = _limiter()

@@ -67,6 +67,11 @@ origin_circuit_opens = Counter(
     "Times the circuit breaker of an origin opened (again, after a failed probe).",
     ["origin"],
 )
+origin_limit_refusals = Counter(
+    "download_origin_limit_refused",
+    "Starts an origin's limit held back (the job waits queued): limit is in_flight or start_rate.",
+    ["origin", "limit"],
+)
 
 
 def job_completed(job: "DownloadJob", *, size: int) -> None:
@@ -93,6 +98,10 @@ def legacy_request(outcome: str) -> None:
 
 def origin_circuit_opened(origin: str) -> None:
     origin_circuit_opens.labels(origin=origin).inc()
+
+
+def origin_limit_refused(origin: str, limit: str) -> None:
+    origin_limit_refusals.labels(origin=origin, limit=limit).inc()
 
 
 def multiprocess_dir() -> str | None:

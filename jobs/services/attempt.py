@@ -1,5 +1,6 @@
 """The worker's side: one attempt of a job, from its start through staging to its
-completion, retry or failure, and what the origin's circuit breaker decides before it."""
+completion, retry or failure, and what the origin's limits and circuit breaker decide
+before it."""
 
 import logging
 import random
@@ -34,6 +35,7 @@ from jobs.services.writes import (
 )
 from jobs.transfer.breaker import OriginBreaker, origin_breaker_name
 from jobs.transfer.deadline import Deadline
+from jobs.transfer.origin_limits import OriginLimits
 from jobs.transfer.origins import get_origin
 from jobs.transfer.staging import Checkpoint, StagedFile, stage_file
 from jobs.transfer.storage import stored_file_delete, stored_file_sha256, stored_file_size
@@ -124,42 +126,70 @@ def _claim(job: DownloadJob, parts: list[dict[str, Any]]) -> None:
 def download_job_run(*, job_pk: int, task_id: str = "") -> None:
     """One attempt of a job: start it, stage the file, then complete, retry or fail.
 
-    While the origin's circuit breaker is open, a queued job does not start: it waits
-    for the breaker without using up an attempt. The attempt's outcome is reported to
-    the breaker: a failure of the origin's (network, 5xx, timeout, 429) counts against
-    it, any answer of the origin's (a file, a 404) for it."""
+    A queued job starts only if the origin's limits (jobs/transfer/origin_limits.py) and
+    its circuit breaker let it: otherwise it waits, queued, without using up an attempt.
+    The limits are asked first, so that a job they hold back never takes the breaker's
+    half-open probe. The running attempt holds its in-flight lease until it ends, however
+    it ends. The attempt's outcome is reported to the breaker: a failure of the origin's
+    (network, 5xx, timeout, 429, and a time limit the origin's slowness spent) counts
+    against it, any answer of the origin's (a file, a 404) for it."""
     deadline = Deadline.after(settings.JOB_SOFT_TIME_LIMIT_S)
-    breaker = OriginBreaker(origin_breaker_name())
+    name = origin_breaker_name()
+    breaker = OriginBreaker(name)
+    limits = OriginLimits(name)
     queued = DownloadJob.objects.filter(pk=job_pk, status=Status.QUEUED).first()
-    # A redelivered job (processing) goes on: its attempt had got past the breaker.
-    if queued is not None and (wait_s := breaker.allow()) is not None:
-        _wait_for_origin(queued, wait_s)
-        return
-    job = download_job_start(job_pk=job_pk, task_id=task_id)
+    # A redelivered job (processing) goes on: its attempt had got past the limits and the breaker.
+    if queued is not None:
+        # Its last wait for the limits, from which the next one grows.
+        waited_s = (
+            (queued.next_retry_at - queued.updated_at).total_seconds()
+            if queued.error_code == ErrorCode.ORIGIN_BUSY and queued.next_retry_at
+            else 0.0
+        )
+        if busy := limits.take(job_id=queued.job_id, waited_s=waited_s):
+            _wait_for_origin(queued, busy.wait_s, JobError(ErrorCode.ORIGIN_BUSY, busy.message), why=busy.why)
+            return
+        if (wait_s := breaker.allow()) is not None:
+            limits.release(job_id=queued.job_id)
+            countdown_s = wait_s * random.uniform(1.0, 1.0 + settings.JOB_RETRY_JITTER)  # noqa: S311 (jitter)
+            message = "The origin is failing; waiting for it to recover"
+            error = JobError(ErrorCode.TEMPORARY_UNAVAILABLE, message)
+            _wait_for_origin(queued, countdown_s, error, why="the origin's circuit breaker")
+            return
+        limits.start_count()
+    job = None
+    try:
+        job = download_job_start(job_pk=job_pk, task_id=task_id)
+    finally:
+        if job is None and queued is not None:
+            limits.release(job_id=queued.job_id)  # it did not start: its lease goes back
     if job is None:
         return
     # The attempt holds no connection while it waits on the origin and the store.
     connection_release()
     try:
+        # Its lease runs from its start (a redelivered attempt keeps its own, or takes it back).
+        limits.renew(job_id=job.job_id)
         staged = _attempt_run(job, deadline=deadline)
     except JobError as error:
         # The attempt has been ended (retry or fail) by _attempt_run; only the breaker
         # is left to tell.
         if error.origin_fault:
             breaker.record_failure()
-        elif error.code != ErrorCode.STORAGE_ERROR:
+        elif error.code not in (ErrorCode.STORAGE_ERROR, ErrorCode.STORAGE_FULL, ErrorCode.DOWNLOAD_TIMEOUT):
             breaker.record_success()  # the origin answered, if not with the file
         return
+    finally:
+        limits.release(job_id=job.job_id)  # the attempt has ended, however it ended
     if staged is not None:
         breaker.record_success()
 
 
-def _wait_for_origin(job: DownloadJob, wait_s: float) -> None:
-    """Sends the queued job again once the breaker lets a request through. Its attempt
-    count stays: the origin, not the job, is failing."""
+def _wait_for_origin(job: DownloadJob, countdown_s: float, error: JobError, *, why: str) -> None:
+    """Sends the queued job again in `countdown_s`, once the origin's limits or its
+    breaker may let it through. Its attempt count stays: the origin, not the job, is
+    the reason it waits; its row says why (`error`)."""
     now = timezone.now()
-    countdown_s = wait_s * random.uniform(1.0, 1.0 + settings.JOB_RETRY_JITTER)  # noqa: S311 (jitter)
-    error = JobError(ErrorCode.TEMPORARY_UNAVAILABLE, "The origin is failing; waiting for it to recover")
     fields = {
         "next_retry_at": now + timedelta(seconds=countdown_s),
         "error_code": error.code,
@@ -176,7 +206,7 @@ def _wait_for_origin(job: DownloadJob, wait_s: float) -> None:
         publish_on_commit(job, "status_update")
         dispatch_on_commit(job, countdown_s=countdown_s)
         on_commit(lambda: metrics.job_ended("held", error.code))
-    logger.info("%s waits %.0f s for the origin's circuit breaker", job.job_id, countdown_s)
+    logger.info("%s waits %.0f s for %s", job.job_id, countdown_s, why)
 
 
 def _attempt_run(job: DownloadJob, *, deadline: Deadline | None = None) -> StagedFile | None:

@@ -21,6 +21,7 @@ from jobs.hotstate import HotProgress
 from jobs.models import DownloadJob, Status
 from jobs.selectors import iso
 from jobs.services.writes import connection_release, write
+from jobs.transfer.origin_limits import origin_lease_renew
 from jobs.transfer.staging import StoredFileFacts
 
 logger = logging.getLogger(__name__)
@@ -132,6 +133,7 @@ class AttemptHooks:
         self.last_beat_at = time.monotonic()
         try:
             held = hotstate.run_beat(self.job.job_id, attempt=self.attempt, parts=parts)
+            origin_lease_renew(job_id=self.job.job_id)  # its place against ORIGIN_MAX_IN_FLIGHT
         except redis.RedisError:
             self._redis_failed("heartbeat")
             return

@@ -8,7 +8,7 @@ import time
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from channels.layers import get_channel_layer
@@ -648,3 +648,223 @@ def test_a_missing_file_is_not_held_against_the_origin(user, origin, media, brea
 
     state = OriginBreaker(origin_breaker_name()).state()
     assert (state.state, state.failures, state.successes) == ("closed", 0, 4)
+
+
+# --- the origin's limits --------------------------------------------------------------------
+
+
+@pytest.fixture
+def origin_limits(worker_settings: Any) -> Any:
+    """The configured origin's limits: two jobs at once, no start rate, no lease held."""
+    from jobs.transfer.breaker import origin_breaker_name
+    from jobs.transfer.origin_limits import OriginLimits
+
+    worker_settings.ORIGIN_MAX_IN_FLIGHT = 2
+    worker_settings.ORIGIN_START_RATE = ""
+    limits = OriginLimits(origin_breaker_name())
+    hotstate.client().delete(limits.key)
+    yield limits
+    hotstate.client().delete(limits.key)
+
+
+def leases(limits: Any) -> list[str]:
+    return sorted(raw.decode() for raw in cast(list[bytes], hotstate.client().zrange(limits.key, 0, -1)))
+
+
+class LeaseWatch:
+    """Reads the job's lease (its expiry, or None) every 10 ms in a thread of its own while
+    the block runs: what another worker would see of it."""
+
+    def __init__(self, limits: Any, job_id: str) -> None:
+        self.limits, self.job_id = limits, job_id
+        self.expiries: list[float | None] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._watch)
+
+    def _watch(self) -> None:
+        while not self.done.wait(0.01):
+            self.expiries.append(hotstate.client().zscore(self.limits.key, self.job_id))
+
+    def __enter__(self) -> "LeaseWatch":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+
+
+def test_a_job_past_the_in_flight_limit_waits_queued_without_using_an_attempt_and_says_why(
+    user, api_client, origin, media, origin_limits, dispatched, run_attempt, caplog
+):
+    origin.add(FILE_ID, FileScript(size=1000))
+    for elsewhere in ("job_elsewhere_1", "job_elsewhere_2"):  # attempts of other workers
+        assert origin_limits.take(job_id=elsewhere) is None
+    job = make_job(user)
+
+    with caplog.at_level("INFO", logger="jobs.services.attempt"):
+        run_attempt(job.pk)
+
+    job.refresh_from_db()
+    assert origin.requests[FILE_ID] == 0  # the origin was left alone
+    assert (job.status, job.attempts, job.error_code, job.error_message, job.error_retryable) == (
+        Status.QUEUED,
+        0,
+        "ORIGIN_BUSY",
+        "Waiting: the origin already serves 2 jobs at once",
+        True,
+    )
+    assert [call["args"] for call in dispatched] == [(job.pk,)]
+    countdown_s = dispatched[0]["countdown"]
+    assert 1 <= countdown_s <= 3
+    assert job.next_retry_at == job.updated_at + timedelta(seconds=countdown_s)
+    assert f"{job.job_id} waits {countdown_s:.0f} s for the origin's in-flight limit (2)" in caplog.messages
+    assert leases(origin_limits) == ["job_elsewhere_1", "job_elsewhere_2"]  # it took none
+    status = api_client.get(f"/v1/download/status/{job.job_id}").json()["data"]
+    assert (status["status"], status["attempts"], status["error"]) == (
+        "queued",
+        0,
+        {
+            "code": "ORIGIN_BUSY",
+            "message": "Waiting: the origin already serves 2 jobs at once",
+            "retryable": True,
+        },
+    )
+    assert status["next_retry_at"]
+
+    origin_limits.release(job_id="job_elsewhere_1")  # one of them ended
+    run_attempt(job.pk)
+
+    job.refresh_from_db()
+    assert (job.status, job.attempts, job.error_code) == (Status.COMPLETED, 1, "")
+    assert leases(origin_limits) == ["job_elsewhere_2"]  # its own lease given back
+
+
+def test_a_running_attempt_holds_its_lease_renews_it_at_each_heartbeat_and_gives_it_back(
+    user, origin, media, worker_settings, origin_limits, run_attempt
+):
+    worker_settings.JOB_HEARTBEAT_INTERVAL_S = 0.1
+    origin.add(FILE_ID, FileScript(size=256 * 1024, rate_bps=512 * 1024))  # ~0.5 s
+    job = make_job(user)
+
+    with LeaseWatch(origin_limits, job.job_id) as watch:
+        run_attempt(job.pk)
+
+    job.refresh_from_db()
+    assert job.status == Status.COMPLETED
+    held = [expiry for expiry in watch.expiries if expiry is not None]
+    assert len(held) >= 10, watch.expiries
+    assert len(set(held)) >= 3  # renewed as it beat
+    assert held == sorted(held)
+    assert leases(origin_limits) == []
+
+
+@pytest.mark.parametrize(
+    ("faults", "status"), [(["404"], Status.FAILED), (["500"], Status.QUEUED), ([], "exception")]
+)
+def test_the_lease_goes_back_however_the_attempt_ends(
+    user, origin, media, origin_limits, run_attempt, dispatched, monkeypatch, faults, status
+):
+    from jobs.services import attempt
+
+    origin.add(FILE_ID, FileScript(size=1000, faults=faults))
+    job = make_job(user)
+    if status == "exception":
+
+        def unexpected(**kwargs: Any) -> None:
+            raise RuntimeError("a bug in the completion")
+
+        monkeypatch.setattr(attempt, "download_job_complete", unexpected)  # named fake: a crash
+        with pytest.raises(RuntimeError):
+            run_attempt(job.pk)
+    else:
+        run_attempt(job.pk)
+        job.refresh_from_db()
+        assert (job.status, job.attempts) == (status, 1)
+
+    assert origin.requests[FILE_ID] == 1
+    assert leases(origin_limits) == []
+
+
+@pytest.mark.parametrize("its_lease_left", [True, False])
+def test_a_redelivered_attempt_is_not_held_back_by_its_own_lease_nor_a_full_limit(
+    user, origin, media, origin_limits, django_capture_on_commit_callbacks, its_lease_left
+):
+    origin.add(FILE_ID, FileScript(size=1000))
+    job = make_job(user, status=Status.PROCESSING, attempts=1, task_id="task-1")
+    # Its first attempt's lease (its worker died), or none (expired), and the limit is full:
+    # the attempt was let through once and goes on.
+    holders = [job.job_id, "job_elsewhere_1"] if its_lease_left else ["job_elsewhere_1", "job_elsewhere_2"]
+    for holder in holders:
+        assert origin_limits.take(job_id=holder) is None
+
+    with django_capture_on_commit_callbacks(execute=True):
+        services.download_job_run(job_pk=job.pk, task_id="task-1")
+
+    job.refresh_from_db()
+    assert (job.status, job.attempts) == (Status.COMPLETED, 2)
+    assert leases(origin_limits) == sorted(set(holders) - {job.job_id})
+
+
+def test_a_job_sent_again_retakes_its_own_leftover_lease(user, origin, media, origin_limits, run_attempt):
+    origin.add(FILE_ID, FileScript(size=1000))
+    job = make_job(user, attempts=1)  # queued again by the reaper: its dead attempt's lease is left
+    origin_limits.take(job_id=job.job_id)
+    origin_limits.take(job_id="job_elsewhere")
+
+    run_attempt(job.pk)
+
+    job.refresh_from_db()
+    assert (job.status, job.attempts) == (Status.COMPLETED, 2)
+    assert leases(origin_limits) == ["job_elsewhere"]
+
+
+def test_a_job_past_the_start_rate_waits_until_the_window_allows_one_more(
+    user, origin, media, worker_settings, origin_limits, dispatched, run_attempt
+):
+    worker_settings.ORIGIN_START_RATE = "1/minute"
+    for offset in range(2):
+        origin.add(FILE_ID + offset, FileScript(size=1000))
+    first, second = make_job(user, file_id=FILE_ID), make_job(user, file_id=FILE_ID + 1)
+    run_attempt(first.pk)
+
+    run_attempt(second.pk)
+
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert (first.status, first.attempts) == (Status.COMPLETED, 1)
+    assert (second.status, second.attempts, second.error_code, second.error_message) == (
+        Status.QUEUED,
+        0,
+        "ORIGIN_BUSY",
+        "Waiting: at most 1/minute jobs may start against the origin",
+    )
+    assert origin.requests[FILE_ID + 1] == 0
+    assert [call["args"] for call in dispatched] == [(second.pk,)]
+    assert 58 < dispatched[0]["countdown"] <= 70  # the window's reset, plus at most 10 s
+    assert leases(origin_limits) == []  # the refused start gave its lease back
+
+
+def test_a_job_the_breaker_holds_gives_its_lease_back_and_takes_nothing_from_the_rate(
+    user, origin, media, breaker_settings, origin_limits, dispatched, run_attempt
+):
+    from jobs.transfer.breaker import OriginBreaker, origin_breaker_name
+
+    breaker_settings.ORIGIN_START_RATE = "1/minute"
+    breaker = OriginBreaker(origin_breaker_name())
+    for _ in range(3):
+        breaker.record_failure()
+    origin.add(FILE_ID, FileScript(size=1000))
+    job = make_job(user)
+
+    run_attempt(job.pk)
+
+    job.refresh_from_db()
+    assert (job.status, job.attempts, job.error_code) == (Status.QUEUED, 0, "TEMPORARY_UNAVAILABLE")
+    assert leases(origin_limits) == []
+    breaker.reset()
+
+    run_attempt(job.pk)
+
+    job.refresh_from_db()
+    assert (job.status, job.attempts) == (Status.COMPLETED, 1)  # the rate still had its one start

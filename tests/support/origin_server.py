@@ -3,10 +3,10 @@
 Each file id has a script: its size, its serving rate, and a list of faults that the next
 requests meet one by one (`500`, `404`, `drop` = connection closed mid-body, `stall` =
 body stops for longer than the client's read timeout, `silent` = headers, then nothing
-for `silent_s`, `trickle` = the body one byte every `trickle_s`). Requests and bytes sent are
-counted so tests can assert on origin traffic. Files carry an ETag and answer `Range`
-requests (206 with Content-Range; the whole file if `If-Range` names another version),
-unless a script says the origin does not support ranges.
+for `silent_s`, `trickle` = the body one byte every `trickle_s`). Requests, bytes sent and
+bodies sent at once are counted so tests can assert on origin traffic. Files carry an ETag
+and answer `Range` requests (206 with Content-Range; the whole file if `If-Range` names
+another version), unless a script says the origin does not support ranges.
 
 `ReplyServer` is the other kind: it answers each path with a fixed reply (any status,
 headers and body, true or not) and records the requests it got, to stand for an origin
@@ -83,6 +83,9 @@ class OriginServer(_LoopbackServer):
         self.bytes_sent: Counter[int] = Counter()
         # Per file, each body served: [the offset it started at, the bytes sent].
         self.bodies: dict[int, list[list[int]]] = {}
+        # Bodies being sent right now, and the most at any one moment since the last reset.
+        self.serving = 0
+        self.serving_peak = 0
 
     @property
     def url_template(self) -> str:
@@ -112,6 +115,7 @@ class OriginServer(_LoopbackServer):
             self.requests.clear()
             self.bytes_sent.clear()
             self.bodies.clear()
+            self.serving_peak = self.serving
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -148,7 +152,14 @@ class _Handler(BaseHTTPRequestHandler):
         if script.file_name:
             self.send_header("Content-Disposition", f'attachment; filename="{script.file_name}"')
         self.end_headers()
-        self._body(file_id, script, fault, start)
+        with self.server.lock:
+            self.server.serving += 1
+            self.server.serving_peak = max(self.server.serving_peak, self.server.serving)
+        try:
+            self._body(file_id, script, fault, start)
+        finally:
+            with self.server.lock:
+                self.server.serving -= 1
 
     def _range_start(self, file_id: int, script: FileScript) -> int:
         """Where the body starts: a `bytes=N-` range of the current version, else 0."""

@@ -20,7 +20,6 @@ from django.test import Client
 from django.urls import reverse
 from prometheus_client import REGISTRY
 
-from devtools.servers import free_port
 from jobs import hotstate
 from jobs.transfer.breaker import (
     HALF_OPEN_WAIT_S,
@@ -362,17 +361,6 @@ def test_breakers_all_lists_each_breaker_with_state_and_forgets_the_others(names
 
     assert names[1] not in {state.name for state in breakers_all(clock=clock)}
     assert not hotstate.client().sismember(REGISTRY_KEY, names[1])
-
-
-@pytest.fixture
-def redis_down(settings: Any) -> Iterator[None]:
-    """Hot-state Redis at a closed port; back to the real one before other fixtures' teardown."""
-    reachable = settings.REDIS_STATE_URL
-    settings.REDIS_STATE_URL = f"redis://127.0.0.1:{free_port()}/1"
-    hotstate.client.cache_clear()
-    yield
-    settings.REDIS_STATE_URL = reachable
-    hotstate.client.cache_clear()
 
 
 def test_without_redis_it_lets_calls_through_and_drops_outcomes(name, redis_down, caplog) -> None:
