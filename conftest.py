@@ -73,9 +73,11 @@ def _fast_password_hasher(settings: Any) -> None:
 
 @pytest.fixture(autouse=True)
 def _fresh_cache() -> None:
-    """The cache, rate-limit counters and circuit breakers live in Redis: each test starts with none."""
+    """The cache, rate-limit counters, circuit breakers and recent completions live in
+    Redis: each test starts with none."""
     from django.core.cache import cache
 
+    from jobs import hotstate
     from jobs.api.ratelimits import rate_limits_reset
     from jobs.transfer.breaker import OriginBreaker, breakers_all
     from jobs.web.login_protection import login_failures_reset
@@ -85,6 +87,7 @@ def _fresh_cache() -> None:
     login_failures_reset()
     for breaker in breakers_all():
         OriginBreaker(breaker.name).reset()
+    hotstate.completions_reset()
 
 
 # --- settings as a new process reads them ------------------------------------------------

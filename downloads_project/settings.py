@@ -428,7 +428,13 @@ JOB_RETENTION_S = env.int("JOB_RETENTION_S", default=24 * 3600)
 JOB_AUDIT_RETENTION_DAYS = env.int("JOB_AUDIT_RETENTION_DAYS", default=90)
 if JOB_AUDIT_RETENTION_DAYS <= 7:
     raise ImproperlyConfigured("JOB_AUDIT_RETENTION_DAYS must exceed the 7 days of the analytics")
+# A new job's estimated_time: the jobs ahead of it over the rate at which jobs completed
+# within the last JOB_ESTIMATE_WINDOW_S, plus their mean duration (jobs/selectors.py);
+# JOB_DEFAULT_ESTIMATE_S while none completed in that window.
 JOB_DEFAULT_ESTIMATE_S = env.int("JOB_DEFAULT_ESTIMATE_S", default=60)
+JOB_ESTIMATE_WINDOW_S = env.int("JOB_ESTIMATE_WINDOW_S", default=120)
+if not 10 <= JOB_ESTIMATE_WINDOW_S <= 3600:
+    raise ImproperlyConfigured("JOB_ESTIMATE_WINDOW_S must be from 10 to 3600 (seconds)")
 JOB_POLLING_INTERVAL_MS = env.int("JOB_POLLING_INTERVAL_MS", default=2000)
 JOB_METADATA_MAX_BYTES = 4096
 JOB_MAX_FILE_BYTES = env.int("JOB_MAX_FILE_BYTES", default=10 * 1024**3)

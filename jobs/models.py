@@ -1,4 +1,5 @@
 import secrets
+from datetime import datetime
 
 from django.conf import settings
 from django.db import models
@@ -144,6 +145,18 @@ class DownloadJob(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+    @property
+    def due_since(self) -> datetime | None:
+        """While the job is queued, since when its next attempt has been due, the start of
+        its wait for a worker: the time its retry (or the circuit breaker) set; else its
+        creation, before a first attempt; else its last change, when the reaper or an
+        operator queued it again. None when it is not queued."""
+        if self.status != Status.QUEUED:
+            return None
+        if self.next_retry_at is not None:
+            return self.next_retry_at
+        return self.created_at if self.attempts == 0 else self.updated_at
 
 
 class DownloadAnalyticsHour(models.Model):

@@ -1,6 +1,9 @@
-"""Reads: finding a user's jobs and describing them as the API and the events do."""
+"""Reads: finding a user's jobs, describing them as the API and the events do, and
+estimating how long a new one will take."""
 
 import logging
+import math
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,6 +16,7 @@ from django.utils import timezone
 from jobs import hotstate
 from jobs.hotstate import HotProgress, JobCard
 from jobs.models import ACTIVE_STATUSES, DownloadJob, Status
+from jobs.ops.broker import PRIORITIES, queue_depths
 from jobs.transfer.files import attachment_disposition, safe_content_type
 from jobs.transfer.storage import downloads_storage
 
@@ -81,17 +85,53 @@ def download_job_list_for_owner(*, owner: User, status: str | None) -> QuerySet[
     return jobs.order_by("-created_at", "-id")
 
 
-def download_job_estimate_s() -> int:
-    """Mean duration of the last 100 jobs completed within 24 hours, or the configured guess."""
-    since = timezone.now() - timedelta(hours=24)
-    recent = [
-        seconds
-        for seconds in DownloadJob.objects.filter(status=Status.COMPLETED, completed_at__gte=since)
-        .order_by("-completed_at")
-        .values_list("duration_seconds", flat=True)[:100]
-        if seconds is not None
-    ]
-    return round(sum(recent) / len(recent)) if recent else settings.JOB_DEFAULT_ESTIMATE_S
+def download_job_estimate_s(*, job: DownloadJob, now_s: float | None = None) -> int:
+    """Seconds until the job is likely to have completed, as initiate answers it: the wait
+    for a worker (the jobs ahead of it over the rate at which jobs complete) plus the time
+    one job takes (the mean duration of recent completions). JOB_DEFAULT_ESTIMATE_S while
+    no job completed within JOB_ESTIMATE_WINDOW_S, or when Redis cannot tell; 0 for a job
+    that has ended (a reused file completes it at once).
+
+    Ahead of a queued job are the messages waiting in its priority's queue and in the
+    higher ones, which a worker serves first (`queue_order_strategy`), less the job's own:
+    the broker's lists, read in one round trip (`jobs.ops.broker.queue_depths`), where a
+    count of queued rows would cost more as the backlog grows, just when the estimate
+    matters. Attempts already running are not counted (the completion rate is how fast
+    they free their slots), nor jobs waiting for a retry or the circuit breaker (workers
+    hold those until they are due). A job that waits for its own retry waits until it is
+    due. Jobs sent later to a higher queue still go first: the estimate cannot know them.
+
+    The rate is the completions counted in hot-state Redis (`hotstate.completions_read`)
+    over the time they cover: the window, or, when the oldest completion in it is more
+    recent, from one mean duration before that completion (when the jobs that made it
+    started). So after a quiet spell the first completions of a burst do not read as a
+    slow rate; after a spell of sparse completions the rate reads low, and the estimate
+    high, until the window has passed."""
+    if not job.is_active:
+        return 0
+    now_s = time.time() if now_s is None else now_s
+    try:
+        recent = hotstate.completions_read(now_s=now_s)
+        if not recent.count or recent.first_bucket_s is None:
+            return settings.JOB_DEFAULT_ESTIMATE_S
+        mean_s = recent.seconds / recent.count
+        if job.status == Status.QUEUED and job.next_retry_at is not None:
+            return math.ceil(max(0.0, job.next_retry_at.timestamp() - now_s) + mean_s)
+        ahead = _jobs_ahead(job.priority) if job.status == Status.QUEUED else 0
+    except redis.RedisError as error:
+        logger.warning("Cannot estimate the wait (%s); answering the default estimate", error)
+        return settings.JOB_DEFAULT_ESTIMATE_S
+    covered_s = max(1.0, min(settings.JOB_ESTIMATE_WINDOW_S, now_s - recent.first_bucket_s + mean_s))
+    wait_s = ahead * covered_s / recent.count  # ahead over the rate, count / covered_s
+    return math.ceil(wait_s + mean_s)
+
+
+def _jobs_ahead(priority: str) -> int:
+    """Messages waiting in the queues served before or with `priority`'s, less one: the
+    job's own, sent when its row committed."""
+    depths = queue_depths()
+    served_first = PRIORITIES[: PRIORITIES.index(priority) + 1]
+    return max(0, sum(depths[name] for name in served_first) - 1)
 
 
 def download_job_hot(jobs: list[DownloadJob]) -> dict[str, HotProgress]:

@@ -7,7 +7,7 @@ from django import db
 from django.conf import settings
 
 from jobs import queues, services
-from jobs.ops import alerts, analytics
+from jobs.ops import alerts, analytics, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,8 @@ def download_job_stage(self: Task, job_pk: int) -> None:
     # The task id tells a redelivery of this message (which may restart its attempt)
     # from another message for the same job (which may not).
     try:
-        services.download_job_run(job_pk=job_pk, task_id=self.request.id or "")
+        with metrics.job_in_flight():
+            services.download_job_run(job_pk=job_pk, task_id=self.request.id or "")
     except (db.OperationalError, db.InterfaceError) as error:
         retries = self.request.retries or 0
         countdown_s = min(DATABASE_FAULT_RETRY_MAX_S, 2**retries)

@@ -766,7 +766,7 @@ class JobView {
           return inS > 0 ? `Next attempt in about ${formatDuration(inS)}.` : "Next attempt shortly.";
         }
         const estimate = this.controller.estimatedTime;
-        return estimate ? `Waiting for a worker. Usually takes about ${formatDuration(estimate)}.` : "Waiting for a worker.";
+        return estimate ? `Waiting for a worker. Ready in about ${formatDuration(estimate)}.` : "Waiting for a worker.";
       }
       case "processing": {
         const parts = [`${progress}%`];

@@ -73,7 +73,7 @@ class _LegacyAnswers:
                 "data": {
                     "job_id": job.job_id,
                     "status": job.status,
-                    "estimated_time": selectors.download_job_estimate_s(),
+                    "estimated_time": selectors.download_job_estimate_s(job=job),
                     "polling_interval": polling_ms,
                     "websocket_url": _websocket_url(request, job.job_id),
                 },

@@ -103,7 +103,14 @@ class DownloadJobCreatedSerializer(serializers.Serializer[dict[str, Any]]):
         choices=Status.choices,
         help_text="`queued` for a new job; a repeated Idempotency-Key answers the existing job's status.",
     )
-    estimated_time = serializers.IntegerField(min_value=0, help_text="Seconds.")
+    estimated_time = serializers.IntegerField(
+        min_value=0,
+        help_text=(
+            "Seconds until the job is likely to have completed: the jobs ahead of it in its priority's "
+            "queue and the higher ones over the recent completion rate, plus the recent mean duration "
+            "of a job (JOB_DEFAULT_ESTIMATE_S when no job completed lately); 0 once it has ended."
+        ),
+    )
     polling_interval = serializers.IntegerField(min_value=0, help_text="Milliseconds.")
     websocket_url = serializers.CharField(
         help_text=(

@@ -118,7 +118,7 @@ class DownloadJobInitiateApi(APIView):
             {
                 "job_id": job.job_id,
                 "status": job.status,
-                "estimated_time": selectors.download_job_estimate_s(),
+                "estimated_time": selectors.download_job_estimate_s(job=job),
                 "polling_interval": settings.JOB_POLLING_INTERVAL_MS,
                 "websocket_url": _websocket_url(request, job.job_id),
             }

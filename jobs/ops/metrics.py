@@ -14,10 +14,12 @@ tracked (jobs/ops/scrape.py).
 import logging
 import os
 import shutil
+from contextlib import AbstractContextManager
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from celery.signals import worker_process_shutdown, worker_ready
+from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
 from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
@@ -52,6 +54,21 @@ bytes_resumed = Counter(
     "download_bytes_resumed",
     "Bytes of completed files that an attempt took from parts stored by an earlier attempt.",
 )
+queue_wait = Histogram(
+    "download_job_queue_wait_seconds",
+    "Time from when a job's attempt was due (the job created, or its retry's next_retry_at) "
+    "to when a worker started it.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800),
+)
+# Per process, summed over the live processes of PROMETHEUS_MULTIPROC_DIR: a worker with the
+# thread pool is one process running many attempts, a prefork worker a child per attempt,
+# so the scrape of a worker (WORKER_METRICS_PORT, a directory of its own) is that worker's
+# count, and the sum over the workers' scrapes the total.
+jobs_in_flight = Gauge(
+    "download_jobs_in_flight",
+    "Job attempts running now in this worker (its stage tasks).",
+    multiprocess_mode="livesum",
+)
 websocket_connections = Gauge(
     "download_websocket_connections",
     "Open job WebSocket connections.",
@@ -80,6 +97,19 @@ def job_completed(job: "DownloadJob", *, size: int) -> None:
         job_duration.observe(job.duration_seconds)
     bytes_staged.inc(size)
     bytes_resumed.inc(job.resumed_bytes)
+
+
+def attempt_started(*, due_since: datetime | None, started_at: datetime) -> None:
+    """A worker started an attempt that had been due since `due_since` (None: a restart of
+    an attempt whose worker died, which waited in no queue)."""
+    if due_since is not None:
+        queue_wait.observe(max(0.0, (started_at - due_since).total_seconds()))
+
+
+def job_in_flight() -> AbstractContextManager[None]:
+    """Counts a stage task in `download_jobs_in_flight` while the block runs, and no longer
+    once it has left it, whether it returned or raised."""
+    return jobs_in_flight.track_inprogress()
 
 
 def job_reused() -> None:
@@ -113,6 +143,14 @@ def _pool_child_exited(pid: int | None = None, **kwargs: Any) -> None:
     """A Celery pool child that exits takes its live gauges with it; its counts stay."""
     if multiprocess_dir():
         multiprocess.mark_process_dead(pid or os.getpid())
+
+
+@worker_shutdown.connect
+def _worker_exited(**kwargs: Any) -> None:
+    """A worker that stopped (its running attempts finished or handed back) takes its live
+    gauges with it: with the thread pool they are its main process's own."""
+    if multiprocess_dir():
+        multiprocess.mark_process_dead(os.getpid())
 
 
 @worker_ready.connect

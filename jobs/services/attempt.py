@@ -68,6 +68,7 @@ def download_job_start(*, job_pk: int, task_id: str = "") -> DownloadJob | None:
         )
         return None
     now = timezone.now()
+    due_since = job.due_since  # read before the transition rewrites the fields it comes from
     # An upload in which an earlier attempt stored parts stays, under its key, for this
     # attempt to resume; one with none is of no use and is aborted. So does one that an
     # earlier attempt committed (it recorded the file) but could not complete.
@@ -95,6 +96,7 @@ def download_job_start(*, job_pk: int, task_id: str = "") -> DownloadJob | None:
             )
             publish_on_commit(job, "status_update")
             hot_on_commit(job.job_id, "claim the attempt", lambda: _claim(job, parts if resumable else []))
+            on_commit(lambda: metrics.attempt_started(due_since=due_since, started_at=now))
     except JobStateConflict:
         return None
     return job
@@ -350,6 +352,7 @@ def _complete(job: DownloadJob, *, attempt: int, staged: StagedFile) -> None:
             publish_on_commit(job, "completed")
             hot_on_commit(job.job_id, "drop the attempt state", lambda: hotstate.run_forget(job.job_id))
             on_commit(lambda: metrics.job_completed(job, size=staged.size))
+            hot_on_commit(job.job_id, "count the completion", lambda: hotstate.completion_record(job))
     except JobStateConflict:
         # Cancelled (or superseded) after the last chunk: the file must not stay behind,
         # unless the job completed with it, or goes on with the same key (its next attempt

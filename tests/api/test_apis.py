@@ -205,17 +205,6 @@ def test_initiate_trusts_x_forwarded_proto_only_when_configured(api_client, sett
     assert trusted.json()["data"]["websocket_url"].startswith("wss://localhost/")
 
 
-def test_initiate_estimated_time_is_the_mean_of_recent_durations(api_client, other_user, dispatched):
-    now = timezone.now()
-    for seconds in (10.0, 20.0):
-        make_job(other_user, status=Status.COMPLETED, completed_at=now, duration_seconds=seconds)
-    make_job(other_user, status=Status.COMPLETED, completed_at=now - timedelta(days=2), duration_seconds=999)
-
-    response = api_client.post(INITIATE, {"file_id": 1}, format="json")
-
-    assert response.json()["data"]["estimated_time"] == 15
-
-
 @pytest.mark.parametrize(
     ("body", "fields"),
     [

@@ -362,6 +362,50 @@ def test_high_priority_is_served_before_low(local_stack: Stack, origin: OriginSe
         stack.start_worker()
 
 
+def test_initiate_estimates_the_wait_behind_the_jobs_queued_ahead(
+    local_stack: Stack, origin: OriginServer, token: str
+) -> None:
+    """Before any completion the estimate is the default. One job completes on the worker;
+    with the worker down, 3 low jobs then 1 high job queue: each low job is told more than
+    the one before it, by the same step (one more job over the same rate), and the high
+    job, which the worker serves first, as much as the first low one."""
+    stack = local_stack
+    first_id, low_ids, high_id = 71071, [71072, 71073, 71074], 71075
+    for file_id in [first_id, *low_ids, high_id]:
+        origin.add(file_id, FileScript(size=256 * 1024, rate_bps=2 * MiB))
+    queued: list[str] = []
+
+    def estimated_time(api: httpx.Client, file_id: int, priority: str) -> int:
+        response = api.post("/v1/download/initiate", json={"file_id": file_id, "priority": priority})
+        assert response.status_code == 200, response.text
+        data = response.json()["data"]
+        queued.append(data["job_id"])
+        value: int = data["estimated_time"]
+        return value
+
+    with stack.client(token) as api:
+        assert estimated_time(api, first_id, "normal") == settings.JOB_DEFAULT_ESTIMATE_S
+        assert wait_until_finished(api, queued[0])["status"] == "completed"
+    wait_until_broker_idle(stack)
+    stack.kill_worker()
+    try:
+        with stack.client(token) as api:
+            lows = [estimated_time(api, file_id, "low") for file_id in low_ids]
+            high = estimated_time(api, high_id, "high")
+        assert 1 <= lows[0] < lows[1] < lows[2], lows
+        assert abs((lows[2] - lows[1]) - (lows[1] - lows[0])) <= 1, lows  # each rounded up
+        assert high == lows[0], (high, lows)
+    finally:
+        with contextlib.suppress(AssertionError):
+            wait_until_broker_idle(stack)
+        if stack.worker is not None and stack.worker.poll() is None:
+            stack.kill_worker()
+        stack.start_worker()
+        with stack.client(token) as api:
+            for job_id in queued:
+                wait_until_finished(api, job_id)
+
+
 # --- 7. a worker dies mid-job --------------------------------------------------------------
 
 

@@ -1,8 +1,8 @@
 """Workers on many hosts: each worker serves its own counters (WORKER_METRICS_PORT).
 
 A web process and a worker with separate PROMETHEUS_MULTIPROC_DIRs, as on two hosts: the
-worker's pool child counts the completed job; the worker's port reports it, the web
-process's /metrics does not (it reads only its own host's directory).
+worker's pool child counts the completed job and its wait in the queue; the worker's port
+reports them, the web process's /metrics does not (it reads only its own host's directory).
 """
 
 from collections.abc import Iterator
@@ -25,6 +25,8 @@ from tests.support.scrapes import samples
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 COMPLETED = ("download_job_outcomes_total", (("code", ""), ("outcome", "completed")))
+QUEUE_WAITS = ("download_job_queue_wait_seconds_count", ())
+IN_FLIGHT = ("download_jobs_in_flight", ())
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +61,22 @@ def test_a_worker_host_serves_its_job_counters_on_its_own_port(
     token = Token.objects.create(user=User.objects.create_user(f"hosts-{uuid4().hex[:12]}")).key
     origin.add(77001, FileScript(size=64 * 1024))
 
-    def worker_completed() -> float:
-        return samples(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text).get(COMPLETED, 0)
+    def worker_scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return samples(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
 
-    before = worker_completed()
+    before = worker_scrape()
     with stack.client(token) as api:
         job_id = initiate(api, 77001)
         eventually(lambda: job_status(api, job_id)["status"] == "completed", timeout_s=30, what="the job")
 
-    eventually(lambda: worker_completed() == before + 1, timeout_s=10, what="the worker's count")
+    eventually(
+        lambda: worker_scrape().get(COMPLETED, 0) == before.get(COMPLETED, 0) + 1,
+        timeout_s=10,
+        what="the worker's count",
+    )
+    after = worker_scrape()
+    assert after[QUEUE_WAITS] == before[QUEUE_WAITS] + 1
+    assert after[IN_FLIGHT] == before[IN_FLIGHT] == 0  # its attempt ended
     web = samples(httpx.get(f"{stack.base_url}/metrics", timeout=10).text)
     assert web.get(COMPLETED, 0) == 0  # another host's process: not in this directory
+    assert web[QUEUE_WAITS] == 0

@@ -216,6 +216,8 @@ COMPLETED = ("download_job_outcomes_total", (("code", ""), ("outcome", "complete
 DURATION_COUNT = ("download_job_duration_seconds_count", ())
 STAGED = ("download_job_staged_bytes_total", ())
 SOCKETS = ("download_websocket_connections", ())
+QUEUE_WAITS = ("download_job_queue_wait_seconds_count", ())
+IN_FLIGHT = ("download_jobs_in_flight", ())
 
 
 @pytest.mark.e2e
@@ -244,9 +246,14 @@ def test_metrics_move_when_a_job_runs_in_the_real_worker(
             during = scrape(local_stack)
             assert during[SOCKETS] >= before.get(SOCKETS, 0) + 1
             deadline = time.monotonic() + 30
-            while api.get(f"/v1/download/status/{job_id}").json()["data"]["status"] != "completed":
+            in_flight_seen = 0.0
+            status_url = f"/v1/download/status/{job_id}"
+            while (status := api.get(status_url).json()["data"]["status"]) != "completed":
                 assert time.monotonic() < deadline, "the job did not complete"
+                if status == "processing":
+                    in_flight_seen = max(in_flight_seen, scrape(local_stack)[IN_FLIGHT])
                 time.sleep(0.05)
+            assert in_flight_seen >= before[IN_FLIGHT] + 1
 
     # The counts come from the worker's pool child, the scrape from the web process.
     deadline = time.monotonic() + 5
@@ -257,12 +264,17 @@ def test_metrics_move_when_a_job_runs_in_the_real_worker(
         assert time.monotonic() < deadline, "the completed count did not move"
         time.sleep(0.1)
     assert after[DURATION_COUNT] >= before.get(DURATION_COUNT, 0) + 1
+    assert after[QUEUE_WAITS] >= before[QUEUE_WAITS] + 1
     assert after[STAGED] >= before.get(STAGED, 0) + size
     assert after[("download_job_duration_seconds_sum", ())] > before.get(
         ("download_job_duration_seconds_sum", ()), 0
     )
-    # The closed socket is no longer counted (once its process has seen the disconnect).
+    # The closed socket is no longer counted (once its process has seen the disconnect),
+    # nor the ended attempt.
     deadline = time.monotonic() + 5
-    while scrape(local_stack)[SOCKETS] > before.get(SOCKETS, 0):
-        assert time.monotonic() < deadline, "the closed socket is still counted"
+    while True:
+        now = scrape(local_stack)
+        if now[SOCKETS] <= before.get(SOCKETS, 0) and now[IN_FLIGHT] <= before[IN_FLIGHT]:
+            break
+        assert time.monotonic() < deadline, "the closed socket or the ended attempt is still counted"
         time.sleep(0.1)
