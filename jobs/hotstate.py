@@ -81,9 +81,8 @@ class HotProgress:
     progress: int
 
 
-def progress_write(*, job_id: str, progress: HotProgress) -> None:
+def _progress_set(pipe: Any, job_id: str, progress: HotProgress) -> None:
     key = _progress_key(job_id)
-    pipe = client().pipeline(transaction=False)
     pipe.hset(
         key,
         mapping={
@@ -94,7 +93,23 @@ def progress_write(*, job_id: str, progress: HotProgress) -> None:
         },
     )
     pipe.expire(key, settings.HOT_STATE_TTL_S)
+
+
+def progress_write(*, job_id: str, progress: HotProgress) -> None:
+    pipe = client().pipeline(transaction=False)
+    _progress_set(pipe, job_id, progress)
     pipe.execute()
+
+
+def chunk_report(*, job_id: str, progress: HotProgress | None) -> bool:
+    """What a running attempt tells hot state after a chunk, in one round trip: its
+    progress, when it has new progress to tell. Returns whether the job's cancel flag is
+    set (read first, so a cancel is seen whatever is written)."""
+    pipe = client().pipeline(transaction=False)
+    pipe.exists(_cancel_key(job_id))
+    if progress is not None:
+        _progress_set(pipe, job_id, progress)
+    return bool(pipe.execute()[0])
 
 
 def _decode(raw: dict[bytes, bytes]) -> HotProgress | None:

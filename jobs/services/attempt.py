@@ -43,7 +43,9 @@ from jobs.transfer.storage import stored_file_delete, stored_file_sha256, stored
 logger = logging.getLogger(__name__)
 
 
-def download_job_start(*, job_pk: int, task_id: str = "") -> DownloadJob | None:
+def download_job_start(
+    *, job_pk: int, task_id: str = "", row: DownloadJob | None = None
+) -> DownloadJob | None:
     """Marks the job processing as a new attempt, or returns None if there is nothing to
     do (finished, cancelled, or taken by another worker). A job found already processing
     was redelivered after its worker died: its leftover upload is aborted and it restarts,
@@ -51,8 +53,9 @@ def download_job_start(*, job_pk: int, task_id: str = "") -> DownloadJob | None:
 
     Only a redelivery of the message that runs the attempt (same `task_id`) may restart
     it: another message for the job (the reaper's, or a duplicate dispatch) that finds it
-    processing lost the race to start it, and does nothing."""
-    job = DownloadJob.objects.filter(pk=job_pk).first()
+    processing lost the race to start it, and does nothing. `row` is the job's row as the
+    caller just read it, if it did."""
+    job = row if row is not None else DownloadJob.objects.filter(pk=job_pk).first()
     if job is None or job.status not in ACTIVE_STATUSES:
         return None
     if job.status == Status.PROCESSING and job.task_id and task_id and job.task_id != task_id:
@@ -161,7 +164,8 @@ def download_job_run(*, job_pk: int, task_id: str = "") -> None:
         limits.start_count()
     job = None
     try:
-        job = download_job_start(job_pk=job_pk, task_id=task_id)
+        # The row just read: its start is a compare-and-swap on it, so a change since is seen.
+        job = download_job_start(job_pk=job_pk, task_id=task_id, row=queued)
     finally:
         if job is None and queued is not None:
             limits.release(job_id=queued.job_id)  # it did not start: its lease goes back

@@ -78,15 +78,19 @@ class AttemptHooks:
         now = time.monotonic()
         if now < self.redis_down_until:
             return  # hot-state Redis failed a moment ago: the attempt goes on without it
+        # 100 % is said by the completion, not while the upload is being finished.
+        percent = min(99, bytes_done * 100 // bytes_total) if bytes_total else 0
+        due = now - self.last_push_at >= settings.PROGRESS_PUSH_INTERVAL_S
+        progress = None
+        if due and (percent != self.last_percent or not bytes_total):
+            progress = HotProgress(self.attempt, bytes_done, bytes_total, percent)
         try:
-            if hotstate.cancel_flag_is_set(self.job.job_id):
+            # The cancel flag and the progress in one round trip.
+            if hotstate.chunk_report(job_id=self.job.job_id, progress=progress):
                 raise JobCancelled(self.job.job_id)
-            # 100 % is said by the completion, not while the upload is being finished.
-            percent = min(99, bytes_done * 100 // bytes_total) if bytes_total else 0
-            due = now - self.last_push_at >= settings.PROGRESS_PUSH_INTERVAL_S
-            if due and (percent != self.last_percent or not bytes_total):
+            if progress is not None:
                 self.last_push_at, self.last_percent = now, percent
-                self._push(percent, bytes_done, bytes_total)
+                self._publish(progress)
         except redis.RedisError:
             self._redis_failed("progress and the cancel flag")
             return
@@ -106,21 +110,17 @@ class AttemptHooks:
             exc_info=True,
         )
 
-    def _push(self, percent: int, bytes_done: int, bytes_total: int | None) -> None:
+    def _publish(self, progress: HotProgress) -> None:
         job_id = self.job.job_id
-        hotstate.progress_write(
-            job_id=job_id,
-            progress=HotProgress(self.attempt, bytes_done, bytes_total, percent),
-        )
         job_event_publish(
             job_id,
             {
                 "type": "progress",
                 "job_id": job_id,
                 "status": Status.PROCESSING,
-                "progress": percent,
-                "bytes_done": bytes_done,
-                "bytes_total": bytes_total,
+                "progress": progress.progress,
+                "bytes_done": progress.bytes_done,
+                "bytes_total": progress.bytes_total,
                 "timestamp": iso(timezone.now()),
             },
         )

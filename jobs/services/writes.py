@@ -11,16 +11,18 @@ on commit, robustly.
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import redis
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, QuerySet
+from django.db.models.sql import UpdateQuery
 from django.utils import timezone
 
 from jobs import hotstate, queues
 from jobs.events import job_event_publish
+from jobs.hotstate import JobCard
 from jobs.models import DownloadJob, can_transition
 from jobs.selectors import download_job_card_from_row, download_job_status, iso
 from jobs.transfer.storage import stored_file_delete
@@ -79,28 +81,50 @@ def hot_on_commit(job_id: str, what: str, action: Callable[[], Any]) -> None:
 def write(rows: QuerySet[DownloadJob], job: DownloadJob, **fields: Any) -> bool:
     """Every write of a job row goes through here: `rows` is the compare-and-swap (the
     row of `job` as the caller expects it). Raises the row's version and, once the write
-    commits, replaces the job's card in Redis. True if the row was written."""
-    if rows.update(version=F("version") + 1, **fields) != 1:
+    commits, replaces the job's card in Redis with the row as this write left it. True if
+    the row was written."""
+    written = _update_returning_cards(rows, version=F("version") + 1, **fields)
+    if len(written) != 1:
         return False
-    card_replace_on_commit(job)
+    card_replace_on_commit(job, card=written[0])
     return True
 
 
-def card_replace_on_commit(job: DownloadJob) -> None:
+def _update_returning_cards(rows: QuerySet[DownloadJob], **values: Any) -> list[JobCard | None]:
+    """`rows.update(**values)`, as one `UPDATE ... RETURNING` of the card's columns: the
+    card of each row written, without reading it again (a worker writes a job's row a few
+    times and each read would cost as much as the write). Where the database cannot return
+    rows from an update, one None per row written: the card is then read from the row.
+    Django's own `save()` uses the same compiler path for the fields a database returns."""
+    query = cast(UpdateQuery, rows.query.chain(UpdateQuery))
+    query.add_update_values(values)
+    meta = DownloadJob._meta
+    columns = [meta.get_field(name) for name in hotstate.card_fields()]
+    with transaction.mark_for_rollback_on_error(using=rows.db):
+        returned = query.get_compiler(rows.db).execute_returning_sql(columns)
+    names = hotstate.card_fields()
+    return [JobCard(**dict(zip(names, row, strict=True))) if row else None for row in returned]
+
+
+def card_replace_on_commit(job: DownloadJob, *, card: JobCard | None = None) -> None:
     """Drops the job's card now, so that until the write commits a poll reads the row,
-    and writes the new one from the committed row after. Never fails the caller: a card
-    that could not be written is read from the row by the next poll, and a stale one
-    lives at most JOB_CARD_TTL_S (the version check keeps out any older copy)."""
+    and writes the new one after: `card` (the row as the write left it), else read from
+    the committed row. Outside a transaction the write has committed already: nothing to
+    drop first. Never fails the caller: a card that could not be written is read from the
+    row by the next poll, and a stale one lives at most JOB_CARD_TTL_S (the version check
+    keeps out any older copy)."""
     job_id, pk = job.job_id, job.pk
-    try:
-        hotstate.card_forget(job_id)
-    except Exception:
-        logger.warning("Could not drop the card of %s", job_id, exc_info=True)
+    if connection.in_atomic_block:
+        try:
+            hotstate.card_forget(job_id)
+        except Exception:
+            logger.warning("Could not drop the card of %s", job_id, exc_info=True)
 
     def replace() -> None:
         try:
-            if (card := download_job_card_from_row(pk=pk)) is not None:
-                hotstate.card_write(card)
+            written = card if card is not None else download_job_card_from_row(pk=pk)
+            if written is not None:
+                hotstate.card_write(written)
         except Exception:
             logger.warning("Could not write the card of %s", job_id, exc_info=True)
 

@@ -13,10 +13,10 @@ from typing import Any, cast
 import pytest
 from channels.layers import get_channel_layer
 from django.core.files.storage import storages
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
-from jobs import hotstate, services
+from jobs import hotstate, selectors, services
 from jobs.errors import JobSuperseded
 from jobs.events import job_group_name
 from jobs.models import TRANSITIONS, DownloadJob, Status
@@ -95,6 +95,41 @@ def test_every_legal_transition_is_written(user, from_status, to_status):
     assert job.status == to_status
     job.refresh_from_db()
     assert (job.status, job.progress) == (to_status, 50)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("in_transaction", [True, False], ids=["in-a-transaction", "autocommit"])
+def test_the_card_a_write_leaves_is_the_row_it_wrote(user, in_transaction):
+    """The card comes from the write's own RETURNING, not from a read after it: it is the
+    committed row, column for column, version included."""
+    job = make_job(user, status=Status.PROCESSING, attempts=1)
+    rows = DownloadJob.objects.filter(pk=job.pk, status=Status.PROCESSING, attempts=1)
+
+    if in_transaction:
+        with transaction.atomic():
+            assert writes.write(rows, job, bytes_done=123, bytes_total=456, file_name="a.bin")
+            assert hotstate.card_read(job.job_id)[0] is None  # until it commits, polls read the row
+    else:
+        assert writes.write(rows, job, bytes_done=123, bytes_total=456, file_name="a.bin")
+
+    card = hotstate.card_read(job.job_id)[0]
+    assert card is not None
+    assert card == selectors.download_job_card_from_row(pk=job.pk)
+    assert (card.version, card.bytes_done, card.bytes_total, card.file_name) == (
+        job.version + 1,
+        123,
+        456,
+        "a.bin",
+    )
+
+
+def test_a_write_that_matches_no_row_writes_no_card(user):
+    job = make_job(user, status=Status.QUEUED)
+    rows = DownloadJob.objects.filter(pk=job.pk, status=Status.PROCESSING)
+
+    assert not writes.write(rows, job, bytes_done=1)
+
+    assert hotstate.card_read(job.job_id)[0] is None
 
 
 def test_a_transition_from_a_status_the_row_no_longer_has_is_a_conflict(user):
