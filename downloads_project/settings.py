@@ -322,6 +322,9 @@ WORKER_CONCURRENCY = env.int(
 )
 if WORKER_CONCURRENCY < 1:
     raise ImproperlyConfigured("WORKER_CONCURRENCY must be 1 or more")
+# The worker's memory allocator keeps its chunk-sized buffers rather than fault them in
+# anew for every chunk (downloads_project/celery.py, MALLOC_OPTIONS; glibc only).
+WORKER_MALLOC_TUNE = env.bool("WORKER_MALLOC_TUNE", default=True)
 CELERY_WORKER_POOL = WORKER_POOL
 CELERY_WORKER_CONCURRENCY = WORKER_CONCURRENCY
 

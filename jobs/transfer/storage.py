@@ -46,8 +46,15 @@ if TYPE_CHECKING:
 _URL_SALT = "jobs.storage.download-url"
 
 
+_storage_lock = threading.Lock()
+
+
 def downloads_storage() -> Storage:
-    return storages["downloads"]
+    """The downloads storage, one per process. Asked for under a lock: Django's storage
+    handler has none, and the hundreds of jobs a worker starts at once would each make one
+    (and each its own boto3 session: tens of ms of CPU apiece)."""
+    with _storage_lock:
+        return storages["downloads"]
 
 
 def s3_storage(storage: Storage) -> "S3Storage | None":
@@ -372,8 +379,9 @@ def s3_client(storage: "S3Storage") -> Any:
 def _forget_shared_after_fork() -> None:
     """A forked child (Celery's prefork pool) has none of its parent's threads, and must not
     share its parent's connections."""
-    global _shared_lock, _budget, _upload_pool
+    global _shared_lock, _storage_lock, _budget, _upload_pool
     _shared_lock = threading.Lock()
+    _storage_lock = threading.Lock()
     _budget = None
     _upload_pool = None
     _s3_clients.clear()
