@@ -632,7 +632,18 @@ if AWS_STORAGE_BUCKET_NAME:
             # (doubling, up to 20 s, jittered), before the attempt fails STORAGE_ERROR and
             # its retry resumes from the stored parts.
             "client_config": BotoConfig(
-                s3={"addressing_style": env("AWS_S3_ADDRESSING_STYLE", default=None)},
+                s3={
+                    "addressing_style": env("AWS_S3_ADDRESSING_STYLE", default=None),
+                    # botocore signs a part's bytes (SHA-256, as much CPU as our own hash)
+                    # only over plain http: over https the part's CRC32, which S3 checks,
+                    # stands for it. `false` drops it over http too (an endpoint on a private
+                    # network), `true` keeps it over https; unset, botocore decides.
+                    **(
+                        {"payload_signing_enabled": env.bool("AWS_S3_PAYLOAD_SIGNING")}
+                        if env("AWS_S3_PAYLOAD_SIGNING", default="")
+                        else {}
+                    ),
+                },
                 signature_version="s3v4",
                 retries={"mode": "standard", "max_attempts": env.int("AWS_S3_MAX_ATTEMPTS", default=10)},
                 connect_timeout=env.float("AWS_S3_CONNECT_TIMEOUT_S", default=10.0),

@@ -27,6 +27,7 @@ import os
 import threading
 import weakref
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 from channels.layers import get_channel_layer
@@ -34,6 +35,7 @@ from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
 
 from downloads_project import redis_servers
+from jobs import hotstate
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +65,26 @@ def job_event_publish(job_id: str, event: dict[str, Any]) -> None:
         logger.warning("Could not publish %s event of %s", event.get("type"), job_id, exc_info=True)
 
 
+def job_event_on_hot_state(job_id: str, event: dict[str, Any]) -> tuple[str, bytes] | None:
+    """The PUBLISH (channel, message) of one event, for a caller that sends it to hot-state
+    Redis itself, with its own writes there (a running attempt's progress, in one round
+    trip): when the channel layer is the pub/sub one on hot state's server (pub/sub ignores
+    the database number). None otherwise: then `job_event_publish` sends it."""
+    layer = get_channel_layer()
+    if not isinstance(layer, RedisPubSubChannelLayer) or not _same_server(
+        settings.CHANNEL_LAYER_URL, settings.REDIS_STATE_URL
+    ):
+        return None
+    publisher = _pubsub_publisher(layer)
+    if publisher is None:
+        return None
+    return publisher.channel(job_group_name(job_id)), layer.serialize(job_event_message(event))
+
+
+def _same_server(url: str, other: str) -> bool:
+    return urlsplit(url)._replace(path="") == urlsplit(other)._replace(path="")
+
+
 def job_event_message(event: dict[str, Any]) -> dict[str, Any]:
     """The group message of one event: the event (what the consumer decides on) and its
     JSON text, encoded once here rather than once per socket (what the consumer sends)."""
@@ -78,8 +100,11 @@ class _PubSubPublisher:
         self.client = client
         self.prefix = prefix
 
+    def channel(self, group: str) -> str:
+        return f"{self.prefix}__group__{group}"
+
     def publish(self, group: str, payload: bytes) -> None:
-        self.client.publish(f"{self.prefix}__group__{group}", payload)
+        self.client.publish(self.channel(group), payload)
 
 
 _pubsub_publishers: "weakref.WeakKeyDictionary[RedisPubSubChannelLayer, _PubSubPublisher | None]" = (
@@ -100,16 +125,21 @@ def _pubsub_publisher(layer: RedisPubSubChannelLayer) -> _PubSubPublisher | None
         publisher = None
         if len(hosts) == 1:
             host = hosts[0]
-            address = host.get("address") if isinstance(host, dict) else host
-            client = redis_servers.client(
-                address or settings.CHANNEL_LAYER_URL,  # with Sentinel, the layer's hosts name none
-                blocking=True,
-                max_connections=settings.REDIS_POOL_MAX_CONNECTIONS,
-                timeout=settings.REDIS_POOL_TIMEOUT_S,
-                socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT_S,
-                socket_timeout=PUBLISH_TIMEOUT_S,
-                health_check_interval=30,
-            )
+            address = (host.get("address") if isinstance(host, dict) else host) or settings.CHANNEL_LAYER_URL
+            if _same_server(address, settings.REDIS_STATE_URL):
+                # Pub/sub ignores the database number: hot state's pool serves, and a
+                # process holds one pool of connections to that server, not two.
+                client = hotstate.client()
+            else:
+                client = redis_servers.client(
+                    address,
+                    blocking=True,
+                    max_connections=settings.REDIS_POOL_MAX_CONNECTIONS,
+                    timeout=settings.REDIS_POOL_TIMEOUT_S,
+                    socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT_S,
+                    socket_timeout=PUBLISH_TIMEOUT_S,
+                    health_check_interval=30,
+                )
             publisher = _PubSubPublisher(client, layer._kwargs.get("prefix", "asgi"))
         _pubsub_publishers[layer] = publisher
         return publisher

@@ -101,15 +101,43 @@ def progress_write(*, job_id: str, progress: HotProgress) -> None:
     pipe.execute()
 
 
-def chunk_report(*, job_id: str, progress: HotProgress | None) -> bool:
-    """What a running attempt tells hot state after a chunk, in one round trip: its
-    progress, when it has new progress to tell. Returns whether the job's cancel flag is
-    set (read first, so a cancel is seen whatever is written)."""
-    pipe = client().pipeline(transaction=False)
-    pipe.exists(_cancel_key(job_id))
+# KEYS: the cancel flag, the progress hash. ARGV: attempt, bytes_done, bytes_total, progress
+# ("" for no progress to write), the hash's ttl, then a channel and a message to PUBLISH
+# ("" for none). Returns 1, and writes nothing, if the job was cancelled.
+_CHUNK_REPORT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
+if ARGV[1] ~= '' then
+  redis.call('HSET', KEYS[2], 'attempt', ARGV[1], 'bytes_done', ARGV[2], 'bytes_total', ARGV[3],
+             'progress', ARGV[4])
+  redis.call('EXPIRE', KEYS[2], ARGV[5])
+end
+if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[6], ARGV[7]) end
+return 0
+"""
+
+
+@cache
+def _chunk_report_script() -> Any:
+    return client().register_script(_CHUNK_REPORT)
+
+
+def chunk_report(
+    *, job_id: str, progress: HotProgress | None, publish: tuple[str, bytes] | None = None
+) -> bool:
+    """What a running attempt tells hot state after a chunk, in one round trip: whether
+    its job was cancelled (returned), and, if not, its progress and the event that says
+    so (`publish`: a channel and a message, when the channel layer's subscribers listen on
+    this server). A cancelled job's attempt writes and announces nothing more."""
+    fields: list[Any] = ["", "", "", ""]
     if progress is not None:
-        _progress_set(pipe, job_id, progress)
-    return bool(pipe.execute()[0])
+        total = -1 if progress.bytes_total is None else progress.bytes_total
+        fields = [progress.attempt, progress.bytes_done, total, progress.progress]
+    channel, message = publish if publish is not None else ("", b"")
+    cancelled = _chunk_report_script()(
+        keys=[_cancel_key(job_id), _progress_key(job_id)],
+        args=[*fields, settings.HOT_STATE_TTL_S, channel, message],
+    )
+    return bool(cancelled)
 
 
 def _decode(raw: dict[bytes, bytes]) -> HotProgress | None:

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from jobs import hotstate
 from jobs.errors import JobCancelled, JobSuperseded
-from jobs.events import job_event_publish
+from jobs.events import job_event_on_hot_state, job_event_publish
 from jobs.hotstate import HotProgress
 from jobs.models import DownloadJob, Status
 from jobs.selectors import iso
@@ -84,13 +84,16 @@ class AttemptHooks:
         progress = None
         if due and (percent != self.last_percent or not bytes_total):
             progress = HotProgress(self.attempt, bytes_done, bytes_total, percent)
+        event = self._event(progress) if progress is not None else None
+        on_hot_state = job_event_on_hot_state(self.job.job_id, event) if event is not None else None
         try:
-            # The cancel flag and the progress in one round trip.
-            if hotstate.chunk_report(job_id=self.job.job_id, progress=progress):
+            # The cancel flag, the progress and its event in one round trip.
+            if hotstate.chunk_report(job_id=self.job.job_id, progress=progress, publish=on_hot_state):
                 raise JobCancelled(self.job.job_id)
-            if progress is not None:
+            if event is not None:
                 self.last_push_at, self.last_percent = now, percent
-                self._publish(progress)
+                if on_hot_state is None:
+                    job_event_publish(self.job.job_id, event)
         except redis.RedisError:
             self._redis_failed("progress and the cancel flag")
             return
@@ -110,20 +113,16 @@ class AttemptHooks:
             exc_info=True,
         )
 
-    def _publish(self, progress: HotProgress) -> None:
-        job_id = self.job.job_id
-        job_event_publish(
-            job_id,
-            {
-                "type": "progress",
-                "job_id": job_id,
-                "status": Status.PROCESSING,
-                "progress": progress.progress,
-                "bytes_done": progress.bytes_done,
-                "bytes_total": progress.bytes_total,
-                "timestamp": iso(timezone.now()),
-            },
-        )
+    def _event(self, progress: HotProgress) -> dict[str, Any]:
+        return {
+            "type": "progress",
+            "job_id": self.job.job_id,
+            "status": Status.PROCESSING,
+            "progress": progress.progress,
+            "bytes_done": progress.bytes_done,
+            "bytes_total": progress.bytes_total,
+            "timestamp": iso(timezone.now()),
+        }
 
     def _beat(self, *, parts: list[dict[str, Any]] | None = None) -> None:
         """The heartbeat the reaper watches, and the stored parts a later attempt resumes

@@ -223,6 +223,8 @@ def stage_file(
                 if write.write(chunk):
                     hooks.part_stored(parts=write.parts)
                 hooks.chunk_staged(bytes_done=bytes_done, bytes_total=source.size)
+                # Not held while the next chunk is read: a worker runs hundreds of these loops.
+                del chunk
                 waited_from = time.monotonic()
             facts = StoredFileFacts(
                 size=bytes_done,

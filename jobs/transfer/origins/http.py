@@ -342,17 +342,28 @@ class HttpOrigin:
                     deadline.check(origin_fault=True)
                 pieces.append(data)
                 buffered += len(data)
+                del data
                 while buffered >= chunk_bytes:
-                    joined = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-                    rest = joined[chunk_bytes:]
-                    yield checked(joined[:chunk_bytes] if rest else joined)
-                    pieces, buffered = ([rest] if rest else []), len(rest)
+                    # Nothing of the chunk stays referenced here while the caller uses it.
+                    yield checked(_chunk_take(pieces, chunk_bytes))
+                    buffered = sum(len(piece) for piece in pieces)
         except httpx.HTTPError as exc:
             raise _transport_error(exc) from exc
         if pieces:
             yield checked(b"".join(pieces))
         if expected is not None and received != expected:
             raise JobError(ErrorCode.NETWORK_ERROR, f"Origin sent {received} of {expected} bytes")
+
+
+def _chunk_take(pieces: list[bytes], chunk_bytes: int) -> bytes:
+    """The first `chunk_bytes` of `pieces` as one chunk; what is left over stays in
+    `pieces`."""
+    joined = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+    pieces.clear()
+    if len(joined) > chunk_bytes:
+        pieces.append(joined[chunk_bytes:])
+        return joined[:chunk_bytes]
+    return joined
 
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")

@@ -91,19 +91,27 @@ def synthetic_chunks(file_id: int, size: int, chunk_bytes: int, *, start: int = 
     """The bytes of synthetic file `file_id` from `start`: the same for the same id and
     size, anywhere. Each MiB is the same random block behind a header of its own (the file's
     id and the segment's index), so no two files and no two segments of a file are alike."""
-    block = _synthetic_block()
+    block = memoryview(_synthetic_block())
     offset = start
     while offset < size:
         index, start = divmod(offset, SYNTHETIC_SEGMENT_BYTES)
-        header = (file_id % 2**64).to_bytes(8, "big") + index.to_bytes(8, "big")
-        whole = header + block[16:]
-        segment = memoryview(whole)
         segment_end = min(SYNTHETIC_SEGMENT_BYTES, size - offset + start)
+        if (start, segment_end, chunk_bytes) == (0, SYNTHETIC_SEGMENT_BYTES, SYNTHETIC_SEGMENT_BYTES):
+            # A whole segment, made in one piece, and not held here while the caller uses it.
+            yield b"".join((_synthetic_header(file_id, index), block[16:]))
+            offset += SYNTHETIC_SEGMENT_BYTES
+            continue
+        segment = _synthetic_header(file_id, index) + block[16:]
         while start < segment_end:
             end = min(segment_end, start + chunk_bytes)
-            yield whole if (start, end) == (0, len(whole)) else bytes(segment[start:end])
+            yield segment[start:end]
             offset += end - start
             start = end
+        del segment
+
+
+def _synthetic_header(file_id: int, index: int) -> bytes:
+    return (file_id % 2**64).to_bytes(8, "big") + index.to_bytes(8, "big")
 
 
 class SyntheticOrigin:
