@@ -181,3 +181,20 @@ def multiprocess_dir_reset(path: str | Path) -> None:
     directory = Path(path)
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
+
+
+def dead_processes_forget(path: str | Path) -> list[int]:
+    """Drops the live gauges of processes that died without saying so (a worker killed by
+    SIGKILL, and its pool children), as their supervisor must: a `livesum` gauge otherwise
+    keeps counting their last value. Returns their pids."""
+    dead = []
+    for gauge in Path(path).glob("gauge_live*_*.db"):
+        pid = int(gauge.stem.rsplit("_", 1)[1])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid, str(path))
+            dead.append(pid)
+        except PermissionError:
+            pass  # alive, another user's
+    return sorted(set(dead))

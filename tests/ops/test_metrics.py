@@ -3,6 +3,9 @@ starts an attempt (jobs/services/attempt.py), `download_jobs_in_flight` around t
 task (jobs/tasks.py), and both on /metrics. The end-to-end count through a real worker
 and the multiprocess directory is in test_ops.py."""
 
+import os
+import subprocess
+import sys
 from datetime import timedelta
 from typing import Any
 
@@ -14,6 +17,7 @@ from prometheus_client import REGISTRY
 
 from jobs import services
 from jobs.models import DownloadJob, Status
+from jobs.ops import metrics
 from jobs.tasks import download_job_stage
 from tests.factories import make_job
 from tests.support.scrapes import samples
@@ -203,3 +207,19 @@ def test_metrics_show_the_queue_wait(
     assert after[(f"{WAIT}_count", ())] == before[(f"{WAIT}_count", ())] + 1
     assert after[(f"{WAIT}_bucket", (("le", "30.0"),))] == before[(f"{WAIT}_bucket", (("le", "30.0"),))]
     assert after[(f"{WAIT}_bucket", (("le", "60.0"),))] == before[(f"{WAIT}_bucket", (("le", "60.0"),))] + 1
+
+
+def test_a_supervisor_drops_the_live_gauges_of_processes_that_died_unannounced(tmp_path):
+    """A worker killed by SIGKILL never marks itself dead: the live gauges it left (jobs in
+    flight) are dropped by `dead_processes_forget`, and only those of processes that are gone."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    for pid in (gone.pid, os.getpid()):
+        (tmp_path / f"gauge_livesum_{pid}.db").write_bytes(b"")
+    (tmp_path / f"counter_{gone.pid}.db").write_bytes(b"")
+
+    assert metrics.dead_processes_forget(tmp_path) == [gone.pid]
+
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+        [f"gauge_livesum_{os.getpid()}.db", f"counter_{gone.pid}.db"]
+    )

@@ -24,7 +24,7 @@ from rest_framework.authtoken.models import Token
 
 from downloads_project import processes
 from downloads_project.embedded import embedded_redis
-from jobs.ops.metrics import multiprocess_dir_reset
+from jobs.ops.metrics import dead_processes_forget, multiprocess_dir_reset
 
 # A worker that dies again soon after its start waits longer each time before the next
 # one, so a worker that cannot start (a broken setting, the broker gone) does not spin.
@@ -137,6 +137,8 @@ class Command(BaseCommand):
                         f"worker stopped ({_exit_described(returncode)}); starting it again in {delay_s:g} s"
                     )
                 if restart_at is not None and now >= restart_at:
+                    # The dead worker's jobs in flight are no longer in flight.
+                    dead_processes_forget(env["PROMETHEUS_MULTIPROC_DIR"])
                     children["worker"] = _start(worker_argv, env)
                     worker_started_at, restart_at = now, None
                     self.stderr.write(f"worker started again (pid {children['worker'].pid})")
