@@ -1,6 +1,7 @@
 import ctypes
 import logging
 import os
+import resource
 from typing import Any
 
 from celery import Celery
@@ -54,9 +55,23 @@ def malloc_tune() -> bool:
     return all(mallopt(option, value) == 1 for option, value in MALLOC_OPTIONS)
 
 
+def open_files_limit_raise(wanted: int = 65536) -> int:
+    """Raises this process's soft limit of open files towards its hard limit (at most
+    `wanted`) and returns it: hundreds of jobs at once each hold a socket to their origin,
+    a file or a connection to the store, and, on SQLite, a connection to the database; a
+    desktop's default of 1024 is near that."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
+
+
 @worker_init.connect(weak=False)
-def _worker_malloc_tune(**kwargs: Any) -> None:
+def _worker_process_tune(**kwargs: Any) -> None:
     from django.conf import settings
 
+    open_files_limit_raise()
     if settings.WORKER_MALLOC_TUNE and not malloc_tune():
         logging.getLogger(__name__).info("malloc options not set: the C library is not glibc")
