@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,7 +45,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [str(ROOT)] + [entry for entry in sys.path if Path(entry or ".").resolve() != ROOT / "bench"]
 
 from bench.report import Column, Table, log, percentile, results_save  # noqa: E402
-from bench.sandbox import bench_env, django_setup, postgres_database, run_until_interrupted  # noqa: E402
+from bench.sandbox import (  # noqa: E402
+    bench_env,
+    child_run,
+    django_setup,
+    postgres_database,
+    run_until_interrupted,
+)
 
 BROKER_DB = 6  # a Redis database of the benchmark's own
 SELF = [sys.executable, str(Path(__file__).resolve())]
@@ -203,13 +208,7 @@ def driver_main(args: argparse.Namespace) -> int:
         out = tmp / "estimate.json"
         command = [*SELF, "_measure", "--sizes", ",".join(map(str, sizes)), "--calls", str(args.calls)]
         command += ["--history", str(args.history)]
-        child = subprocess.Popen([*command, "--out", str(out)], env=env, cwd=ROOT)
-        try:
-            code = child.wait()
-        finally:
-            if child.poll() is None:
-                child.terminate()
-                child.wait()
+        code = child_run([*command, "--out", str(out)], env=env)
         if code:
             return code
         results = json.loads(out.read_text())

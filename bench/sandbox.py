@@ -210,6 +210,18 @@ def start_child(
         )
 
 
+def child_run(command: list[str], *, env: dict[str, str]) -> int:
+    """Runs a measuring subprocess of a benchmark to its end and returns its exit code; an
+    interruption (Ctrl-C, SIGTERM) stops it too."""
+    child = subprocess.Popen(command, env=env, cwd=ROOT)
+    try:
+        return child.wait()
+    finally:
+        if child.poll() is None:
+            child.terminate()
+            child.wait()
+
+
 def stop_child(
     process: subprocess.Popen[str], *, graceful_s: float, whole_group: bool = False, name: str = ""
 ) -> None:

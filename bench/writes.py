@@ -24,7 +24,6 @@ PostgreSQL database on BENCH_POSTGRES_URL's server (see bench/sandbox.py). See b
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +40,7 @@ from bench.report import Column, Table, log, results_save  # noqa: E402
 from bench.sandbox import (  # noqa: E402
     Children,
     bench_env,
+    child_run,
     django_setup,
     postgres_database,
     run_until_interrupted,
@@ -171,13 +171,7 @@ def driver_main(args: argparse.Namespace) -> int:
             "--log-dir",
             str(tmp / "logs"),
         ]
-        child = subprocess.Popen(command, env=env, cwd=ROOT)
-        try:
-            code = child.wait()
-        finally:
-            if child.poll() is None:
-                child.terminate()
-                child.wait()
+        code = child_run(command, env=env)
         if code:
             return code
         results = json.loads(out.read_text())

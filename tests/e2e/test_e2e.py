@@ -329,16 +329,31 @@ def test_last_attempt_failing_dead_letters_the_job(stack: Stack, origin: OriginS
 # --- 6. priority (local stack) -------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def worker_stopped(stack: Stack) -> Iterator[None]:
+    """The stack's worker is killed (once the broker is idle) for the block, which may
+    start one of its own; after it, whatever happened, the stack has the worker the other
+    tests expect (a failure inside is not hidden by one here)."""
+    wait_until_broker_idle(stack)
+    stack.kill_worker()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(AssertionError):
+            wait_until_broker_idle(stack)
+        if stack.worker is not None and stack.worker.poll() is None:
+            stack.kill_worker()
+        stack.start_worker()
+
+
 def test_high_priority_is_served_before_low(local_stack: Stack, origin: OriginServer, token: str) -> None:
     """With the worker down, 3 low jobs then 1 high job are queued. A worker with a single
-    process (prefetch 1) then takes one message at a time, and takes downloads.high first."""
+    slot (prefetch 1) then takes one message at a time, and takes downloads.high first."""
     stack = local_stack
     low_ids, high_id = [71061, 71062, 71063], 71064
     for file_id in [*low_ids, high_id]:
         origin.add(file_id, FileScript(size=256 * 1024, rate_bps=2 * MiB))
-    wait_until_broker_idle(stack)
-    stack.kill_worker()
-    try:
+    with worker_stopped(stack):
         with stack.client(token) as api:
             lows = [initiate(api, file_id, priority="low") for file_id in low_ids]
             high = initiate(api, high_id, priority="high")
@@ -353,13 +368,6 @@ def test_high_priority_is_served_before_low(local_stack: Stack, origin: OriginSe
         assert all(high_started < low_started for low_started in started), (high_started, started)
         # Within one priority, first come first served.
         assert started == sorted(started)
-    finally:
-        # Back to the worker the other tests expect (without hiding why the test failed).
-        with contextlib.suppress(AssertionError):
-            wait_until_broker_idle(stack)
-        if stack.worker is not None and stack.worker.poll() is None:
-            stack.kill_worker()
-        stack.start_worker()
 
 
 def test_initiate_estimates_the_wait_behind_the_jobs_queued_ahead(
@@ -386,21 +394,14 @@ def test_initiate_estimates_the_wait_behind_the_jobs_queued_ahead(
     with stack.client(token) as api:
         assert estimated_time(api, first_id, "normal") == settings.JOB_DEFAULT_ESTIMATE_S
         assert wait_until_finished(api, queued[0])["status"] == "completed"
-    wait_until_broker_idle(stack)
-    stack.kill_worker()
     try:
-        with stack.client(token) as api:
+        with worker_stopped(stack), stack.client(token) as api:
             lows = [estimated_time(api, file_id, "low") for file_id in low_ids]
             high = estimated_time(api, high_id, "high")
         assert 1 <= lows[0] < lows[1] < lows[2], lows
         assert abs((lows[2] - lows[1]) - (lows[1] - lows[0])) <= 1, lows  # each rounded up
         assert high == lows[0], (high, lows)
     finally:
-        with contextlib.suppress(AssertionError):
-            wait_until_broker_idle(stack)
-        if stack.worker is not None and stack.worker.poll() is None:
-            stack.kill_worker()
-        stack.start_worker()
         with stack.client(token) as api:
             for job_id in queued:
                 wait_until_finished(api, job_id)
