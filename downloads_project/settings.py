@@ -648,9 +648,10 @@ if AWS_STORAGE_BUCKET_NAME:
                 retries={"mode": "standard", "max_attempts": env.int("AWS_S3_MAX_ATTEMPTS", default=10)},
                 connect_timeout=env.float("AWS_S3_CONNECT_TIMEOUT_S", default=10.0),
                 read_timeout=env.float("AWS_S3_READ_TIMEOUT_S", default=60.0),
-                # A worker's jobs share one client (jobs/transfer/storage.py): a connection
-                # for each upload thread, and a few for the jobs' own calls.
-                max_pool_connections=STAGING_UPLOAD_THREADS + 10,
+                # A worker's jobs share one client (jobs/transfer/storage.py): room for a
+                # connection per upload thread and per job, which all start (create their
+                # upload) at once; idle ones cost nothing but a socket.
+                max_pool_connections=STAGING_UPLOAD_THREADS + WORKER_CONCURRENCY,
             ),
             "file_overwrite": True,
             "default_acl": None,

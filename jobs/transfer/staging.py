@@ -138,13 +138,15 @@ def _abort(write: StagedWrite, key: str) -> None:
 def _settle(write: StagedWrite, key: str, hooks: StagingHooks) -> None:
     """After a failure that leaves the upload to a later attempt: the parts still being
     uploaded are waited for (none lands later) and recorded, for that attempt to resume
-    after them."""
+    after them; what the write held and had not stored is freed at once."""
     try:
         if write.settle():
             hooks.part_stored(parts=write.parts)
     except Exception:
         # The original failure matters more; a later attempt resumes after fewer parts.
         logger.warning("Could not record the last stored parts of %s", key, exc_info=True)
+    finally:
+        write.release()
 
 
 def stage_file(

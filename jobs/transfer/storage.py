@@ -21,7 +21,7 @@ import threading
 import time
 import weakref
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -132,6 +132,11 @@ class StagedWrite(Protocol):
     def commit(self) -> None: ...
     def abort(self) -> None: ...
 
+    def release(self) -> None:
+        """Frees what the write holds and has not stored (the part being filled, an open
+        file), after a failure: the upload itself stays, for a later attempt to resume."""
+        ...
+
 
 def parts_size(parts: list[dict[str, Any]]) -> int:
     return sum(int(part["size"]) for part in parts)
@@ -234,8 +239,9 @@ class PartBody(io.RawIOBase):
 
 class PartBudget:
     """The bytes of S3 parts that a worker process holds at once, shared by all its jobs:
-    up to `memory_bytes` in memory, then up to `spool_bytes` in temporary files. A job
-    that finds neither has room waits for some, until its deadline."""
+    up to `memory_bytes` in memory, then up to `spool_bytes` in temporary files (none with
+    0). A job that finds no room where it needs it waits for some, until its deadline. A
+    chunk larger than the whole of either is let in once that is empty."""
 
     def __init__(self, *, memory_bytes: int, spool_bytes: int) -> None:
         self.memory_bytes = memory_bytes
@@ -247,21 +253,21 @@ class PartBudget:
     def memory_take(self, size: int) -> bool:
         """Takes `size` bytes of memory if there is room; never waits."""
         with self._changed:
-            if self.memory_used + size > self.memory_bytes:
+            if not self._fits(self.memory_used, size, self.memory_bytes):
                 return False
             self.memory_used += size
             return True
 
-    def spool_take(self, size: int, *, deadline: Deadline | None) -> None:
-        """Takes `size` bytes of spool, waiting for room; DOWNLOAD_TIMEOUT at the deadline.
-        A part larger than the whole spool takes it all once it is empty."""
+    def memory_take_waiting(self, size: int, *, deadline: Deadline | None) -> None:
+        """Takes `size` bytes of memory, waiting for room (a budget without spool)."""
         with self._changed:
-            while self.spool_used and self.spool_used + size > self.spool_bytes:
-                remaining_s = None if deadline is None else deadline.remaining_s()
-                if remaining_s is not None and remaining_s <= 0:
-                    assert deadline is not None
-                    raise deadline.exceeded(origin_fault=False)
-                self._changed.wait(remaining_s)
+            self._wait(lambda: self._fits(self.memory_used, size, self.memory_bytes), deadline)
+            self.memory_used += size
+
+    def spool_take(self, size: int, *, deadline: Deadline | None) -> None:
+        """Takes `size` bytes of spool, waiting for room."""
+        with self._changed:
+            self._wait(lambda: self._fits(self.spool_used, size, self.spool_bytes), deadline)
             self.spool_used += size
 
     def give(self, *, memory: int = 0, spool: int = 0) -> None:
@@ -269,6 +275,19 @@ class PartBudget:
             self.memory_used -= memory
             self.spool_used -= spool
             self._changed.notify_all()
+
+    @staticmethod
+    def _fits(used: int, size: int, limit: int) -> bool:
+        return used + size <= limit or used == 0
+
+    def _wait(self, room: Callable[[], bool], deadline: Deadline | None) -> None:
+        """Waits (holding `_changed`) until `room()`; DOWNLOAD_TIMEOUT at the deadline, not
+        the origin's fault."""
+        while not room():
+            remaining_s = None if deadline is None else deadline.remaining_s()
+            if deadline is not None and remaining_s is not None and remaining_s <= 0:
+                raise deadline.exceeded(origin_fault=False)
+            self._changed.wait(remaining_s)
 
 
 class PartBuffer:
@@ -287,15 +306,20 @@ class PartBuffer:
         self.spooled = 0  # bytes taken from its spool
 
     def append(self, data: bytes) -> None:
-        if self.file is None and self.budget.memory_take(len(data)):
-            self.chunks.append(data)
-            self.memory += len(data)
+        if self.file is None and not self.budget.spool_bytes:
+            self.budget.memory_take_waiting(len(data), deadline=self.deadline)
+            self._keep(data)
+        elif self.file is None and self.budget.memory_take(len(data)):
+            self._keep(data)
         else:
             if self.file is None:
                 self._spill()
-            assert self.file is not None
             self._spool(data)
         self.size += len(data)
+
+    def _keep(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.memory += len(data)
 
     def _spill(self) -> None:
         """Moves the part to a temporary file, with the chunks it holds."""
@@ -327,6 +351,11 @@ class PartBuffer:
     def crc32(self) -> str:
         body = self.body()
         return crc32_base64(*iter(lambda: body.read(1024 * 1024), b""))
+
+    def __del__(self) -> None:
+        # A part dropped without its release (an error on a path no one foresaw) must not
+        # keep its bytes from the budget for the life of the process.
+        self.release()
 
     def release(self) -> None:
         """Frees the part's bytes and gives them back to the budget. Idempotent."""
@@ -640,15 +669,18 @@ class S3MultipartWrite:
             completed["ChecksumCRC32"] = part["crc32"]
         return completed
 
+    def release(self) -> None:
+        if self.buffer is not None:
+            self.buffer.release()
+            self.buffer = None
+
     def abort(self) -> None:
         # No part may land after the abort: those not started are dropped, the others
         # waited for.
         for future in self._uploading.values():
             future.cancel()
         self._wait_all()
-        if self.buffer is not None:
-            self.buffer.release()
-            self.buffer = None
+        self.release()
         s3_multipart_abort(self.client, self.bucket, self.key, self.upload_id)
 
 
@@ -730,6 +762,10 @@ class LocalWrite:
         with _local_errors():
             self.handle.close()  # writes out the last, partial part
             os.replace(self.part_path, self.final_path)
+
+    def release(self) -> None:
+        with suppress(OSError):
+            self.handle.close()  # what it wrote stays, cut back to its parts by a resume
 
     def abort(self) -> None:
         self.handle.close()
