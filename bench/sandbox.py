@@ -5,7 +5,7 @@ jobs, and the embedded Redis unless REDIS_URL is set; users with API tokens
 (`tokens_create`); the child processes it starts (`Children`, and the service's own web and
 worker processes: `Stack`), Ctrl-C and SIGTERM unwinding its cleanup
 (`run_until_interrupted`), and what runs beside it (`every`, `raised_open_file_limit`,
-`process_tree_cpu_s`, `PgConnectionSampler`)."""
+`process_tree_cpu_s`, `process_tree_cpu_times`, `PgConnectionSampler`)."""
 
 import os
 import re
@@ -358,20 +358,27 @@ def raised_open_file_limit(wanted: int | None = None) -> Iterator[int]:
 # --- the service's stack: uvicorn and Celery workers, each in a session of its own -------
 
 
-def process_tree_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) of a process and its live descendants, and of the
-    children they have reaped (a prefork pool child that was replaced)."""
+def process_tree_cpu_times(pid: int) -> tuple[float, float]:
+    """CPU seconds in user mode and in the kernel (system) of a process and its live
+    descendants, and of the children they have reaped (a prefork pool child that was
+    replaced)."""
     try:
         root = psutil.Process(pid)
         processes = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0.0
-    total = 0.0
+        return 0.0, 0.0
+    user = system = 0.0
     for process in processes:
         with suppress(psutil.NoSuchProcess):
             times = process.cpu_times()
-            total += times.user + times.system + times.children_user + times.children_system
-    return total
+            user += times.user + times.children_user
+            system += times.system + times.children_system
+    return user, system
+
+
+def process_tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of a process tree, as `process_tree_cpu_times`."""
+    return sum(process_tree_cpu_times(pid))
 
 
 # The first line of an exception in a log: `ValueError: ...`, `psycopg_pool.PoolTimeout: ...`.

@@ -47,6 +47,7 @@ from bench.sandbox import (  # noqa: E402
     interrupted,
     run_until_interrupted,
 )
+from bench.streams import ChunkStream  # noqa: E402
 from devtools.servers import S3Endpoint, s3_endpoint  # noqa: E402
 from downloads_project import processes  # noqa: E402
 
@@ -90,38 +91,6 @@ def vm_hwm_reset(pid: int) -> bool:
 
 
 # --- throughput (a subprocess: `staging.py _throughput`) ------------------------------------
-
-
-class ChunkStream:
-    """A read-only, non-seekable file over an iterator of chunks. `read(n)` returns n bytes
-    until the end (s3transfer takes a short read for a part)."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self.chunks = chunks
-        self.pending = bytearray()
-        self.done = False
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def read(self, size: int = -1) -> bytes:
-        while not self.done and (size < 0 or len(self.pending) < size):
-            chunk = next(self.chunks, None)
-            if chunk is None:
-                self.done = True
-            else:
-                self.pending += chunk
-        if size < 0 or size >= len(self.pending):
-            data = bytes(self.pending)
-            self.pending.clear()
-        else:
-            with memoryview(self.pending) as view:
-                data = bytes(view[:size])
-            del self.pending[:size]
-        return data
 
 
 @dataclass
