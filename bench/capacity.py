@@ -64,6 +64,7 @@ from bench.sandbox import (  # noqa: E402
     Stack,
     bench_env,
     broker_purge,
+    child_run,
     django_setup,
     every,
     process_tree_cpu_times,
@@ -170,13 +171,8 @@ def profile_run(args: argparse.Namespace, profile: str) -> dict[str, Any]:
         }
         (var_dir / "spec.json").write_text(json.dumps(spec))
         out = var_dir / "figures.json"
-        child = subprocess.Popen([*SELF, "_profile", str(var_dir / "spec.json"), str(out)], env=env, cwd=ROOT)
-        try:
-            code = child.wait()
-        finally:
-            if child.poll() is None:  # interrupted: it stops its processes, then this stack goes
-                child.terminate()
-                child.wait()
+        # Interrupted, it stops its processes, then this stack goes.
+        code = child_run([*SELF, "_profile", str(var_dir / "spec.json"), str(out)], env=env)
         if code != 0 or not out.exists():
             return {"profile": profile, "parts": spec["parts"], "error": f"its run exited with {code}"}
         figures: dict[str, Any] = json.loads(out.read_text())
