@@ -132,6 +132,11 @@ class StagedWrite(Protocol):
     def commit(self) -> None: ...
     def abort(self) -> None: ...
 
+    def close(self) -> None:
+        """Gives back what the write holds (the part being filled, an open file) once it
+        is left unfinished for a later attempt: the upload and its stored parts stay."""
+        ...
+
 
 def parts_size(parts: list[dict[str, Any]]) -> int:
     return sum(int(part["size"]) for part in parts)
@@ -252,11 +257,13 @@ class PartBudget:
             self.memory_used += size
             return True
 
-    def spool_take(self, size: int, *, deadline: Deadline | None) -> None:
+    def spool_take(self, size: int, *, deadline: Deadline | None, held: int = 0) -> None:
         """Takes `size` bytes of spool, waiting for room; DOWNLOAD_TIMEOUT at the deadline.
-        A part larger than the whole spool takes it all once it is empty."""
+        `held` is what the caller's part holds of it already: a part larger than the whole
+        spool fills it, chunk by chunk, once no other part holds any (it never waits for
+        room that only it could give back)."""
         with self._changed:
-            while self.spool_used and self.spool_used + size > self.spool_bytes:
+            while self.spool_used > held and self.spool_used + size > self.spool_bytes:
                 remaining_s = None if deadline is None else deadline.remaining_s()
                 if remaining_s is not None and remaining_s <= 0:
                     assert deadline is not None
@@ -310,7 +317,7 @@ class PartBuffer:
 
     def _spool(self, data: bytes) -> None:
         assert self.file is not None
-        self.budget.spool_take(len(data), deadline=self.deadline)
+        self.budget.spool_take(len(data), deadline=self.deadline, held=self.spooled)
         self.spooled += len(data)
         with _local_errors():
             self.file.write(data)
@@ -640,6 +647,13 @@ class S3MultipartWrite:
             completed["ChecksumCRC32"] = part["crc32"]
         return completed
 
+    def close(self) -> None:
+        # The part being filled is of no use to a later attempt, which resumes after the
+        # stored parts: its bytes go back to the process's budget.
+        if self.buffer is not None:
+            self.buffer.release()
+            self.buffer = None
+
     def abort(self) -> None:
         # No part may land after the abort: those not started are dropped, the others
         # waited for.
@@ -730,6 +744,10 @@ class LocalWrite:
         with _local_errors():
             self.handle.close()  # writes out the last, partial part
             os.replace(self.part_path, self.final_path)
+
+    def close(self) -> None:
+        with suppress(OSError):  # a full disk may refuse the flush: the next attempt cuts it back
+            self.handle.close()
 
     def abort(self) -> None:
         self.handle.close()
