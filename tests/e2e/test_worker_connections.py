@@ -17,16 +17,19 @@ from uuid import uuid4
 import psycopg
 import pytest
 from django.contrib.auth.models import User
+from django.db import connection
 from rest_framework.authtoken.models import Token
 
 from conftest import Stack, database_url, stack_env
 from jobs.models import DownloadJob
-from tests.support.faults import postgres_profile_only
 from tests.support.flows import TERMINAL, assert_downloads_exactly, initiate, job_status
 from tests.support.origin_server import FileScript, OriginServer
 from tests.support.redis_servers import RedisServer
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), postgres_profile_only]
+postgres_only = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="the connection pool is psycopg's (PostgreSQL)"
+)
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), postgres_only]
 
 MiB = 1024 * 1024
 JOBS = 50

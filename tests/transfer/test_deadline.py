@@ -74,8 +74,8 @@ def network_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def paced(body: bytes, **reply: Any) -> Reply:
-    """`body` in pieces of 700 bytes, 2 ms apart: read in many small network reads."""
-    return Reply(body=body, piece_bytes=700, piece_pause_s=0.002, **reply)
+    """`body` in pieces of 700 bytes, 5 ms apart: read in many small network reads."""
+    return Reply(body=body, piece_bytes=700, piece_pause_s=0.005, **reply)
 
 
 def read_into(received: list[bytes], origin: HttpOrigin, *, chunk_bytes: int, **open_kwargs: Any) -> None:
@@ -153,7 +153,7 @@ def test_the_size_cap_cuts_at_its_byte_whatever_the_reads(
         assert caught.value.code == code
 
     assert b"".join(received) == body[:handed_on]
-    assert max(network_reads) < 10_000
+    assert len(network_reads) > len(received)  # chunks made of several reads
 
 
 @pytest.mark.parametrize(
@@ -185,7 +185,7 @@ def test_the_announced_size_cuts_at_its_byte_whatever_the_reads(
         assert (caught.value.code, caught.value.message) == (ErrorCode.NETWORK_ERROR, message)
 
     assert b"".join(received) == body[:handed_on]
-    assert max(network_reads) < 4_000
+    assert len(network_reads) > len(received)  # chunks made of several reads
 
 
 # --- stage_file: whose fault the time limit is ---------------------------------------------
