@@ -218,8 +218,9 @@ class _LogTail:
 
 
 class Stack:
-    """A real ASGI server (uvicorn) and a real Celery worker (prefork), both child
-    processes, sharing the test database, Redis, storage and the test origin."""
+    """A real ASGI server (uvicorn) and a real Celery worker, both child processes, sharing
+    the test database, Redis, storage and the test origin. The worker runs the pool of its
+    settings: Celery's thread pool unless the stack's environment sets WORKER_POOL."""
 
     def __init__(self, name: str, env: dict[str, str]) -> None:
         self.name = name
@@ -230,10 +231,12 @@ class Stack:
         self.worker: subprocess.Popen[str] | None = None
         self.beat: subprocess.Popen[str] | None = None
 
-    def _spawn(self, role: str, argv: list[str]) -> tuple[subprocess.Popen[str], _LogTail]:
+    def _spawn(
+        self, role: str, argv: list[str], *, env: dict[str, str] | None = None
+    ) -> tuple[subprocess.Popen[str], _LogTail]:
         process = subprocess.Popen(
             argv,
-            env=self.env,
+            env={**self.env, **(env or {})},
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -251,7 +254,10 @@ class Stack:
         wait_for_port(self.port, process=self.web)
         return self
 
-    def start_worker(self, *, concurrency: int = 2) -> None:
+    def start_worker(self, *, concurrency: int = 2, env: dict[str, str] | None = None) -> None:
+        """A worker running `concurrency` jobs at once (threads of one process, unless the
+        stack sets WORKER_POOL=prefork), with `env` added to the stack's environment for it
+        alone (its own DATABASE_APPLICATION_NAME, say)."""
         self.worker, log = self._spawn(
             "worker",
             processes.worker_argv(
@@ -259,6 +265,7 @@ class Stack:
                 name=f"{self.name}-{time.monotonic_ns()}@%h",
                 extra=("--without-gossip", "--without-mingle"),
             ),
+            env=env,
         )
         log.wait_for(" ready.")
 

@@ -514,10 +514,11 @@ STAGING_PART_BYTES = env.int("STAGING_PART_BYTES", default=8 * 1024 * 1024)
 STAGING_PARTS_IN_FLIGHT = env.int("STAGING_PARTS_IN_FLIGHT", default=4)
 # A worker process's S3 parts, whatever its concurrency (jobs/transfer/storage.py): they are
 # uploaded by STAGING_UPLOAD_THREADS threads shared by all its jobs, and held in memory up to
-# STAGING_MEMORY_BYTES in all. A part that finds no room in memory is filled in a temporary
-# file under STAGING_SPOOL_DIR instead, up to STAGING_SPOOL_BYTES in all; past that a job
-# waits for room (within its deadline). STAGING_SPOOL_BYTES=0: parts never go to disk and
-# jobs wait for room in memory. Local storage writes its files directly and uses neither.
+# STAGING_MEMORY_BYTES in all. Each part reserves its room whole before its first byte: a
+# part that finds no room in memory is filled in a temporary file under STAGING_SPOOL_DIR
+# instead, up to STAGING_SPOOL_BYTES in all; past that a job waits for room (within its
+# deadline), holding none. STAGING_SPOOL_BYTES=0: parts never go to disk and jobs wait for
+# room in memory. Local storage writes its files directly and uses neither.
 STAGING_UPLOAD_THREADS = env.int("STAGING_UPLOAD_THREADS", default=16)
 STAGING_MEMORY_BYTES = env.int("STAGING_MEMORY_BYTES", default=256 * 1024 * 1024)
 STAGING_SPOOL_BYTES = env.int("STAGING_SPOOL_BYTES", default=4 * 1024**3)

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from django.conf import settings
 
-from jobs.errors import JobCancelled
+from jobs.errors import ErrorCode, JobCancelled, JobError
 from jobs.transfer.deadline import Deadline
 from jobs.transfer.origins import Origin, read_size_check
 from jobs.transfer.storage import (
@@ -191,6 +191,7 @@ def stage_file(
                 part_bytes=settings.STAGING_PART_BYTES,
                 parts_in_flight=settings.STAGING_PARTS_IN_FLIGHT,
                 deadline=deadline,
+                bytes_expected=source.size,
             )
         try:
             hooks.upload_opened(
@@ -204,18 +205,19 @@ def stage_file(
             # Not recorded: cancelled or superseded while the origin had not answered yet.
             _abort(write, key)
             raise
+        # How long the attempt has waited for the origin's chunks, and whether it waits for
+        # one now: whose fault its deadline is.
+        origin_wait_s, waited_from, waiting = 0.0, time.monotonic(), True
         try:
             # The hash of resumed bytes died with the attempt that read them: a resumed
             # file is hashed by reading it back once stored.
             digest = hashlib.sha256() if source.offset == 0 else None
             bytes_done = source.offset
-            origin_wait_s = 0.0
-            waited_from = time.monotonic()
             for chunk in source.chunks:
                 origin_wait_s += time.monotonic() - waited_from
-                if deadline is not None and deadline.passed():
-                    elapsed_s = time.monotonic() - started_at
-                    raise deadline.exceeded(origin_fault=origin_wait_s * 2 >= elapsed_s)
+                waiting = False
+                if deadline is not None:
+                    deadline.check(origin_fault=False)  # blamed below
                 bytes_done += len(chunk)
                 # Whatever the origin announced (a file may grow while read), no byte past
                 # the limit is stored.
@@ -227,7 +229,8 @@ def stage_file(
                 hooks.chunk_staged(bytes_done=bytes_done, bytes_total=source.size)
                 # Not held while the next chunk is read: a worker runs hundreds of these loops.
                 del chunk
-                waited_from = time.monotonic()
+                waited_from, waiting = time.monotonic(), True
+            waiting = False
             facts = StoredFileFacts(
                 size=bytes_done,
                 file_name=source.name,
@@ -243,8 +246,23 @@ def stage_file(
         except JobCancelled:
             _abort(write, key)
             raise
-        except BaseException:
+        except BaseException as error:
+            blamed = None
+            if (
+                deadline is not None
+                and isinstance(error, JobError)
+                and error.code == ErrorCode.DOWNLOAD_TIMEOUT
+            ):
+                # Whoever saw the deadline pass (this loop, the origin between two network
+                # reads, the store while it waited for room), the origin is to blame only if
+                # waiting for its chunks took most of the time.
+                if waiting:
+                    origin_wait_s += time.monotonic() - waited_from
+                elapsed_s = time.monotonic() - started_at
+                blamed = deadline.exceeded(origin_fault=origin_wait_s * 2 >= elapsed_s)
             _settle(write, key, hooks)
+            if blamed is not None:
+                raise blamed from error
             raise
     return StagedFile(
         key=key,

@@ -21,7 +21,7 @@ import threading
 import time
 import weakref
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -240,8 +240,10 @@ class PartBody(io.RawIOBase):
 class PartBudget:
     """The bytes of S3 parts that a worker process holds at once, shared by all its jobs:
     up to `memory_bytes` in memory, then up to `spool_bytes` in temporary files (none with
-    0). A job that finds no room where it needs it waits for some, until its deadline. A
-    chunk larger than the whole of either is let in once that is empty."""
+    0). A part reserves its room whole before its first byte (`reserve`), so a part once
+    begun always has room to finish, and jobs never hold partial parts that wait on each
+    other; a part that finds no room waits for some (until its deadline) holding nothing. A
+    part larger than the whole of either is let in once that is empty."""
 
     def __init__(self, *, memory_bytes: int, spool_bytes: int) -> None:
         self.memory_bytes = memory_bytes
@@ -250,94 +252,63 @@ class PartBudget:
         self.spool_used = 0
         self._changed = threading.Condition()
 
-    def memory_take(self, size: int) -> bool:
-        """Takes `size` bytes of memory if there is room; never waits."""
+    def reserve(self, size: int, *, deadline: Deadline | None) -> str:
+        """Reserves `size` bytes for one part: "memory" if memory has room, else "spool",
+        waiting while neither has; DOWNLOAD_TIMEOUT at the deadline (not the origin's
+        fault)."""
         with self._changed:
-            if not self._fits(self.memory_used, size, self.memory_bytes):
-                return False
-            self.memory_used += size
-            return True
+            while (place := self._room(size)) is None:
+                remaining_s = None if deadline is None else deadline.remaining_s()
+                if deadline is not None and remaining_s is not None and remaining_s <= 0:
+                    raise deadline.exceeded(origin_fault=False)
+                self._changed.wait(remaining_s)
+            if place == "memory":
+                self.memory_used += size
+            else:
+                self.spool_used += size
+            return place
 
-    def memory_take_waiting(self, size: int, *, deadline: Deadline | None) -> None:
-        """Takes `size` bytes of memory, waiting for room (a budget without spool)."""
+    def give(self, place: str, size: int) -> None:
         with self._changed:
-            self._wait(lambda: self._fits(self.memory_used, size, self.memory_bytes), deadline)
-            self.memory_used += size
-
-    def spool_take(self, size: int, *, deadline: Deadline | None) -> None:
-        """Takes `size` bytes of spool, waiting for room."""
-        with self._changed:
-            self._wait(lambda: self._fits(self.spool_used, size, self.spool_bytes), deadline)
-            self.spool_used += size
-
-    def give(self, *, memory: int = 0, spool: int = 0) -> None:
-        with self._changed:
-            self.memory_used -= memory
-            self.spool_used -= spool
+            if place == "memory":
+                self.memory_used -= size
+            else:
+                self.spool_used -= size
             self._changed.notify_all()
 
-    @staticmethod
-    def _fits(used: int, size: int, limit: int) -> bool:
-        return used + size <= limit or used == 0
-
-    def _wait(self, room: Callable[[], bool], deadline: Deadline | None) -> None:
-        """Waits (holding `_changed`) until `room()`; DOWNLOAD_TIMEOUT at the deadline, not
-        the origin's fault."""
-        while not room():
-            remaining_s = None if deadline is None else deadline.remaining_s()
-            if deadline is not None and remaining_s is not None and remaining_s <= 0:
-                raise deadline.exceeded(origin_fault=False)
-            self._changed.wait(remaining_s)
+    def _room(self, size: int) -> str | None:
+        if self.memory_used + size <= self.memory_bytes or self.memory_used == 0 == self.spool_bytes:
+            return "memory"
+        if self.spool_bytes and (self.spool_used + size <= self.spool_bytes or self.spool_used == 0):
+            return "spool"
+        return None
 
 
 class PartBuffer:
-    """One S3 part, filled chunk by chunk and then uploaded: in memory while the budget
-    has room, else in a temporary file (the chunks held so far move there). Its bytes go
-    back to the budget once it is uploaded or dropped (`release`)."""
+    """One S3 part, filled chunk by chunk and then uploaded, with the room it reserved in
+    the process's budget: its chunks in memory, or a temporary file in the spool. Its room
+    goes back to the budget once it is uploaded or dropped (`release`)."""
 
-    def __init__(self, budget: PartBudget, *, spool_dir: str | None, deadline: Deadline | None) -> None:
+    def __init__(
+        self, budget: PartBudget, *, reserve: int, spool_dir: str | None, deadline: Deadline | None
+    ) -> None:
         self.budget = budget
-        self.spool_dir = spool_dir
-        self.deadline = deadline
+        self.reserved = 0
         self.chunks: list[bytes] = []
         self.file: IO[bytes] | None = None
         self.size = 0
-        self.memory = 0  # bytes taken from the budget's memory
-        self.spooled = 0  # bytes taken from its spool
+        self.place = budget.reserve(reserve, deadline=deadline)
+        self.reserved = reserve
+        if self.place == "spool":
+            self.file = tempfile.TemporaryFile(prefix="part-", dir=spool_dir)  # noqa: SIM115 (closed by release)
 
     def append(self, data: bytes) -> None:
-        if self.file is None and not self.budget.spool_bytes:
-            self.budget.memory_take_waiting(len(data), deadline=self.deadline)
-            self._keep(data)
-        elif self.file is None and self.budget.memory_take(len(data)):
-            self._keep(data)
+        if self.file is None:
+            self.chunks.append(data)
         else:
-            if self.file is None:
-                self._spill()
-            self._spool(data)
+            with _local_errors():
+                self.file.write(data)
         self.size += len(data)
-
-    def _keep(self, data: bytes) -> None:
-        self.chunks.append(data)
-        self.memory += len(data)
-
-    def _spill(self) -> None:
-        """Moves the part to a temporary file, with the chunks it holds."""
-        held, self.chunks = self.chunks, []
-        self.file = tempfile.TemporaryFile(prefix="part-", dir=self.spool_dir)  # noqa: SIM115 (closed by release)
-        try:
-            for chunk in held:
-                self._spool(chunk)
-        finally:
-            self.budget.give(memory=self.memory)
-            self.memory = 0
-
-    def _spool(self, data: bytes) -> None:
-        assert self.file is not None
-        self.budget.spool_take(len(data), deadline=self.deadline)
-        self.spooled += len(data)
-        with _local_errors():
-            self.file.write(data)
 
     def body(self) -> io.RawIOBase | IO[bytes]:
         """The part as a seekable file, from its start, for botocore to read (and read again
@@ -354,18 +325,18 @@ class PartBuffer:
 
     def __del__(self) -> None:
         # A part dropped without its release (an error on a path no one foresaw) must not
-        # keep its bytes from the budget for the life of the process.
+        # keep its room in the budget for the life of the process.
         self.release()
 
     def release(self) -> None:
-        """Frees the part's bytes and gives them back to the budget. Idempotent."""
+        """Frees the part's bytes and gives its room back to the budget. Idempotent."""
         self.chunks = []
         if self.file is not None:
             self.file.close()
             self.file = None
-        memory, spooled, self.memory, self.spooled = self.memory, self.spooled, 0, 0
-        if memory or spooled:
-            self.budget.give(memory=memory, spool=spooled)
+        reserved, self.reserved = self.reserved, 0
+        if reserved:
+            self.budget.give(self.place, reserved)
 
 
 # What a worker process shares between its jobs' S3 uploads: the budget for their parts and
@@ -445,14 +416,18 @@ class S3MultipartWrite:
         parts: list[dict[str, Any]] | None = None,
         checksum_algorithm: str | None = None,
         deadline: Deadline | None = None,
+        bytes_expected: int | None = None,
     ) -> None:
         """A new upload of `key`, or with `upload_id` that upload after `parts`, whose
-        `checksum_algorithm` ("CRC32" or "") `resume` found."""
+        `checksum_algorithm` ("CRC32" or "") `resume` found. `bytes_expected`, when known,
+        is what this write will be given (its parts reserve no more room than that)."""
         self.client: Any = s3_client(storage)
         self.bucket = storage.bucket_name
         self.key = s3_object_key(storage, key)
         self.part_bytes = max(part_bytes, 5 * 1024 * 1024)
         self.deadline = deadline
+        self.bytes_expected = bytes_expected
+        self._handed_over = 0  # bytes of the parts handed to the upload threads
         self.budget = part_budget()
         self.buffer: PartBuffer | None = None  # the part being filled
         self.parts: list[dict[str, Any]] = list(parts or [])
@@ -479,7 +454,13 @@ class S3MultipartWrite:
         self.upload_id = created["UploadId"]
 
     def _buffer_new(self) -> PartBuffer:
-        return PartBuffer(self.budget, spool_dir=settings.STAGING_SPOOL_DIR, deadline=self.deadline)
+        """A new part, with its room reserved: a whole part, or what is left of the file when
+        its size is known and smaller."""
+        size = self.part_bytes
+        if self.bytes_expected is not None:
+            size = max(0, min(size, self.bytes_expected - self._handed_over))
+        spool_dir = settings.STAGING_SPOOL_DIR
+        return PartBuffer(self.budget, reserve=size, spool_dir=spool_dir, deadline=self.deadline)
 
     @property
     def buffered(self) -> int:
@@ -496,6 +477,7 @@ class S3MultipartWrite:
         part_bytes: int,
         parts_in_flight: int = 1,
         deadline: Deadline | None = None,
+        bytes_expected: int | None = None,
     ) -> "S3MultipartWrite | None":
         """The upload again, after `parts`, if S3 still holds each of them as recorded;
         None if the upload is gone, a part differs (a late writer replaced it), or its
@@ -535,6 +517,7 @@ class S3MultipartWrite:
             parts=parts,
             checksum_algorithm=checksum_algorithm,
             deadline=deadline,
+            bytes_expected=bytes_expected,
         )
 
     def _slot_take(self) -> None:
@@ -552,6 +535,7 @@ class S3MultipartWrite:
             self._raise_failed()
             buffer = self.buffer or self._buffer_new()
             self.buffer = None
+            self._handed_over += buffer.size
             number = self._next_number
             with self._lock:
                 self.in_flight += 1
@@ -804,9 +788,11 @@ def staged_write_open(
     part_bytes: int,
     parts_in_flight: int | None = None,
     deadline: Deadline | None = None,
+    bytes_expected: int | None = None,
 ) -> StagedWrite:
     """A new upload of `key`; on S3 `parts_in_flight` (STAGING_PARTS_IN_FLIGHT) parts are
-    uploaded at once, and a wait for room ends at the `deadline`."""
+    uploaded at once, a wait for room ends at the `deadline`, and `bytes_expected` (the
+    file's size, when the origin said it) bounds the room its parts reserve."""
     storage = downloads_storage()
     if (s3 := s3_storage(storage)) is not None:
         return S3MultipartWrite(
@@ -816,6 +802,7 @@ def staged_write_open(
             part_bytes=part_bytes,
             parts_in_flight=parts_in_flight or settings.STAGING_PARTS_IN_FLIGHT,
             deadline=deadline,
+            bytes_expected=bytes_expected,
         )
     if isinstance(storage, FileSystemStorage):
         return LocalWrite(storage, key, part_bytes=part_bytes)
@@ -830,6 +817,7 @@ def staged_write_resume(
     part_bytes: int,
     parts_in_flight: int | None = None,
     deadline: Deadline | None = None,
+    bytes_expected: int | None = None,
 ) -> StagedWrite | None:
     """The unfinished upload `upload_id` of `key`, to go on after `parts`; None if it
     cannot be resumed (gone, or not as recorded)."""
@@ -843,6 +831,7 @@ def staged_write_resume(
             part_bytes=part_bytes,
             parts_in_flight=parts_in_flight or settings.STAGING_PARTS_IN_FLIGHT,
             deadline=deadline,
+            bytes_expected=bytes_expected,
         )
     if isinstance(storage, FileSystemStorage):
         return LocalWrite.resume(storage, key, upload_id=upload_id, parts=parts, part_bytes=part_bytes)

@@ -4,8 +4,6 @@ import resource
 import subprocess
 import sys
 
-from downloads_project.celery import malloc_tune
-
 
 def test_the_open_files_limit_is_raised_towards_the_hard_limit():
     """A process started with a desktop's 256 open files gets room for hundreds of jobs."""
@@ -24,7 +22,3 @@ def test_the_open_files_limit_is_raised_towards_the_hard_limit():
 
     expected = 4096 if hard == resource.RLIM_INFINITY else min(4096, hard)
     assert [int(value) for value in out] == [expected, expected]
-
-
-def test_malloc_options_are_set_on_glibc():
-    assert malloc_tune()

@@ -32,6 +32,10 @@ CHUNK = 64 * 1024
 class FileScript:
     size: int
     rate_bps: int = 0  # 0 = as fast as possible
+    # > 0: from this byte of the file on, the body goes at `tail_rate_bps` instead (0 = as
+    # fast as possible): a file whose first part comes quickly and the rest slowly.
+    tail_from: int = 0
+    tail_rate_bps: int = 0
     faults: list[str] = field(default_factory=list)
     content_type: str = "application/pdf"
     file_name: str | None = None
@@ -181,7 +185,7 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "trickle":
             self._trickle(file_id, script, start)
             return
-        started = time.monotonic()
+        due = time.monotonic()  # when the bytes sent so far are due at the script's rates
         sent = 0
         body = [start, 0]
         with self.server.lock:
@@ -200,8 +204,14 @@ class _Handler(BaseHTTPRequestHandler):
             with self.server.lock:
                 self.server.bytes_sent[file_id] += len(chunk)
                 body[1] += len(chunk)
-            if script.rate_bps:
-                time.sleep(max(0.0, started + sent / script.rate_bps - time.monotonic()))
+            # Read at each chunk: a test may change the rates while the body is sent.
+            in_tail = script.tail_from and start + sent > script.tail_from
+            rate_bps = script.tail_rate_bps if in_tail else script.rate_bps
+            if rate_bps:
+                due += len(chunk) / rate_bps
+                time.sleep(max(0.0, due - time.monotonic()))
+            else:
+                due = time.monotonic()
 
     def _trickle(self, file_id: int, script: FileScript, start: int) -> None:
         """The body, a byte at a time, each `trickle_s` after the last: never silent for as
@@ -235,6 +245,10 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
     content_length: bool = True  # False: no Content-Length, the body ends with the connection
+    # > 0: the body is written in pieces of this many bytes, each flushed, `piece_pause_s`
+    # apart, so that the client reads it in as many small network reads.
+    piece_bytes: int = 0
+    piece_pause_s: float = 0.0
 
 
 class _ReplyHandler(BaseHTTPRequestHandler):
@@ -259,7 +273,12 @@ class _ReplyHandler(BaseHTTPRequestHandler):
         self.end_headers()
         # A client that stops reading (a refused body) hangs up.
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            self.wfile.write(reply.body)
+            step = reply.piece_bytes or max(1, len(reply.body))
+            for start in range(0, len(reply.body), step):
+                self.wfile.write(reply.body[start : start + step])
+                self.wfile.flush()
+                if reply.piece_pause_s:
+                    time.sleep(reply.piece_pause_s)
 
 
 class ReplyServer(_LoopbackServer):

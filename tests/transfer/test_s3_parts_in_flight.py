@@ -4,7 +4,6 @@ STORAGE_ERROR, and resume after an interrupted concurrent upload. Against the mo
 endpoint; the storage's own boto3 client is wrapped to see (and slow down, or misdirect)
 its `upload_part` calls."""
 
-import threading
 import time
 import tracemalloc
 import uuid
@@ -25,7 +24,7 @@ from jobs.transfer.staging import NoHooks, stage_file
 from jobs.transfer.storage import S3MultipartWrite, staged_write_open
 from tests import factories
 from tests.support.origin_server import FileScript, OriginServer
-from tests.support.s3 import Bucket, s3_downloads_storage
+from tests.support.s3 import Bucket, UploadCalls, s3_downloads_storage
 
 MiB = 1024 * 1024
 PART = 5 * MiB
@@ -51,48 +50,6 @@ def s3_storage(settings: Any, s3: Any) -> Storage:
 @pytest.fixture
 def s3_key() -> str:
     return f"downloads/1/job_{uuid.uuid4().hex}-1"
-
-
-class UploadCalls:
-    """Wraps the storage's client's `upload_part` (the client the writes share, this
-    thread's) to record when each call starts and ends, how many run at once, and to
-    delay a part or send it to an upload that does not exist (a real refusal by S3)."""
-
-    def __init__(
-        self,
-        storage: S3Storage,
-        monkeypatch: pytest.MonkeyPatch,
-        *,
-        delay_s: Callable[[int], float] = lambda n: 0.0,
-        refused: frozenset[int] = frozenset(),
-    ) -> None:
-        self.client = storage.connection.meta.client
-        self.calls: list[tuple[int, float, float]] = []  # part, start, end
-        self.active = 0
-        self.most_active = 0
-        self.lock = threading.Lock()
-        real = self.client.upload_part
-
-        def upload_part(**kwargs: Any) -> Any:
-            number = kwargs["PartNumber"]
-            start = time.monotonic()
-            with self.lock:
-                self.active += 1
-                self.most_active = max(self.most_active, self.active)
-            try:
-                time.sleep(delay_s(number))
-                if number in refused:
-                    kwargs = {**kwargs, "UploadId": "no-such-upload"}
-                return real(**kwargs)
-            finally:
-                with self.lock:
-                    self.active -= 1
-                    self.calls.append((number, start, time.monotonic()))
-
-        monkeypatch.setattr(self.client, "upload_part", upload_part)
-
-    def ended(self, number: int) -> float:
-        return next(end for part, _, end in self.calls if part == number)
 
 
 def content_of(size: int) -> bytes:
