@@ -649,10 +649,9 @@ if AWS_STORAGE_BUCKET_NAME:
                 retries={"mode": "standard", "max_attempts": env.int("AWS_S3_MAX_ATTEMPTS", default=10)},
                 connect_timeout=env.float("AWS_S3_CONNECT_TIMEOUT_S", default=10.0),
                 read_timeout=env.float("AWS_S3_READ_TIMEOUT_S", default=60.0),
-                # A worker's jobs share one client (jobs/transfer/storage.py): room for a
-                # connection per upload thread and per job, which all start (create their
-                # upload) at once; idle ones cost nothing but a socket.
-                max_pool_connections=STAGING_UPLOAD_THREADS + WORKER_CONCURRENCY,
+                # A job's client (jobs/transfer/storage.py) serves its own calls and its
+                # parts in flight at once.
+                max_pool_connections=max(10, STAGING_PARTS_IN_FLIGHT + 2),
             ),
             "file_overwrite": True,
             "default_acl": None,

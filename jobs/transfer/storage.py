@@ -344,7 +344,8 @@ class PartBuffer:
 _shared_lock = threading.Lock()
 _budget: PartBudget | None = None
 _upload_pool: ThreadPoolExecutor | None = None
-_s3_clients: "weakref.WeakKeyDictionary[Storage, Any]" = weakref.WeakKeyDictionary()
+_s3_sessions: "weakref.WeakKeyDictionary[Storage, Any]" = weakref.WeakKeyDictionary()
+_thread_clients = threading.local()
 
 
 def part_budget() -> PartBudget:
@@ -366,25 +367,44 @@ def _upload_threads() -> ThreadPoolExecutor:
 
 
 def s3_client(storage: "S3Storage") -> Any:
-    """The process's one boto3 client of the storage's bucket, shared by every thread (boto3
-    clients are thread-safe). django-storages makes a session, a resource and a client per
-    thread: a few MiB and tens of ms each, times hundreds of job threads."""
-    with _shared_lock:
-        client = _s3_clients.get(storage)
-        if client is None:
-            client = _s3_clients[storage] = storage.connection.meta.client
-        return client
+    """This thread's boto3 client of the storage's bucket, made from the process's one boto3
+    session of it: its service models are loaded once, and a client then costs about 8 ms
+    and 350 KiB, where django-storages makes a session and a resource in every thread (tens
+    of ms and a few MiB each, times hundreds of job threads). A client per thread rather
+    than one for all: botocore's retry quota is a client's, and each job keeps its retries
+    to ride out a short outage of the store (AWS_S3_MAX_ATTEMPTS) however many others fail
+    at once. A job's part uploads use its client (boto3 clients are thread-safe)."""
+    clients = getattr(_thread_clients, "by_storage", None)
+    if clients is None:
+        clients = _thread_clients.by_storage = weakref.WeakKeyDictionary()
+    client = clients.get(storage)
+    if client is None:
+        with _shared_lock:  # a boto3 session makes one client at a time
+            session = _s3_sessions.get(storage)
+            if session is None:
+                session = _s3_sessions[storage] = storage._create_session()
+            client = session.client(
+                "s3",
+                region_name=storage.region_name,
+                use_ssl=storage.use_ssl,
+                endpoint_url=storage.endpoint_url,
+                config=storage.client_config,
+                verify=storage.verify,
+            )
+        clients[storage] = client
+    return client
 
 
 def _forget_shared_after_fork() -> None:
     """A forked child (Celery's prefork pool) has none of its parent's threads, and must not
     share its parent's connections."""
-    global _shared_lock, _storage_lock, _budget, _upload_pool
+    global _shared_lock, _storage_lock, _budget, _upload_pool, _thread_clients
     _shared_lock = threading.Lock()
     _storage_lock = threading.Lock()
     _budget = None
     _upload_pool = None
-    _s3_clients.clear()
+    _s3_sessions.clear()
+    _thread_clients = threading.local()
 
 
 os.register_at_fork(after_in_child=_forget_shared_after_fork)
@@ -392,8 +412,9 @@ os.register_at_fork(after_in_child=_forget_shared_after_fork)
 
 class S3MultipartWrite:
     """Buffers up to one part (S3's 5 MiB minimum or more) and hands it to the process's
-    upload threads, which upload it while the next part is read: at most `parts_in_flight`
-    parts of this write are handed over and not yet stored at once, and `write` waits for
+    upload threads, which upload it through this job's client (`s3_client`) while the next
+    part is read: at most `parts_in_flight` parts of this write are handed over and not yet
+    stored at once, and `write` waits for
     one of them to finish before it hands over another. The parts' bytes come from the
     process's `PartBudget`, so memory stays bounded however many jobs run. `parts` only
     lists a part once it and every part before it are stored.
@@ -870,14 +891,18 @@ def stored_file_size(key: str) -> int | None:
 
 
 def stored_file_delete(key: str, *, upload_id: str = "") -> None:
-    """Deletes a stored file and aborts its unfinished upload, if any. Idempotent."""
+    """Deletes a stored file and aborts its unfinished upload, if any. Idempotent. A store
+    that cannot be reached is a STORAGE_ERROR (retryable)."""
     storage = downloads_storage()
     s3 = s3_storage(storage)
-    if upload_id and s3 is not None:
-        s3_multipart_abort(s3_client(s3), s3.bucket_name, s3_object_key(s3, key), upload_id)
-    elif upload_id and isinstance(storage, FileSystemStorage):
+    if s3 is not None:
+        with _storage_errors():
+            if upload_id:
+                s3_multipart_abort(s3_client(s3), s3.bucket_name, s3_object_key(s3, key), upload_id)
+            if key:
+                s3_client(s3).delete_object(Bucket=s3.bucket_name, Key=s3_object_key(s3, key))
+        return
+    if upload_id and isinstance(storage, FileSystemStorage):
         _local_part_path(Path(storage.path(key)), upload_id).unlink(missing_ok=True)
-    if key and s3 is not None:
-        s3_client(s3).delete_object(Bucket=s3.bucket_name, Key=s3_object_key(s3, key))
-    elif key:
+    if key:
         storage.delete(key)

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from storages.backends.s3 import S3Storage
 
+from jobs.transfer.storage import s3_client
+
 
 def s3_downloads_storage(s3: Any, *, bucket: str | None = None) -> dict[str, Any]:
     """The `downloads` entry of settings.STORAGES for the moto endpoint, as settings.py writes it."""
@@ -60,7 +62,7 @@ class UploadCalls:
         delay_s: Callable[[int], float] = lambda n: 0.0,
         refused: frozenset[int] = frozenset(),
     ) -> None:
-        self.client = storage.connection.meta.client
+        self.client = s3_client(storage)
         self.calls: list[tuple[int, float, float]] = []  # part, start, end
         self.active = 0
         self.most_active = 0

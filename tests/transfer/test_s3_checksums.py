@@ -27,6 +27,7 @@ from jobs.transfer.storage import (
     PartBody,
     S3MultipartWrite,
     crc32_base64,
+    s3_client,
     staged_write_open,
     staged_write_resume,
 )
@@ -68,7 +69,7 @@ class Calls:
     """Records the keyword arguments of the storage client's calls by operation name."""
 
     def __init__(self, storage: S3Storage, monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
-        self.client = storage.connection.meta.client
+        self.client = s3_client(storage)
         self.made: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
         for name in names:
             monkeypatch.setattr(self.client, name, self._recording(name, getattr(self.client, name)))
@@ -179,7 +180,7 @@ def test_a_part_whose_answer_has_no_checksum_is_recorded_with_the_one_computed_h
     bucket, s3_storage, s3_key, monkeypatch
 ):
     """A store that checks the CRC32 but does not answer with it."""
-    client = s3_storage.connection.meta.client
+    client = s3_client(s3_storage)
     real = client.upload_part
     monkeypatch.setattr(
         client,
@@ -244,7 +245,7 @@ def test_a_client_that_computes_checksums_only_when_required_declares_none(
 ):
     """AWS_REQUEST_CHECKSUM_CALCULATION=when_required, for a store that knows no checksums:
     the upload is made as before, with no algorithm and no part checksum named."""
-    client = s3_storage.connection.meta.client
+    client = s3_client(s3_storage)
     monkeypatch.setattr(client.meta.config, "request_checksum_calculation", "when_required")
     calls = Calls(
         s3_storage, monkeypatch, "create_multipart_upload", "upload_part", "complete_multipart_upload"
@@ -308,7 +309,7 @@ def listed_as_s3_would(
     storage: S3Storage, monkeypatch: pytest.MonkeyPatch, *, algorithm: str, checksums: dict[int, str]
 ) -> None:
     """ListParts answers as real S3 does: with the upload's algorithm and each part's checksum."""
-    client = storage.connection.meta.client
+    client = s3_client(storage)
     real = client.get_paginator
 
     class Paginator:

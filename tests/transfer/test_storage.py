@@ -25,6 +25,7 @@ from jobs.selectors import download_job_link
 from jobs.transfer.files import safe_content_type
 from jobs.transfer.storage import (
     S3MultipartWrite,
+    s3_client,
     staged_write_open,
     staged_write_resume,
     stored_file_delete,
@@ -408,7 +409,7 @@ def test_s3_download_link_is_presigned_for_15_minutes_with_the_file_name(s3, s3_
 @pytest.mark.django_db
 def test_s3_download_link_of_an_html_file_serves_octet_stream(s3, s3_storage, s3_key, user):
     # Stored as an older version of the service stored it: with the origin's own type.
-    s3_storage.connection.meta.client.put_object(
+    s3_client(s3_storage).put_object(
         Bucket=s3.bucket, Key=s3_key, Body=b"<script>alert(document.cookie)</script>", ContentType="text/html"
     )
     job = DownloadJob.objects.create(
