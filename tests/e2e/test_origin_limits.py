@@ -22,7 +22,7 @@ from conftest import Stack, stack_env
 from jobs import hotstate
 from jobs.models import DownloadJob
 from jobs.transfer.origin_limits import OriginLimits
-from tests.support.flows import TERMINAL, assert_downloads_exactly, initiate, job_status
+from tests.support.flows import assert_downloads_exactly, initiate, wait_until_all_finished
 from tests.support.origin_server import FileScript, OriginServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -73,16 +73,12 @@ def test_an_in_flight_limit_holds_the_other_jobs_queued_and_lets_each_through_on
 
     with limited_stack.client(token) as api:
         jobs = {initiate(api, file_id): file_id for file_id in scripts}
-        finished: dict[str, dict[str, Any]] = {}
-        while len(finished) < JOBS:
-            assert time.monotonic() - started < 60, f"not all finished: {finished.keys()}"
-            for job_id in jobs.keys() - finished.keys():
-                status = job_status(api, job_id)
-                if status["status"] in TERMINAL:
-                    finished[job_id] = status
-                elif status.get("error", {}).get("code") == "ORIGIN_BUSY":
-                    waited.setdefault(job_id, status)
-            time.sleep(0.05)
+
+        def seen(job_id: str, status: dict[str, Any]) -> None:
+            if status.get("error", {}).get("code") == "ORIGIN_BUSY":
+                waited.setdefault(job_id, status)
+
+        finished = wait_until_all_finished(api, jobs, timeout_s=60, poll_s=0.05, seen=seen)
 
         assert {status["status"] for status in finished.values()} == {"completed"}, finished
         for job_id, file_id in jobs.items():

@@ -22,7 +22,7 @@ from rest_framework.authtoken.models import Token
 
 from conftest import Stack, database_url, stack_env
 from jobs.models import DownloadJob
-from tests.support.flows import TERMINAL, assert_downloads_exactly, initiate, job_status
+from tests.support.flows import assert_downloads_exactly, initiate, wait_until_all_finished
 from tests.support.origin_server import FileScript, OriginServer
 from tests.support.redis_servers import RedisServer
 
@@ -106,14 +106,7 @@ def test_fifty_jobs_at_once_share_four_connections_and_all_complete_once(
 
     with PeakSampler() as sampler, pooled_stack.client(token) as api:
         jobs = {initiate(api, file_id): file_id for file_id in scripts}
-        finished: dict[str, dict[str, object]] = {}
-        while len(finished) < JOBS:
-            assert time.monotonic() - started < 90, f"{JOBS - len(finished)} jobs not finished"
-            for job_id in jobs.keys() - finished.keys():
-                status = job_status(api, job_id)
-                if status["status"] in TERMINAL:
-                    finished[job_id] = status
-            time.sleep(0.2)
+        finished = wait_until_all_finished(api, jobs, timeout_s=90)
     elapsed_s = time.monotonic() - started
 
     assert {status["status"] for status in finished.values()} == {"completed"}, finished

@@ -3,7 +3,7 @@ storage."""
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import httpx
@@ -78,6 +78,31 @@ def wait_for_status(
         if time.monotonic() > deadline:
             raise AssertionError(f"{job_id} did not reach the awaited status in {timeout_s} s: {data}")
         time.sleep(POLL_S)
+
+
+def wait_until_all_finished(
+    api: httpx.Client,
+    job_ids: Iterable[str],
+    *,
+    timeout_s: float,
+    poll_s: float = 0.2,
+    seen: Callable[[str, dict[str, Any]], None] = lambda job_id, status: None,
+) -> dict[str, dict[str, Any]]:
+    """Polls every job until each is finished; returns their last statuses by job id. Every
+    status read of a job not yet finished goes to `seen`."""
+    deadline = time.monotonic() + timeout_s
+    waiting, finished = set(job_ids), {}
+    while waiting:
+        assert time.monotonic() < deadline, f"{len(waiting)} jobs not finished in {timeout_s} s"
+        for job_id in sorted(waiting):
+            status = job_status(api, job_id)
+            if status["status"] in TERMINAL:
+                finished[job_id] = status
+                waiting.discard(job_id)
+            else:
+                seen(job_id, status)
+        time.sleep(poll_s)
+    return finished
 
 
 def wait_until_finished(api: httpx.Client, job_id: str, **kwargs: Any) -> dict[str, Any]:

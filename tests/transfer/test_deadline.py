@@ -25,7 +25,7 @@ from jobs.transfer.origins import HttpOrigin
 from jobs.transfer.origins.local import SyntheticOrigin
 from jobs.transfer.staging import NoHooks, stage_file
 from jobs.transfer.storage import StagedWrite
-from tests.support.origin_server import FileScript, OriginServer, Reply, ReplyServer
+from tests.support.origin_server import FileScript, OriginServer, Reply
 
 FILE_ID = 70000
 KiB = 1024
@@ -35,19 +35,6 @@ MiB = 1024 * KiB
 def http_origin(url_template: str) -> HttpOrigin:
     """Read timeout 2 s: longer than the trickle's gaps, so only the deadline can end it."""
     return HttpOrigin(url_template=url_template, connect_timeout_s=2.0, read_timeout_s=2.0)
-
-
-@pytest.fixture(scope="module")
-def reply_server_running() -> Iterator[ReplyServer]:
-    server = ReplyServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def reply_server(reply_server_running: ReplyServer) -> ReplyServer:
-    reply_server_running.reset()
-    return reply_server_running
 
 
 @pytest.fixture

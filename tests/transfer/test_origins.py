@@ -5,7 +5,6 @@ directory origin on a temporary directory, and the synthetic origin."""
 import hashlib
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,19 +41,6 @@ def read_into(received: list[bytes], origin: Any, *, chunk_bytes: int = CHUNK) -
 
 def http_origin(url_template: str, *, read_timeout_s: float = 2.0) -> HttpOrigin:
     return HttpOrigin(url_template=url_template, connect_timeout_s=2.0, read_timeout_s=read_timeout_s)
-
-
-@pytest.fixture(scope="module")
-def reply_server_running() -> Iterator[ReplyServer]:
-    server = ReplyServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def reply_server(reply_server_running: ReplyServer) -> ReplyServer:
-    reply_server_running.reset()
-    return reply_server_running
 
 
 # --- http: the file ------------------------------------------------------------------------

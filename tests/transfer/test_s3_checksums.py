@@ -10,7 +10,6 @@ nor its parts' checksums in ListParts: the tests check what is sent, and give Li
 what S3 would list where that is what they are about."""
 
 import base64
-import uuid
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -39,11 +38,6 @@ FILE_ID = 71600
 
 
 @pytest.fixture(scope="module")
-def bucket(s3: Any) -> Bucket:
-    return Bucket(s3)
-
-
-@pytest.fixture(scope="module")
 def s3_storage_instance(s3: Any) -> Storage:
     return S3Storage(**s3_downloads_storage(s3)["OPTIONS"])
 
@@ -58,11 +52,6 @@ def s3_storage(settings: Any, s3: Any, s3_storage_instance: Storage) -> S3Storag
     storages._storages["downloads"] = s3_storage_instance  # type: ignore[attr-defined]
     assert isinstance(s3_storage_instance, S3Storage)
     return s3_storage_instance
-
-
-@pytest.fixture
-def s3_key() -> str:
-    return f"downloads/1/job_{uuid.uuid4().hex}-1"
 
 
 class Calls:

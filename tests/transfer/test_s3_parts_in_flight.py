@@ -6,14 +6,11 @@ its `upload_part` calls."""
 
 import time
 import tracemalloc
-import uuid
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import pytest
-from django.core.files.storage import Storage, storages
-from storages.backends.s3 import S3Storage
 
 from jobs import services
 from jobs.errors import ErrorCode, JobError
@@ -24,32 +21,11 @@ from jobs.transfer.staging import NoHooks, stage_file
 from jobs.transfer.storage import S3MultipartWrite, staged_write_open
 from tests import factories
 from tests.support.origin_server import FileScript, OriginServer
-from tests.support.s3 import Bucket, UploadCalls, s3_downloads_storage
+from tests.support.s3 import Bucket, UploadCalls
 
 MiB = 1024 * 1024
 PART = 5 * MiB
 FILE_ID = 71500
-
-
-@pytest.fixture(scope="module")
-def bucket(s3: Any) -> Bucket:
-    return Bucket(s3)
-
-
-@pytest.fixture
-def s3_storage(settings: Any, s3: Any) -> Storage:
-    settings.STORAGES = {**settings.STORAGES, "downloads": s3_downloads_storage(s3)}
-    settings.STAGING_CHUNK_BYTES = MiB
-    settings.STAGING_PART_BYTES = PART
-    settings.STAGING_PARTS_IN_FLIGHT = 4
-    storage = storages["downloads"]
-    assert isinstance(storage, S3Storage)
-    return storage
-
-
-@pytest.fixture
-def s3_key() -> str:
-    return f"downloads/1/job_{uuid.uuid4().hex}-1"
 
 
 def content_of(size: int) -> bytes:

@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.core.files.storage import Storage, storages
-from storages.backends.s3 import S3Storage
 
 from jobs.errors import ErrorCode, JobError
 from jobs.transfer import storage as storage_module
@@ -28,7 +26,7 @@ from jobs.transfer.origins.local import SyntheticOrigin
 from jobs.transfer.staging import Checkpoint, NoHooks, stage_file
 from jobs.transfer.storage import PartBudget, PartBuffer, staged_write_open
 from tests.support.origin_server import FileScript, OriginServer
-from tests.support.s3 import Bucket, UploadCalls, s3_downloads_storage
+from tests.support.s3 import UploadCalls
 
 MiB = 1024 * 1024
 PART = 5 * MiB
@@ -36,27 +34,6 @@ FILE_ID = 71600
 
 
 # --- fixtures ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def bucket(s3: Any) -> Bucket:
-    return Bucket(s3)
-
-
-@pytest.fixture
-def s3_storage(settings: Any, s3: Any) -> Storage:
-    settings.STORAGES = {**settings.STORAGES, "downloads": s3_downloads_storage(s3)}
-    settings.STAGING_CHUNK_BYTES = MiB
-    settings.STAGING_PART_BYTES = PART
-    settings.STAGING_PARTS_IN_FLIGHT = 4
-    storage = storages["downloads"]
-    assert isinstance(storage, S3Storage)
-    return storage
-
-
-@pytest.fixture
-def s3_key() -> str:
-    return f"downloads/1/job_{uuid.uuid4().hex}-1"
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ media types that either way of serving sends."""
 
 import hashlib
 import time
-import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from jobs.transfer.storage import (
     stored_file_delete,
     stored_file_sha256,
 )
-from tests.support.s3 import Bucket, s3_downloads_storage
+from tests.support.s3 import s3_downloads_storage
 
 MiB = 1024 * 1024
 KEY = "downloads/1/job_0123456789abcdef0123456789abcdef-1"
@@ -55,12 +54,6 @@ def s3_storage(settings: Any, s3: Any, s3_storage_instance: Storage) -> Storage:
     storages._storages["downloads"] = s3_storage_instance  # type: ignore[attr-defined]
     assert storages["downloads"] is s3_storage_instance
     return s3_storage_instance
-
-
-@pytest.fixture
-def s3_key() -> str:
-    """The moto bucket lives for the session: each test writes keys of its own."""
-    return f"downloads/1/job_{uuid.uuid4().hex}-1"
 
 
 def files_under(root: Path) -> list[str]:
@@ -271,11 +264,6 @@ def test_stored_file_delete_removes_the_file_and_its_unfinished_upload(local_sto
 
 
 # --- S3 multipart writes -------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def bucket(s3: Any) -> Bucket:
-    return Bucket(s3)
 
 
 def test_s3_write_uploads_parts_and_commits_the_object(bucket, s3_storage, s3_key):
