@@ -55,9 +55,10 @@ READ_BY_KEDA = {"REDIS_BROKER_PASSWORD"}
 
 
 def settings_variables() -> set[str]:
-    """Every variable downloads_project/settings.py reads."""
+    """Every variable downloads_project/settings.py reads: through `env(...)` or one of its
+    own helpers that read a variable by name (`_rate("JOB_INITIATE_RATE", ...)`)."""
     source = (ROOT / "downloads_project" / "settings.py").read_text()
-    return set(re.findall(r"\benv(?:\.\w+)?\(\s*\"([A-Z][A-Z0-9_]*)\"", source))
+    return set(re.findall(r"\b(?:env(?:\.\w+)?|_[a-z]\w*)\(\s*\"([A-Z][A-Z0-9_]*)\"", source))
 
 
 # --- docker-compose.yml ---------------------------------------------------------------------
