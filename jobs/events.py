@@ -9,8 +9,9 @@ starts from a snapshot of it.
 Events are published from sync code (the Celery worker's job threads, the API's services).
 With the pub/sub layer (the default) a group send is one PUBLISH of the layer's serialized
 message on the group's channel: the calling thread sends it itself, through a pool of
-plain connections shared by the process's threads (`_pubsub_publish`), so hundreds of jobs
-publishing at once neither queue behind one connection nor hop to another thread.
+plain connections shared by the process's threads (`_pubsub_publisher`: hot state's, when
+the layer is on its server), so hundreds of jobs publishing at once neither queue behind
+one connection nor hop to another thread.
 
 The core layer's group send is a Lua call per member process, which only channels_redis
 makes. It keeps its connections per event loop, and `async_to_sync` from a thread without a
@@ -71,12 +72,10 @@ def job_event_on_hot_state(job_id: str, event: dict[str, Any]) -> tuple[str, byt
     trip): when the channel layer is the pub/sub one on hot state's server (pub/sub ignores
     the database number). None otherwise: then `job_event_publish` sends it."""
     layer = get_channel_layer()
-    if not isinstance(layer, RedisPubSubChannelLayer) or not _same_server(
-        settings.CHANNEL_LAYER_URL, settings.REDIS_STATE_URL
-    ):
+    if not isinstance(layer, RedisPubSubChannelLayer):
         return None
     publisher = _pubsub_publisher(layer)
-    if publisher is None:
+    if publisher is None or not publisher.on_hot_state:
         return None
     return publisher.channel(job_group_name(job_id)), layer.serialize(job_event_message(event))
 
@@ -96,9 +95,10 @@ class _PubSubPublisher:
     the layer's serialized message, on the channel `<prefix>__group__<group>`), from the
     calling thread. tests/realtime/test_consumers.py holds it to the layer's subscribers."""
 
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(self, client: redis.Redis, prefix: str, *, on_hot_state: bool) -> None:
         self.client = client
         self.prefix = prefix
+        self.on_hot_state = on_hot_state  # the layer's server is hot state's: `client` is its
 
     def channel(self, group: str) -> str:
         return f"{self.prefix}__group__{group}"
@@ -126,7 +126,8 @@ def _pubsub_publisher(layer: RedisPubSubChannelLayer) -> _PubSubPublisher | None
         if len(hosts) == 1:
             host = hosts[0]
             address = (host.get("address") if isinstance(host, dict) else host) or settings.CHANNEL_LAYER_URL
-            if _same_server(address, settings.REDIS_STATE_URL):
+            on_hot_state = _same_server(address, settings.REDIS_STATE_URL)
+            if on_hot_state:
                 # Pub/sub ignores the database number: hot state's pool serves, and a
                 # process holds one pool of connections to that server, not two.
                 client = hotstate.client()
@@ -140,7 +141,8 @@ def _pubsub_publisher(layer: RedisPubSubChannelLayer) -> _PubSubPublisher | None
                     socket_timeout=PUBLISH_TIMEOUT_S,
                     health_check_interval=30,
                 )
-            publisher = _PubSubPublisher(client, layer._kwargs.get("prefix", "asgi"))
+            prefix = layer._kwargs.get("prefix", "asgi")
+            publisher = _PubSubPublisher(client, prefix, on_hot_state=on_hot_state)
         _pubsub_publishers[layer] = publisher
         return publisher
 

@@ -81,23 +81,21 @@ class HotProgress:
     progress: int
 
 
-def _progress_set(pipe: Any, job_id: str, progress: HotProgress) -> None:
-    key = _progress_key(job_id)
-    pipe.hset(
-        key,
-        mapping={
-            "attempt": progress.attempt,
-            "bytes_done": progress.bytes_done,
-            "bytes_total": -1 if progress.bytes_total is None else progress.bytes_total,
-            "progress": progress.progress,
-        },
-    )
-    pipe.expire(key, settings.HOT_STATE_TTL_S)
+def _progress_fields(progress: HotProgress) -> dict[str, int]:
+    """The progress hash's fields, in the order `_CHUNK_REPORT` takes them."""
+    return {
+        "attempt": progress.attempt,
+        "bytes_done": progress.bytes_done,
+        "bytes_total": -1 if progress.bytes_total is None else progress.bytes_total,
+        "progress": progress.progress,
+    }
 
 
 def progress_write(*, job_id: str, progress: HotProgress) -> None:
+    key = _progress_key(job_id)
     pipe = client().pipeline(transaction=False)
-    _progress_set(pipe, job_id, progress)
+    pipe.hset(key, mapping=_progress_fields(progress))  # type: ignore[arg-type]
+    pipe.expire(key, settings.HOT_STATE_TTL_S)
     pipe.execute()
 
 
@@ -128,10 +126,7 @@ def chunk_report(
     its job was cancelled (returned), and, if not, its progress and the event that says
     so (`publish`: a channel and a message, when the channel layer's subscribers listen on
     this server). A cancelled job's attempt writes and announces nothing more."""
-    fields: list[Any] = ["", "", "", ""]
-    if progress is not None:
-        total = -1 if progress.bytes_total is None else progress.bytes_total
-        fields = [progress.attempt, progress.bytes_done, total, progress.progress]
+    fields: list[Any] = ["", "", "", ""] if progress is None else list(_progress_fields(progress).values())
     channel, message = publish if publish is not None else ("", b"")
     cancelled = _chunk_report_script()(
         keys=[_cancel_key(job_id), _progress_key(job_id)],

@@ -177,12 +177,6 @@ class HttpOrigin:
                 self._client = httpx.Client(timeout=self.timeout, limits=limits)
             return self._client
 
-    def close(self) -> None:
-        with self._client_lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
-
     @contextmanager
     def open(
         self,
