@@ -733,14 +733,15 @@ def stack_lines(args: argparse.Namespace, setup: StackSetup) -> list[str]:
 
 
 def pg_bound(args: argparse.Namespace, setup: StackSetup) -> tuple[int, str]:
-    """The most connections the stack may hold: each web process's pool, one persistent
-    connection per worker pool process, and one for the worker's main process (this script
-    runs no beat, which would hold one more)."""
+    """The most connections the stack may hold: each web process's pool, and the worker's
+    (its threads borrow from a pool of the same size, so no more than its concurrency
+    either; this script runs no beat, which would hold one more)."""
     pool = int(setup.effective["DATABASE_POOL_MAX_SIZE"])
-    bound = args.web_workers * pool + args.concurrency + 1
+    worker = min(args.concurrency, pool)
+    bound = args.web_workers * pool + worker
     formula = (
-        f"web processes {args.web_workers} x DATABASE_POOL_MAX_SIZE {pool} + worker concurrency "
-        f"{args.concurrency} + 1 worker main process (+ 0: no beat)"
+        f"web processes {args.web_workers} x DATABASE_POOL_MAX_SIZE {pool} + the worker's pool, at most "
+        f"its concurrency {args.concurrency}: {worker} (+ 0: no beat)"
     )
     return bound, formula
 
