@@ -68,7 +68,11 @@ def embedded_redis() -> Iterator[str]:
             yield url
         finally:
             server.terminate()
-            server.wait(timeout=10)
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
 
 
 def run_child(argv: list[str], env: dict[str, str]) -> int:

@@ -2,9 +2,11 @@
 a worker that dies is started again, and jobs complete on the new one; SIGTERM still
 stops every child."""
 
+import contextlib
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +23,7 @@ from jobs.management.commands.runstack import (
     WORKER_RESTART_MAX_S,
     worker_restart_delay_s,
 )
-from tests.support.flows import eventually, initiate, wait_until_finished
+from tests.support.flows import eventually, initiate, job_status, wait_until_finished
 
 pytestmark = pytest.mark.e2e
 
@@ -106,6 +108,111 @@ def test_runstack_starts_a_killed_worker_again_and_its_jobs_complete(tmp_path: P
         assert not [
             child.pid for child in children if child.is_running() and child.status() != psutil.STATUS_ZOMBIE
         ]
+    finally:
+        if process.poll() is None:
+            for child in runstack.children(recursive=True):
+                child.kill()
+            process.kill()
+            process.wait()
+
+
+def _descendants(runstack: psutil.Process) -> list[psutil.Process]:
+    return runstack.children(recursive=True)
+
+
+def _alive(processes: list[psutil.Process]) -> list[str]:
+    left = []
+    for each in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if each.is_running() and each.status() != psutil.STATUS_ZOMBIE:
+                left.append(" ".join(each.cmdline()[:6]))
+    return left
+
+
+def _job_status_in(database: Path, job_id: str) -> str:
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        (status,) = db.execute("SELECT status FROM jobs_downloadjob WHERE job_id = ?", (job_id,)).fetchone()
+    return str(status)
+
+
+@pytest.mark.parametrize(
+    ("to", "sig", "times"),
+    [
+        ("group", signal.SIGTERM, 1),
+        ("group", signal.SIGTERM, 2),
+        ("group", signal.SIGINT, 2),
+        ("runstack", signal.SIGTERM, 1),
+    ],
+)
+def test_a_stop_signal_stops_every_child_in_order_with_a_job_in_flight(
+    tmp_path: Path, to: str, sig: signal.Signals, times: int
+) -> None:
+    """As a terminal, systemd or a container runtime stops `make run`: the signal to the
+    whole process group (or to runstack alone), once or twice. Every child stops, web
+    first, then the worker (which finishes its job, or when hurried leaves it to be handed
+    back), beat, Redis last; no traceback, no process left."""
+    port = free_port()
+    # A job of about 8 s, so that it is in flight when the signal comes.
+    env = _runstack_env(tmp_path) | {
+        "SYNTHETIC_FILE_BYTES": str(4 * 1024 * 1024),
+        "SYNTHETIC_RATE_BPS": str(512 * 1024),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "runstack", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own group, as `make run` has in a terminal
+    )
+    log = _LogTail(process, ARTIFACTS / "logs" / f"runstack-stop-{to}-{sig.name}-{times}.log")
+    runstack = psutil.Process(process.pid)
+    try:
+        log.wait_for("API token:", timeout_s=60)
+        (token,) = {m.group(1) for line in log.lines if (m := re.search(r"API token: (\w+)", line))}
+        wait_for_port(port, process=process)
+        log.wait_for(" ready.")
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Token {token}"}
+        ) as api:
+            job_id = initiate(api, 70000)
+            eventually(
+                lambda: job_status(api, job_id).get("bytes_done", 0) > 0,
+                timeout_s=30,
+                what="the job in flight",
+            )
+        children = _descendants(runstack)
+        assert len(children) >= 4  # web, worker, beat, redis
+
+        def send() -> None:
+            if to == "group":
+                os.killpg(process.pid, sig)
+            else:
+                process.send_signal(sig)
+
+        send()
+        if times == 2:
+            log.wait_for("Stopping…", timeout_s=10)
+            send()
+
+        assert process.wait(timeout=300) == 0
+        assert _alive(children) == []
+        output = "".join(log.lines)
+        assert "Traceback" not in output
+        assert "Cold shutdown" not in output
+        stops = [output.index(f"{name} stopped") for name in ("web", "worker", "beat")] + [
+            output.index("redis stopping")
+        ]
+        assert stops == sorted(stops)
+        status = _job_status_in(tmp_path / "db.sqlite3", job_id)
+        if times == 1:
+            # Warm: the worker took no new job after the web stopped and finished its own.
+            assert output.index("Warm shutdown") > output.index("web stopped")
+            assert status == "completed"
+        else:
+            # Hurried: the job is left to the reaper of the next start (or finished).
+            assert status in ("processing", "completed")
     finally:
         if process.poll() is None:
             for child in runstack.children(recursive=True):
