@@ -11,11 +11,25 @@ The answer then comes from `GET /download/start/{job_id}` run through the pool w
 caller's own credentials: a 302 to the file, the job's error, or the 202 to the new flow.
 
 The marker header is removed from every request that reaches the pool (a client cannot
-set it) and from every answer (a client never sees it).
+set it) and from every answer (a client never sees it). The view's answer carries the job
+id and its owner's id in it; the request for the answer after the wait carries it too,
+so that the view counts that answer (a GET of the same path from anywhere else is
+answered but not counted: a cross-site page could send a user's browser there).
+
+A wait is bounded three ways: by `LEGACY_WAIT_S`; by the client, whose disconnect
+(`http.disconnect`) ends it at once, with nothing more computed or counted; and by its
+places: at most `LEGACY_WAITS_PER_USER` waits of one user across all web processes
+(counted in hot-state Redis, each place expiring on its own so that a process that dies
+leaks none) and `LEGACY_WAITS_PER_PROCESS` in this process. Past either, or when Redis
+cannot be asked, there is no wait: the answer is the one after it, at once (the 202 of
+the new flow for a job still running).
 """
 
 import asyncio
 import logging
+import time
+import uuid
+from collections.abc import Callable
 from typing import Any
 
 from channels.layers import get_channel_layer
@@ -31,6 +45,9 @@ PATH = "/download/start"
 MARKER = b"x-downloads-legacy-wait"
 # How often the card is re-read while no event came: a lost event costs at most this.
 RECHECK_S = 2.0
+# A place of a user's waits is held at most the wait and this margin, whatever becomes of
+# the process that took it.
+PLACE_MARGIN_S = 10.0
 # Request headers the answer's request keeps from the caller's: its credentials and
 # what a client sends about itself (the body's are dropped: the answer's request has none).
 _DROPPED = {b"content-length", b"content-type", b"transfer-encoding", MARKER}
@@ -39,8 +56,10 @@ Scope = dict[str, Any]
 
 
 class LegacyWait:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, *, clock: Callable[[], float] = time.time) -> None:
         self.app = app
+        self.clock = clock
+        self.waiting = 0  # this process's waits
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -52,11 +71,14 @@ class LegacyWait:
             return
         answer = _Buffered()
         await self.app({**scope, "headers": [*headers, (MARKER, b"1")]}, receive, answer.send)
-        job_id = answer.marker()
-        if job_id is None:
+        handed = answer.marker()
+        if handed is None:
             await answer.replay(send)
             return
-        await job_end_wait(job_id, timeout_s=settings.LEGACY_WAIT_S)
+        job_id, _, user_id = handed.partition(" ")
+        if not await self._wait(job_id, user_id, receive):
+            logger.info("Legacy wait for %s: the client left", job_id)
+            return
         path = f"{PATH}/{job_id}"
         result_scope = {
             **scope,
@@ -64,9 +86,90 @@ class LegacyWait:
             "path": path,
             "raw_path": path.encode(),
             "query_string": b"",
-            "headers": [(name, value) for name, value in headers if name.lower() not in _DROPPED],
+            "headers": [
+                *((name, value) for name, value in headers if name.lower() not in _DROPPED),
+                (MARKER, b"1"),
+            ],
         }
         await self.app(result_scope, _no_body, _Unmarked(send))
+
+    async def _wait(self, job_id: str, user_id: str, receive: Any) -> bool:
+        """Waits for the job if a place is free, racing the client's disconnect: False if
+        the client left."""
+        if self.waiting >= settings.LEGACY_WAITS_PER_PROCESS:
+            return True
+        self.waiting += 1
+        try:
+            place = await user_place_take(user_id, now=self.clock())
+            if place is None:
+                return True
+            try:
+                return await _unless_client_leaves(
+                    job_end_wait(job_id, timeout_s=settings.LEGACY_WAIT_S), receive
+                )
+            finally:
+                await user_place_release(user_id, place)
+        finally:
+            self.waiting -= 1
+
+
+def _places_key(user_id: str) -> str:
+    return f"legacy:waits:{user_id}"
+
+
+async def user_place_take(user_id: str, *, now: float) -> str | None:
+    """One of the user's LEGACY_WAITS_PER_USER places, or None (all taken, or Redis could
+    not be asked). A place is a member of the user's sorted set scored with the time it
+    lapses: taking one first drops the lapsed ones, so a process that died while waiting
+    frees its places within LEGACY_WAIT_S + PLACE_MARGIN_S. Added and then counted in one
+    transaction: two requests racing for the last place may both lose it, never both get it."""
+    key = _places_key(user_id)
+    place = uuid.uuid4().hex
+    held_s = settings.LEGACY_WAIT_S + PLACE_MARGIN_S
+    try:
+        client = hotstate.async_client()
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.zremrangebyscore(key, "-inf", now)
+            pipe.zadd(key, {place: now + held_s})
+            pipe.zcard(key)
+            pipe.expire(key, int(held_s) + 1)
+            _, _, held, _ = await pipe.execute()
+        if held <= settings.LEGACY_WAITS_PER_USER:
+            return place
+        await client.zrem(key, place)
+    except Exception:
+        logger.warning("Legacy wait: could not take a place of user %s; no wait", user_id, exc_info=True)
+    return None
+
+
+async def user_place_release(user_id: str, place: str) -> None:
+    try:
+        await hotstate.async_client().zrem(_places_key(user_id), place)
+    except Exception:  # it lapses on its own
+        logger.warning("Legacy wait: could not free a place of user %s", user_id, exc_info=True)
+
+
+async def _client_left(receive: Any) -> None:
+    """Returns once the client has disconnected. Whatever of the body the view did not
+    read is skipped."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _unless_client_leaves(wait: Any, receive: Any) -> bool:
+    """Runs `wait` until it ends (True) or the client disconnects first (False, and the
+    wait is cancelled: its subscription is dropped, its card no longer read)."""
+    waiting = asyncio.ensure_future(wait)
+    leaving = asyncio.ensure_future(_client_left(receive))
+    try:
+        await asyncio.wait({waiting, leaving}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (waiting, leaving):
+            task.cancel()
+        await asyncio.gather(waiting, leaving, return_exceptions=True)
+    return not (leaving.done() and not leaving.cancelled() and leaving.exception() is None)
 
 
 async def _no_body() -> dict[str, Any]:

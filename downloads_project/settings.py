@@ -485,6 +485,15 @@ LEGACY_WAIT_S = env.float("LEGACY_WAIT_S", default=20.0)
 LEGACY_ASYNC_PERCENT = env.int("LEGACY_ASYNC_PERCENT", default=0)
 if not 0 <= LEGACY_ASYNC_PERCENT <= 100:
     raise ImproperlyConfigured(f"LEGACY_ASYNC_PERCENT is {LEGACY_ASYNC_PERCENT}: 0 to 100")
+# Waits at once: of one user across every web process (past it, the 202 at once), and of
+# one web process (each a few KiB on its loop and a channel-layer subscription).
+LEGACY_WAITS_PER_USER = env.int("LEGACY_WAITS_PER_USER", default=5)
+LEGACY_WAITS_PER_PROCESS = env.int("LEGACY_WAITS_PER_PROCESS", default=500)
+# Rows of "Legacy callers" per user: one per User-Agent up to this many, the rest counted
+# together in one row of the agent "(other)".
+LEGACY_CALLER_AGENTS_PER_USER = env.int("LEGACY_CALLER_AGENTS_PER_USER", default=10)
+if LEGACY_CALLER_AGENTS_PER_USER < 1:
+    raise ImproperlyConfigured("LEGACY_CALLER_AGENTS_PER_USER must be 1 or more")
 
 
 def _aware_datetime(name: str, default: str) -> datetime | None:

@@ -10,14 +10,15 @@ What is decided here, for the views (jobs/api/legacy.py) and the ASGI wait
   100 % by a setting, each user always on the same side at a given percentage;
 - the headers every answer carries: `Deprecation` (RFC 9745), `Sunset` (RFC 8594) and
   `Link` to the successor and the migration guide;
-- who still calls it: a row per user and User-Agent (the admin's "Legacy callers") and
-  the counter `download_legacy_requests_total{outcome}`.
+- who still calls it: a row per user and User-Agent, a bounded number per user (the
+  admin's "Legacy callers"), and the counter `download_legacy_requests_total{outcome}`.
 """
 
 import logging
 from datetime import datetime
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -79,9 +80,17 @@ def deprecation_headers() -> dict[str, str]:
     return headers
 
 
+# The agent of the row that counts a user's agents past LEGACY_CALLER_AGENTS_PER_USER.
+OTHER_AGENTS = "(other)"
+
+
 def legacy_request_record(*, user_id: int | None, user_agent: str, outcome: str) -> None:
     """Counts one answer of the old endpoint: the counter always, the caller's row when the
-    caller is known. Never fails the answer: a lost count is logged."""
+    caller is known. Never fails the answer: a lost count is logged.
+
+    A user has a row per User-Agent up to LEGACY_CALLER_AGENTS_PER_USER; calls with any
+    further agent are counted in one more row, OTHER_AGENTS. A client that sends a new
+    agent with every call (any client can) adds at most that many rows."""
     metrics.legacy_request(outcome)
     if user_id is None:
         return
@@ -89,11 +98,18 @@ def legacy_request_record(*, user_id: int | None, user_agent: str, outcome: str)
     now = timezone.now()
     increments = {"calls": F("calls") + 1, outcome: F(outcome) + 1, "last_seen": now}
     try:
-        rows = LegacyCaller.objects.filter(user_id=user_id, user_agent=user_agent)
-        if rows.update(**increments):
+        if LegacyCaller.objects.filter(user_id=user_id, user_agent=user_agent).update(**increments):
             return
         try:
             with transaction.atomic():
+                # The user's row locked: the count of the user's agents and the insert of a
+                # new one hold together.
+                list(get_user_model().objects.select_for_update().filter(pk=user_id).values_list("pk"))
+                callers = LegacyCaller.objects.filter(user_id=user_id)
+                if callers.exclude(user_agent=OTHER_AGENTS).count() >= settings.LEGACY_CALLER_AGENTS_PER_USER:
+                    user_agent = OTHER_AGENTS
+                    if callers.filter(user_agent=user_agent).update(**increments):
+                        return
                 LegacyCaller.objects.create(
                     user_id=user_id,
                     user_agent=user_agent,
@@ -103,6 +119,6 @@ def legacy_request_record(*, user_id: int | None, user_agent: str, outcome: str)
                     **{outcome: 1},
                 )
         except IntegrityError:  # another request made the row first
-            rows.update(**increments)
+            LegacyCaller.objects.filter(user_id=user_id, user_agent=user_agent).update(**increments)
     except Exception:
         logger.warning("Could not record a legacy call of user %s", user_id, exc_info=True)

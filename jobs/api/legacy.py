@@ -46,6 +46,9 @@ class _LegacyAnswers:
 
     legacy_outcome: str | None = None
 
+    def legacy_counted(self, request: Request) -> bool:
+        return True
+
     def legacy_answer(
         self, request: Request, job: DownloadJob, *, may_wait: bool
     ) -> Response | HttpResponseRedirect:
@@ -59,7 +62,9 @@ class _LegacyAnswers:
         moved = legacy.moved_at_once(request.user.pk)  # type: ignore[arg-type]
         if may_wait and not moved:
             response = self._accepted(request, job)
-            response[WAIT_HEADER] = job.job_id  # no outcome yet: the answer after the wait has it
+            # No outcome yet: the answer after the wait has it. The owner's id bounds the
+            # user's waits.
+            response[WAIT_HEADER] = f"{job.job_id} {job.owner_id}"
             return response
         self.legacy_outcome = legacy.MOVED if moved else legacy.ACCEPTED
         return self._accepted(request, job)
@@ -93,7 +98,7 @@ class _LegacyAnswers:
     def _legacy_finalize(self, request: Request, response: Any) -> None:
         for name, value in legacy.deprecation_headers().items():
             response[name] = value
-        if response.has_header(WAIT_HEADER):
+        if response.has_header(WAIT_HEADER) or not self.legacy_counted(request):
             return
         outcome = self.legacy_outcome
         if outcome is None:
@@ -109,6 +114,10 @@ class _LegacyAnswers:
 class LegacyDownloadStartApi(_LegacyAnswers, DownloadJobInitiateApi):
     """The old synchronous endpoint: deprecated, see docs/api.md "Migrating from POST
     /download/start"."""
+
+    # A replay runs a whole wait again: it is counted against the initiate rate like a
+    # new request (initiate's own replays are not: they answer at once).
+    replays_rate_limited = True
 
     # Not in the OpenAPI description, which is the contract new clients build on: the old
     # endpoint is described in docs/api.md, with the way off it.
@@ -129,6 +138,12 @@ class LegacyDownloadStartApi(_LegacyAnswers, DownloadJobInitiateApi):
 
 class LegacyDownloadResultApi(_LegacyAnswers, APIView):
     """The second half of the old endpoint: its answer once the wait is over."""
+
+    def legacy_counted(self, request: Request) -> bool:
+        """Only the ASGI wait's own request (the marker, which no client can send) is a
+        call of the old endpoint. Anything else that reaches this path, such as a page of
+        another site sending a signed-in browser here, is answered but not counted."""
+        return bool(request.headers.get(WAIT_HEADER))
 
     @extend_schema(exclude=True)
     def get(self, request: Request, job_id: str) -> Any:

@@ -48,6 +48,11 @@ def _owned_job(request: Request, job_id: str) -> DownloadJob:
 
 
 class DownloadJobInitiateApi(APIView):
+    # A replay (a client retrying after a lost answer) creates nothing and is answered
+    # with its job at once: not counted against the initiate rate unless a subclass that
+    # does more per replay says so.
+    replays_rate_limited = False
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         # Set per request by the rate limits; every answer carries them, errors included.
@@ -76,22 +81,10 @@ class DownloadJobInitiateApi(APIView):
         if idempotency_key and (
             replayed := selectors.download_job_for_idempotency_key(owner=request.user, key=idempotency_key)  # type: ignore[arg-type]
         ):
-            # A replay (a client retrying after a lost answer) creates nothing: it is
-            # answered with its job and not counted against the initiate rate.
+            if self.replays_rate_limited:
+                self._rate_limit(request)
             return self._answer(request, replayed)
-        verdict = ratelimits.initiate_rate_hit(
-            user_id=request.user.pk,  # type: ignore[arg-type]
-            ip=ratelimits.client_ip(request),
-        )
-        self.ratelimit_headers = verdict.headers
-        if not verdict.allowed:
-            raise ApiError(
-                status_code=status.HTTP_429_TOO_MANY_REQUESTS,
-                code="RATE_LIMIT_EXCEEDED",
-                message="Too many download requests",
-                extra={"retry_after": verdict.retry_after_s},
-                headers={"Retry-After": str(verdict.retry_after_s)},
-            )
+        self._rate_limit(request)
         serializer = DownloadJobInitiateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         try:
@@ -112,6 +105,21 @@ class DownloadJobInitiateApi(APIView):
                 headers={"Retry-After": str(retry_after)},
             ) from None
         return self._answer(request, job)
+
+    def _rate_limit(self, request: Request) -> None:
+        verdict = ratelimits.initiate_rate_hit(
+            user_id=request.user.pk,  # type: ignore[arg-type]
+            ip=ratelimits.client_ip(request),
+        )
+        self.ratelimit_headers = verdict.headers
+        if not verdict.allowed:
+            raise ApiError(
+                status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+                code="RATE_LIMIT_EXCEEDED",
+                message="Too many download requests",
+                extra={"retry_after": verdict.retry_after_s},
+                headers={"Retry-After": str(verdict.retry_after_s)},
+            )
 
     def _answer(self, request: Request, job: DownloadJob) -> Response:
         return ok(

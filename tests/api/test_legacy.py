@@ -49,7 +49,9 @@ def test_a_start_without_the_wait_answers_202_with_the_new_flow(api_client, user
     assert_deprecated(response, settings)
 
 
-def test_the_marker_of_the_asgi_wait_gets_the_job_id_back_and_no_count_yet(api_client, settings, dispatched):
+def test_the_marker_of_the_asgi_wait_gets_the_job_and_owner_back_and_no_count_yet(
+    api_client, user, settings, dispatched
+):
     """The marker is the ASGI wait's (downloads_project/legacy_wait.py), which removes any
     client's; a request that has it gets the job id back and no count yet."""
     before = legacy_count(legacy.ACCEPTED)
@@ -57,7 +59,7 @@ def test_the_marker_of_the_asgi_wait_gets_the_job_id_back_and_no_count_yet(api_c
     response = api_client.post(START, {"file_id": 4242}, format="json", HTTP_X_DOWNLOADS_LEGACY_WAIT="1")
 
     assert response.status_code == 202
-    assert response["X-Downloads-Legacy-Wait"] == response.json()["data"]["job_id"]
+    assert response["X-Downloads-Legacy-Wait"] == f"{response.json()['data']['job_id']} {user.pk}"
     assert legacy_count(legacy.ACCEPTED) == before
     assert not LegacyCaller.objects.exists()
 
@@ -180,6 +182,30 @@ def test_an_idempotent_retry_gets_the_same_job(api_client, dispatched):
     assert DownloadJob.objects.count() == 1
 
 
+def test_a_replay_is_counted_against_the_initiate_rate(api_client, settings, dispatched):
+    """Each replay of the old endpoint runs a whole wait again: it takes from the rate."""
+    settings.JOB_INITIATE_RATE = "2/minute"
+    first = api_client.post(START, {"file_id": 4242}, format="json", HTTP_IDEMPOTENCY_KEY="k-2")
+    again = api_client.post(START, {"file_id": 4242}, format="json", HTTP_IDEMPOTENCY_KEY="k-2")
+
+    third = api_client.post(START, {"file_id": 4242}, format="json", HTTP_IDEMPOTENCY_KEY="k-2")
+
+    assert (first.status_code, again.status_code) == (202, 202)
+    assert third.status_code == 429
+    assert third.json()["error"]["code"] == "RATE_LIMIT_EXCEEDED"
+    assert third["RateLimit-Remaining"] == "0"
+    assert DownloadJob.objects.count() == 1
+
+
+def test_initiates_own_replays_still_take_nothing_from_the_rate(api_client, settings, dispatched):
+    settings.JOB_INITIATE_RATE = "1/minute"
+    for _ in range(3):
+        response = api_client.post(
+            "/v1/download/initiate", {"file_id": 1}, format="json", HTTP_IDEMPOTENCY_KEY="k-3"
+        )
+        assert response.status_code == 200
+
+
 # --- the gradual move: LEGACY_ASYNC_PERCENT -------------------------------------------------
 
 
@@ -260,6 +286,40 @@ def test_a_user_agent_longer_than_its_column_is_cut_not_refused(api_client, disp
 
     assert response.status_code == 202
     assert LegacyCaller.objects.get().user_agent == "x" * 255
+
+
+def test_a_users_agents_past_the_bound_are_counted_in_one_row(api_client, user, settings, dispatched):
+    settings.LEGACY_CALLER_AGENTS_PER_USER = 3
+    settings.JOB_INITIATE_RATE = "100/minute"
+    settings.JOB_MAX_ACTIVE_PER_USER = 100
+    for n in range(30):
+        response = api_client.post(START, {"file_id": 4242}, format="json", HTTP_USER_AGENT=f"agent/{n}")
+        assert response.status_code == 202
+    api_client.post(START, {"file_id": 4242}, format="json", HTTP_USER_AGENT="agent/1")
+
+    rows = {caller.user_agent: caller.calls for caller in LegacyCaller.objects.filter(user=user)}
+    assert rows == {"agent/0": 1, "agent/1": 2, "agent/2": 1, legacy.OTHER_AGENTS: 27}
+
+
+def test_the_answer_after_the_wait_is_counted_only_when_the_wait_asks_for_it(api_client, user):
+    """GET /download/start/<job_id> is the ASGI wait's second half. Any other GET of it (a
+    page of another site sending a signed-in browser there, say) is answered but not
+    counted: a client cannot send the wait's marker."""
+    job = make_job(user, file_id=4545, status=Status.PROCESSING)
+    before = legacy_count(legacy.ACCEPTED)
+
+    cross_site = api_client.get(f"{START}/{job.job_id}", HTTP_SEC_FETCH_SITE="cross-site")
+    direct = api_client.get(f"{START}/{job.job_id}")
+
+    assert (cross_site.status_code, direct.status_code) == (202, 202)
+    assert legacy_count(legacy.ACCEPTED) == before
+    assert not LegacyCaller.objects.exists()
+
+    waited = api_client.get(f"{START}/{job.job_id}", HTTP_X_DOWNLOADS_LEGACY_WAIT="1")
+
+    assert waited.status_code == 202
+    assert legacy_count(legacy.ACCEPTED) == before + 1
+    assert LegacyCaller.objects.get(user=user).accepted == 1
 
 
 def test_counting_never_fails_the_answer(api_client, monkeypatch, dispatched):

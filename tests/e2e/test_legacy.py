@@ -13,6 +13,7 @@
 import asyncio
 import hashlib
 import json
+import socket
 import statistics
 import time
 from collections.abc import Iterator
@@ -27,8 +28,9 @@ from django.db import connection
 from rest_framework.authtoken.models import Token
 
 from conftest import ARTIFACTS, Stack, stack_env
+from jobs import hotstate
 from jobs.models import DownloadJob, LegacyCaller, Status
-from tests.support.flows import initiate
+from tests.support.flows import eventually, initiate
 from tests.support.origin_server import FileScript, OriginServer
 from tests.support.redis_servers import RedisServer
 
@@ -171,6 +173,103 @@ def test_a_retired_endpoint_answers_410_with_its_successor(
     assert response.headers["Sunset"] == "Thu, 01 Jan 2026 00:00:00 GMT"
     assert '</v1/download/initiate>; rel="successor-version"' in response.headers["Link"]
     assert not DownloadJob.objects.filter(file_id=79005).exists()
+
+
+# --- the bounds of the waits --------------------------------------------------------------
+
+BOUNDED_WAIT_S = 8.0
+PLACES = 2
+
+
+@pytest.fixture
+def bounded_stack(django_db_setup: None, origin_server: OriginServer, broker: RedisServer) -> Iterator[Stack]:
+    """Web only: the jobs stay queued, so every request that gets a place waits its whole
+    LEGACY_WAIT_S."""
+    env = stack_env(
+        origin_server,
+        {
+            "CELERY_BROKER_URL": f"{broker.url}/2",
+            "LEGACY_WAIT_S": str(BOUNDED_WAIT_S),
+            "LEGACY_WAITS_PER_USER": str(PLACES),
+            "JOB_MAX_ACTIVE_PER_USER": "10",
+        },
+        broker_db=0,
+    )
+    stack = Stack("legacy-bounded", env).start(worker=False)
+    yield stack
+    stack.stop()
+
+
+def places_held(token: str) -> int:
+    user_id = Token.objects.get(key=token).user_id
+    return int(hotstate.client().zcard(f"legacy:waits:{user_id}"))
+
+
+def test_a_users_wait_past_its_places_is_the_202_at_once(bounded_stack: Stack) -> None:
+    token = new_token("legacy-places")
+
+    async def scenario() -> tuple[list[httpx.Response], httpx.Response, bool]:
+        headers = {"Authorization": f"Token {token}"}
+        async with httpx.AsyncClient(base_url=bounded_stack.base_url, headers=headers, timeout=60) as client:
+            waits = [
+                asyncio.create_task(client.post("/download/start", json={"file_id": 79200 + n}))
+                for n in range(PLACES)
+            ]
+            while await asyncio.to_thread(places_held, token) < PLACES:
+                assert not any(wait.done() for wait in waits)
+                await asyncio.sleep(0.1)
+            past = await client.post("/download/start", json={"file_id": 79299})
+            still_waiting = not any(wait.done() for wait in waits)
+            return await asyncio.gather(*waits), past, still_waiting
+
+    waited, past, still_waiting = asyncio.run(scenario())
+
+    assert past.status_code == 202, past.text[:300]
+    assert past.headers["Location"] == f"/v1/download/status/{past.json()['data']['job_id']}"
+    assert_deprecated(past)
+    assert still_waiting  # answered while the user's places were held
+    assert [response.status_code for response in waited] == [202] * PLACES
+    assert places_held(token) == 0
+    caller = LegacyCaller.objects.get(user__auth_token__key=token)
+    assert (caller.calls, caller.accepted) == (PLACES + 1, PLACES + 1)
+
+
+def _raw_start(stack: Stack, token: str, file_id: int) -> socket.socket:
+    """An old client that sends its request and will leave without reading the answer."""
+    body = json.dumps({"file_id": file_id}).encode()
+    started = socket.create_connection(("127.0.0.1", stack.port))
+    started.sendall(
+        b"POST /download/start HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        + f"Authorization: Token {token}\r\n".encode()
+        + b"Content-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    return started
+
+
+def test_a_client_that_leaves_frees_its_place_at_once_and_its_wait_stops(bounded_stack: Stack) -> None:
+    token = new_token("legacy-leaves")
+    leaving = [_raw_start(bounded_stack, token, 79300 + n) for n in range(PLACES)]
+    eventually(lambda: places_held(token) == PLACES, timeout_s=20, what="both waits holding a place")
+    left_at = time.monotonic()
+
+    for each in leaving:
+        each.close()
+
+    # Freed well before the waits would have ended.
+    eventually(lambda: places_held(token) == 0, timeout_s=BOUNDED_WAIT_S / 2, what="the places freed")
+    assert time.monotonic() - left_at < BOUNDED_WAIT_S
+    # A new wait of the same user gets a place and waits its whole time; when it ends, the
+    # waits that were left would have ended too: none of them was answered or counted.
+    with old_client(bounded_stack, token) as client:
+        started = time.monotonic()
+        response = client.post("/download/start", json={"file_id": 79399})
+        waited_s = time.monotonic() - started
+    assert response.status_code == 202
+    assert waited_s >= BOUNDED_WAIT_S
+    caller = LegacyCaller.objects.get(user__auth_token__key=token)
+    assert (caller.calls, caller.accepted) == (1, 1)
 
 
 # --- 200 old-style requests waiting at once --------------------------------------------------
