@@ -234,6 +234,45 @@ def test_a_users_wait_past_its_places_is_the_202_at_once(bounded_stack: Stack) -
     assert (caller.calls, caller.accepted) == (PLACES + 1, PLACES + 1)
 
 
+def test_a_wait_past_the_process_places_is_the_202_at_once(
+    django_db_setup: None, origin_server: OriginServer, broker: RedisServer
+) -> None:
+    env = stack_env(
+        origin_server,
+        {
+            "CELERY_BROKER_URL": f"{broker.url}/3",
+            "LEGACY_WAIT_S": str(BOUNDED_WAIT_S),
+            "LEGACY_WAITS_PER_PROCESS": "1",
+        },
+        broker_db=0,
+    )
+    stack = Stack("legacy-process", env).start(worker=False)
+    first, second = new_token("legacy-process"), new_token("legacy-process")
+
+    async def scenario() -> tuple[httpx.Response, httpx.Response, bool]:
+        async with httpx.AsyncClient(base_url=stack.base_url, timeout=60) as client:
+            waiting = asyncio.create_task(
+                client.post(
+                    "/download/start", json={"file_id": 79400}, headers={"Authorization": f"Token {first}"}
+                )
+            )
+            while await asyncio.to_thread(places_held, first) < 1:
+                await asyncio.sleep(0.1)
+            past = await client.post(
+                "/download/start", json={"file_id": 79401}, headers={"Authorization": f"Token {second}"}
+            )
+            still_waiting = not waiting.done()
+            return await waiting, past, still_waiting
+
+    try:
+        waited, past, still_waiting = asyncio.run(scenario())
+    finally:
+        stack.stop()
+
+    assert (waited.status_code, past.status_code) == (202, 202)
+    assert still_waiting  # another user's request, answered while the process's one wait ran
+
+
 def _raw_start(stack: Stack, token: str, file_id: int) -> socket.socket:
     """An old client that sends its request and will leave without reading the answer."""
     body = json.dumps({"file_id": file_id}).encode()
