@@ -58,7 +58,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    # First: answers CORS preflights of /v1/ before any other middleware could (CORS_* below).
+    # Outermost: `Cache-Control: no-store` on every API answer, whoever made it (jobs/api/cache_control.py).
+    "jobs.api.cache_control.ApiNoStoreMiddleware",
+    # Then: answers CORS preflights of /v1/ before any other middleware could (CORS_* below).
     "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
