@@ -636,6 +636,7 @@ ORIGIN_START_RATE = _rate("ORIGIN_START_RATE", default="")
 
 # --- Storage -----------------------------------------------------------------------------
 
+_web = roles.is_web()
 AWS_STORAGE_BUCKET_NAME = env("AWS_STORAGE_BUCKET_NAME", default="")
 DOWNLOADS_LOCATION = "downloads"
 if AWS_STORAGE_BUCKET_NAME:
@@ -670,10 +671,10 @@ if AWS_STORAGE_BUCKET_NAME:
                 signature_version="s3v4",
                 retries={
                     "mode": "standard",
-                    "max_attempts": env.int("AWS_S3_MAX_ATTEMPTS", default=2 if roles.is_web() else 10),
+                    "max_attempts": env.int("AWS_S3_MAX_ATTEMPTS", default=2 if _web else 10),
                 },
-                connect_timeout=env.float("AWS_S3_CONNECT_TIMEOUT_S", default=3.0 if roles.is_web() else 10.0),
-                read_timeout=env.float("AWS_S3_READ_TIMEOUT_S", default=5.0 if roles.is_web() else 60.0),
+                connect_timeout=env.float("AWS_S3_CONNECT_TIMEOUT_S", default=3.0 if _web else 10.0),
+                read_timeout=env.float("AWS_S3_READ_TIMEOUT_S", default=5.0 if _web else 60.0),
                 # A job's client (jobs/transfer/storage.py) serves its own calls and its
                 # parts in flight at once.
                 max_pool_connections=max(10, STAGING_PARTS_IN_FLIGHT + 2),
