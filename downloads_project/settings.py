@@ -58,7 +58,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    # First: answers CORS preflights of /v1/ before any other middleware could (CORS_* below).
+    # Outermost: `Cache-Control: no-store` on every API answer, whoever made it (jobs/api/cache_control.py).
+    "jobs.api.cache_control.ApiNoStoreMiddleware",
+    # Then: answers CORS preflights of /v1/ before any other middleware could (CORS_* below).
     "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -200,6 +202,16 @@ else:
         }
     else:
         DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+    # A web request's budget on the database: a statement of a web process (a lock wait
+    # included) is cancelled after WEB_STATEMENT_TIMEOUT_MS, and the request answers 503
+    # with Retry-After (jobs/api/errors.py), long before a proxy gives up on it (nginx: 60 s)
+    # and while its thread would otherwise stay taken. Workers and `manage.py` (migrations,
+    # maintenance in batches) keep no such bound. 0: none. Sent as a connection option;
+    # behind pgbouncer, which refuses it, set the web role's own database user's
+    # statement_timeout instead (ALTER ROLE ... SET statement_timeout).
+    WEB_STATEMENT_TIMEOUT_MS = env.int("WEB_STATEMENT_TIMEOUT_MS", default=10_000)
+    if roles.is_web() and WEB_STATEMENT_TIMEOUT_MS > 0:
+        DATABASES["default"]["OPTIONS"]["options"] = f"-c statement_timeout={WEB_STATEMENT_TIMEOUT_MS}"
     # Behind pgbouncer in transaction mode a cursor cannot outlive its transaction.
     DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = env.bool(
         "DATABASE_DISABLE_SERVER_SIDE_CURSORS", default=False
@@ -238,16 +250,24 @@ CHANNEL_LAYER_URL = env("CHANNEL_LAYER_URL", default=f"{REDIS_URL}/2")
 REDIS_CACHE_URL = env("REDIS_CACHE_URL", default=f"{REDIS_URL}/3")  # may evict
 
 # Hot state: connections per process at most, how long a thread waits for one, and how
-# long a command may take before it counts as a fault of Redis.
+# long a command may take before it counts as a fault of Redis. A web request asks hot
+# state several times (its token, the rate limits, the card), each with a fallback when
+# Redis fails: in a web process a command gets 1 s (Redis answers in well under a
+# millisecond), so that a Redis that hangs costs a request a few seconds, not a minute.
 REDIS_POOL_MAX_CONNECTIONS = env.int("REDIS_POOL_MAX_CONNECTIONS", default=50)
 REDIS_POOL_TIMEOUT_S = env.float("REDIS_POOL_TIMEOUT_S", default=5.0)
-REDIS_SOCKET_TIMEOUT_S = env.float("REDIS_SOCKET_TIMEOUT_S", default=5.0)
+REDIS_SOCKET_TIMEOUT_S = env.float("REDIS_SOCKET_TIMEOUT_S", default=1.0 if roles.is_web() else 5.0)
 
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_CACHE_URL,
-        "OPTIONS": {"pool_class": "downloads_project.redis_servers.CachePool"},
+        "OPTIONS": {
+            "pool_class": "downloads_project.redis_servers.CachePool",
+            # A cache that hangs costs a request no more than hot state's would.
+            "socket_connect_timeout": REDIS_SOCKET_TIMEOUT_S,
+            "socket_timeout": REDIS_SOCKET_TIMEOUT_S,
+        },
     }
 }
 
@@ -625,6 +645,7 @@ ORIGIN_START_RATE = _rate("ORIGIN_START_RATE", default="")
 
 # --- Storage -----------------------------------------------------------------------------
 
+_web = roles.is_web()
 AWS_STORAGE_BUCKET_NAME = env("AWS_STORAGE_BUCKET_NAME", default="")
 DOWNLOADS_LOCATION = "downloads"
 if AWS_STORAGE_BUCKET_NAME:
@@ -640,7 +661,9 @@ if AWS_STORAGE_BUCKET_NAME:
             # An S3 outage of a few tens of seconds is ridden out inside the attempt: each
             # call is tried AWS_S3_MAX_ATTEMPTS times with botocore's standard backoff
             # (doubling, up to 20 s, jittered), before the attempt fails STORAGE_ERROR and
-            # its retry resumes from the stored parts.
+            # its retry resumes from the stored parts. A web process's few calls (the
+            # reuse check of initiate, /ready) have a request's budget instead: 2 tries of
+            # 3 s to connect and 5 s to read, well inside a proxy's 60 s.
             "client_config": BotoConfig(
                 s3={
                     "addressing_style": env("AWS_S3_ADDRESSING_STYLE", default=None),
@@ -655,9 +678,12 @@ if AWS_STORAGE_BUCKET_NAME:
                     ),
                 },
                 signature_version="s3v4",
-                retries={"mode": "standard", "max_attempts": env.int("AWS_S3_MAX_ATTEMPTS", default=10)},
-                connect_timeout=env.float("AWS_S3_CONNECT_TIMEOUT_S", default=10.0),
-                read_timeout=env.float("AWS_S3_READ_TIMEOUT_S", default=60.0),
+                retries={
+                    "mode": "standard",
+                    "max_attempts": env.int("AWS_S3_MAX_ATTEMPTS", default=2 if _web else 10),
+                },
+                connect_timeout=env.float("AWS_S3_CONNECT_TIMEOUT_S", default=3.0 if _web else 10.0),
+                read_timeout=env.float("AWS_S3_READ_TIMEOUT_S", default=5.0 if _web else 60.0),
                 # A job's client (jobs/transfer/storage.py) serves its own calls and its
                 # parts in flight at once.
                 max_pool_connections=max(10, STAGING_PARTS_IN_FLIGHT + 2),

@@ -2,9 +2,9 @@
 
 Every failure of a `/v1/` endpoint passes through `exception_handler`, so no traceback, SQL
 or path ever reaches a client; unexpected errors are logged and answered 500. A fault of
-a dependency (the database or Redis unreachable, the connection pool exhausted) is
-answered 503 `SERVICE_UNAVAILABLE` with `Retry-After`, on every path: the request may
-well succeed a moment later.
+a dependency (the database, Redis or S3 unreachable or past the web role's timeouts, the
+connection pool exhausted) is answered 503 `SERVICE_UNAVAILABLE` with `Retry-After`, on
+every path: the request may well succeed a moment later.
 """
 
 import logging
@@ -12,6 +12,7 @@ import math
 import sys
 from typing import Any
 
+import botocore.exceptions
 import redis
 from django import db
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
@@ -43,10 +44,15 @@ class ApiError(exceptions.APIException):
 # How long a client is asked to wait after a dependency's fault.
 SERVICE_UNAVAILABLE_RETRY_AFTER_S = 5
 _DEPENDENCY_FAULTS = (
-    db.OperationalError,  # connection refused or lost, the pool's timeout, a deadlock
+    # connection refused or lost, the pool's timeout, a deadlock, and a statement past the
+    # web role's statement_timeout (psycopg's QueryCanceled, which Django wraps as this)
+    db.OperationalError,
     db.InterfaceError,
     redis.ConnectionError,
     redis.TimeoutError,
+    # S3 out of reach or past its web-role timeouts (settings.STORAGES)
+    botocore.exceptions.ConnectionError,  # connect timeout, endpoint unreachable
+    botocore.exceptions.HTTPClientError,  # read timeout, connection closed mid-answer
 )
 
 

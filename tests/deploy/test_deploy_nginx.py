@@ -28,6 +28,7 @@ from uuid import uuid4
 import httpx
 import pytest
 import redis
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -58,6 +59,14 @@ MiB = 1024 * 1024
 FILE_ID = 72000
 NGINX_BROKER_DB = 13  # 0, 5-12: the other test stacks (see test_alerts)
 APP_PER_IP_RATE = 3  # per minute: the app's own, finer limit
+# The per-address limits as docker-compose.yml gives them to the nginx service.
+SHIPPED_LIMITS = {
+    name: str(value)
+    for name, value in yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["nginx"][
+        "environment"
+    ].items()
+    if name.endswith(("_RATE", "_BURST"))
+}
 
 
 # --- the stack behind nginx ------------------------------------------------------------------
@@ -183,7 +192,9 @@ def start_proxy(
 ) -> Iterator[Callable[..., Proxy]]:
     processes: list[subprocess.Popen[bytes]] = []
 
-    def start(*, rate: str = "10r/m", burst: int = 10) -> Proxy:
+    def start(**limits: str) -> Proxy:
+        """nginx with the shipped limits (docker-compose.yml's), but for `limits`
+        (`NGINX_STATUS_RATE="1r/m"`, ...)."""
         directory = tmp_path / "nginx"
         directory.mkdir()
         https_port, http_port = free_port(), free_port()
@@ -196,8 +207,8 @@ def start_proxy(
             "NGINX_SSL_CERTIFICATE_KEY": str(certificate[1]),
             "NGINX_STATIC_ROOT": str(static_root),
             "NGINX_ACCESS_LOG": str(directory / "access.log"),
-            "NGINX_INITIATE_RATE": rate,
-            "NGINX_INITIATE_BURST": str(burst),
+            **SHIPPED_LIMITS,
+            **limits,
             "NGINX_S3_LISTEN": f"127.0.0.1:{free_port()}",
             "NGINX_S3_SERVER_NAME": "s3.localhost",
             "NGINX_S3_UPSTREAM": "127.0.0.1:9",  # never asked here; the server must load
@@ -384,7 +395,7 @@ def test_forwarded_headers_from_the_client_are_overwritten(proxy, django_user_mo
 
 
 def test_nginx_limits_initiate_per_address_with_429(start_proxy):
-    proxy = start_proxy(rate="1r/m", burst=2)
+    proxy = start_proxy(NGINX_INITIATE_RATE="1r/m", NGINX_INITIATE_BURST="2")
 
     with proxy.client() as client:
         statuses = [client.post("/v1/download/initiate", json={"file_id": 1}) for _ in range(4)]
@@ -398,6 +409,102 @@ def test_nginx_limits_initiate_per_address_with_429(start_proxy):
     assert limited.headers["Retry-After"] == "60"
     assert "RateLimit-Policy" not in limited.headers  # the app never saw it
     assert "limiting requests" in proxy.error_log()
+
+
+JOB_ID = "job_" + "0" * 32
+WEBSOCKET_UPGRADE = {
+    "Connection": "Upgrade",
+    "Upgrade": "websocket",
+    "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+}
+
+
+@pytest.mark.parametrize(
+    ("zone", "method", "path", "headers", "message", "retry_after"),
+    [
+        ("STATUS", "GET", f"/v1/download/status/{JOB_ID}", {}, "Too many status requests", 2),
+        ("LINK", "GET", f"/v1/download/{JOB_ID}", {}, "Too many download requests", 10),
+        ("LINK", "DELETE", f"/v1/download/{JOB_ID}", {}, "Too many download requests", 10),
+        ("LINK", "GET", "/files/not-a-signed-token", {}, "Too many download requests", 10),
+        ("SOCKET", "GET", f"/v1/download/subscribe/{JOB_ID}", WEBSOCKET_UPGRADE, "Too many connections", 10),
+        ("LOGIN", "GET", "/accounts/login/", {}, "Too many sign-in requests", 60),
+        ("LOGIN", "POST", "/accounts/login/", {}, "Too many sign-in requests", 60),
+    ],
+)
+def test_nginx_limits_each_path_per_address_with_429(
+    start_proxy, zone, method, path, headers, message, retry_after
+):
+    """Past its burst, each limit answers nginx's own 429 in the API's envelope; until then
+    the app answers (whatever it says: 401, 403, 404)."""
+    proxy = start_proxy(**{f"NGINX_{zone}_RATE": "1r/m", f"NGINX_{zone}_BURST": "2"})
+
+    with proxy.client(**headers) as client:
+        answers = [client.request(method, path) for _ in range(4)]
+
+    assert [a.status_code != 429 for a in answers] == [True, True, True, False], [
+        a.status_code for a in answers
+    ]
+    limited = answers[-1]
+    assert limited.json() == {
+        "success": False,
+        "error": {"code": "RATE_LIMIT_EXCEEDED", "message": message, "retry_after": retry_after},
+    }
+    assert limited.headers["Retry-After"] == str(retry_after)
+    assert limited.headers["Cache-Control"] == "no-store"
+    assert "limiting requests" in proxy.error_log()
+
+
+def test_the_limits_are_per_zone(start_proxy):
+    """Polls past the status limit leave the download link and the sign-in page alone."""
+    proxy = start_proxy(NGINX_STATUS_RATE="1r/m", NGINX_STATUS_BURST="1")
+
+    with proxy.client() as client:
+        polls = [client.get(f"/v1/download/status/{JOB_ID}").status_code for _ in range(3)]
+        others = [
+            client.get(f"/v1/download/{JOB_ID}").status_code,
+            client.get("/accounts/login/").status_code,
+        ]
+
+    assert polls == [401, 401, 429]
+    assert others == [401, 200]
+
+
+def test_polling_at_the_documented_rate_from_one_address_is_not_limited(proxy):
+    """Forty users behind one address each poll a job every 2 s (polling_interval), with the
+    shipped limits: 20 polls a second for three rounds, none refused. The round's polls
+    leave together, the way a crowd's timers line up after a page load or a network blip."""
+    users, rounds, interval_s = 40, 3, 2.0
+    statuses: list[int] = []
+    with proxy.client() as client, ThreadPoolExecutor(8) as pool:
+        for round_number in range(rounds):
+            started = time.monotonic()
+            polls = pool.map(lambda _: client.get(f"/v1/download/status/{JOB_ID}").status_code, range(users))
+            statuses.extend(polls)
+            if round_number < rounds - 1:
+                time.sleep(max(0.0, interval_s - (time.monotonic() - started)))
+
+    assert len(statuses) == users * rounds
+    assert set(statuses) == {401}, sorted(set(statuses))  # the app's answer, never nginx's 429
+    assert "limiting requests" not in proxy.error_log()
+
+
+def test_http2_is_negotiated(proxy, certificate):
+    """ALPN offers h2 and nginx takes it (curl with nghttp2); a client without it keeps
+    HTTP/1.1, as the WebSocket of test_a_job_runs_end_to_end_through_nginx does."""
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    result = subprocess.run(
+        [curl, "--http2", "--silent", "--show-error", "--cacert", str(certificate[0]),
+         "--output", "/dev/null", "--write-out", "%{http_version} %{http_code}", f"{proxy.base_url}/health"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "2 200"
+    with proxy.client() as http1:
+        assert http1.get("/health").http_version == "HTTP/1.1"
 
 
 def test_a_client_bypassing_the_proxy_cannot_claim_https(local_stack, django_user_model):
