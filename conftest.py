@@ -22,7 +22,6 @@ from django.contrib.auth.models import User
 from django.core.files.storage import storages
 from django.db import connection
 from playwright.sync_api import Browser, sync_playwright
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from devtools.servers import S3Endpoint, free_port, s3_endpoint, wait_for_port
@@ -30,6 +29,7 @@ from downloads_project import processes
 from jobs import queues
 from jobs.ops import metrics
 from jobs.transfer.storage import SignedFileSystemStorage
+from tests.factories import api_key_for
 from tests.support.origin_server import OriginServer
 
 ROOT = Path(__file__).resolve().parent
@@ -54,14 +54,14 @@ def other_user(db: None) -> User:
 @pytest.fixture
 def api_client(user: User) -> APIClient:
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {api_key_for(user)}")
     return client
 
 
 @pytest.fixture
 def other_client(other_user: User) -> APIClient:
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=other_user).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {api_key_for(other_user)}")
     return client
 
 

@@ -472,7 +472,7 @@ JOB_CARD_TTL_S = env.int("JOB_CARD_TTL_S", default=300)
 TOKEN_CACHE_TTL_S = env.int("TOKEN_CACHE_TTL_S", default=60)
 # API keys (jobs/api_keys.py) are django-rest-knox tokens in jobs.ApiKey: stored as a digest,
 # sent as `Authorization: Token <key>`, valid until deleted (no expiry).
-KNOX_TOKEN_MODEL = "jobs.ApiKey"
+KNOX_TOKEN_MODEL = "jobs.ApiKey"  # noqa: S105 (a model, not a secret)
 REST_KNOX = {"TOKEN_TTL": None, "TOKEN_PREFIX": "dlk_", "AUTH_HEADER_PREFIX": "Token"}
 # The reaper re-queues a processing job whose worker sent no heartbeat (to hot-state Redis,
 # every JOB_HEARTBEAT_INTERVAL_S while chunks flow) for this long. A live attempt can

@@ -119,7 +119,9 @@ def api_key_used(api_key: ApiKey) -> None:
     """Records that `api_key` was used, unless that was recorded in the last
     TOKEN_CACHE_TTL_S: a key found in the cache is not written at all."""
     now = timezone.now()
-    if api_key.last_used is not None and now - api_key.last_used < timedelta(seconds=settings.TOKEN_CACHE_TTL_S):
+    if api_key.last_used is not None and now - api_key.last_used < timedelta(
+        seconds=settings.TOKEN_CACHE_TTL_S
+    ):
         return
     ApiKey.objects.filter(pk=api_key.pk).update(last_used=now)
     api_key.last_used = now

@@ -224,7 +224,9 @@ class ApiKey(AbstractAuthToken):
 
     id = models.BigAutoField(primary_key=True)
     digest = models.CharField(max_length=KNOX_CONSTANTS.DIGEST_LENGTH, unique=True)
-    name = models.CharField(max_length=100, blank=True, help_text="What the key is for, e.g. the client using it.")
+    name = models.CharField(
+        max_length=100, blank=True, help_text="What the key is for, e.g. the client using it."
+    )
     # Written when the database is asked for the key, at most once a TOKEN_CACHE_TTL_S:
     # a cached key is used without a write.
     last_used = models.DateTimeField(null=True, blank=True)

@@ -52,7 +52,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
             request.new_api_key = key  # type: ignore[attr-defined]  # for response_add, once
         super().save_model(request, obj, form, change)
 
-    def response_add(self, request: HttpRequest, obj: ApiKey, post_url_continue: str | None = None) -> HttpResponse:
+    def response_add(
+        self, request: HttpRequest, obj: ApiKey, post_url_continue: str | None = None
+    ) -> HttpResponse:
         key = getattr(request, "new_api_key", None)
         if key is None:
             return super().response_add(request, obj, post_url_continue)

@@ -30,7 +30,9 @@ class CachedTokenAuthentication(TokenAuthentication):
         digest = hash_token(key)
         if (cached := api_key_cached(digest)) is not None:
             # A stand-in for the row: what the request may read of it is the id.
-            api_key = ApiKey(id=cached.api_key_id, user=cached.user, token_key=key[: CONSTANTS.TOKEN_KEY_LENGTH])
+            api_key = ApiKey(
+                id=cached.api_key_id, user=cached.user, token_key=key[: CONSTANTS.TOKEN_KEY_LENGTH]
+            )
             return cached.user, api_key
         user, api_key = super().authenticate_credentials(key.encode())
         api_key_used(api_key)

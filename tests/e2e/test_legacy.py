@@ -24,10 +24,10 @@ import psutil  # type: ignore[import-untyped]
 import pytest
 from django.contrib.auth.models import User
 from django.db import connection
-from rest_framework.authtoken.models import Token
 
 from conftest import ARTIFACTS, Stack, stack_env
 from jobs.models import DownloadJob, LegacyCaller, Status
+from tests.factories import api_key_for
 from tests.support.flows import initiate
 from tests.support.origin_server import FileScript, OriginServer
 from tests.support.redis_servers import RedisServer
@@ -39,7 +39,7 @@ MiB = 1024 * 1024
 
 
 def new_token(prefix: str) -> str:
-    return Token.objects.create(user=User.objects.create_user(f"{prefix}-{uuid4().hex[:12]}")).key
+    return api_key_for(User.objects.create_user(f"{prefix}-{uuid4().hex[:12]}"))
 
 
 @pytest.fixture(scope="module")

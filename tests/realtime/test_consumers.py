@@ -29,7 +29,6 @@ from django.core import signing
 from django.test import Client
 from django.utils import timezone
 from prometheus_client import REGISTRY
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from downloads_project.asgi import application
@@ -41,7 +40,7 @@ from jobs.selectors import iso
 from realtime import backlog
 from realtime.consumers import _replaced_progress
 from realtime.routing import websocket_urlpatterns
-from tests.factories import make_job
+from tests.factories import api_key_for, make_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -157,7 +156,7 @@ def test_socket_without_valid_credentials_is_closed_4401(user, credentials):
     if credentials == "unknown token":
         query = "token=" + "0" * 40
     elif credentials == "inactive user's token":
-        query = f"token={Token.objects.create(user=user).key}"
+        query = f"token={api_key_for(user)}"
         User.objects.filter(pk=user.pk).update(is_active=False)
 
     async def scenario() -> int:
@@ -181,7 +180,7 @@ def test_foreign_or_unknown_job_is_closed_4404(user, other_user, whose):
 def test_token_in_the_query_string_authenticates_an_api_client_without_origin(user):
     """API clients send no Origin header; the full application lets them in, by token."""
     job = make_job(user)
-    key = Token.objects.create(user=user).key
+    key = api_key_for(user)
 
     async def scenario() -> dict[str, Any]:
         async with socket(subscribe_path(job.job_id, f"token={key}"), app=application) as ws:
@@ -210,7 +209,7 @@ def test_a_page_of_another_site_is_refused(user):
     """AllowedHostsOriginValidator: a browser on a foreign page never reaches the consumer,
     even with valid credentials."""
     job = make_job(user)
-    key = Token.objects.create(user=user).key
+    key = api_key_for(user)
     headers = [(b"origin", b"https://evil.example")]
 
     async def scenario() -> bool:
