@@ -73,12 +73,13 @@ def _fast_password_hasher(settings: Any) -> None:
 
 @pytest.fixture(autouse=True)
 def _fresh_cache() -> None:
-    """The cache, rate-limit counters, circuit breakers and recent completions live in
-    Redis: each test starts with none."""
+    """The cache, rate-limit counters, circuit breakers, recent completions and cached API
+    keys live in Redis: each test starts with none."""
     from django.core.cache import cache
 
     from jobs import hotstate
     from jobs.api.ratelimits import rate_limits_reset
+    from jobs.api_keys import api_keys_cache_reset
     from jobs.transfer.breaker import OriginBreaker, breakers_all
     from jobs.web.login_protection import login_failures_reset
 
@@ -88,6 +89,7 @@ def _fresh_cache() -> None:
     for breaker in breakers_all():
         OriginBreaker(breaker.name).reset()
     hotstate.completions_reset()
+    api_keys_cache_reset()
 
 
 # --- settings as a new process reads them ------------------------------------------------

@@ -474,6 +474,9 @@ TOKEN_CACHE_TTL_S = env.int("TOKEN_CACHE_TTL_S", default=60)
 # sent as `Authorization: Token <key>`, valid until deleted (no expiry).
 KNOX_TOKEN_MODEL = "jobs.ApiKey"  # noqa: S105 (a model, not a secret)
 REST_KNOX = {"TOKEN_TTL": None, "TOKEN_PREFIX": "dlk_", "AUTH_HEADER_PREFIX": "Token"}
+# knox's own model is swapped out for jobs.ApiKey, but its migrations would still make its
+# table (unused, and holding a foreign key to users): they are not run.
+MIGRATION_MODULES = {"knox": None}
 # The reaper re-queues a processing job whose worker sent no heartbeat (to hot-state Redis,
 # every JOB_HEARTBEAT_INTERVAL_S while chunks flow) for this long. A live attempt can
 # wait up to ORIGIN_READ_TIMEOUT_S for one chunk, so the threshold must be well above both.

@@ -123,7 +123,11 @@ def api_key_used(api_key: ApiKey) -> None:
         seconds=settings.TOKEN_CACHE_TTL_S
     ):
         return
-    ApiKey.objects.filter(pk=api_key.pk).update(last_used=now)
+    # Skipped while another transaction holds the row (an operator editing or deleting the
+    # key): a request never waits on it for a record that is approximate anyway.
+    unlocked = ApiKey.objects.filter(pk=api_key.pk).select_for_update(skip_locked=True).values("pk")
+    with transaction.atomic():  # FOR UPDATE needs one, if only for this statement
+        ApiKey.objects.filter(pk__in=unlocked).update(last_used=now)
     api_key.last_used = now
 
 
@@ -153,6 +157,14 @@ def api_keys_revoke_cache(user_ids: Iterable[int]) -> None:
     user_ids = list(user_ids)
     digests = list(ApiKey.objects.filter(user_id__in=user_ids).values_list("digest", flat=True))
     _revoke_now_and_on_commit(user_ids, digests)
+
+
+def api_keys_cache_reset() -> None:
+    """Forgets every cached user and revoked mark (tests start from none: a test database
+    gives a new user the id of an earlier test's)."""
+    names = list(hotstate.client().scan_iter(match="api-key*", count=1000))
+    if names:
+        hotstate.client().delete(*names)
 
 
 @receiver([post_save, post_delete], sender=ApiKey, dispatch_uid="api-key-cache-key")
