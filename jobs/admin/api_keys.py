@@ -65,6 +65,5 @@ class ApiKeyAdmin(admin.ModelAdmin):
             "api_key": obj,
             "key": key,
         }
-        response = TemplateResponse(request, "admin/jobs/apikey/created.html", context)
-        response["Cache-Control"] = "no-store"
-        return response
+        # The admin's views answer `Cache-Control: no-store` (never_cache): no copy stays behind.
+        return TemplateResponse(request, "admin/jobs/apikey/created.html", context)

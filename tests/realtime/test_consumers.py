@@ -35,7 +35,7 @@ from downloads_project.asgi import application
 from jobs import hotstate
 from jobs.events import job_event_message, job_event_publish, job_group_name
 from jobs.hotstate import HotProgress
-from jobs.models import DownloadJob, Status
+from jobs.models import ApiKey, DownloadJob, Status
 from jobs.selectors import iso
 from realtime import backlog
 from realtime.consumers import _replaced_progress
@@ -823,6 +823,30 @@ def test_a_ticket_grants_nothing_else(api_client, dispatched):
     as_a_token = open_socket(f"/v1/download/subscribe/{created['job_id']}?token={quote(ticket)}")
 
     assert (by_query.status_code, by_header.status_code, as_a_token) == (401, 401, 4401)
+
+
+def test_a_ticket_minted_with_an_api_key_is_refused_once_that_key_is_deleted(api_client, user, dispatched):
+    """Deleting a key revokes the tickets minted with it, whatever other keys the user has."""
+    path = socket_path_of(initiate(api_client)["websocket_url"])
+    assert isinstance(open_socket(path), dict)
+    api_key_for(user, name="another")
+
+    ApiKey.objects.filter(user=user).exclude(name="another").delete()
+
+    assert open_socket(path) == 4401
+
+
+def test_a_ticket_minted_in_a_session_outlives_the_users_api_keys(user, dispatched):
+    browser = APIClient()
+    browser.force_login(user)
+    path = socket_path_of(initiate(browser)["websocket_url"])
+    api_key_for(user)
+
+    ApiKey.objects.filter(user=user).delete()
+
+    opened = open_socket(path)
+    assert isinstance(opened, dict)
+    assert opened["type"] == "snapshot"
 
 
 def test_the_status_of_an_active_job_carries_a_fresh_websocket_url(api_client, user, dispatched, monkeypatch):
