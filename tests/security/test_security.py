@@ -314,6 +314,7 @@ DRF_KEY = "9944b09199c62bcf9418ad846dd0e4bbdfc6ee4b"
         ("{'HTTP_AUTHORIZATION': 'Token SECRET456'}", f"{{'HTTP_AUTHORIZATION': 'Token {REDACTED}'}}"),
         (f"created token {DRF_KEY} for demo", f"created token {REDACTED} for demo"),
         (f"sent Token {DRF_KEY}", f"sent Token {REDACTED}"),
+        ("new key dlk_" + "0a" * 32 + " for demo", f"new key {REDACTED} for demo"),
         (
             "https://b.s3.amazonaws.com/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIA%2F2024"
             "&X-Amz-Security-Token=IQoJb3&X-Amz-Signature=abcdef0123&X-Amz-Expires=900",
