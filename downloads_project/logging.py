@@ -1,10 +1,10 @@
 """Keeps credentials out of the logs: `RedactSecrets`, a filter on every handler.
 
 What it hides: `?token=` keys and `?ticket=` tickets (the WebSocket's auth, which uvicorn
-logs with the path), `Authorization` values, API keys (and the DRF token keys before them), the signature and credentials
-of S3 presigned URLs, the signed links of local storage (`/files/<token>`: whoever holds
-one may download the file), passwords in URLs, and the values of DJANGO_SECRET_KEY and
-AWS_SECRET_ACCESS_KEY wherever they appear.
+logs with the path), `Authorization` values, API keys (and the DRF token keys before
+them), the signature and credentials of S3 presigned URLs, the signed links of local
+storage (`/files/<token>`: whoever holds one may download the file), passwords in URLs,
+and the values of DJANGO_SECRET_KEY and AWS_SECRET_ACCESS_KEY wherever they appear.
 
 A secret can sit across the format string and its arguments (`"token=%s", key`), so the
 message is formatted first and then redacted; the record keeps its arguments only when

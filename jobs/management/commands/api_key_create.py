@@ -26,5 +26,5 @@ class Command(BaseCommand):
             user = user_model._default_manager.get_by_natural_key(username)
         except user_model.DoesNotExist:
             raise CommandError(f"No user {username!r}") from None
-        _api_key, key = api_key_create(user=user, name=name)  # type: ignore[arg-type]
+        _api_key, key = api_key_create(user=user, name=name)
         self.stdout.write(key)
