@@ -119,9 +119,8 @@ def api_key_used(api_key: ApiKey) -> None:
     """Records that `api_key` was used, unless that was recorded in the last
     TOKEN_CACHE_TTL_S: a key found in the cache is not written at all."""
     now = timezone.now()
-    if api_key.last_used is not None and now - api_key.last_used < timedelta(
-        seconds=settings.TOKEN_CACHE_TTL_S
-    ):
+    recently = now - timedelta(seconds=settings.TOKEN_CACHE_TTL_S)
+    if api_key.last_used is not None and api_key.last_used > recently:
         return
     # Skipped while another transaction holds the row (an operator editing or deleting the
     # key): a request never waits on it for a record that is approximate anyway.
