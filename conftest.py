@@ -22,7 +22,6 @@ from django.contrib.auth.models import User
 from django.core.files.storage import storages
 from django.db import connection
 from playwright.sync_api import Browser, sync_playwright
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from devtools.servers import S3Endpoint, free_port, s3_endpoint, wait_for_port
@@ -30,6 +29,7 @@ from downloads_project import processes
 from jobs import queues
 from jobs.ops import metrics
 from jobs.transfer.storage import SignedFileSystemStorage
+from tests.factories import api_key_for
 from tests.support.origin_server import OriginServer
 
 ROOT = Path(__file__).resolve().parent
@@ -54,14 +54,14 @@ def other_user(db: None) -> User:
 @pytest.fixture
 def api_client(user: User) -> APIClient:
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {api_key_for(user)}")
     return client
 
 
 @pytest.fixture
 def other_client(other_user: User) -> APIClient:
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=other_user).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {api_key_for(other_user)}")
     return client
 
 
@@ -73,12 +73,13 @@ def _fast_password_hasher(settings: Any) -> None:
 
 @pytest.fixture(autouse=True)
 def _fresh_cache() -> None:
-    """The cache, rate-limit counters, circuit breakers and recent completions live in
-    Redis: each test starts with none."""
+    """The cache, rate-limit counters, circuit breakers, recent completions and cached API
+    keys live in Redis: each test starts with none."""
     from django.core.cache import cache
 
     from jobs import hotstate
     from jobs.api.ratelimits import rate_limits_reset
+    from jobs.api_keys import api_keys_cache_reset
     from jobs.transfer.breaker import OriginBreaker, breakers_all
     from jobs.web.login_protection import login_failures_reset
 
@@ -88,6 +89,7 @@ def _fresh_cache() -> None:
     for breaker in breakers_all():
         OriginBreaker(breaker.name).reset()
     hotstate.completions_reset()
+    api_keys_cache_reset()
 
 
 # --- settings as a new process reads them ------------------------------------------------

@@ -17,7 +17,7 @@ each keeps its own connections as a k6 VU does), and the durations are scaled do
 Without --url the script runs its own stack (bench/sandbox.py's bench_env: a throwaway
 VAR_DIR with a migrated database, and a private Redis unless REDIS_URL is set): uvicorn
 (--web-workers processes) and one Celery worker (--concurrency), with the
-synthetic origin sized by --file-mib and --rate-mibps, and N users with a DRF token each, so
+synthetic origin sized by --file-mib and --rate-mibps, and N users with an API key each, so
 that the per-user limits (5 active jobs, the initiate rate) do not throttle the scenario.
 All VUs come from 127.0.0.1, so the stack's initiate rates are raised (--initiate-rate,
 --initiate-rate-per-ip). --profile embedded (the default) keeps the database in SQLite and
@@ -81,7 +81,7 @@ PG_DATABASE = "bench_load"  # the production profile's throwaway database
 
 
 def setup_main(users: int, out: Path) -> None:
-    """N users with a DRF token each, and the limits in effect, as the web processes will
+    """N users with an API key each, and the limits in effect, as the web processes will
     read them."""
     django_setup()
     from django.conf import settings
@@ -627,7 +627,7 @@ def driver_main(args: argparse.Namespace) -> int:
 def url_main(args: argparse.Namespace, scenario: str, host: str) -> int:
     """Against a running server: its limits, workers and origin are its own."""
     if not args.tokens_file:
-        raise SystemExit("--url needs --tokens-file (one DRF token per line, one per VU)")
+        raise SystemExit("--url needs --tokens-file (one API key per line, one per VU)")
     tokens = read_tokens(args.tokens_file)
     if len(tokens) < args.users:
         raise SystemExit(
@@ -823,7 +823,7 @@ def main(argv: list[str]) -> None:
     target = parser.add_argument_group("target: a running server")
     target.add_argument("--url", help="e.g. http://127.0.0.1:8000 (then no stack is started)")
     target.add_argument(
-        "--tokens-file", type=Path, help="DRF tokens, one per line (or a JSON list), one per VU"
+        "--tokens-file", type=Path, help="API keys, one per line (or a JSON list), one per VU"
     )
     stack_options(parser)
     parser.add_argument(

@@ -480,8 +480,8 @@ def setup_main(out: Path, jobs: int) -> None:
     from django.conf import settings
     from django.contrib.auth.models import User
     from django.test import Client
-    from rest_framework.authtoken.models import Token
 
+    from jobs.api_keys import api_key_create
     from jobs.models import DownloadJob
 
     user = User.objects.create_user("bench-realtime")
@@ -489,7 +489,7 @@ def setup_main(out: Path, jobs: int) -> None:
     client.force_login(user)
     job_ids = [DownloadJob.objects.create(owner=user, file_id=424242 + index).job_id for index in range(jobs)]
     session = client.cookies[settings.SESSION_COOKIE_NAME].value
-    token = Token.objects.create(user=user).key
+    token = api_key_create(user=user, name="bench")[1]
     cookie = f"{settings.SESSION_COOKIE_NAME}={session}"
     out.write_text(json.dumps({"job_id": job_ids[0], "job_ids": job_ids, "token": token, "cookie": cookie}))
 

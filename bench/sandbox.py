@@ -134,17 +134,17 @@ def broker_purge() -> None:
 
 
 def tokens_create(users: int, *, prefix: str) -> list[str]:
-    """`users` users named `<prefix>-NNNN`, each with a DRF token; their tokens. No password:
+    """`users` users named `<prefix>-NNNN`, each with an API key; their keys. No password:
     hashing a hundred would take a minute. Needs `django_setup`."""
     from django.contrib.auth import get_user_model
-    from rest_framework.authtoken.models import Token
+
+    from jobs.api_keys import api_key_create
 
     user_model = get_user_model()
     created = user_model.objects.bulk_create(
         [user_model(username=f"{prefix}-{index:04d}", password="!") for index in range(users)]
     )
-    tokens = Token.objects.bulk_create([Token(key=Token.generate_key(), user=user) for user in created])
-    return [token.key for token in tokens]
+    return [api_key_create(user=user, name="bench")[1] for user in created]
 
 
 # --- signals: Ctrl-C and SIGTERM both unwind through `finally`, once -----------------------

@@ -72,17 +72,20 @@ SELF = [sys.executable, str(Path(__file__).resolve())]  # this script, for its `
 
 
 def setup_main() -> None:
-    """A user with a DRF token, a processing job with its hot progress in Redis and a
-    completed job; prints the token and the job ids as JSON."""
+    """A user with a key, a processing job with its hot progress in Redis and a completed
+    job; prints the key and the job ids as JSON. The key is both the project's API key and
+    the DRF token of the baseline (bench/status_baselines.py), which reads DRF's table."""
     django_setup()
     from datetime import timedelta
 
     from django.contrib.auth import get_user_model
     from django.utils import timezone
+    from knox.crypto import hash_token
+    from knox.settings import CONSTANTS
     from rest_framework.authtoken.models import Token
 
     from jobs import hotstate
-    from jobs.models import DownloadJob, Status
+    from jobs.models import ApiKey, DownloadJob, Status
 
     user = get_user_model().objects.create_user("bench-status")
     now = timezone.now()
@@ -111,7 +114,10 @@ def setup_main() -> None:
         sha256="0" * 64,
     )
     ids = {"processing": processing.job_id, "completed": completed.job_id}
-    print(json.dumps({"token": Token.objects.create(user=user).key, "jobs": ids}))
+    key = Token.objects.create(user=user).key
+    # As migration jobs 0009 moves a DRF key: the same key works on both servers.
+    ApiKey(user=user, digest=hash_token(key), token_key=key[: CONSTANTS.TOKEN_KEY_LENGTH]).save()
+    print(json.dumps({"token": key, "jobs": ids}))
 
 
 def fixture_create(env: dict[str, str]) -> dict[str, Any]:

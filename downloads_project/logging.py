@@ -1,10 +1,10 @@
 """Keeps credentials out of the logs: `RedactSecrets`, a filter on every handler.
 
 What it hides: `?token=` keys and `?ticket=` tickets (the WebSocket's auth, which uvicorn
-logs with the path), `Authorization` values, DRF token keys, the signature and credentials
-of S3 presigned URLs, the signed links of local storage (`/files/<token>`: whoever holds
-one may download the file), passwords in URLs, and the values of DJANGO_SECRET_KEY and
-AWS_SECRET_ACCESS_KEY wherever they appear.
+logs with the path), `Authorization` values, API keys (and the DRF token keys before
+them), the signature and credentials of S3 presigned URLs, the signed links of local
+storage (`/files/<token>`: whoever holds one may download the file), passwords in URLs,
+and the values of DJANGO_SECRET_KEY and AWS_SECRET_ACCESS_KEY wherever they appear.
 
 A secret can sit across the format string and its arguments (`"token=%s", key`), so the
 message is formatted first and then redacted; the record keeps its arguments only when
@@ -45,7 +45,9 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"(/files/)[^/\s?#\"'<>]{30,}"), rf"\1{REDACTED}"),
     # scheme://user:password@host
     (re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/\s@]*:)[^@\s/]+@"), rf"\1{REDACTED}@"),
-    # DRF token keys: 40 hex characters on their own (a sha256 is 64, a job id has `job_`).
+    # API keys (jobs/api_keys.py): `dlk_` + 64 hex characters; those made before them (DRF's
+    # tokens): 40 hex characters on their own (a sha256 is 64, a job id has `job_`).
+    (re.compile(r"\bdlk_[0-9a-f]{64}\b"), REDACTED),
     (re.compile(r"\b[0-9a-f]{40}\b"), REDACTED),
 ]
 

@@ -6,5 +6,5 @@ class JobsConfig(AppConfig):
     verbose_name = "Download jobs"
 
     def ready(self) -> None:
-        # The signals that drop a revoked token's cached user.
-        from jobs.api import authentication  # noqa: F401
+        # The signals that drop a revoked API key's cached user.
+        from jobs import api_keys  # noqa: F401

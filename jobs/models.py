@@ -4,6 +4,8 @@ from datetime import datetime
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from knox.models import AbstractAuthToken
+from knox.settings import CONSTANTS as KNOX_CONSTANTS
 
 
 def new_job_id() -> str:
@@ -209,3 +211,29 @@ class LegacyCaller(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id} {self.user_agent}"
+
+
+class ApiKey(AbstractAuthToken):
+    """An API key (`Authorization: Token <key>`), as django-rest-knox stores one: the key's
+    digest and its first characters (`token_key`, enough to tell keys apart in a list),
+    never the key itself, which is shown once, when it is made (jobs/api_keys.py).
+
+    knox's own row keys on the digest; this one has a plain id, so that the admin's URLs
+    and any reference to a key (a WebSocket ticket's claims) carry no digest either.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    digest = models.CharField(max_length=KNOX_CONSTANTS.DIGEST_LENGTH, unique=True)
+    name = models.CharField(
+        max_length=100, blank=True, help_text="What the key is for, e.g. the client using it."
+    )
+    # Written when the database is asked for the key, at most once a TOKEN_CACHE_TTL_S:
+    # a cached key is used without a write.
+    last_used = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "API key"
+        verbose_name_plural = "API keys"
+
+    def __str__(self) -> str:
+        return f"{self.token_key}… ({self.name or 'unnamed'})"

@@ -19,7 +19,7 @@ from django.contrib.auth.models import AnonymousUser
 from rest_framework.exceptions import AuthenticationFailed
 
 from jobs.api.authentication import CachedTokenAuthentication
-from jobs.tickets import websocket_ticket_user_id
+from jobs.tickets import Ticket, websocket_ticket_read
 
 
 @database_sync_to_async
@@ -34,8 +34,13 @@ def _token_user(key: str) -> Any:
 
 
 @database_sync_to_async
-def _ticket_user(user_id: int) -> Any:
-    return get_user_model()._default_manager.filter(pk=user_id, is_active=True).first()
+def _ticket_user(ticket: Ticket) -> Any:
+    """The ticket's user, if still active, and if the API key it was minted with (if any)
+    still exists: one query."""
+    users = get_user_model()._default_manager.filter(pk=ticket.user_id, is_active=True)
+    if ticket.api_key_id is not None:
+        users = users.filter(auth_token_set__pk=ticket.api_key_id)
+    return users.first()
 
 
 class TokenAuthMiddleware(BaseMiddleware):
@@ -59,11 +64,11 @@ def TokenAuthMiddlewareStack(inner: Any) -> Any:
 
 async def socket_user(scope: dict[str, Any], job_id: str) -> Any:
     """Who the socket of `job_id` acts for: the ticket's user (a ticket for another job, past
-    its TTL, forged, or of a deactivated user gives nobody), else the scope's user; None or
-    an anonymous user when nobody."""
+    its TTL, forged, of a deactivated user, or minted with an API key since deleted gives
+    nobody), else the scope's user; None or an anonymous user when nobody."""
     if (ticket := scope.get("ticket")) is not None:
-        user_id = websocket_ticket_user_id(ticket, job_id=job_id)
-        return None if user_id is None else await _ticket_user(user_id)
+        claims = websocket_ticket_read(ticket, job_id=job_id)
+        return None if claims is None else await _ticket_user(claims)
     return scope.get("user")
 
 

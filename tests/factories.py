@@ -6,7 +6,13 @@ from typing import Any
 from django.contrib.auth.models import User
 
 from jobs import hotstate
+from jobs.api_keys import api_key_create
 from jobs.models import DownloadJob
+
+
+def api_key_for(user: User, *, name: str = "") -> str:
+    """A new API key of `user`, for `Authorization: Token <key>`."""
+    return api_key_create(user=user, name=name)[1]
 
 
 def make_job(owner: User, **fields: Any) -> DownloadJob:

@@ -9,6 +9,8 @@ live server to this description, so a change to a body that is not made here fai
 
 from typing import Any
 
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.plumbing import build_bearer_security_scheme_object
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -16,10 +18,26 @@ from drf_spectacular.utils import (
     extend_schema_field,
     inline_serializer,
 )
+from knox.settings import knox_settings
 from rest_framework import serializers
 
 from jobs.api.serializers import MAX_FILE_ID
 from jobs.models import Priority, Status
+
+
+class ApiKeyScheme(OpenApiAuthenticationExtension):
+    """`Authorization: Token <key>`, the API key (jobs/api/authentication.py), under the
+    scheme name DRF's token authentication had."""
+
+    target_class = "jobs.api.authentication.CachedTokenAuthentication"
+    name = "tokenAuth"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, Any]:
+        definition: dict[str, Any] = build_bearer_security_scheme_object(
+            header_name="Authorization", token_prefix=knox_settings.AUTH_HEADER_PREFIX
+        )
+        return definition
+
 
 # The job id of docs/api.md: `job_` + lowercase hex from a CSPRNG (`models.new_job_id`), at
 # most 50 characters (the column).

@@ -23,7 +23,7 @@ from jobs.api.serializers import (
     DownloadJobListFilterSerializer,
     idempotency_key_validate,
 )
-from jobs.models import ACTIVE_STATUSES, DownloadJob, Status
+from jobs.models import ACTIVE_STATUSES, ApiKey, DownloadJob, Status
 from jobs.tickets import websocket_ticket_mint
 
 
@@ -36,7 +36,9 @@ def _websocket_url(request: Request, job_id: str) -> str:
     for WEBSOCKET_TICKET_TTL_S (jobs/tickets.py): no credential in a URL that proxies log."""
     scheme = "wss" if request.is_secure() else "ws"
     path = reverse("download-job-subscribe", kwargs={"job_id": job_id})
-    ticket = websocket_ticket_mint(user_id=request.user.pk, job_id=job_id)  # type: ignore[arg-type]
+    # A request made with an API key binds the ticket to the key: deleting it revokes both.
+    api_key_id = request.auth.pk if isinstance(request.auth, ApiKey) else None
+    ticket = websocket_ticket_mint(user_id=request.user.pk, job_id=job_id, api_key_id=api_key_id)  # type: ignore[arg-type]
     return f"{scheme}://{request.get_host()}{path}?{urlencode({'ticket': ticket})}"
 
 

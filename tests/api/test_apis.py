@@ -16,14 +16,13 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import Storage
 from django.db import connection
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from jobs import hotstate
 from jobs.hotstate import HotProgress
 from jobs.models import DownloadJob, Status
 from jobs.transfer.origins.http import name_from_disposition  # RFC 6266: filename* first
-from tests.factories import make_job
+from tests.factories import api_key_for, make_job
 
 INITIATE = "/v1/download/initiate"
 LIST = "/v1/downloads"
@@ -398,7 +397,7 @@ def test_initiate_idempotency_key_of_255_characters_is_accepted(api_client, disp
 def token_client(user: User) -> APIClient:
     """A client of its own (the test client keeps state), with the user's token."""
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=user)[0].key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {api_key_for(user)}")
     return client
 
 

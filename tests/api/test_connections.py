@@ -18,12 +18,12 @@ import pytest
 from django.contrib.auth.models import User
 from django.db import OperationalError, connection
 from django.test import Client
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from conftest import Stack, database_url, stack_env
 from jobs import selectors
 from jobs.models import DownloadJob, Status
+from tests.factories import api_key_for
 from tests.support.origin_server import OriginServer
 
 POOL_BROKER_DB = 15  # 5-14: the other test stacks (see test_e2e)
@@ -112,7 +112,7 @@ class _PeakSampler(threading.Thread):
 
 def _token(name: str) -> str:
     user = User.objects.create_user(name)
-    return Token.objects.create(user=user).key
+    return api_key_for(user)
 
 
 @contextlib.contextmanager
@@ -146,7 +146,7 @@ def default_pool_web(django_db_setup: None, origin_server: OriginServer) -> Iter
 @pytest.mark.django_db(transaction=True)
 def test_an_exhausted_pool_answers_503_and_ready_reports_it(small_pool_web: Stack) -> None:
     token = _token("pool-holder")
-    user_id = Token.objects.get(key=token).user_id
+    user_id = User.objects.get(username="pool-holder").pk
     api = small_pool_web.client(token)
     results: dict[str, httpx.Response] = {}
 
@@ -232,7 +232,7 @@ def test_128_concurrent_clients_get_no_5xx_and_stay_within_the_pool(default_pool
     for i in range(16):
         token = _token(f"load-{i}")
         job = DownloadJob.objects.create(
-            owner=Token.objects.get(key=token).user, file_id=1, status=Status.PROCESSING, attempts=1
+            owner=User.objects.get(username=f"load-{i}"), file_id=1, status=Status.PROCESSING, attempts=1
         )
         users.append((token, job.job_id))
     codes: Counter[str] = Counter()

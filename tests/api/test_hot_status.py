@@ -15,13 +15,12 @@ import pytest
 import redis
 from django.contrib.auth.models import User
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from jobs import hotstate, selectors, services
 from jobs.errors import ErrorCode, JobError
 from jobs.hotstate import HotProgress, JobCard
-from jobs.models import ACTIVE_STATUSES, DownloadJob, Status
+from jobs.models import ACTIVE_STATUSES, ApiKey, DownloadJob, Status
 from jobs.services import attempt
 from jobs.services.progress import AttemptHooks
 from jobs.transfer.staging import StagedFile
@@ -258,7 +257,7 @@ def test_status_is_read_from_the_row_when_redis_cannot_answer(
 def test_a_deleted_token_is_refused_at_once(api_client: APIClient, user: User) -> None:
     job = DownloadJob.objects.create(owner=user, file_id=1)
     polled(api_client, job.job_id)  # the token's user is cached
-    Token.objects.filter(user=user).delete()
+    ApiKey.objects.filter(user=user).delete()
     assert api_client.get(status_path(job.job_id)).status_code == 401
 
 

@@ -22,7 +22,6 @@ import schemathesis
 from django.conf import settings
 from django.core.management import call_command
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
 from schemathesis.checks import CheckContext, not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -36,6 +35,7 @@ from schemathesis.specs.openapi.checks import (
 from conftest import Stack, stack_env
 from jobs.api.openapi import JOB_ID_PATTERN
 from jobs.models import DownloadJob, Status
+from tests.factories import api_key_for
 from tests.support.origin_server import OriginServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -124,7 +124,7 @@ def owned(django_user_model: Any) -> tuple[str, list[str]]:
         DownloadJob.objects.create(owner=user, file_id=ORIGIN_FILE_ID + i, **row)
         for i, row in enumerate(rows)
     ]
-    return Token.objects.create(user=user).key, [job.job_id for job in jobs]
+    return api_key_for(user), [job.job_id for job in jobs]
 
 
 def error_envelope(

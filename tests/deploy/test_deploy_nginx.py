@@ -34,12 +34,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from django.conf import settings
-from rest_framework.authtoken.models import Token
 from websockets.exceptions import ConnectionClosedOK
 from websockets.sync.client import connect
 
 from conftest import Stack, stack_env
 from devtools.servers import free_port, wait_for_port
+from tests.factories import api_key_for
 from tests.support.origin_server import FileScript, OriginServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -268,7 +268,7 @@ def proxy(start_proxy: Callable[..., Proxy]) -> Proxy:
 
 def new_token(django_user_model: Any) -> str:
     user = django_user_model.objects.create_user(f"nginx-{uuid4().hex[:12]}")
-    return Token.objects.create(user=user).key
+    return api_key_for(user)
 
 
 def watch(url: str, context: ssl.SSLContext, *, timeout_s: float) -> list[dict[str, Any]]:

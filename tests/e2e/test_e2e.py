@@ -18,12 +18,12 @@ import httpx
 import pytest
 import redis
 from django.conf import settings
-from rest_framework.authtoken.models import Token
 
 from conftest import Stack, stack_env
 from devtools.servers import S3Endpoint
 from jobs.models import DownloadJob
 from tests import factories
+from tests.factories import api_key_for
 from tests.support.flows import (
     assert_downloads_exactly,
     eventually,
@@ -55,7 +55,7 @@ def stack(request: pytest.FixtureRequest) -> Stack:
 def token(django_user_model: Any) -> str:
     """A user of its own per test; committed, so the stack's processes see it."""
     user = django_user_model.objects.create_user(f"e2e-{uuid4().hex[:12]}")
-    return Token.objects.create(user=user).key
+    return api_key_for(user)
 
 
 # The Redis transport hands an unacknowledged message back to the queue only once it is
@@ -481,7 +481,7 @@ def test_jobs_of_a_killed_worker_resume_from_their_stored_parts(
     }
     # Users of five active jobs each (JOB_MAX_ACTIVE_PER_USER).
     tokens = [
-        Token.objects.create(user=django_user_model.objects.create_user(f"crash-{uuid4().hex[:12]}")).key
+        api_key_for(django_user_model.objects.create_user(f"crash-{uuid4().hex[:12]}"))
         for _ in range(CRASH_JOBS // 5)
     ]
     apis = [stack.client(token) for token in tokens]

@@ -28,10 +28,10 @@ import pytest
 import redis
 from django.contrib.auth.models import User
 from django.db import connection
-from rest_framework.authtoken.models import Token
 
 from conftest import Stack, stack_env
 from jobs.models import DownloadJob, Status
+from tests.factories import api_key_for
 from tests.support.faults import FAST_REAPER, jobs_through_a_fault, postgres_profile_only, running_stack
 from tests.support.flows import eventually
 from tests.support.origin_server import OriginServer
@@ -64,7 +64,7 @@ def faults_env(origin_server: OriginServer, *, broker_url: str, hot: RedisServer
 @pytest.fixture
 def token() -> str:
     user = User.objects.create_user(f"faults-{uuid4().hex[:12]}")
-    return Token.objects.create(user=user).key
+    return api_key_for(user)
 
 
 # --- PostgreSQL restarted -------------------------------------------------------------------

@@ -14,10 +14,10 @@ from uuid import uuid4
 
 import pytest
 from django.contrib.auth.models import User
-from rest_framework.authtoken.models import Token
 
 from conftest import Stack, stack_env
 from jobs.models import DownloadJob
+from tests.factories import api_key_for
 from tests.support.faults import FAST_REAPER, postgres_profile_only, running_stack
 from tests.support.flows import eventually, initiate, job_status
 from tests.support.origin_server import FileScript, OriginServer
@@ -71,7 +71,7 @@ def disk_stack(
 def test_a_full_disk_fails_storage_full_removes_the_partial_file_and_the_next_job_succeeds(
     disk_stack: Stack, small_disk: Path, origin: OriginServer
 ) -> None:
-    token = Token.objects.create(user=User.objects.create_user(f"disk-{uuid4().hex[:12]}")).key
+    token = api_key_for(User.objects.create_user(f"disk-{uuid4().hex[:12]}"))
     origin.add(82001, FileScript(size=(DISK_MIB + 2) * MiB))  # more than the disk holds
     fits = origin.add(82002, FileScript(size=MiB))
     media = small_disk / "media"

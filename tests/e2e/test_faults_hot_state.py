@@ -23,11 +23,11 @@ from uuid import uuid4
 import httpx
 import pytest
 from django.contrib.auth.models import User
-from rest_framework.authtoken.models import Token
 from websockets.sync.client import connect
 
 from conftest import Stack, stack_env
 from jobs.models import DownloadJob
+from tests.factories import api_key_for
 from tests.support.faults import FAST_REAPER, jobs_through_a_fault, postgres_profile_only, running_stack
 from tests.support.origin_server import OriginServer
 from tests.support.redis_servers import RedisServer
@@ -105,7 +105,7 @@ class StatusWatch:
 def test_hot_state_redis_restarted_empty_loses_no_job_and_sockets_come_back(
     hot_stack: Stack, hot_state: RedisServer, origin: OriginServer
 ) -> None:
-    token = Token.objects.create(user=User.objects.create_user(f"hot-{uuid4().hex[:12]}")).key
+    token = api_key_for(User.objects.create_user(f"hot-{uuid4().hex[:12]}"))
     watch = StatusWatch(hot_stack, token)
     socket_closed = threading.Event()
 

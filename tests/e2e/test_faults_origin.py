@@ -21,11 +21,11 @@ from uuid import uuid4
 
 import pytest
 from django.contrib.auth.models import User
-from rest_framework.authtoken.models import Token
 
 from conftest import Stack, stack_env
 from jobs.models import DownloadJob, Status
 from jobs.transfer.breaker import OriginBreaker
+from tests.factories import api_key_for
 from tests.support.faults import FAST_REAPER, postgres_profile_only, running_stack
 from tests.support.flows import (
     assert_downloads_exactly,
@@ -72,7 +72,7 @@ def origin_fault_stack(
 
 @pytest.fixture
 def token() -> str:
-    return Token.objects.create(user=User.objects.create_user(f"origin-{uuid4().hex[:12]}")).key
+    return api_key_for(User.objects.create_user(f"origin-{uuid4().hex[:12]}"))
 
 
 def test_an_origin_silent_after_its_headers_times_out_and_the_retry_completes(

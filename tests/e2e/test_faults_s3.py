@@ -15,10 +15,10 @@ from uuid import uuid4
 
 import pytest
 from django.contrib.auth.models import User
-from rest_framework.authtoken.models import Token
 
 from conftest import Stack, stack_env
 from devtools.servers import S3Endpoint, s3_endpoint
+from tests.factories import api_key_for
 from tests.support.faults import FAST_REAPER, jobs_through_a_fault, postgres_profile_only, running_stack
 from tests.support.origin_server import OriginServer
 from tests.support.redis_servers import RedisServer
@@ -74,7 +74,7 @@ def test_an_s3_outage_mid_upload_is_ridden_out_and_leaves_no_open_upload(
     s3_stack: Stack, s3_behind_proxy: tuple[S3Endpoint, TcpProxy], origin: OriginServer
 ) -> None:
     _, proxy = s3_behind_proxy
-    token = Token.objects.create(user=User.objects.create_user(f"s3-{uuid4().hex[:12]}")).key
+    token = api_key_for(User.objects.create_user(f"s3-{uuid4().hex[:12]}"))
 
     def s3_down() -> None:
         proxy.down()

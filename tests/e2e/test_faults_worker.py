@@ -16,10 +16,10 @@ from uuid import uuid4
 import pytest
 import redis
 from django.contrib.auth.models import User
-from rest_framework.authtoken.models import Token
 
 from conftest import Stack, stack_env
 from jobs.models import DownloadJob
+from tests.factories import api_key_for
 from tests.support.faults import FAST_REAPER, jobs_through_a_fault, postgres_profile_only, running_stack
 from tests.support.flows import eventually
 from tests.support.origin_server import OriginServer
@@ -51,7 +51,7 @@ def test_a_warm_shutdown_mid_job_finishes_the_running_jobs_and_loses_none(
     worker_stack: tuple[Stack, RedisServer], origin: OriginServer
 ) -> None:
     stack, broker = worker_stack
-    token = Token.objects.create(user=User.objects.create_user(f"warm-{uuid4().hex[:12]}")).key
+    token = api_key_for(User.objects.create_user(f"warm-{uuid4().hex[:12]}"))
     in_flight: set[str] = set()
 
     def warm_shutdown() -> None:

@@ -25,11 +25,12 @@ import psutil  # type: ignore[import-untyped]
 import pytest
 from django.contrib.auth.models import User
 from django.db import connection
-from rest_framework.authtoken.models import Token
+from knox.crypto import hash_token
 
 from conftest import ARTIFACTS, Stack, stack_env
 from jobs import hotstate
-from jobs.models import DownloadJob, LegacyCaller, Status
+from jobs.models import ApiKey, DownloadJob, LegacyCaller, Status
+from tests.factories import api_key_for
 from tests.support.flows import eventually, initiate
 from tests.support.origin_server import FileScript, OriginServer
 from tests.support.redis_servers import RedisServer
@@ -41,7 +42,7 @@ MiB = 1024 * 1024
 
 
 def new_token(prefix: str) -> str:
-    return Token.objects.create(user=User.objects.create_user(f"{prefix}-{uuid4().hex[:12]}")).key
+    return api_key_for(User.objects.create_user(f"{prefix}-{uuid4().hex[:12]}"))
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +202,7 @@ def bounded_stack(django_db_setup: None, origin_server: OriginServer, broker: Re
 
 
 def places_held(token: str) -> int:
-    user_id = Token.objects.get(key=token).user_id
+    user_id = ApiKey.objects.get(digest=hash_token(token)).user_id
     return int(hotstate.client().zcard(f"legacy:waits:{user_id}"))
 
 

@@ -16,12 +16,12 @@ import pytest
 import redis
 from django.conf import settings
 from django.contrib.auth.models import User
-from rest_framework.authtoken.models import Token
 
 from conftest import Stack, stack_env
 from jobs import hotstate
 from jobs.models import DownloadJob
 from jobs.transfer.origin_limits import OriginLimits
+from tests.factories import api_key_for
 from tests.support.flows import assert_downloads_exactly, initiate, wait_until_all_finished
 from tests.support.origin_server import FileScript, OriginServer
 
@@ -67,7 +67,7 @@ def test_an_in_flight_limit_holds_the_other_jobs_queued_and_lets_each_through_on
     scripts = {
         71500 + n: origin.add(71500 + n, FileScript(size=MiB, rate_bps=MiB)) for n in range(JOBS)
     }  # ~1 s
-    token = Token.objects.create(user=User.objects.create_user(f"limits-{uuid4().hex[:12]}")).key
+    token = api_key_for(User.objects.create_user(f"limits-{uuid4().hex[:12]}"))
     waited: dict[str, dict[str, Any]] = {}  # a status of each job seen waiting for the limit
     started = time.monotonic()
 

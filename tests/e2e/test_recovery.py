@@ -35,10 +35,10 @@ import pytest
 import redis
 from django.conf import settings
 from django.contrib.auth.models import User
-from rest_framework.authtoken.models import Token
 
 from conftest import Stack, stack_env
 from jobs.models import DownloadJob, Status
+from tests.factories import api_key_for
 from tests.support.flows import assert_downloads_exactly, eventually, initiate, stored_files
 from tests.support.origin_server import FileScript, OriginServer
 from tests.support.scrapes import samples
@@ -91,7 +91,7 @@ def recovery_stack(
 @pytest.fixture
 def token() -> str:
     user = User.objects.create_user(f"recovery-{uuid4().hex[:12]}")
-    return Token.objects.create(user=user).key
+    return api_key_for(user)
 
 
 def completed_count(stack: Stack) -> float:

@@ -19,10 +19,10 @@ from uuid import uuid4
 
 import pytest
 from django.contrib.auth.models import User
-from rest_framework.authtoken.models import Token
 
 from conftest import Stack, stack_env
 from downloads_project import redis_servers
+from tests.factories import api_key_for
 from tests.support.faults import FAST_REAPER, jobs_through_a_fault, postgres_profile_only, running_stack
 from tests.support.flows import assert_downloads_exactly, eventually, initiate, job_status
 from tests.support.origin_server import FileScript, OriginServer
@@ -63,7 +63,7 @@ def sentinel_stack(
 @pytest.fixture
 def token() -> str:
     user = User.objects.create_user(f"sentinel-{uuid4().hex[:12]}")
-    return Token.objects.create(user=user).key
+    return api_key_for(user)
 
 
 def test_an_asyncio_client_finds_the_master_and_waits_for_a_free_connection(

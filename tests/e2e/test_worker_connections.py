@@ -18,10 +18,10 @@ import psycopg
 import pytest
 from django.contrib.auth.models import User
 from django.db import connection
-from rest_framework.authtoken.models import Token
 
 from conftest import Stack, database_url, stack_env
 from jobs.models import DownloadJob
+from tests.factories import api_key_for
 from tests.support.flows import assert_downloads_exactly, initiate, wait_until_all_finished
 from tests.support.origin_server import FileScript, OriginServer
 from tests.support.redis_servers import RedisServer
@@ -101,7 +101,7 @@ def test_fifty_jobs_at_once_share_four_connections_and_all_complete_once(
 ) -> None:
     # ~2 s each at 1 MiB/s, so that all fifty are in flight together.
     scripts = {72000 + n: origin.add(72000 + n, FileScript(size=2 * MiB, rate_bps=MiB)) for n in range(JOBS)}
-    token = Token.objects.create(user=User.objects.create_user(f"pool-{uuid4().hex[:12]}")).key
+    token = api_key_for(User.objects.create_user(f"pool-{uuid4().hex[:12]}"))
     started = time.monotonic()
 
     with PeakSampler() as sampler, pooled_stack.client(token) as api:

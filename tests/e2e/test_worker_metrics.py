@@ -12,11 +12,11 @@ from uuid import uuid4
 import httpx
 import pytest
 from django.contrib.auth.models import User
-from rest_framework.authtoken.models import Token
 
 from conftest import Stack, stack_env
 from devtools.servers import free_port, wait_for_port
 from jobs.ops.metrics import multiprocess_dir_reset
+from tests.factories import api_key_for
 from tests.support.flows import eventually, initiate, job_status
 from tests.support.origin_server import FileScript, OriginServer
 from tests.support.redis_servers import RedisServer
@@ -58,7 +58,7 @@ def test_a_worker_host_serves_its_job_counters_on_its_own_port(
     two_hosts: tuple[Stack, int], origin: OriginServer
 ) -> None:
     stack, port = two_hosts
-    token = Token.objects.create(user=User.objects.create_user(f"hosts-{uuid4().hex[:12]}")).key
+    token = api_key_for(User.objects.create_user(f"hosts-{uuid4().hex[:12]}"))
     origin.add(77001, FileScript(size=64 * 1024))
 
     def worker_scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

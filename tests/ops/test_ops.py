@@ -16,13 +16,13 @@ import httpx
 import pytest
 import redis
 from django.test import Client
-from rest_framework.authtoken.models import Token
 from websockets.sync.client import connect
 
 from conftest import Stack, stack_env
 from devtools.servers import free_port
 from downloads_project.embedded import _redis_server_binary
 from jobs.ops.broker import queue_depths
+from tests.factories import api_key_for
 from tests.support.brokers import broker_at, empty_broker
 from tests.support.origin_server import FileScript, OriginServer
 from tests.support.scrapes import closed_port_url, samples
@@ -226,7 +226,7 @@ def test_metrics_move_when_a_job_runs_in_the_real_worker(
     local_stack: Stack, origin: OriginServer, django_user_model: Any
 ) -> None:
     user = django_user_model.objects.create_user(f"ops-{uuid4().hex[:12]}")
-    token = Token.objects.create(user=user).key
+    token = api_key_for(user)
     file_id = 73001
     size = MiB + 17
     origin.add(file_id, FileScript(size=size, rate_bps=MiB))  # ~1 s: the socket sees it active

@@ -29,19 +29,18 @@ from django.core import signing
 from django.test import Client
 from django.utils import timezone
 from prometheus_client import REGISTRY
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from downloads_project.asgi import application
 from jobs import hotstate
 from jobs.events import job_event_message, job_event_publish, job_group_name
 from jobs.hotstate import HotProgress
-from jobs.models import DownloadJob, Status
+from jobs.models import ApiKey, DownloadJob, Status
 from jobs.selectors import iso
 from realtime import backlog
 from realtime.consumers import _replaced_progress
 from realtime.routing import websocket_urlpatterns
-from tests.factories import make_job
+from tests.factories import api_key_for, make_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -157,7 +156,7 @@ def test_socket_without_valid_credentials_is_closed_4401(user, credentials):
     if credentials == "unknown token":
         query = "token=" + "0" * 40
     elif credentials == "inactive user's token":
-        query = f"token={Token.objects.create(user=user).key}"
+        query = f"token={api_key_for(user)}"
         User.objects.filter(pk=user.pk).update(is_active=False)
 
     async def scenario() -> int:
@@ -181,7 +180,7 @@ def test_foreign_or_unknown_job_is_closed_4404(user, other_user, whose):
 def test_token_in_the_query_string_authenticates_an_api_client_without_origin(user):
     """API clients send no Origin header; the full application lets them in, by token."""
     job = make_job(user)
-    key = Token.objects.create(user=user).key
+    key = api_key_for(user)
 
     async def scenario() -> dict[str, Any]:
         async with socket(subscribe_path(job.job_id, f"token={key}"), app=application) as ws:
@@ -210,7 +209,7 @@ def test_a_page_of_another_site_is_refused(user):
     """AllowedHostsOriginValidator: a browser on a foreign page never reaches the consumer,
     even with valid credentials."""
     job = make_job(user)
-    key = Token.objects.create(user=user).key
+    key = api_key_for(user)
     headers = [(b"origin", b"https://evil.example")]
 
     async def scenario() -> bool:
@@ -824,6 +823,30 @@ def test_a_ticket_grants_nothing_else(api_client, dispatched):
     as_a_token = open_socket(f"/v1/download/subscribe/{created['job_id']}?token={quote(ticket)}")
 
     assert (by_query.status_code, by_header.status_code, as_a_token) == (401, 401, 4401)
+
+
+def test_a_ticket_minted_with_an_api_key_is_refused_once_that_key_is_deleted(api_client, user, dispatched):
+    """Deleting a key revokes the tickets minted with it, whatever other keys the user has."""
+    path = socket_path_of(initiate(api_client)["websocket_url"])
+    assert isinstance(open_socket(path), dict)
+    api_key_for(user, name="another")
+
+    ApiKey.objects.filter(user=user).exclude(name="another").delete()
+
+    assert open_socket(path) == 4401
+
+
+def test_a_ticket_minted_in_a_session_outlives_the_users_api_keys(user, dispatched):
+    browser = APIClient()
+    browser.force_login(user)
+    path = socket_path_of(initiate(browser)["websocket_url"])
+    api_key_for(user)
+
+    ApiKey.objects.filter(user=user).delete()
+
+    opened = open_socket(path)
+    assert isinstance(opened, dict)
+    assert opened["type"] == "snapshot"
 
 
 def test_the_status_of_an_active_job_carries_a_fresh_websocket_url(api_client, user, dispatched, monkeypatch):

@@ -12,11 +12,11 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
-from rest_framework.authtoken.models import Token
 from websockets.exceptions import ConnectionClosedOK
 from websockets.sync.client import connect
 
 from conftest import Stack
+from tests.factories import api_key_for
 from tests.support.origin_server import FileScript, OriginServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -50,7 +50,7 @@ def test_a_socket_on_another_asgi_process_gets_the_jobs_events(
     local_stack: Stack, web_b: str, origin_server: OriginServer, django_user_model: Any
 ) -> None:
     user = django_user_model.objects.create_user(f"fanout-{uuid4().hex[:12]}")
-    token = Token.objects.create(user=user).key
+    token = api_key_for(user)
     # ~2 s at the origin: long enough for several progress events.
     origin_server.add(FILE_ID, FileScript(size=6 * MiB, rate_bps=3 * MiB))
     assert web_b != local_stack.base_url

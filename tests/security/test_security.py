@@ -26,7 +26,6 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import Storage, storages
 from django.test import Client
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 from uvicorn.logging import AccessFormatter
 from websockets.exceptions import ConnectionClosed
@@ -40,7 +39,7 @@ from downloads_project.logging import REDACTED, RedactSecrets, redact, redact_ha
 from jobs.models import DownloadJob, Status, new_job_id
 from jobs.transfer.files import attachment_disposition
 from jobs.transfer.origins import safe_file_name
-from tests.factories import make_job
+from tests.factories import api_key_for, make_job
 from tests.support.s3 import s3_downloads_storage
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -276,7 +275,7 @@ def test_page_requests_over_https_need_a_same_site_origin(secure_settings, user,
 
 def test_token_clients_need_no_csrf_token(user, dispatched):
     client = APIClient(enforce_csrf_checks=True)
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {api_key_for(user)}")
 
     assert client.post(INITIATE, {"file_id": 1}, format="json").status_code == 200
 
@@ -315,6 +314,7 @@ DRF_KEY = "9944b09199c62bcf9418ad846dd0e4bbdfc6ee4b"
         ("{'HTTP_AUTHORIZATION': 'Token SECRET456'}", f"{{'HTTP_AUTHORIZATION': 'Token {REDACTED}'}}"),
         (f"created token {DRF_KEY} for demo", f"created token {REDACTED} for demo"),
         (f"sent Token {DRF_KEY}", f"sent Token {REDACTED}"),
+        ("new key dlk_" + "0a" * 32 + " for demo", f"new key {REDACTED} for demo"),
         (
             "https://b.s3.amazonaws.com/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIA%2F2024"
             "&X-Amz-Security-Token=IQoJb3&X-Amz-Signature=abcdef0123&X-Amz-Expires=900",
@@ -406,7 +406,7 @@ def test_celery_handlers_get_the_filter_once():
 
 def test_uvicorn_access_log_is_on_and_shows_no_secret(transactional_db, user):
     """A real uvicorn as runstack and the test stacks start it (access log on)."""
-    key = Token.objects.create(user=user).key
+    key = api_key_for(user)
     job = make_job(user)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "AWS_"))}
@@ -641,7 +641,7 @@ def socket_close_code(path: str) -> int:
 @pytest.mark.parametrize("status", [Status.QUEUED, Status.COMPLETED, Status.FAILED])
 def test_socket_of_another_users_job_is_closed_4404_and_anonymous_4401(user, other_user, status):
     foreign = make_job(other_user, status=status)
-    key = Token.objects.create(user=user).key
+    key = api_key_for(user)
 
     assert socket_close_code(f"/v1/download/subscribe/{foreign.job_id}?token={key}") == 4404
     assert socket_close_code(f"/v1/download/subscribe/{foreign.job_id}") == 4401

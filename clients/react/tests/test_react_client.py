@@ -39,13 +39,13 @@ import redis
 from django.conf import settings
 from django.contrib.auth.models import User
 from playwright.sync_api import Page, WebSocket, WebSocketRoute, expect
-from rest_framework.authtoken.models import Token
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as websocket_connect
 from websockets.typing import Origin
 
 from conftest import ROOT, BrowserSession, Stack, stack_env
 from devtools.servers import free_port
+from tests.factories import api_key_for
 from tests.support.origin_server import FileScript, OriginServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -204,7 +204,7 @@ def react_stack(
 def token() -> str:
     """A DRF token of a user of this test's (made before the browser is driven)."""
     user = User.objects.create_user(f"react-{uuid4().hex[:10]}")
-    return Token.objects.create(user=user).key
+    return api_key_for(user)
 
 
 # --- the browser -----------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """`manage.py runstack`: the whole service on one machine, for trying it out.
 
-Migrates, makes a demo user with an API token, then runs the ASGI server, a Celery worker
+Migrates, makes a demo user with a fresh API key, then runs the ASGI server, a Celery worker
 and Celery beat as child processes (and a private Redis unless REDIS_URL is set).
 A worker that dies is started again, as a supervisor or Kubernetes would: its jobs were
 not acknowledged, and the reaper sends them again once their heartbeat is stale (they
@@ -31,11 +31,14 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
-from rest_framework.authtoken.models import Token
 
 from downloads_project import processes
 from downloads_project.embedded import embedded_redis
+from jobs.api_keys import api_key_create
+from jobs.models import ApiKey
 from jobs.ops.metrics import dead_processes_forget, multiprocess_dir_reset
+
+DEMO_KEY_NAME = "runstack demo"
 
 # A worker that dies again soon after its start waits longer each time before the next
 # one, so a worker that cannot start (a broken setting, the broker gone) does not spin.
@@ -164,7 +167,10 @@ class Command(BaseCommand):
         if created:
             user.set_password("demo")
             user.save(update_fields=["password"])
-        return Token.objects.get_or_create(user=user)[0].key
+        # Keys are stored as digests: the last run's key cannot be printed again, so each
+        # start replaces it with a new one.
+        ApiKey.objects.filter(user=user, name=DEMO_KEY_NAME).delete()
+        return api_key_create(user=user, name=DEMO_KEY_NAME)[1]
 
     def _supervise(
         self,

@@ -9,9 +9,9 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
-from rest_framework.authtoken.models import Token
 
 from conftest import Stack
+from tests.factories import api_key_for
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -24,7 +24,7 @@ def stack(request: pytest.FixtureRequest) -> Stack:
 def token(django_user_model: Any) -> str:
     """A user of its own per test; committed, so the stack's processes see it."""
     user = django_user_model.objects.create_user(f"client-{uuid4().hex[:12]}")
-    return str(Token.objects.create(user=user).key)
+    return api_key_for(user)
 
 
 @pytest.fixture
