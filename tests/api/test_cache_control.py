@@ -8,8 +8,8 @@ import pytest
 from django.contrib.auth.models import User
 from django.db import OperationalError
 from django.test import Client
-from rest_framework.authtoken.models import Token
 
+from tests.factories import api_key_for
 from tests.factories import make_job
 
 INITIATE = "/v1/download/initiate"
@@ -21,7 +21,7 @@ def _no_store(response: Any) -> bool:
 
 @pytest.fixture
 def token_client(user: User) -> Client:
-    key = Token.objects.create(user=user).key
+    key = api_key_for(user)
     return Client(HTTP_AUTHORIZATION=f"Token {key}", raise_request_exception=False)
 
 

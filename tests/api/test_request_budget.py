@@ -19,10 +19,10 @@ from botocore.exceptions import ReadTimeoutError
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import connection
-from rest_framework.authtoken.models import Token
 
 from conftest import Stack, database_url, stack_env
 from jobs import selectors
+from tests.factories import api_key_for
 from tests.factories import make_job
 from tests.support.origin_server import OriginServer
 from tests.support.tcp_proxy import tcp_proxy
@@ -50,7 +50,7 @@ postgres_only = pytest.mark.skipif(
 
 
 def _token(name: str) -> str:
-    return Token.objects.create(user=User.objects.create_user(name)).key
+    return api_key_for(User.objects.create_user(name))
 
 
 @pytest.fixture
