@@ -16,7 +16,10 @@ from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.test import Client
 from rest_framework.authtoken.models import Token
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
+from conftest import Stack
 from downloads_project.asgi import application
 from tests.factories import make_job
 from tests.realtime.test_consumers import (
@@ -30,6 +33,7 @@ from tests.realtime.test_consumers import (
     socket_path_of,
     subscribe_path,
 )
+from tests.support.origin_server import FileScript, OriginServer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -252,3 +256,38 @@ def test_saving_an_active_user_leaves_the_sockets_open(user):
             return bool(await ws.receive_nothing(timeout=0.5))
 
     assert run(scenario) is True
+
+
+def receive_until_closed(ws: Any) -> ConnectionClosed:
+    """The close of a websockets client socket, after any messages before it."""
+    for _message in range(1000):
+        try:
+            ws.recv(timeout=10)
+        except ConnectionClosed as closed:
+            return closed
+    raise AssertionError("the socket was not closed")
+
+
+@pytest.mark.e2e
+def test_deactivating_a_user_closes_the_socket_on_a_real_web_process(
+    local_stack: Stack, origin: OriginServer, django_user_model: Any
+) -> None:
+    """As the admin does it: a save in another process (here, the test's) closes the
+    socket that a real uvicorn holds, through the Redis channel layer."""
+    user = django_user_model.objects.create_user(f"revoked-{time.monotonic_ns()}")
+    token = Token.objects.create(user=user).key
+    file_id = 73101
+    origin.add(file_id, FileScript(size=8 * 1024 * 1024, rate_bps=1024 * 1024))  # ~8 s: still active
+
+    with local_stack.client(token) as api:
+        created = api.post("/v1/download/initiate", json={"file_id": file_id}).json()["data"]
+    with connect(created["websocket_url"], open_timeout=10) as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "snapshot"
+        revoked_at = time.monotonic()
+        deactivate(user)
+        closed = receive_until_closed(ws)
+        elapsed_s = time.monotonic() - revoked_at
+
+    assert closed.rcvd is not None
+    assert closed.rcvd.code == 4401
+    assert elapsed_s < 3  # within a second or so, not at a heartbeat (15 s) or resync (60 s)
