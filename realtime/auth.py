@@ -9,6 +9,7 @@ is still taken from clients written before tickets while WEBSOCKET_TOKEN_QUERY_A
 (until WEBSOCKET_TOKEN_QUERY_SUNSET), and logged each time: a URL ends up in proxy logs.
 """
 
+import io
 import logging
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -132,9 +133,8 @@ class SiteOriginValidator:
 def _is_site_origin(scope: dict[str, Any], origin: str) -> bool:
     # Django's own reading of the scheme and Host (SECURE_PROXY_SSL_HEADER,
     # USE_X_FORWARDED_HOST, ALLOWED_HOSTS), from an HTTP request of the same headers.
-    request = ASGIRequest(
-        {**scope, "method": "GET", "scheme": "https" if scope.get("scheme") == "wss" else "http"}, None
-    )
+    scheme = "https" if scope.get("scheme") == "wss" else "http"
+    request = ASGIRequest({**scope, "method": "GET", "scheme": scheme}, io.BytesIO())
     try:
         if origin == f"{request.scheme}://{request.get_host()}":
             return True
