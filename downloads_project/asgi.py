@@ -31,8 +31,9 @@ from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import StaticFilesHandler  # noqa: E402
 
 from downloads_project.legacy_wait import LegacyWait  # noqa: E402
+from downloads_project.lifespan import WebLifespan  # noqa: E402
 from downloads_project.logging import redact_handlers  # noqa: E402
-from realtime.auth import AllowedHostsOrNoOriginValidator, TokenAuthMiddlewareStack  # noqa: E402
+from realtime.auth import SiteOriginValidator, TokenAuthMiddlewareStack  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
 
 # uvicorn set up its loggers (its defaults, or --log-config) before importing this module.
@@ -49,9 +50,10 @@ application = ProtocolTypeRouter(
         "http": LegacyWait(
             WSGIMiddleware(StaticFilesHandler(django_wsgi_app), workers=settings.WEB_THREADS)  # type: ignore[arg-type]
         ),
-        # Session cookie or the job's `?ticket=`; browsers must come from a page of ALLOWED_HOSTS.
-        "websocket": AllowedHostsOrNoOriginValidator(
-            TokenAuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-        ),
+        # The job's `?ticket=`, or the session cookie of a page of the site; browsers must come
+        # from a page of the site or of CORS_ALLOWED_ORIGINS (realtime/auth.py).
+        "websocket": SiteOriginValidator(TokenAuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        # Refuses to start on the embedded secret key beyond loopback.
+        "lifespan": WebLifespan(),
     }
 )

@@ -6,7 +6,7 @@ synthetic origin. Each production part is switched on by its variable.
 """
 
 import os
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -481,6 +481,12 @@ WEBSOCKET_MAX_PER_USER = env.int("WEBSOCKET_MAX_PER_USER", default=20)
 # A job's websocket_url carries a signed ticket, not a credential: it opens that job's
 # socket, for its owner, this long after it was minted (initiate, or an active job's status).
 WEBSOCKET_TICKET_TTL_S = env.int("WEBSOCKET_TICKET_TTL_S", default=300)
+# `?token=<key>` on a socket, from clients written before tickets: deprecated (a URL ends
+# up in proxy logs), each use logged, and refused from the sunset date on unless set.
+WEBSOCKET_TOKEN_QUERY_SUNSET = date(2027, 6, 30)
+WEBSOCKET_TOKEN_QUERY_ALLOWED = env.bool(
+    "WEBSOCKET_TOKEN_QUERY_ALLOWED", default=date.today() < WEBSOCKET_TOKEN_QUERY_SUNSET
+)
 JOB_HEARTBEAT_INTERVAL_S = env.float("JOB_HEARTBEAT_INTERVAL_S", default=5.0)
 HOT_STATE_TTL_S = env.int("HOT_STATE_TTL_S", default=3600)
 # Polling reads a job's card (a copy of its row in hot-state Redis, replaced after each
@@ -756,8 +762,9 @@ SPECTACULAR_SETTINGS = {
         '"message": ...}}`. Authenticate with `Authorization: Token <key>` (API clients) or '
         "the session cookie of the login page (browser; unsafe methods need the CSRF token).\n\n"
         "Live progress is pushed on the WebSocket `/v1/download/subscribe/<job_id>` (the "
-        "`websocket_url` that initiate returns; session cookie or `?token=<key>`), which "
-        "OpenAPI does not describe: its first message is a `snapshot`, then `status_update`, "
+        "`websocket_url` that initiate returns, whose `?ticket=` opens it; or the session cookie "
+        "of a page of this site), which OpenAPI does not describe: its first message is a "
+        "`snapshot`, then `status_update`, "
         "`progress`, `heartbeat` and one of `completed`, `error`, `cancelled`."
     ),
     "SERVE_INCLUDE_SCHEMA": False,

@@ -48,22 +48,40 @@ def job_group_name(job_id: str) -> str:
     return f"job.{job_id}"
 
 
+def user_group_name(user_id: int) -> str:
+    """The group that every open socket of the user joins, on any ASGI process."""
+    return f"user.{user_id}"
+
+
 def job_event_publish(job_id: str, event: dict[str, Any]) -> None:
     """Sends one event to every socket subscribed to the job, on any ASGI process. Returns
     once Redis has it, or after PUBLISH_TIMEOUT_S; never raises. For sync code only: a
     coroutine awaits `get_channel_layer().group_send` itself."""
-    layer = get_channel_layer()
-    if layer is None:
-        return
     try:
-        message = job_event_message(event)
-        if isinstance(layer, RedisPubSubChannelLayer) and (publisher := _pubsub_publisher(layer)) is not None:
-            publisher.publish(job_group_name(job_id), layer.serialize(message))
-        else:
-            _publisher().run(layer.group_send(job_group_name(job_id), message), timeout_s=PUBLISH_TIMEOUT_S)
+        _group_send(job_group_name(job_id), job_event_message(event))
     except Exception:
         # A lost hint must never fail the job: watchers fall back to polling.
         logger.warning("Could not publish %s event of %s", event.get("type"), job_id, exc_info=True)
+
+
+def user_sockets_close(user_id: int) -> None:
+    """Closes every open socket of the user, on any ASGI process: the user was deactivated
+    or deleted. Never raises; a socket that misses it finds out at its next check of the
+    user (realtime/consumers.py, every WEBSOCKET_RESYNC_S)."""
+    try:
+        _group_send(user_group_name(user_id), {"type": "user.revoked"})
+    except Exception:
+        logger.warning("Could not tell the sockets of user %s to close", user_id, exc_info=True)
+
+
+def _group_send(group: str, message: dict[str, Any]) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    if isinstance(layer, RedisPubSubChannelLayer) and (publisher := _pubsub_publisher(layer)) is not None:
+        publisher.publish(group, layer.serialize(message))
+    else:
+        _publisher().run(layer.group_send(group, message), timeout_s=PUBLISH_TIMEOUT_S)
 
 
 def job_event_on_hot_state(job_id: str, event: dict[str, Any]) -> tuple[str, bytes] | None:

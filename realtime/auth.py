@@ -1,25 +1,40 @@
 """Who may open a job's socket, and from which web pages (the Origin check).
 
 The user is the one a `?ticket=` names (the ticket that the job's `websocket_url` carries,
-jobs/tickets.py), for that job only; without a ticket, the session user. `?token=<key>`
-(a DRF token in the URL) is still taken for the clients written before tickets, and no
-longer documented: a URL ends up in proxy logs.
+jobs/tickets.py), for that job only; without a ticket, the session user, but only on a
+page of the site itself: a page of another origin (CORS_ALLOWED_ORIGINS) calls the API
+with a token and no cookie, so its socket needs the ticket, and the cookie that a browser
+sends anyway on its handshake counts for nothing. `?token=<key>` (a DRF token in the URL)
+is still taken from clients written before tickets while WEBSOCKET_TOKEN_QUERY_ALLOWED
+(until WEBSOCKET_TOKEN_QUERY_SUNSET), and logged each time: a URL ends up in proxy logs.
 """
 
+import io
+import logging
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from channels.auth import AuthMiddlewareStack
 from channels.db import database_sync_to_async
 from channels.middleware import BaseMiddleware
-from channels.security.websocket import AllowedHostsOriginValidator, OriginValidator
+from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
+from django.core.exceptions import DisallowedHost
+from django.core.handlers.asgi import ASGIRequest
+from django.utils.http import is_same_domain
 from rest_framework.exceptions import AuthenticationFailed
 
 from jobs.api.authentication import CachedTokenAuthentication
 from jobs.tickets import Ticket, websocket_ticket_read
+
+logger = logging.getLogger(__name__)
+
+# scope["origin"] after SiteOriginValidator: which page opened the socket.
+ORIGIN_SITE = "site"  # a page of the site itself
+ORIGIN_CROSS_SITE = "cross-site"  # a page of CORS_ALLOWED_ORIGINS: tickets only
+ORIGIN_NONE = "none"  # no Origin header: not a browser
 
 
 @database_sync_to_async
@@ -46,15 +61,34 @@ def _ticket_user(ticket: Ticket) -> Any:
 class TokenAuthMiddleware(BaseMiddleware):
     """A `?ticket=` replaces the session's user: it goes to scope["ticket"], for the
     consumer to check against its job (`socket_user`), and the scope's user is anonymous.
-    Else `?token=<key>` sets scope["user"]. Otherwise the session's user stays."""
+    Else `?token=<key>` sets scope["user"] (anonymous once the query token is switched
+    off). Otherwise the session's user stays, on a page of the site or a client without
+    an Origin; a page of another origin gets the anonymous user."""
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         query = parse_qs(scope.get("query_string", b"").decode("latin1"))
         if tickets := query.get("ticket"):
             scope = {**scope, "user": AnonymousUser(), "ticket": tickets[-1]}
         elif keys := query.get("token"):
-            scope = {**scope, "user": await _token_user(keys[-1])}
+            scope = {**scope, "user": await _query_token_user(keys[-1])}
+        elif scope.get("origin") == ORIGIN_CROSS_SITE:
+            scope = {**scope, "user": AnonymousUser()}
         return await super().__call__(scope, receive, send)
+
+
+async def _query_token_user(key: str) -> Any:
+    """The user of a `?token=` key, logged (without the key) as the deprecated way in it is."""
+    if not settings.WEBSOCKET_TOKEN_QUERY_ALLOWED:
+        logger.warning("A socket was refused: ?token= is switched off (WEBSOCKET_TOKEN_QUERY_ALLOWED)")
+        return AnonymousUser()
+    user = await _token_user(key)
+    logger.warning(
+        "A socket was opened with ?token= (user %s), deprecated and refused from %s: use the ?ticket= "
+        "of the job's websocket_url",
+        user.pk,
+        settings.WEBSOCKET_TOKEN_QUERY_SUNSET.isoformat(),
+    )
+    return user
 
 
 def TokenAuthMiddlewareStack(inner: Any) -> Any:
@@ -72,30 +106,65 @@ async def socket_user(scope: dict[str, Any], job_id: str) -> Any:
     return scope.get("user")
 
 
-class _BrowserOriginValidator(OriginValidator):
-    def valid_origin(self, parsed_origin: Any) -> bool:
-        # Browsers send an Origin with every WebSocket handshake, so a page of another
-        # site is refused, unless CORS_ALLOWED_ORIGINS lists it (a browser app that calls
-        # the API with a token: it opens the websocket_url's socket with its ticket).
-        # Channels also refuses a handshake without one; only non-browser clients make
-        # those (and could claim any Origin), so they are let through, to be
-        # authenticated like any other.
-        return (
-            parsed_origin is None or bool(super().valid_origin(parsed_origin)) or _cors_allowed(parsed_origin)
-        )
+class SiteOriginValidator:
+    """Refuses a browser's handshake from a page that is neither of the site nor of
+    CORS_ALLOWED_ORIGINS (HTTP 403, before any socket exists), and tells the middleware
+    inside which it was, as scope["origin"].
+
+    Browsers send an Origin with every WebSocket handshake. It is the site's when it is
+    what Django's CSRF check takes for an unsafe request: the handshake's own scheme and
+    Host (`https` where the server sees TLS, or a trusted X-Forwarded-Proto; the Host one
+    of ALLOWED_HOSTS), or one of CSRF_TRUSTED_ORIGINS. Scheme, host and port all count: a
+    page on another port of the same host is another site. A handshake without an Origin,
+    which no browser makes, is let through, to be authenticated like any other (a client
+    that is not a browser could claim any Origin anyway)."""
+
+    def __init__(self, application: Any) -> None:
+        self.application = application
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        origin = next((value for name, value in scope.get("headers", ()) if name == b"origin"), None)
+        if origin is None:
+            kind = ORIGIN_NONE
+        elif _is_site_origin(scope, origin.decode("latin1")):
+            kind = ORIGIN_SITE
+        elif _is_cors_allowed(origin.decode("latin1")):
+            kind = ORIGIN_CROSS_SITE
+        else:
+            return await WebsocketDenier()(scope, receive, send)
+        return await self.application({**scope, "origin": kind}, receive, send)
 
 
-def _cors_allowed(parsed_origin: Any) -> bool:
-    """The Origin is one of CORS_ALLOWED_ORIGINS, compared as django-cors-headers does."""
+def _is_site_origin(scope: dict[str, Any], origin: str) -> bool:
+    # Django's own reading of the scheme and Host (SECURE_PROXY_SSL_HEADER,
+    # USE_X_FORWARDED_HOST, ALLOWED_HOSTS), from an HTTP request of the same headers.
+    scheme = "https" if scope.get("scheme") == "wss" else "http"
+    request = ASGIRequest({**scope, "method": "GET", "scheme": scheme}, io.BytesIO())
+    try:
+        if origin == f"{request.scheme}://{request.get_host()}":
+            return True
+    except DisallowedHost:
+        pass
+    if origin in settings.CSRF_TRUSTED_ORIGINS:
+        return True
+    try:
+        parsed = urlsplit(origin)
+    except ValueError:
+        return False
     return any(
-        (allowed.scheme, allowed.netloc) == (parsed_origin.scheme, parsed_origin.netloc)
-        for allowed in map(urlsplit, settings.CORS_ALLOWED_ORIGINS)
+        parsed.scheme == trusted.scheme and is_same_domain(parsed.netloc, trusted.netloc.lstrip("*"))
+        for trusted in map(urlsplit, settings.CSRF_TRUSTED_ORIGINS)
+        if trusted.netloc.startswith("*")
     )
 
 
-def AllowedHostsOrNoOriginValidator(application: Any) -> Any:
-    """Channels' AllowedHostsOriginValidator (the Origin's host must be in ALLOWED_HOSTS),
-    except that a handshake without an Origin header, which no browser makes, is accepted,
-    and so is one from a page of CORS_ALLOWED_ORIGINS."""
-    allowed = AllowedHostsOriginValidator(application).allowed_origins
-    return _BrowserOriginValidator(application, allowed)
+def _is_cors_allowed(origin: str) -> bool:
+    """The Origin is one of CORS_ALLOWED_ORIGINS, compared as django-cors-headers does."""
+    try:
+        parsed = urlsplit(origin)
+    except ValueError:
+        return False
+    return any(
+        (allowed.scheme, allowed.netloc) == (parsed.scheme, parsed.netloc)
+        for allowed in map(urlsplit, settings.CORS_ALLOWED_ORIGINS)
+    )

@@ -12,6 +12,11 @@ again: an event the channel layer dropped (it delivers at most once) cannot leav
 finished job's socket waiting. After WEBSOCKET_IDLE_TIMEOUT_S without an event the server
 closes it (4408); a client that still cares polls the status or opens a new one.
 
+A socket acts for its user only while the user is active: every socket joins its user's
+group, which realtime/signals.py tells to close (4401) when the user is deactivated or
+deleted, and re-reads the user every WEBSOCKET_RESYNC_S in case that message was lost or
+never sent (a bulk `update()` sends no signal).
+
 A user has at most WEBSOCKET_MAX_PER_USER sockets open at once, on all web processes
 (realtime/connections.py): one more is closed 4429. Every refusal comes after the
 handshake, so that the client sees its code.
@@ -27,10 +32,11 @@ from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from jobs import selectors
-from jobs.events import job_group_name
+from jobs.events import job_group_name, user_group_name
 from jobs.models import ACTIVE_STATUSES, DownloadJob, Status
 from jobs.ops import metrics
 
@@ -64,6 +70,11 @@ def _row_status(user: Any, job_id: str) -> dict[str, Any] | None:
     except DownloadJob.DoesNotExist:
         return None
     return selectors.download_job_status(job=job, hot=selectors.download_job_hot([job]).get(job_id))
+
+
+@database_sync_to_async
+def _user_is_active(user_id: int) -> bool:
+    return get_user_model()._default_manager.filter(pk=user_id, is_active=True).exists()
 
 
 # Message types whose handlers take no thread hop to close old database connections (see
@@ -109,6 +120,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
     user: Any = None
     place: str | None = None  # this socket's id among its user's open sockets, once counted
     group: str | None = None
+    user_group: str | None = None
     heartbeat: asyncio.Task[None] | None = None
     closing = False
     # What this socket last told its client, and the attempt that was in.
@@ -135,6 +147,8 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
             return
         if taken:
             self.place = place
+        self.user_group = user_group_name(user.pk)
+        await self.channel_layer.group_add(self.user_group, self.channel_name)
         # Join before reading the snapshot: an event sent in between arrives after the
         # snapshot instead of being lost.
         self.group = job_group_name(self.job_id)
@@ -165,6 +179,13 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         await self._give_up_place()
         if self.group is not None:
             await self.channel_layer.group_discard(self.group, self.channel_name)
+        if self.user_group is not None:
+            await self.channel_layer.group_discard(self.user_group, self.channel_name)
+
+    async def user_revoked(self, message: dict[str, Any]) -> None:
+        """The user was deactivated or deleted (realtime/signals.py)."""
+        if not self.closing:
+            await self._close(code=CLOSE_UNAUTHENTICATED)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels' dispatch, without its `aclose_old_connections()` (a hop to the
@@ -233,7 +254,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         await self.send(text_data=text if text is not None else json.dumps(message))
 
     async def _beat(self) -> None:
-        last_resync_at = time.monotonic()
+        last_resync_at = last_user_check_at = time.monotonic()
         try:
             while True:
                 await asyncio.sleep(settings.WEBSOCKET_HEARTBEAT_S)
@@ -243,6 +264,11 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
                 if now - self.last_event_at >= settings.WEBSOCKET_IDLE_TIMEOUT_S:
                     await self._close(code=CLOSE_IDLE)
                     return
+                if now - last_user_check_at >= settings.WEBSOCKET_RESYNC_S:
+                    last_user_check_at = now
+                    if not await _user_is_active(self.user.pk):
+                        await self._close(code=CLOSE_UNAUTHENTICATED)
+                        return
                 quiet_since = max(self.last_event_at, last_resync_at)
                 if now - quiet_since >= settings.WEBSOCKET_RESYNC_S:
                     last_resync_at = now

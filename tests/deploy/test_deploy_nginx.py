@@ -36,6 +36,7 @@ from cryptography.x509.oid import NameOID
 from django.conf import settings
 from websockets.exceptions import ConnectionClosedOK
 from websockets.sync.client import connect
+from websockets.typing import Origin
 
 from conftest import Stack, stack_env
 from devtools.servers import free_port, wait_for_port
@@ -272,9 +273,12 @@ def new_token(django_user_model: Any) -> str:
 
 
 def watch(url: str, context: ssl.SSLContext, *, timeout_s: float) -> list[dict[str, Any]]:
+    """The socket's messages, opened as a page of the site opens it: with the site's https
+    origin, which the app sees as its own through nginx's Host and X-Forwarded-Proto."""
     messages: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout_s
-    with connect(url, ssl=context, open_timeout=10, close_timeout=5) as ws:
+    origin = Origin("https://" + url.split("/")[2])
+    with connect(url, ssl=context, origin=origin, open_timeout=10, close_timeout=5) as ws:
         try:
             while True:
                 messages.append(json.loads(ws.recv(timeout=max(0.1, deadline - time.monotonic()))))

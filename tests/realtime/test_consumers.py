@@ -189,11 +189,12 @@ def test_token_in_the_query_string_authenticates_an_api_client_without_origin(us
     assert run(scenario)["job_id"] == job.job_id
 
 
-def test_session_cookie_authenticates_a_page_of_an_allowed_host(user):
+def test_session_cookie_authenticates_a_page_of_the_site(user):
     job = make_job(user)
     browser = Client()
     browser.force_login(user)
     headers = [
+        (b"host", b"localhost:8000"),
         (b"origin", b"http://localhost:8000"),
         (b"cookie", f"sessionid={browser.cookies['sessionid'].value}".encode()),
     ]
@@ -206,8 +207,8 @@ def test_session_cookie_authenticates_a_page_of_an_allowed_host(user):
 
 
 def test_a_page_of_another_site_is_refused(user):
-    """AllowedHostsOriginValidator: a browser on a foreign page never reaches the consumer,
-    even with valid credentials."""
+    """A browser on a foreign page never reaches the consumer, even with valid credentials
+    (more in test_socket_auth.py)."""
     job = make_job(user)
     key = api_key_for(user)
     headers = [(b"origin", b"https://evil.example")]

@@ -1,15 +1,21 @@
 """Findings of the outside security review that live in the API, the probes, the services
 and the settings: each test failed before its fix."""
 
+import os
+import signal
+import subprocess
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
 from django.contrib.auth.models import User
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from conftest import manage
+from conftest import ROOT, manage
+from devtools.servers import free_port, wait_for_port
+from downloads_project import processes
 from jobs import services
 from jobs.models import DownloadJob, Status
 
@@ -69,6 +75,56 @@ def test_runstack_refuses_a_public_address_with_the_embedded_secret_key(clean_en
     result = manage(["runstack", "--host", "0.0.0.0"], clean_env)
     assert result.returncode != 0
     assert "set DJANGO_SECRET_KEY" in result.stderr
+
+
+def test_uvicorn_refuses_the_embedded_secret_key_on_a_public_address(
+    clean_env: dict[str, str],
+) -> None:
+    """As the Dockerfile's CMD runs it (`--host 0.0.0.0`), with no DJANGO_SECRET_KEY."""
+    web = subprocess.Popen(
+        processes.web_argv(host="0.0.0.0", port=free_port()),
+        cwd=ROOT,
+        env=clean_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = web.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(web.pid, signal.SIGKILL)
+        web.communicate()
+        pytest.fail("uvicorn served the embedded secret key on 0.0.0.0")
+    assert web.returncode != 0
+    assert "The embedded secret key is public and this web process would listen on 0.0.0.0" in output
+    assert "set DJANGO_SECRET_KEY" in output
+
+
+@pytest.mark.parametrize(
+    ("host", "secret_key"),
+    [("127.0.0.1", None), ("0.0.0.0", "x" * 50)],
+    ids=["loopback", "own key"],
+)
+def test_uvicorn_serves_on_loopback_or_with_a_key_of_its_own(
+    clean_env: dict[str, str], host: str, secret_key: str | None
+) -> None:
+    port = free_port()
+    env = clean_env | ({"DJANGO_SECRET_KEY": secret_key} if secret_key else {})
+    web = subprocess.Popen(
+        processes.web_argv(host=host, port=port),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for_port(port, process=web)
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
+    finally:
+        os.killpg(web.pid, signal.SIGTERM)
+        web.wait(timeout=30)
 
 
 # --- also: settings that stopped the stack or throttled whole offices ------------------------
