@@ -92,7 +92,9 @@ async def _file_send(path: Path | None, start: Message, scope: Scope, receive: A
     idle_s = settings.SEND_IDLE_TIMEOUT_S
     gone = asyncio.ensure_future(_disconnect(receive))
     try:
-        headers = [(name, value) for name, value in start.get("headers", []) if name.lower() not in _BODY_HEADERS]
+        headers = [
+            (name, value) for name, value in start.get("headers", []) if name.lower() not in _BODY_HEADERS
+        ]
         async with asyncio.timeout(idle_s):
             await send({**start, "headers": [*headers, (b"content-length", str(size).encode())]})
         left = 0 if scope["method"] == "HEAD" else size

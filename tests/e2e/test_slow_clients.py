@@ -300,13 +300,19 @@ def sent_until_refused(stack: Stack, request: bytes, *, tail: bytes = b"") -> tu
 @pytest.mark.parametrize(
     ("request_bytes", "status"),
     [
-        pytest.param(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * MiB + b"\r\n\r\n", 431, id="1MB-header"),
         pytest.param(
-            b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % n for n in range(50_000)) + b"\r\n",
+            b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * MiB + b"\r\n\r\n", 431, id="1MB-header"
+        ),
+        pytest.param(
+            b"GET /health HTTP/1.1\r\nHost: x\r\n"
+            + b"".join(b"X-%d: y\r\n" % n for n in range(50_000))
+            + b"\r\n",
             431,
             id="50000-headers",
         ),
-        pytest.param(b"GET /health?" + b"q" * 100 * 1024 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, id="100KiB-URL"),
+        pytest.param(
+            b"GET /health?" + b"q" * 100 * 1024 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, id="100KiB-URL"
+        ),
     ],
 )
 def test_an_oversized_head_is_refused(front, request_bytes, status):
@@ -320,7 +326,9 @@ def test_an_oversized_head_is_refused(front, request_bytes, status):
 
 def test_an_endless_header_is_cut_off(front, owner, job_id):
     before = rss_mib(front)
-    answer, sent = sent_until_refused(front, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Endless: ", tail=b"a" * 65536)
+    answer, sent = sent_until_refused(
+        front, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Endless: ", tail=b"a" * 65536
+    )
 
     assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
     assert sent < 32 * MiB  # cut off: the socket buffers take a few MiB, no more
