@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, closing
+from contextlib import ExitStack, closing, suppress
 from datetime import timedelta
 from pathlib import Path
 from uuid import uuid4
@@ -211,10 +211,8 @@ def test_slow_bodies_hold_no_thread_and_get_408(front, owner, job_id):
             while not stop.wait(1.0):
                 answered, _, _ = select.select(senders, [], [], 0)
                 for sock in set(senders) - set(answered):
-                    try:
+                    with suppress(OSError):
                         sock.send(b"x")
-                    except OSError:
-                        pass
 
         dripping = threading.Thread(target=trickle, daemon=True)
         dripping.start()
@@ -235,9 +233,8 @@ def test_slow_bodies_hold_no_thread_and_get_408(front, owner, job_id):
 def test_a_body_above_the_cap_is_refused_at_once(front):
     declared = settings.REQUEST_BODY_MAX_BYTES + 1
     with closing(connect(front)) as sock:
-        sock.sendall(
-            f"POST /v1/download/initiate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {declared}\r\n\r\n".encode()
-        )
+        head = f"POST /v1/download/initiate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {declared}\r\n\r\n"
+        sock.sendall(head.encode())
         answer = answer_of(sock, timeout_s=PROMPT_S)
     assert answer.startswith(b"HTTP/1.1 413 ")
     assert b'"code": "PAYLOAD_TOO_LARGE"' in answer
@@ -359,10 +356,8 @@ def test_slowloris_connections_are_closed_after_the_head_timeout(front, owner, j
         while time.monotonic() < opened + TIMEOUT_S + 1:
             answered, _, _ = select.select(lorises, [], [], 0)
             for sock in set(lorises) - set(answered):
-                try:
+                with suppress(OSError):
                     sock.sendall(b"X-a: b\r\n")
-                except OSError:
-                    pass
             assert_answers_promptly(front, owner[1], job_id)
             time.sleep(0.5)
         answers = [answer_of(sock) for sock in lorises]
