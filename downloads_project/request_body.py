@@ -119,8 +119,8 @@ class _Replay:
         self._receive = receive
 
     async def __call__(self) -> Message:
-        if self._first is not None:
-            message, self._first = self._first, None
-            return message
-        message: Message = await self._receive()
-        return message
+        first, self._first = self._first, None
+        if first is not None:
+            return first
+        later: Message = await self._receive()
+        return later
