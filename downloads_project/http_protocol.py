@@ -54,6 +54,14 @@ URL_TOO_LONG = _refusal(414, "URI_TOO_LONG", "The request's URL is too long")
 HEAD_TIMED_OUT = _refusal(408, "REQUEST_TIMEOUT", "The request's headers did not arrive in time")
 
 
+# The settings' defaults (downloads_project/settings.py), for an application served with
+# this protocol under settings of its own (bench/status_baselines.py).
+HEAD_MAX_BYTES = 64 * 1024
+URL_MAX_BYTES = 8 * 1024
+HEAD_TIMEOUT_S = 10.0
+SEND_IDLE_TIMEOUT_S = 30.0
+
+
 class _Refused(Exception):
     """Raised from a parser callback to stop the parser; the answer is in `refusal`."""
 
@@ -61,9 +69,9 @@ class _Refused(Exception):
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.head_max_bytes: int = settings.REQUEST_HEAD_MAX_BYTES
-        self.url_max_bytes: int = settings.REQUEST_URL_MAX_BYTES
-        self.head_timeout_s: float = settings.REQUEST_HEAD_TIMEOUT_S
+        self.head_max_bytes: int = getattr(settings, "REQUEST_HEAD_MAX_BYTES", HEAD_MAX_BYTES)
+        self.url_max_bytes: int = getattr(settings, "REQUEST_URL_MAX_BYTES", URL_MAX_BYTES)
+        self.head_timeout_s: float = getattr(settings, "REQUEST_HEAD_TIMEOUT_S", HEAD_TIMEOUT_S)
         # Bytes read since the previous request was read whole (or the connection opened),
         # while the next request's head is not complete; None while it is.
         self.head_bytes: int | None = 0
@@ -72,7 +80,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.header_bytes = 0
         self.head_timer: asyncio.TimerHandle | None = None
         self.refusal: bytes | None = None
-        self.send_idle_timeout_s: float = settings.SEND_IDLE_TIMEOUT_S
+        self.send_idle_timeout_s: float = getattr(settings, "SEND_IDLE_TIMEOUT_S", SEND_IDLE_TIMEOUT_S)
         self.write_timer: asyncio.TimerHandle | None = None
 
     def _head_timer_start(self) -> None:
