@@ -9,10 +9,15 @@ request runs start to end (signals, middleware, view, closing) in one thread of 
 bounded pool (`WEB_THREADS`) that a2wsgi keeps, and its response streams back through the
 event loop. The thread that served a request returns its database connection to the
 pool (settings.DATABASES) when the request finishes.
+
+No client decides how long it holds a thread: a request reaches the pool with its whole
+body already read (request_body.py), and a signed link's file is sent after its view has
+returned (file_sender.py). uvicorn's protocol (http_protocol.py) bounds the request head.
 """
 
 import logging
 import os
+from typing import Any
 
 from downloads_project import roles
 
@@ -30,9 +35,11 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import StaticFilesHandler  # noqa: E402
 
+from downloads_project.file_sender import FileSender  # noqa: E402
 from downloads_project.legacy_wait import LegacyWait  # noqa: E402
 from downloads_project.lifespan import WebLifespan  # noqa: E402
 from downloads_project.logging import redact_handlers  # noqa: E402
+from downloads_project.request_body import RequestBodyRead  # noqa: E402
 from realtime.auth import SiteOriginValidator, TokenAuthMiddlewareStack  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
 
@@ -42,14 +49,20 @@ from realtime.routing import websocket_urlpatterns  # noqa: E402
 for _name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
     redact_handlers(logging.getLogger(_name))
 
+# The page's script and styles come from the app server itself (found by the staticfiles
+# finders, no collectstatic step); a proxy may serve /static/ instead.
+http_application: Any = LegacyWait(
+    WSGIMiddleware(StaticFilesHandler(django_wsgi_app), workers=settings.WEB_THREADS)  # type: ignore[arg-type]
+)
+if not settings.FILES_ACCEL_REDIRECT:
+    http_application = FileSender(http_application)
+
 application = ProtocolTypeRouter(
     {
-        # The page's script and styles come from the app server itself (found by the
-        # staticfiles finders, no collectstatic step); a proxy may serve /static/ instead.
-        # The old POST /download/start waits for its job on the event loop, not in a thread.
-        "http": LegacyWait(
-            WSGIMiddleware(StaticFilesHandler(django_wsgi_app), workers=settings.WEB_THREADS)  # type: ignore[arg-type]
-        ),
+        # What a slow client could hold a thread for is done on the event loop instead:
+        # reading a request's body, sending a signed link's file (unless nginx sends it),
+        # and the old POST /download/start's wait for its job.
+        "http": RequestBodyRead(http_application),
         # The job's `?ticket=`, or the session cookie of a page of the site; browsers must come
         # from a page of the site or of CORS_ALLOWED_ORIGINS (realtime/auth.py).
         "websocket": SiteOriginValidator(TokenAuthMiddlewareStack(URLRouter(websocket_urlpatterns))),

@@ -81,6 +81,22 @@ MIDDLEWARE = [
 # borrow one of its DATABASE_POOL_MAX_SIZE connections; polling needs none.
 WEB_THREADS = env.int("WEB_THREADS", default=20)
 
+# What a slow or endless client may hold of a web process (docs/operations.md "What uvicorn
+# itself bounds"). uvicorn's protocol (downloads_project/http_protocol.py): a request's line
+# and headers must arrive within REQUEST_HEAD_TIMEOUT_S of the connection being ready for
+# them (else 408 and closed) and fit in REQUEST_HEAD_MAX_BYTES (431), its URL in
+# REQUEST_URL_MAX_BYTES (414). Before the thread pool (downloads_project/request_body.py):
+# the whole body within REQUEST_BODY_TIMEOUT_S (408), at most REQUEST_BODY_MAX_BYTES (413).
+# A client that takes nothing of an answer for SEND_IDLE_TIMEOUT_S loses its connection.
+REQUEST_HEAD_TIMEOUT_S = env.float("REQUEST_HEAD_TIMEOUT_S", default=10.0)
+REQUEST_HEAD_MAX_BYTES = env.int("REQUEST_HEAD_MAX_BYTES", default=64 * 1024)
+REQUEST_URL_MAX_BYTES = env.int("REQUEST_URL_MAX_BYTES", default=8 * 1024)
+REQUEST_BODY_TIMEOUT_S = env.float("REQUEST_BODY_TIMEOUT_S", default=10.0)
+SEND_IDLE_TIMEOUT_S = env.float("SEND_IDLE_TIMEOUT_S", default=30.0)
+# Django's own default (2.5 MB); Django's check of request.body and request.POST says the same.
+REQUEST_BODY_MAX_BYTES = env.int("REQUEST_BODY_MAX_BYTES", default=2_621_440)
+DATA_UPLOAD_MAX_MEMORY_SIZE = REQUEST_BODY_MAX_BYTES
+
 ROOT_URLCONF = "downloads_project.urls"
 WSGI_APPLICATION = "downloads_project.wsgi.application"
 ASGI_APPLICATION = "downloads_project.asgi.application"
@@ -713,6 +729,11 @@ else:
         "BACKEND": "jobs.transfer.storage.SignedFileSystemStorage",
         "OPTIONS": {"location": str(VAR_DIR / "media"), "base_url": "/files/"},
     }
+# Local storage's signed links (jobs/web/files.py) name their file in X-Accel-Redirect.
+# true: nginx sends it from its internal location (deploy/nginx/downloads.conf.template),
+# and the web processes must be reachable only through that nginx. false: the web process
+# sends it from its event loop (downloads_project/file_sender.py).
+FILES_ACCEL_REDIRECT = env.bool("FILES_ACCEL_REDIRECT", default=False)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

@@ -27,6 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote, unquote
 
 from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
@@ -44,6 +45,10 @@ if TYPE_CHECKING:
 
 # Kept as first named: links signed before the module moved stay valid.
 _URL_SALT = "jobs.storage.download-url"
+# Where a signed link's view sends the bytes to be served from (X-Accel-Redirect): an
+# internal nginx location aliased to the storage's directory, or the web process's loop
+# (downloads_project/file_sender.py). Never a path a client can ask for.
+INTERNAL_FILES_PREFIX = "/internal/files/"
 
 
 _storage_lock = threading.Lock()
@@ -96,6 +101,19 @@ class SignedFileSystemStorage(FileSystemStorage):
             compress=True,
         )
         return reverse("file-download", kwargs={"token": token})
+
+    def internal_url(self, name: str) -> str:
+        """The X-Accel-Redirect target that serves the file `name`."""
+        return INTERNAL_FILES_PREFIX + quote(name)
+
+    def internal_path(self, url: str) -> Path | None:
+        """The file an `internal_url` names, or None if `url` is not one or its path
+        leaves the storage's directory (names come from signed links: checked anyway)."""
+        if not url.startswith(INTERNAL_FILES_PREFIX):
+            return None
+        root = Path(self.location).resolve()
+        path = (root / unquote(url.removeprefix(INTERNAL_FILES_PREFIX))).resolve()
+        return path if path.is_relative_to(root) and path != root else None
 
     @staticmethod
     def link_claims(token: str) -> dict[str, Any] | None:

@@ -1,13 +1,20 @@
 """The local storage's signed links, served: the embedded default's stand-in for S3
-presigned URLs."""
+presigned URLs.
 
-from django.http import FileResponse, Http404, HttpRequest
+The view checks the link and answers with the file's headers and no body, naming the file
+in `X-Accel-Redirect`; the bytes are sent by what stands in front of the thread pool, so
+that a client reading slowly never holds one of its threads: nginx from an internal
+location (FILES_ACCEL_REDIRECT=true, deploy/nginx/downloads.conf.template), else the web
+process's event loop (downloads_project/file_sender.py).
+"""
+
+from django.http import Http404, HttpRequest, HttpResponse
 
 from jobs.transfer.files import safe_content_type
 from jobs.transfer.storage import SignedFileSystemStorage, downloads_storage
 
 
-def file_download(request: HttpRequest, token: str) -> FileResponse:
+def file_download(request: HttpRequest, token: str) -> HttpResponse:
     """Serves a file of SignedFileSystemStorage to whoever holds an unexpired signed URL.
     A bad or expired token answers 404, as an expired S3 URL answers 403: nothing leaks."""
     claims = SignedFileSystemStorage.link_claims(token)
@@ -16,8 +23,8 @@ def file_download(request: HttpRequest, token: str) -> FileResponse:
     storage = downloads_storage()
     if not isinstance(storage, SignedFileSystemStorage) or not storage.exists(claims["key"]):
         raise Http404("No such file")
-    response = FileResponse(storage.open(claims["key"], "rb"))
-    response["Content-Type"] = safe_content_type(claims["ct"])
+    response = HttpResponse(content_type=safe_content_type(claims["ct"]))
+    response["X-Accel-Redirect"] = storage.internal_url(claims["key"])
     if claims["cd"]:
         response["Content-Disposition"] = claims["cd"]
     response["Cache-Control"] = "private, no-store"

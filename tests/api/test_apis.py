@@ -23,6 +23,7 @@ from jobs.hotstate import HotProgress
 from jobs.models import DownloadJob, Status
 from jobs.transfer.origins.http import name_from_disposition  # RFC 6266: filename* first
 from tests.factories import api_key_for, make_job
+from tests.support.files import served_bytes
 
 INITIATE = "/v1/download/initiate"
 LIST = "/v1/downloads"
@@ -926,7 +927,7 @@ def test_download_of_a_completed_job_is_a_fresh_signed_link(api_client, user, lo
 
     file_response = APIClient().get(urlsplit(download_url).path)  # the link needs no credentials
     assert file_response.status_code == 200
-    assert b"".join(file_response.streaming_content) == b"%PDF-1.7 hello"
+    assert served_bytes(file_response) == b"%PDF-1.7 hello"
     assert file_response["Content-Type"] == "application/pdf"
     assert file_response["Content-Disposition"] == 'attachment; filename="report.pdf"'
 

@@ -9,8 +9,7 @@ from django.contrib.auth.models import User
 from django.db import OperationalError
 from django.test import Client
 
-from tests.factories import api_key_for
-from tests.factories import make_job
+from tests.factories import api_key_for, make_job
 
 INITIATE = "/v1/download/initiate"
 

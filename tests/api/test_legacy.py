@@ -18,6 +18,7 @@ from rest_framework.test import APIClient
 from jobs import legacy
 from jobs.models import DownloadJob, LegacyCaller, Status
 from tests.factories import make_job
+from tests.support.files import served_bytes
 
 START = "/download/start"
 
@@ -83,7 +84,7 @@ def test_a_file_already_stored_is_a_302_to_a_fresh_link(
     assert_deprecated(response, settings)
     file = APIClient().get(response["Location"])
     assert file.status_code == 200
-    assert b"".join(file.streaming_content) == b"%PDF"
+    assert served_bytes(file) == b"%PDF"
 
 
 @pytest.mark.parametrize("ended", [Status.FAILED, Status.CANCELLED])

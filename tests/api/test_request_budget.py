@@ -22,8 +22,7 @@ from django.db import connection
 
 from conftest import Stack, database_url, stack_env
 from jobs import selectors
-from tests.factories import api_key_for
-from tests.factories import make_job
+from tests.factories import api_key_for, make_job
 from tests.support.origin_server import OriginServer
 from tests.support.tcp_proxy import tcp_proxy
 

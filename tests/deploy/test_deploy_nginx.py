@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -34,13 +35,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from django.conf import settings
+from django.core.files.base import ContentFile
+from django.utils import timezone
 from websockets.exceptions import ConnectionClosedOK
 from websockets.sync.client import connect
 from websockets.typing import Origin
 
 from conftest import Stack, stack_env
 from devtools.servers import free_port, wait_for_port
-from tests.factories import api_key_for
+from jobs.models import Status
+from jobs.transfer.storage import SignedFileSystemStorage
+from tests.factories import api_key_for, make_job
 from tests.support.origin_server import FileScript, OriginServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,6 +95,7 @@ def backends(django_db_setup: None, origin_server: OriginServer) -> Iterator[Bac
             "CLIENT_IP_HEADER": "X-Real-IP",
             "DJANGO_ALLOWED_HOSTS": "localhost,127.0.0.1",
             "JOB_INITIATE_RATE_PER_IP": f"{APP_PER_IP_RATE}/minute",
+            "FILES_ACCEL_REDIRECT": "true",  # as docker-compose.yml: nginx sends local files
         },
         broker_db=NGINX_BROKER_DB,
     )
@@ -207,6 +213,7 @@ def start_proxy(
             "NGINX_SSL_CERTIFICATE": str(certificate[0]),
             "NGINX_SSL_CERTIFICATE_KEY": str(certificate[1]),
             "NGINX_STATIC_ROOT": str(static_root),
+            "NGINX_FILES_ROOT": str(Path(settings.VAR_DIR) / "media"),  # the stack's local storage
             "NGINX_ACCESS_LOG": str(directory / "access.log"),
             **SHIPPED_LIMITS,
             **limits,
@@ -536,3 +543,49 @@ def test_the_container_healthcheck_names_an_allowed_host(backends):
 
     assert healthy.returncode == 0
     assert as_a_pod_address.status_code == 400
+
+
+def test_a_signed_link_is_sent_by_nginx_and_its_internal_location_is_not_reachable(proxy, django_user_model):
+    """The app answers the link with headers and X-Accel-Redirect; nginx sends the file
+    (its static module: ETag, byte ranges, which the app's own sender does not do)."""
+    user = django_user_model.objects.create_user(f"nginx-{uuid4().hex[:12]}")
+    content = os.urandom(3 * MiB)
+    storage = SignedFileSystemStorage(location=str(Path(settings.VAR_DIR) / "media"), base_url="/files/")
+    key = storage.save(f"downloads/{user.pk}/nginx-{uuid4().hex}-1", ContentFile(content))
+    job = make_job(
+        user, status=Status.COMPLETED, attempts=1, progress=100, storage_key=key, file_name="data.bin",
+        file_size_bytes=len(content), content_type="application/octet-stream",
+        sha256=hashlib.sha256(content).hexdigest(), completed_at=timezone.now(),
+        expires_at=timezone.now() + timedelta(hours=1),
+    )  # fmt: skip
+
+    with proxy.client(api_key_for(user)) as api:
+        link = api.get(f"/v1/download/{job.job_id}")
+        assert link.status_code == 200, link.text
+        url = link.json()["data"]["download_url"]
+    with httpx.Client(verify=proxy.ssl_context, timeout=30) as browser:
+        whole = browser.get(url)
+        part = browser.get(url, headers={"Range": "bytes=10-19"})
+        internal = browser.get(f"{proxy.base_url}/internal/files/{key}")
+        spoofed = browser.get(
+            f"{proxy.base_url}/health", headers={"X-Accel-Redirect": f"/internal/files/{key}"}
+        )
+
+    assert whole.status_code == 200
+    assert whole.content == content
+    assert whole.headers["Content-Type"] == "application/octet-stream"
+    assert whole.headers["Content-Disposition"] == 'attachment; filename="data.bin"'
+    assert whole.headers["Cache-Control"] == "private, no-store"
+    assert whole.headers["X-Content-Type-Options"] == "nosniff"
+    assert whole.headers["Content-Security-Policy"] == "default-src 'none'; sandbox"
+    assert "X-Accel-Redirect" not in whole.headers
+    assert "ETag" in whole.headers  # nginx's static module
+    assert part.status_code == 206
+    assert part.content == content[10:20]
+    assert internal.status_code == 404
+    assert content[:64] not in internal.content
+    assert spoofed.status_code == 200
+    assert spoofed.json() == {"status": "ok"}
+    log = "\n".join(proxy.access_log())
+    assert key not in log
+    assert url.split("/files/")[1] not in log

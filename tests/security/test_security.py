@@ -40,6 +40,7 @@ from jobs.models import DownloadJob, Status, new_job_id
 from jobs.transfer.files import attachment_disposition
 from jobs.transfer.origins import safe_file_name
 from tests.factories import api_key_for, make_job
+from tests.support.files import served_bytes
 from tests.support.s3 import s3_downloads_storage
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -526,7 +527,7 @@ def test_local_file_link_of_a_hostile_name(api_client, user, local_storage, file
     response = Client().get(urlsplit(link["download_url"]).path)
 
     assert response.status_code == 200
-    assert b"".join(response.streaming_content) == b"data"
+    assert served_bytes(response) == b"data"
     assert saved_name(response["Content-Disposition"]) == safe_file_name(file_name, fallback="download")
     assert response["Content-Type"] == "application/octet-stream"
     assert "X-Injected" not in response

@@ -12,6 +12,7 @@ from django.utils import timezone
 from jobs import services
 from jobs.models import DownloadJob, Status
 from jobs.transfer.storage import SignedFileSystemStorage
+from tests.support.files import served_bytes
 
 INITIATE = "/v1/download/initiate"
 FILE_ID = 72000
@@ -66,7 +67,7 @@ def test_a_retained_file_of_the_user_completes_the_new_job_at_once(
     collected = api_client.get(f"/v1/download/{job.job_id}").json()["data"]
     assert collected["file_name"] == "report.pdf"
     downloaded = api_client.get(collected["download_url"])
-    assert b"".join(downloaded.streaming_content) == b"hello"
+    assert served_bytes(downloaded) == b"hello"
 
 
 def test_reuse_does_not_count_as_an_active_job(api_client, user, local_storage, dispatched):

@@ -30,6 +30,7 @@ from jobs.transfer.storage import (
     stored_file_delete,
     stored_file_sha256,
 )
+from tests.support.files import served_bytes
 from tests.support.s3 import s3_downloads_storage
 
 MiB = 1024 * 1024
@@ -76,7 +77,7 @@ def test_signed_url_serves_the_file_with_its_name_and_type(local_storage):
 
     assert url.startswith("/files/")
     assert response.status_code == 200
-    assert b"".join(response.streaming_content) == b"%PDF-1.7 content"
+    assert served_bytes(response) == b"%PDF-1.7 content"
     assert response["Content-Type"] == "application/pdf"
     assert response["Content-Disposition"] == 'attachment; filename="report.pdf"'
     assert response["Cache-Control"] == "private, no-store"
@@ -520,3 +521,29 @@ def test_local_resume_cuts_the_file_back_to_the_recorded_parts(settings, local_s
     assert Path(local_storage.path(key)).read_bytes() == content
     assert stored_file_sha256(key) == hashlib.sha256(content).hexdigest()
     assert staged_write_resume(key, upload_id=upload_id, parts=parts, part_bytes=MiB) is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/internal/files/../../etc/passwd",
+        "/internal/files/%2e%2e/%2e%2e/etc/passwd",
+        "/internal/files/downloads/../../../etc/passwd",
+        "/internal/files/",
+        "/internal/files//etc/passwd",
+        "/files/downloads/1/x",
+    ],
+)
+def test_an_internal_url_outside_the_storage_names_no_file(local_storage, url):
+    """The file sender acts only on the app's answers, whose names come from signed links;
+    a name that leaves the storage's directory is refused all the same."""
+    assert local_storage.internal_path(url) is None
+
+
+def test_an_internal_url_names_its_file(local_storage):
+    local_storage.save(KEY, ContentFile(b"x"))
+
+    url = local_storage.internal_url(KEY)
+
+    assert url == f"/internal/files/{KEY}"
+    assert local_storage.internal_path(url) == Path(local_storage.path(KEY)).resolve()
