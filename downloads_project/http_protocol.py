@@ -43,6 +43,7 @@ def _refusal(status: int, code: str, message: str) -> bytes:
             STATUS_LINE[status],
             b"content-type: application/json\r\n",
             b"content-length: %d\r\n" % len(body),
+            b"cache-control: no-store\r\n",
             b"connection: close\r\n\r\n",
             body,
         ]

@@ -38,6 +38,7 @@ def error_answer(status: int, code: str, message: str) -> tuple[Message, Message
         "headers": [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
             (b"connection", b"close"),
         ],
     }

@@ -318,6 +318,7 @@ def test_an_oversized_head_is_refused(front, request_bytes, status):
 
     assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:200]
     assert answer.rstrip().endswith(b"}}")  # the API's envelope
+    assert b"\r\ncache-control: no-store\r\n" in answer
     assert rss_mib(front) - before < 20
 
 

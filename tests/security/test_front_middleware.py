@@ -94,6 +94,7 @@ def test_a_declared_length_above_the_cap_is_refused_before_anything_is_read(sett
     assert app.calls == []
     status, code, headers = error_of(sent)
     assert (status, code, headers["connection"]) == (413, "PAYLOAD_TOO_LARGE", "close")
+    assert headers["cache-control"] == "no-store"
 
 
 def test_a_chunked_body_growing_past_the_cap_is_refused(settings):
