@@ -247,10 +247,10 @@ class Stack:
         )
         return process, _LogTail(process, ARTIFACTS / "logs" / f"{self.name}-{role}.log")
 
-    def start(self, *, worker: bool = True) -> "Stack":
+    def start(self, *, worker: bool = True, web_extra: tuple[str, ...] = ()) -> "Stack":
         if "PROMETHEUS_MULTIPROC_DIR" in self.env:
             metrics.multiprocess_dir_reset(self.env["PROMETHEUS_MULTIPROC_DIR"])
-        self.web, _ = self._spawn("web", processes.web_argv(port=self.port))
+        self.web, _ = self._spawn("web", processes.web_argv(port=self.port, extra=web_extra))
         if worker:
             self.start_worker()
         wait_for_port(self.port, process=self.web)

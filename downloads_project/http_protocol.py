@@ -9,9 +9,12 @@ web processes run this one, which keeps httptools' parser (and its speed) and ad
 
 - REQUEST_HEAD_MAX_BYTES for the request line and headers: past it, 431 and closed;
 - REQUEST_URL_MAX_BYTES for the request target: past it, 414 and closed;
-- REQUEST_HEAD_TIMEOUT_S from the moment a connection is ready for a request (opened, or
-  its previous response sent) until that request's headers are in: past it, 408 and
-  closed if some of the request came, closed quietly if none did;
+- REQUEST_HEAD_TIMEOUT_S from a new connection, or from the first byte of a later
+  request on a kept-alive one, until that request's headers are in: past it, 408 and
+  closed if some of the request came, closed quietly if none did. The quiet time between
+  two requests of one connection is uvicorn's own keep-alive timeout
+  (`--timeout-keep-alive`), which a load balancer that keeps connections to its targets
+  (the ALB: longer than its idle timeout) needs to set;
 - SEND_IDLE_TIMEOUT_S for a client that takes nothing of an answer: once the output
   waiting for it passes the transport's high-water mark, it must fall below the low one
   within that time, or the connection is aborted. (Closing alone would not do: asyncio
@@ -144,6 +147,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self.head_bytes is not None:
+            if self.head_bytes == 0 and self.head_timer is None and data:
+                self._head_timer_start()  # the first byte of a kept-alive connection's next request
             self.head_bytes += len(data)
         super().data_received(data)
         # A head still not complete after this read (one endless header, or thousands).
@@ -188,6 +193,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        # The next request's head is awaited, unless it is in already (pipelined).
-        if self.head_bytes is not None and not self.transport.is_closing():
+        # Part of the next request's head is in already (pipelined): its time runs. Else
+        # the connection is idle, for uvicorn's keep-alive timeout, until its next byte.
+        if self.head_bytes and not self.transport.is_closing():
             self._head_timer_start()

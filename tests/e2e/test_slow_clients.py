@@ -12,6 +12,7 @@ fixes, these clients held every thread (or the loop) and the tests failed on a t
 """
 
 import hashlib
+import http.client
 import select
 import socket
 import threading
@@ -29,17 +30,17 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.files.base import ContentFile
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
 
 from conftest import Stack, stack_env
 from jobs.models import Status
 from jobs.transfer.storage import SignedFileSystemStorage
-from tests.factories import make_job
+from tests.factories import api_key_for, make_job
 from tests.support.origin_server import OriginServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 TIMEOUT_S = 3.0
+KEEP_ALIVE_S = 20  # uvicorn's quiet time between two requests of one connection
 CLIENTS = 25  # more than WEB_THREADS (20)
 MiB = 1024 * 1024
 FILE_BYTES = 16 * MiB  # more than the loopback socket buffers of one connection hold
@@ -59,7 +60,7 @@ def front(django_db_setup: None, origin_server: OriginServer) -> Iterator[Stack]
         },
         broker_db=14,  # no worker: nothing is sent to it
     )
-    stack = Stack("front", env).start(worker=False)
+    stack = Stack("front", env).start(worker=False, web_extra=("--timeout-keep-alive", str(KEEP_ALIVE_S)))
     yield stack
     stack.stop()
 
@@ -115,7 +116,7 @@ def is_closed_within(sock: socket.socket, timeout_s: float) -> bool:
 @pytest.fixture
 def owner() -> tuple[User, str]:
     user = User.objects.create_user(f"front-{uuid4().hex[:12]}")
-    return user, Token.objects.create(user=user).key
+    return user, api_key_for(user)
 
 
 @pytest.fixture
@@ -344,6 +345,28 @@ def test_large_but_legal_headers_and_keep_alive_are_served(front):
     assert big.status_code == 200
     assert again == [200, 200, 200]
     assert last.status_code == 200
+
+
+def test_a_kept_alive_connection_idles_for_the_keep_alive_timeout_not_the_head_timeout(front):
+    """A load balancer keeps its connections to the web processes open between requests
+    for as long as uvicorn's keep-alive allows (the ALB needs longer than its idle
+    timeout): the head timeout runs from a request's first byte, not through that quiet."""
+    connection = http.client.HTTPConnection("127.0.0.1", front.port, timeout=PROMPT_S)
+    try:
+        connection.request("GET", "/health", headers={"Host": "localhost"})
+        first = connection.getresponse()
+        first.read()
+        sock = connection.sock
+        time.sleep(TIMEOUT_S + 3)  # past the head timeout, well within KEEP_ALIVE_S
+        # A connection the server had closed answers nothing (RemoteDisconnected).
+        connection.request("GET", "/health", headers={"Host": "localhost"})
+        second = connection.getresponse()
+        second.read()
+        assert connection.sock is sock  # the same connection served both
+    finally:
+        connection.close()
+
+    assert (first.status, second.status) == (200, 200)
 
 
 def test_slowloris_connections_are_closed_after_the_head_timeout(front, owner, job_id):

@@ -15,13 +15,12 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.test import Client
-from rest_framework.authtoken.models import Token
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from conftest import Stack
 from downloads_project.asgi import application
-from tests.factories import make_job
+from tests.factories import api_key_for, make_job
 from tests.realtime.test_consumers import (
     TIMEOUT_S,
     close_code,
@@ -169,7 +168,7 @@ def test_the_schema_describes_no_token_in_the_query(settings, tmp_path):
 
 def test_a_token_in_the_query_is_logged_once_without_the_key(user, caplog):
     job = make_job(user)
-    key = Token.objects.create(user=user).key
+    key = api_key_for(user)
     caplog.set_level(logging.WARNING, logger="realtime.auth")
 
     result = handshake(subscribe_path(job.job_id, f"token={key}"), [])
@@ -185,7 +184,7 @@ def test_a_token_in_the_query_is_logged_once_without_the_key(user, caplog):
 def test_a_token_in_the_query_is_refused_once_switched_off(user, settings):
     settings.WEBSOCKET_TOKEN_QUERY_ALLOWED = False
     job = make_job(user)
-    key = Token.objects.create(user=user).key
+    key = api_key_for(user)
 
     assert handshake(subscribe_path(job.job_id, f"token={key}"), []) == 4401
 
@@ -275,7 +274,7 @@ def test_deactivating_a_user_closes_the_socket_on_a_real_web_process(
     """As the admin does it: a save in another process (here, the test's) closes the
     socket that a real uvicorn holds, through the Redis channel layer."""
     user = django_user_model.objects.create_user(f"revoked-{time.monotonic_ns()}")
-    token = Token.objects.create(user=user).key
+    token = api_key_for(user)
     file_id = 73101
     origin.add(file_id, FileScript(size=8 * 1024 * 1024, rate_bps=1024 * 1024))  # ~8 s: still active
 
