@@ -68,6 +68,16 @@ def _workers(runstack: psutil.Process) -> list[psutil.Process]:
     ]
 
 
+def _stack_ready(log: "_LogTail", *, port: int, process: subprocess.Popen[str], timeout_s: float) -> str:
+    """Waits until runstack has printed its demo key, serves on `port` and has a worker
+    ready; returns the key."""
+    log.wait_for("API token:", timeout_s=timeout_s)
+    (token,) = {m.group(1) for line in log.lines if (m := re.search(r"API token: (\w+)", line))}
+    wait_for_port(port, process=process)
+    log.wait_for(" ready.")
+    return token
+
+
 def test_runstack_starts_a_killed_worker_again_and_its_jobs_complete(tmp_path: Path) -> None:
     port = free_port()
     process = subprocess.Popen(
@@ -81,10 +91,7 @@ def test_runstack_starts_a_killed_worker_again_and_its_jobs_complete(tmp_path: P
     log = _LogTail(process, ARTIFACTS / "logs" / "runstack.log")
     runstack = psutil.Process(process.pid)
     try:
-        log.wait_for("API token:", timeout_s=30)
-        (token,) = {m.group(1) for line in log.lines if (m := re.search(r"API token: (\w+)", line))}
-        wait_for_port(port, process=process)
-        log.wait_for(" ready.")
+        token = _stack_ready(log, port=port, process=process, timeout_s=30)
         (worker,) = _workers(runstack)
 
         worker.send_signal(signal.SIGKILL)
@@ -169,10 +176,7 @@ def test_a_stop_signal_stops_every_child_in_order_with_a_job_in_flight(
     log = _LogTail(process, ARTIFACTS / "logs" / f"runstack-stop-{to}-{sig.name}-{times}.log")
     runstack = psutil.Process(process.pid)
     try:
-        log.wait_for("API token:", timeout_s=60)
-        (token,) = {m.group(1) for line in log.lines if (m := re.search(r"API token: (\w+)", line))}
-        wait_for_port(port, process=process)
-        log.wait_for(" ready.")
+        token = _stack_ready(log, port=port, process=process, timeout_s=60)
         with httpx.Client(
             base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Token {token}"}
         ) as api:
