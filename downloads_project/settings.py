@@ -606,7 +606,7 @@ if min(LOGIN_FAILURE_LIMIT, LOGIN_FAILURE_LIMIT_PER_IP, LOGIN_LOCKOUT_S) < 1:
     )
 AXES_HANDLER = "jobs.web.login_protection.LoginFailureHandler"
 AXES_LOCKOUT_CALLABLE = "jobs.web.login_protection.login_lockout_response"
-AXES_CLIENT_IP_CALLABLE = "jobs.api.ratelimits.client_ip"  # the rate limits' rule (CLIENT_IP_HEADER)
+AXES_CLIENT_IP_CALLABLE = "jobs.client_address.client_ip"  # the rate limits' rule (CLIENT_IP_HEADER)
 # What the handler counts (axes names it in its start-up log line).
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"], "ip_address"]
 AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT

@@ -583,7 +583,7 @@ def test_initiate_refused_by_one_limit_is_not_counted_by_the_other(api_client, s
     ],
 )
 def test_client_ip_comes_from_the_trusted_header_only(settings, rf, header_setting, headers, counted_as):
-    from jobs.api.ratelimits import client_ip
+    from jobs.client_address import client_ip
 
     settings.CLIENT_IP_HEADER = header_setting
 
@@ -591,7 +591,7 @@ def test_client_ip_comes_from_the_trusted_header_only(settings, rf, header_setti
 
 
 def test_client_ip_skips_as_many_proxies_as_configured(settings, rf):
-    from jobs.api.ratelimits import client_ip
+    from jobs.client_address import client_ip
 
     settings.CLIENT_IP_HEADER = "X-Forwarded-For"
     settings.CLIENT_IP_PROXY_COUNT = 2
