@@ -6,8 +6,8 @@ from celery import Task, shared_task
 from django import db
 from django.conf import settings
 
-from jobs import queues, services
-from jobs.ops import alerts, analytics, metrics
+from jobs import metrics, queues, services
+from jobs.ops import alerts, analytics
 
 logger = logging.getLogger(__name__)
 

@@ -35,10 +35,9 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from jobs import selectors
+from jobs import metrics, selectors
 from jobs.events import job_group_name, user_group_name
 from jobs.models import ACTIVE_STATUSES, DownloadJob, Status
-from jobs.ops import metrics
 
 from . import backlog, connections
 from .auth import socket_user

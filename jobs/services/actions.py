@@ -6,9 +6,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from jobs import hotstate
+from jobs import hotstate, metrics
 from jobs.models import DownloadJob, Status
-from jobs.ops import metrics
 from jobs.services.writes import (
     InvalidTransition,
     dispatch_on_commit,

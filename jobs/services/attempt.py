@@ -15,10 +15,9 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from jobs import hotstate
+from jobs import hotstate, metrics
 from jobs.errors import ErrorCode, JobCancelled, JobError, JobSuperseded
 from jobs.models import ACTIVE_STATUSES, DownloadJob, Status
-from jobs.ops import metrics
 from jobs.services.progress import AttemptHooks
 from jobs.services.writes import (
     JobStateConflict,
