@@ -2,7 +2,7 @@ from django.urls import path, register_converter
 
 from jobs.api import legacy as legacy_apis
 from jobs.api import views as apis
-from jobs.api.openapi import JOB_ID_PATH_REGEX
+from jobs.job_id_path import JOB_ID_PATH_REGEX
 
 
 class JobIdConverter:
