@@ -729,7 +729,7 @@ else:
         "BACKEND": "jobs.transfer.storage.SignedFileSystemStorage",
         "OPTIONS": {"location": str(VAR_DIR / "media"), "base_url": "/files/"},
     }
-# Local storage's signed links (jobs/web/files.py) name their file in X-Accel-Redirect.
+# Local storage's signed links (jobs/web/signed_links.py) name their file in X-Accel-Redirect.
 # true: nginx sends it from its internal location (deploy/nginx/downloads.conf.template),
 # and the web processes must be reachable only through that nginx. false: the web process
 # sends it from its event loop (downloads_project/file_sender.py).

@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from jobs import hotstate, metrics
 from jobs.models import DownloadJob, Status
+from jobs.services.stored_files import upload_abort
 from jobs.services.writes import (
     InvalidTransition,
     dispatch_on_commit,
@@ -15,7 +16,6 @@ from jobs.services.writes import (
     on_commit,
     publish_on_commit,
     transition,
-    upload_abort,
 )
 
 logger = logging.getLogger(__name__)

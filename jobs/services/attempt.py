@@ -18,7 +18,8 @@ from django.utils import timezone
 from jobs import hotstate, metrics
 from jobs.errors import ErrorCode, JobCancelled, JobError, JobSuperseded
 from jobs.models import ACTIVE_STATUSES, DownloadJob, Status
-from jobs.services.progress import AttemptHooks
+from jobs.services.attempt_hooks import AttemptHooks
+from jobs.services.stored_files import storage_key_for, upload_abort
 from jobs.services.writes import (
     JobStateConflict,
     connection_release,
@@ -27,9 +28,7 @@ from jobs.services.writes import (
     on_commit,
     progress_forget,
     publish_on_commit,
-    storage_key_for,
     transition,
-    upload_abort,
     write,
 )
 from jobs.transfer.breaker import OriginBreaker, origin_breaker_name
