@@ -125,6 +125,14 @@ def test_wrong_method_answers_the_json_envelope(api_client):
     assert response.json() == error("METHOD_NOT_ALLOWED", 'Method "GET" not allowed.')
 
 
+def test_the_subscribe_url_over_plain_http_answers_426_in_the_envelope(api_client):
+    response = api_client.get("/v1/download/subscribe/job_0123456789abcdef01234567")
+
+    assert response.status_code == 426
+    assert response["Upgrade"] == "websocket"
+    assert response.json() == error("UPGRADE_REQUIRED", "Connect to this URL with a WebSocket")
+
+
 # --- POST /v1/download/initiate ------------------------------------------------------------
 
 
