@@ -27,7 +27,7 @@ def _modules(package: str) -> Iterator[tuple[str, Path]]:
 def _imported(module: str, path: Path) -> set[str]:
     """The dotted names a module imports, relative imports made absolute."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    names = set()
+    names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
