@@ -26,8 +26,7 @@ from rest_framework.test import APIClient
 
 from devtools.servers import S3Endpoint, free_port, s3_endpoint, wait_for_port
 from downloads_project import processes
-from jobs import queues
-from jobs.ops import metrics
+from jobs import metrics, queues
 from jobs.transfer.storage import SignedFileSystemStorage
 from tests.factories import api_key_for
 from tests.support.origin_server import OriginServer

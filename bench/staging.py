@@ -160,7 +160,7 @@ def project_prepare(hooks_kind: str, source: Source, key: str) -> Prepared:
 
     from jobs.models import DownloadJob
     from jobs.services import download_job_complete, download_job_start
-    from jobs.services.progress import AttemptHooks
+    from jobs.services.attempt_hooks import AttemptHooks
     from jobs.transfer.origins import SyntheticOrigin
     from jobs.transfer.staging import NoHooks, StagedFile, StagingHooks, stage_file
     from jobs.transfer.storage import stored_file_delete

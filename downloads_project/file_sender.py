@@ -1,6 +1,6 @@
 """A signed link's file, sent from the event loop rather than from a pool thread.
 
-The view of a signed link (jobs/web/files.py) runs in the WSGI thread pool (asgi.py). Had
+The view of a signed link (jobs/web/signed_links.py) runs in the WSGI thread pool (asgi.py). Had
 it streamed the file itself, its thread would be held for as long as the client takes to
 read it: twenty clients that stop reading would hold the whole pool, and every request
 would wait. So the view answers with the file's headers, no body, and `X-Accel-Redirect`

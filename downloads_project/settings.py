@@ -607,7 +607,7 @@ if min(LOGIN_FAILURE_LIMIT, LOGIN_FAILURE_LIMIT_PER_IP, LOGIN_LOCKOUT_S) < 1:
     )
 AXES_HANDLER = "jobs.web.login_protection.LoginFailureHandler"
 AXES_LOCKOUT_CALLABLE = "jobs.web.login_protection.login_lockout_response"
-AXES_CLIENT_IP_CALLABLE = "jobs.api.ratelimits.client_ip"  # the rate limits' rule (CLIENT_IP_HEADER)
+AXES_CLIENT_IP_CALLABLE = "jobs.client_address.client_ip"  # the rate limits' rule (CLIENT_IP_HEADER)
 # What the handler counts (axes names it in its start-up log line).
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"], "ip_address"]
 AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
@@ -730,7 +730,7 @@ else:
         "BACKEND": "jobs.transfer.storage.SignedFileSystemStorage",
         "OPTIONS": {"location": str(VAR_DIR / "media"), "base_url": "/files/"},
     }
-# Local storage's signed links (jobs/web/files.py) name their file in X-Accel-Redirect.
+# Local storage's signed links (jobs/web/signed_links.py) name their file in X-Accel-Redirect.
 # true: nginx sends it from its internal location (deploy/nginx/downloads.conf.template),
 # and the web processes must be reachable only through that nginx. false: the web process
 # sends it from its event loop (downloads_project/file_sender.py).

@@ -5,7 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
 from jobs.ops import probes as ops
-from jobs.web.files import file_download
+from jobs.web.signed_links import file_download
 from jobs.web.views import downloads_page
 
 urlpatterns = [

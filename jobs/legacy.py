@@ -24,8 +24,8 @@ from django.db.models import F
 from django.utils import timezone
 from django.utils.http import http_date
 
+from jobs import metrics
 from jobs.models import LegacyCaller
-from jobs.ops import metrics
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from jobs import hotstate
 from jobs.hotstate import HotProgress, JobCard
 from jobs.models import ACTIVE_STATUSES, DownloadJob, Status
 from jobs.ops.broker import PRIORITIES, queue_depths
-from jobs.transfer.files import attachment_disposition, safe_content_type
+from jobs.transfer.content_headers import attachment_disposition, safe_content_type
 from jobs.transfer.storage import downloads_storage
 
 logger = logging.getLogger(__name__)

@@ -6,8 +6,8 @@ from celery import Task, shared_task
 from django import db
 from django.conf import settings
 
-from jobs import queues, services
-from jobs.ops import alerts, analytics, metrics
+from jobs import metrics, queues, services
+from jobs.ops import alerts, hourly_analytics
 
 logger = logging.getLogger(__name__)
 
@@ -82,4 +82,4 @@ def download_alerts_check() -> None:
 @shared_task(name="jobs.download_analytics_refresh")
 def download_analytics_refresh() -> bool:
     """Refreshes the analytics materialized view (PostgreSQL); a no-op on SQLite."""
-    return analytics.download_analytics_refresh()
+    return hourly_analytics.download_analytics_refresh()

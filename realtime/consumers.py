@@ -18,7 +18,7 @@ deleted, and re-reads the user every WEBSOCKET_RESYNC_S in case that message was
 never sent (a bulk `update()` sends no signal).
 
 A user has at most WEBSOCKET_MAX_PER_USER sockets open at once, on all web processes
-(realtime/connections.py): one more is closed 4429. Every refusal comes after the
+(realtime/socket_places.py): one more is closed 4429. Every refusal comes after the
 handshake, so that the client sees its code.
 """
 
@@ -35,12 +35,11 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from jobs import selectors
+from jobs import metrics, selectors
 from jobs.events import job_group_name, user_group_name
 from jobs.models import ACTIVE_STATUSES, DownloadJob, Status
-from jobs.ops import metrics
 
-from . import backlog, connections
+from . import backlog, socket_places
 from .auth import socket_user
 
 CLOSE_UNAUTHENTICATED = 4401
@@ -141,7 +140,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
             return
         self.user = user
         place = uuid.uuid4().hex
-        taken = await connections.websocket_place_take(user_id=user.pk, socket_id=place)
+        taken = await socket_places.websocket_place_take(user_id=user.pk, socket_id=place)
         if taken is False:
             await self._close(code=CLOSE_TOO_MANY)
             return
@@ -259,7 +258,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
             while True:
                 await asyncio.sleep(settings.WEBSOCKET_HEARTBEAT_S)
                 if self.place is not None:
-                    await connections.websocket_place_renew(user_id=self.user.pk, socket_id=self.place)
+                    await socket_places.websocket_place_renew(user_id=self.user.pk, socket_id=self.place)
                 now = time.monotonic()
                 if now - self.last_event_at >= settings.WEBSOCKET_IDLE_TIMEOUT_S:
                     await self._close(code=CLOSE_IDLE)
@@ -309,7 +308,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         close of the server's: that may run in the heartbeat task, cancelled as it closes."""
         place, self.place = self.place, None
         if place is not None:
-            await connections.websocket_place_give_up(user_id=self.user.pk, socket_id=place)
+            await socket_places.websocket_place_give_up(user_id=self.user.pk, socket_id=place)
 
     def _stop_heartbeat(self) -> None:
         if self.heartbeat is not None:

@@ -24,7 +24,7 @@ from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
 from jobs import hotstate, services
-from jobs.admin import analytics as admin_analytics
+from jobs.admin import analytics_page
 from jobs.models import DownloadJob
 
 ACTION_CHUNK_ROWS = 500
@@ -156,11 +156,11 @@ class DownloadJobAdmin(admin.ModelAdmin):
         """Hourly analytics and the current queue (staff with view permission on jobs)."""
         if not self.has_view_permission(request):
             raise PermissionDenied
-        return admin_analytics.analytics_page(request, self)
+        return analytics_page.analytics_page(request, self)
 
     def breaker_reset_view(self, request: HttpRequest) -> HttpResponseRedirect:
         """Closes an origin's circuit breaker (POST, CSRF-checked by admin_view)."""
-        return admin_analytics.breaker_reset(request, self)
+        return analytics_page.breaker_reset(request, self)
 
     @admin.display(description="progress", ordering="progress")
     def progress_display(self, job: DownloadJob) -> str:

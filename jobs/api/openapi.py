@@ -1,7 +1,6 @@
 """The OpenAPI description of the REST API (docs/api.md), for drf-spectacular: the shapes that
 the views of `apis.py` build by hand (`selectors.download_job_status` and friends) and the
-error envelope of `api_errors.py`. Documentation only: nothing here validates or renders,
-but for `JOB_ID_PATH_REGEX`, the job id of every route, HTTP and WebSocket alike.
+error envelope of `api_errors.py`. Documentation only: nothing here validates or renders.
 
 The views reference these through `@extend_schema`; `tests/api/test_openapi.py` holds a
 live server to this description, so a change to a body that is not made here fails there.
@@ -22,6 +21,7 @@ from knox.settings import knox_settings
 from rest_framework import serializers
 
 from jobs.api.serializers import MAX_FILE_ID
+from jobs.job_id_path import JOB_ID_PATH_REGEX
 from jobs.models import Priority, Status
 
 
@@ -42,12 +42,6 @@ class ApiKeyScheme(OpenApiAuthenticationExtension):
 # The job id of docs/api.md: `job_` + lowercase hex from a CSPRNG (`models.new_job_id`), at
 # most 50 characters (the column).
 JOB_ID_PATTERN = r"^job_[0-9a-f]{24,46}$"
-# What the routes take as a job id, over HTTP (`urls.JobIdConverter`) and on the WebSocket
-# (`realtime.routing`); a path with anything else matches no route (404, or 4404 on the
-# socket). Wider than the ids themselves, so that a well-formed id that names no job of the
-# caller's is answered JOB_NOT_FOUND. Defined here, where both can import it (this module
-# imports no view).
-JOB_ID_PATH_REGEX = "[A-Za-z0-9_-]{1,64}"
 
 
 @extend_schema_field({"type": "boolean", "enum": [True]})

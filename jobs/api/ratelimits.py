@@ -1,4 +1,4 @@
-"""Initiate rate limits, per user and per client IP, counted in Redis.
+"""Initiate rate limits, per user and per client IP (jobs/client_address.py), counted in Redis.
 
 Every API process counts in the same Redis (the hot-state database), so the limit holds
 however many processes serve the API. jobs/rates.py's limiter keeps a moving window per
@@ -12,14 +12,12 @@ If Redis cannot be reached the request is let through and the failure logged: th
 per-user cap on active jobs, kept in the database, still bounds what one user can start.
 """
 
-import ipaddress
 import logging
 import math
 import time
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.http import HttpRequest
 from limits import RateLimitItem
 from limits.strategies import MovingWindowRateLimiter
 
@@ -31,27 +29,6 @@ logger = logging.getLogger(__name__)
 
 def _limiter() -> MovingWindowRateLimiter:
     return rate_limiter(hotstate.client())
-
-
-def client_ip(request: HttpRequest) -> str:
-    """The client's address: from CLIENT_IP_HEADER when one is configured (the entry our
-    own proxy wrote, CLIENT_IP_PROXY_COUNT from the right), else the socket's peer. A
-    header that is missing or not an address falls back to the peer, never to whatever
-    a client wrote. IPv6 clients are counted per /64, the block one host usually holds."""
-    address = request.META.get("REMOTE_ADDR") or ""
-    if header := settings.CLIENT_IP_HEADER:
-        entries = [entry.strip() for entry in request.headers.get(header, "").split(",")]
-        entries = [entry for entry in entries if entry]
-        count = settings.CLIENT_IP_PROXY_COUNT
-        if count >= 1 and len(entries) >= count:
-            address = entries[-count]
-    try:
-        parsed = ipaddress.ip_address(address)
-    except ValueError:
-        return request.META.get("REMOTE_ADDR") or "unknown"
-    if parsed.version == 6:
-        return str(ipaddress.ip_network(f"{parsed}/64", strict=False))
-    return str(parsed)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,7 @@ from django.urls import path, register_converter
 
 from jobs.api import legacy as legacy_apis
 from jobs.api import views as apis
-from jobs.api.openapi import JOB_ID_PATH_REGEX
-from jobs.web import views
+from jobs.job_id_path import JOB_ID_PATH_REGEX
 
 
 class JobIdConverter:
@@ -23,7 +22,7 @@ urlpatterns = [
     path(
         "v1/download/status/<job_id:job_id>", apis.DownloadJobStatusApi.as_view(), name="download-job-status"
     ),
-    path("v1/download/subscribe/<job_id:job_id>", views.websocket_only, name="download-job-subscribe"),
+    path("v1/download/subscribe/<job_id:job_id>", apis.websocket_only, name="download-job-subscribe"),
     path("v1/download/<job_id:job_id>", apis.DownloadJobApi.as_view(), name="download-job"),
     path("v1/downloads", apis.DownloadJobListApi.as_view(), name="download-job-list"),
     # The old synchronous endpoint, deprecated (jobs/legacy.py, docs/api.md).

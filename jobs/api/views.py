@@ -5,6 +5,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django.conf import settings
+from django.http import HttpRequest, JsonResponse
 from django.urls import reverse
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import extend_schema
@@ -17,12 +18,13 @@ from rest_framework.views import APIView
 
 from jobs import selectors, services
 from jobs.api import openapi, ratelimits
-from jobs.api.errors import ApiError, job_not_found
+from jobs.api.errors import ApiError, error_body, job_not_found
 from jobs.api.serializers import (
     DownloadJobInitiateSerializer,
     DownloadJobListFilterSerializer,
     idempotency_key_validate,
 )
+from jobs.client_address import client_ip
 from jobs.models import ACTIVE_STATUSES, ApiKey, DownloadJob, Status
 from jobs.tickets import websocket_ticket_mint
 
@@ -111,7 +113,7 @@ class DownloadJobInitiateApi(APIView):
     def _rate_limit(self, request: Request) -> None:
         verdict = ratelimits.initiate_rate_hit(
             user_id=request.user.pk,  # type: ignore[arg-type]
-            ip=ratelimits.client_ip(request),
+            ip=client_ip(request),
         )
         self.ratelimit_headers = verdict.headers
         if not verdict.allowed:
@@ -274,3 +276,12 @@ class DownloadJobListApi(APIView):
                 "previous": paginator.get_previous_link(),
             }
         )
+
+
+def websocket_only(request: HttpRequest, job_id: str) -> JsonResponse:
+    """The subscribe URL speaks WebSocket; a plain HTTP request is told so."""
+    response = JsonResponse(
+        error_body("UPGRADE_REQUIRED", "Connect to this URL with a WebSocket"), status=426
+    )
+    response["Upgrade"] = "websocket"
+    return response

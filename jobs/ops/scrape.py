@@ -1,4 +1,4 @@
-"""What a Prometheus scrape of /metrics reads: every process's counters (jobs/ops/metrics.py)
+"""What a Prometheus scrape of /metrics reads: every process's counters (jobs/metrics.py)
 plus the levels that have a source of truth, read from it now: queue depth per priority
 from the broker's Redis, active jobs from the database, the origins' circuit breakers
 from hot-state Redis, and the alerts' figures.
@@ -15,10 +15,10 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from jobs.metrics import multiprocess_dir
 from jobs.models import ACTIVE_STATUSES, DownloadJob
 from jobs.ops.alerts import alert_metric_families, alerts_evaluate
 from jobs.ops.broker import PRIORITIES, queue_depths
-from jobs.ops.metrics import multiprocess_dir
 from jobs.transfer.breaker import breakers_all
 
 logger = logging.getLogger(__name__)

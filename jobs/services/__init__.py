@@ -1,7 +1,8 @@
 """Writes: every change of a download job's state happens in this package, one module a
 family of actions: `create` (initiate), `actions` (cancel, retry), `attempt` (the
-worker's attempt), `maintenance` (beat's retention, purge and reaper), all through the
-one compare-and-swap of `writes`.
+worker's attempt, with `attempt_hooks`: what it reports as it runs), `maintenance` (beat's
+retention, purge and reaper), all through the one compare-and-swap of `writes`;
+`stored_files` names the key an attempt writes and aborts the uploads left behind.
 """
 
 from jobs.services.actions import NotDeadLettered, download_job_cancel, download_job_retry

@@ -6,9 +6,9 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from jobs import hotstate
+from jobs import hotstate, metrics
 from jobs.models import DownloadJob, Status
-from jobs.ops import metrics
+from jobs.services.stored_files import upload_abort
 from jobs.services.writes import (
     InvalidTransition,
     dispatch_on_commit,
@@ -16,7 +16,6 @@ from jobs.services.writes import (
     on_commit,
     publish_on_commit,
     transition,
-    upload_abort,
 )
 
 logger = logging.getLogger(__name__)

@@ -15,11 +15,11 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from jobs import hotstate
+from jobs import hotstate, metrics
 from jobs.errors import ErrorCode, JobCancelled, JobError, JobSuperseded
 from jobs.models import ACTIVE_STATUSES, DownloadJob, Status
-from jobs.ops import metrics
-from jobs.services.progress import AttemptHooks
+from jobs.services.attempt_hooks import AttemptHooks
+from jobs.services.stored_files import storage_key_for, upload_abort
 from jobs.services.writes import (
     JobStateConflict,
     connection_release,
@@ -28,9 +28,7 @@ from jobs.services.writes import (
     on_commit,
     progress_forget,
     publish_on_commit,
-    storage_key_for,
     transition,
-    upload_abort,
     write,
 )
 from jobs.transfer.breaker import OriginBreaker, origin_breaker_name

@@ -9,8 +9,8 @@ from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from jobs import metrics
 from jobs.models import ACTIVE_STATUSES, DownloadJob, Priority, Status
-from jobs.ops import metrics
 from jobs.selectors import download_job_for_idempotency_key
 from jobs.services.writes import (
     card_replace_on_commit,

@@ -13,13 +13,13 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from jobs import hotstate, queues
+from jobs import hotstate, metrics, queues
 from jobs.errors import ErrorCode, JobError
 from jobs.models import ACTIVE_STATUSES, DownloadJob, Status, can_transition
-from jobs.ops import metrics
 from jobs.ops.broker import broker_client
 from jobs.selectors import iso
 from jobs.services.attempt import complete_from_storage
+from jobs.services.stored_files import upload_abort
 from jobs.services.writes import (
     InvalidTransition,
     JobStateConflict,
@@ -29,7 +29,6 @@ from jobs.services.writes import (
     progress_forget,
     publish_on_commit,
     transition,
-    upload_abort,
     write,
 )
 from jobs.transfer.storage import stored_file_delete

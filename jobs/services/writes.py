@@ -14,7 +14,6 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import redis
-from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, QuerySet
 from django.db.models.sql import UpdateQuery
@@ -25,7 +24,6 @@ from jobs.events import job_event_publish
 from jobs.hotstate import JobCard
 from jobs.models import DownloadJob, can_transition
 from jobs.selectors import download_job_card_from_row, download_job_status, iso
-from jobs.transfer.storage import stored_file_delete
 
 logger = logging.getLogger(__name__)
 
@@ -170,19 +168,3 @@ def progress_forget(job_id: str) -> None:
         hotstate.progress_clear(job_id)
     except redis.RedisError:
         logger.warning("Could not drop the progress of %s", job_id, exc_info=True)
-
-
-def storage_key_for(job: DownloadJob, *, attempt: int) -> str:
-    """Each attempt writes its own key: a late attempt that lost the race to complete
-    removes only its own file, never the one the job completed with."""
-    return f"{settings.DOWNLOADS_LOCATION}/{job.owner_id}/{job.job_id}-{attempt}"
-
-
-def upload_abort(key: str, upload_id: str, job_id: str) -> None:
-    """Aborts an unfinished upload that no attempt will resume."""
-    if not upload_id:
-        return
-    try:
-        stored_file_delete(key, upload_id=upload_id)
-    except Exception:
-        logger.exception("Could not abort the leftover upload of %s", job_id)

@@ -44,8 +44,7 @@ import redis
 from django.conf import settings
 from redis.commands.core import Script
 
-from jobs import hotstate
-from jobs.ops import metrics
+from jobs import hotstate, metrics
 
 logger = logging.getLogger(__name__)
 

@@ -41,8 +41,7 @@ import redis
 from django.conf import settings
 from redis.commands.core import Script
 
-from jobs import hotstate
-from jobs.ops import metrics
+from jobs import hotstate, metrics
 from jobs.rates import rate_limiter, rate_parse
 from jobs.transfer.breaker import origin_breaker_name
 

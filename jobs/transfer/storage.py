@@ -3,7 +3,7 @@
 Production uses django-storages' S3Storage (AWS S3, MinIO, R2): a file is written as an
 S3 multipart upload and handed out as a presigned GET URL. The embedded default uses
 `SignedFileSystemStorage`: a file is written to a temporary name and renamed into place,
-and handed out as a signed URL with an expiry, served by `jobs.web.files.file_download`. Both
+and handed out as a signed URL with an expiry, served by `jobs.web.signed_links.file_download`. Both
 answer `url(name, parameters=..., expire=...)` the same way, so callers never branch.
 
 boto3 and botocore (django-storages' S3 backend) are imported only once the downloads
@@ -37,8 +37,8 @@ from django.urls import reverse
 from storages.utils import safe_join
 
 from jobs.errors import ErrorCode, JobError
+from jobs.transfer.content_headers import safe_content_type
 from jobs.transfer.deadline import Deadline
-from jobs.transfer.files import safe_content_type
 
 if TYPE_CHECKING:
     from storages.backends.s3 import S3Storage

@@ -40,7 +40,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import SimpleTemplateResponse, TemplateResponse
 
 from jobs import hotstate
-from jobs.api.ratelimits import client_ip
+from jobs.client_address import client_ip
 
 logger = logging.getLogger(__name__)
 

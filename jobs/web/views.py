@@ -1,10 +1,9 @@
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
 
-from jobs.api.errors import error_body
 from jobs.models import Priority
 
 
@@ -22,12 +21,3 @@ def downloads_page(request: HttpRequest) -> HttpResponse:
             "polling_interval_ms": settings.JOB_POLLING_INTERVAL_MS,
         },
     )
-
-
-def websocket_only(request: HttpRequest, job_id: str) -> JsonResponse:
-    """The subscribe URL speaks WebSocket; a plain HTTP request is told so."""
-    response = JsonResponse(
-        error_body("UPGRADE_REQUIRED", "Connect to this URL with a WebSocket"), status=426
-    )
-    response["Upgrade"] = "websocket"
-    return response

@@ -125,6 +125,14 @@ def test_wrong_method_answers_the_json_envelope(api_client):
     assert response.json() == error("METHOD_NOT_ALLOWED", 'Method "GET" not allowed.')
 
 
+def test_the_subscribe_url_over_plain_http_answers_426_in_the_envelope(api_client):
+    response = api_client.get("/v1/download/subscribe/job_0123456789abcdef01234567")
+
+    assert response.status_code == 426
+    assert response["Upgrade"] == "websocket"
+    assert response.json() == error("UPGRADE_REQUIRED", "Connect to this URL with a WebSocket")
+
+
 # --- POST /v1/download/initiate ------------------------------------------------------------
 
 
@@ -583,7 +591,7 @@ def test_initiate_refused_by_one_limit_is_not_counted_by_the_other(api_client, s
     ],
 )
 def test_client_ip_comes_from_the_trusted_header_only(settings, rf, header_setting, headers, counted_as):
-    from jobs.api.ratelimits import client_ip
+    from jobs.client_address import client_ip
 
     settings.CLIENT_IP_HEADER = header_setting
 
@@ -591,7 +599,7 @@ def test_client_ip_comes_from_the_trusted_header_only(settings, rf, header_setti
 
 
 def test_client_ip_skips_as_many_proxies_as_configured(settings, rf):
-    from jobs.api.ratelimits import client_ip
+    from jobs.client_address import client_ip
 
     settings.CLIENT_IP_HEADER = "X-Forwarded-For"
     settings.CLIENT_IP_PROXY_COUNT = 2

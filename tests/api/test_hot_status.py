@@ -22,7 +22,7 @@ from jobs.errors import ErrorCode, JobError
 from jobs.hotstate import HotProgress, JobCard
 from jobs.models import ACTIVE_STATUSES, ApiKey, DownloadJob, Status
 from jobs.services import attempt
-from jobs.services.progress import AttemptHooks
+from jobs.services.attempt_hooks import AttemptHooks
 from jobs.transfer.staging import StagedFile
 
 pytestmark = pytest.mark.django_db

@@ -15,7 +15,7 @@ from django.contrib.auth.models import User
 
 from conftest import Stack, stack_env
 from devtools.servers import free_port, wait_for_port
-from jobs.ops.metrics import multiprocess_dir_reset
+from jobs.metrics import multiprocess_dir_reset
 from tests.factories import api_key_for
 from tests.support.flows import eventually, initiate, job_status
 from tests.support.origin_server import FileScript, OriginServer

@@ -17,9 +17,9 @@ from django.utils import timezone
 from downloads_project.celery import app
 from jobs import tasks
 from jobs.models import DownloadAnalyticsHour, DownloadJob, Status
-from jobs.ops import analytics, broker
-from jobs.ops.analytics import AnalyticsHour
+from jobs.ops import broker, hourly_analytics
 from jobs.ops.broker import PRIORITIES, queue_depths
+from jobs.ops.hourly_analytics import AnalyticsHour
 
 PAGE = "admin:jobs_downloadjob_analytics"
 postgresql_only = pytest.mark.skipif(
@@ -105,9 +105,9 @@ def test_the_view_refreshes_concurrently_to_the_figures_of_the_jobs(known_jobs, 
     # A snapshot: the jobs are not in it until the refresh.
     assert not DownloadAnalyticsHour.objects.filter(hour__in=hours.values()).exists()
 
-    assert analytics.download_analytics_refresh() is True
+    assert hourly_analytics.download_analytics_refresh() is True
 
-    assert_same_figures(analytics.download_analytics_hourly(), known_jobs)
+    assert_same_figures(hourly_analytics.download_analytics_hourly(), known_jobs)
     assert DownloadAnalyticsHour.objects.count() == 3
 
 
@@ -133,34 +133,36 @@ def test_the_python_percentile_is_postgresqls_percentile_cont(values, fraction):
             [fraction, values],
         )
         (expected,) = cursor.fetchone()
-    assert analytics.percentile_cont(values, fraction) == pytest.approx(expected, abs=1e-9)
+    assert hourly_analytics.percentile_cont(values, fraction) == pytest.approx(expected, abs=1e-9)
 
 
 # --- the same figures on every backend -------------------------------------------------------
 
 
 def test_the_computed_figures_match_the_jobs(known_jobs):
-    assert_same_figures(analytics.download_analytics_hourly_computed(), known_jobs)
+    assert_same_figures(hourly_analytics.download_analytics_hourly_computed(), known_jobs)
 
 
 def test_the_selector_gives_the_computed_figures_on_either_backend(known_jobs):
-    analytics.download_analytics_refresh()  # the view on PostgreSQL; nothing on SQLite
+    hourly_analytics.download_analytics_refresh()  # the view on PostgreSQL; nothing on SQLite
 
-    assert_same_figures(analytics.download_analytics_hourly(), known_jobs)
-    assert_same_figures(analytics.download_analytics_hourly(), analytics.download_analytics_hourly_computed())
+    assert_same_figures(hourly_analytics.download_analytics_hourly(), known_jobs)
+    assert_same_figures(
+        hourly_analytics.download_analytics_hourly(), hourly_analytics.download_analytics_hourly_computed()
+    )
 
 
 @pytest.mark.django_db
 def test_no_jobs_no_rows():
-    analytics.download_analytics_refresh()
-    assert analytics.download_analytics_hourly() == []
+    hourly_analytics.download_analytics_refresh()
+    assert hourly_analytics.download_analytics_hourly() == []
 
 
 def test_percentile_interpolates_linearly():
-    assert analytics.percentile_cont([], 0.5) is None
-    assert analytics.percentile_cont([7.0], 0.99) == 7.0
-    assert analytics.percentile_cont([4.0, 1.0, 3.0, 2.0], 0.5) == 2.5
-    assert analytics.percentile_cont([1.0, 2.0, 3.0, 4.0, 10.0], 0.95) == pytest.approx(8.8)
+    assert hourly_analytics.percentile_cont([], 0.5) is None
+    assert hourly_analytics.percentile_cont([7.0], 0.99) == 7.0
+    assert hourly_analytics.percentile_cont([4.0, 1.0, 3.0, 2.0], 0.5) == 2.5
+    assert hourly_analytics.percentile_cont([1.0, 2.0, 3.0, 4.0, 10.0], 0.95) == pytest.approx(8.8)
 
 
 # --- the refresh task and its schedule -------------------------------------------------------
@@ -191,7 +193,7 @@ def staff_client(db: None) -> Client:
 
 
 def test_the_page_shows_the_figures_charts_and_queue_to_staff(staff_client, known_jobs):
-    analytics.download_analytics_refresh()
+    hourly_analytics.download_analytics_refresh()
 
     response = staff_client.get(reverse(PAGE))
 
@@ -205,7 +207,7 @@ def test_the_page_shows_the_figures_charts_and_queue_to_staff(staff_client, know
     # The table carries the numbers.
     for figure in ("8.80", "9.76", "6.91", "7.18", "3.88", "2000", "3072"):
         assert figure in page, figure
-    assert response.context["rows"] == analytics.download_analytics_hourly()
+    assert response.context["rows"] == hourly_analytics.download_analytics_hourly()
     # The queue per priority is the broker's reading, as /metrics has it.
     assert response.context["depths"] == [queue_depths()[p] for p in PRIORITIES]
     assert 'id="queue-depths"' in page

@@ -15,9 +15,8 @@ from django.test import Client
 from django.utils import timezone
 from prometheus_client import REGISTRY
 
-from jobs import services
+from jobs import metrics, services
 from jobs.models import DownloadJob, Status
-from jobs.ops import metrics
 from jobs.tasks import download_job_stage
 from tests.factories import make_job
 from tests.support.scrapes import samples

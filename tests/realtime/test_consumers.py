@@ -635,13 +635,14 @@ def test_the_websocket_route_has_the_http_job_id_pattern():
     """One definition, in the routes of both protocols and in the schema's 404."""
     from jobs.api import openapi
     from jobs.api.urls import JobIdConverter
+    from jobs.job_id_path import JOB_ID_PATH_REGEX
     from realtime.routing import websocket_urlpatterns
 
-    assert JobIdConverter.regex == openapi.JOB_ID_PATH_REGEX
+    assert JobIdConverter.regex == JOB_ID_PATH_REGEX
     assert websocket_urlpatterns[0].pattern.regex.pattern == (
-        rf"^v1/download/subscribe/(?P<job_id>{openapi.JOB_ID_PATH_REGEX})\Z"
+        rf"^v1/download/subscribe/(?P<job_id>{JOB_ID_PATH_REGEX})\Z"
     )
-    assert openapi.JOB_ID_PATH_REGEX in (openapi.JOB_NOT_FOUND.description or "")
+    assert JOB_ID_PATH_REGEX in (openapi.JOB_NOT_FOUND.description or "")
 
 
 # --- connections per user --------------------------------------------------------------------

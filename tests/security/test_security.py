@@ -37,7 +37,7 @@ from downloads_project import processes
 from downloads_project.asgi import application
 from downloads_project.logging import REDACTED, RedactSecrets, redact, redact_handlers
 from jobs.models import DownloadJob, Status, new_job_id
-from jobs.transfer.files import attachment_disposition
+from jobs.transfer.content_headers import attachment_disposition
 from jobs.transfer.origins import safe_file_name
 from tests.factories import api_key_for, make_job
 from tests.support.files import served_bytes

@@ -27,7 +27,7 @@ from downloads_project.celery import app
 from jobs import hotstate, services
 from jobs.errors import JobSuperseded
 from jobs.models import DownloadJob, Status
-from jobs.services.progress import AttemptHooks
+from jobs.services.attempt_hooks import AttemptHooks
 from jobs.transfer.staging import StagedFile
 from jobs.transfer.storage import SignedFileSystemStorage
 from tests import factories

@@ -20,7 +20,7 @@ from jobs import hotstate, services
 from jobs.errors import ErrorCode, JobSuperseded
 from jobs.models import DownloadJob, Status
 from jobs.services import attempt
-from jobs.services.progress import AttemptHooks
+from jobs.services.attempt_hooks import AttemptHooks
 from jobs.transfer.staging import StoredFileFacts
 from tests import factories
 from tests.support.origin_server import FileScript, OriginServer

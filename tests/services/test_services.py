@@ -21,7 +21,7 @@ from jobs.errors import JobSuperseded
 from jobs.events import job_group_name
 from jobs.models import TRANSITIONS, DownloadJob, Status
 from jobs.services import writes
-from jobs.services.progress import AttemptHooks
+from jobs.services.attempt_hooks import AttemptHooks
 from jobs.transfer.origins import get_origin
 from jobs.transfer.staging import NoHooks, StagedFile, stage_file
 from jobs.transfer.storage import SignedFileSystemStorage

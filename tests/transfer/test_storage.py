@@ -21,7 +21,7 @@ from storages.backends.s3 import S3Storage
 from jobs.errors import ErrorCode, JobError
 from jobs.models import DownloadJob, Status
 from jobs.selectors import download_job_link
-from jobs.transfer.files import safe_content_type
+from jobs.transfer.content_headers import safe_content_type
 from jobs.transfer.storage import (
     S3MultipartWrite,
     s3_client,

@@ -52,7 +52,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 CLIENT_DIR = ROOT / "clients" / "react"
 MiB = 1024 * 1024
-REACT_BROKER_DB = 4  # 0, 5-15: the other test stacks (see test_connections)
+REACT_BROKER_DB = 4  # 0, 5-15: the other test stacks (see test_database_pool)
 POLLING_INTERVAL_MS = 500  # initiate's polling_interval, at which the seed polls after 5 s
 LISTED_HOST, UNLISTED_HOST = "127.0.0.2", "127.0.0.3"  # loopback, not in ALLOWED_HOSTS
 WAIT_MS = 20_000

@@ -35,8 +35,8 @@ from django.core.management.base import BaseCommand, CommandError
 from downloads_project import processes
 from downloads_project.embedded import embedded_redis
 from jobs.api_keys import api_key_create
+from jobs.metrics import dead_processes_forget, multiprocess_dir_reset
 from jobs.models import ApiKey
-from jobs.ops.metrics import dead_processes_forget, multiprocess_dir_reset
 
 DEMO_KEY_NAME = "runstack demo"
 

@@ -10,7 +10,7 @@ process's event loop (downloads_project/file_sender.py).
 
 from django.http import Http404, HttpRequest, HttpResponse
 
-from jobs.transfer.files import safe_content_type
+from jobs.transfer.content_headers import safe_content_type
 from jobs.transfer.storage import SignedFileSystemStorage, downloads_storage
 
 

@@ -1,4 +1,4 @@
-"""The admin's analytics page: the hourly figures of `jobs.ops.analytics` as charts drawn
+"""The admin's analytics page: the hourly figures of `jobs.ops.hourly_analytics` as charts drawn
 here as inline SVG (no script, nothing fetched from elsewhere), the table of the same
 figures, and the current queue per priority (read from the broker, as /metrics does) and
 active jobs per status. Each chart has a title and a description for assistive
@@ -22,7 +22,7 @@ from django.utils.safestring import SafeString
 
 from jobs.models import ACTIVE_STATUSES
 from jobs.ops import broker, scrape
-from jobs.ops.analytics import AnalyticsHour, download_analytics_hourly, uses_view
+from jobs.ops.hourly_analytics import AnalyticsHour, download_analytics_hourly, uses_view
 from jobs.transfer.breaker import BreakerState, OriginBreaker, breakers_all
 
 logger = logging.getLogger(__name__)
