@@ -4,6 +4,7 @@ import time
 from typing import Any
 
 from django.contrib.auth.models import User
+from knox.crypto import hash_token
 
 from jobs import hotstate
 from jobs.api_keys import api_key_create
@@ -13,6 +14,12 @@ from jobs.models import DownloadJob
 def api_key_for(user: User, *, name: str = "") -> str:
     """A new API key of `user`, for `Authorization: Token <key>`."""
     return api_key_create(user=user, name=name)[1]
+
+
+def key_digest(key: str) -> str:
+    """The digest its row holds: `owner__auth_token_set__digest=key_digest(key)` finds a
+    key's jobs."""
+    return str(hash_token(key))
 
 
 def make_job(owner: User, **fields: Any) -> DownloadJob:

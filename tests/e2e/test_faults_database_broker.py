@@ -31,7 +31,7 @@ from django.db import connection
 
 from conftest import Stack, stack_env
 from jobs.models import DownloadJob, Status
-from tests.factories import api_key_for
+from tests.factories import api_key_for, key_digest
 from tests.support.faults import FAST_REAPER, jobs_through_a_fault, postgres_profile_only, running_stack
 from tests.support.flows import eventually
 from tests.support.origin_server import OriginServer
@@ -116,7 +116,9 @@ def test_every_job_completes_once_through_a_postgresql_restart(
     def restart_postgresql() -> None:
         """PostgreSQL is gone for OUTAGE_S: the API answers 503 where it needs the
         database, /ready is 503; then it is back and /ready 200 again."""
-        queued = DownloadJob.objects.filter(owner__auth_token__key=token, status=Status.QUEUED)
+        queued = DownloadJob.objects.filter(
+            owner__auth_token_set__digest=key_digest(token), status=Status.QUEUED
+        )
         job_id = queued.values_list("job_id", flat=True).first()
         assert job_id is not None
         database_proxy.down()

@@ -27,7 +27,7 @@ from websockets.sync.client import connect
 
 from conftest import Stack, stack_env
 from jobs.models import DownloadJob
-from tests.factories import api_key_for
+from tests.factories import api_key_for, key_digest
 from tests.support.faults import FAST_REAPER, jobs_through_a_fault, postgres_profile_only, running_stack
 from tests.support.origin_server import OriginServer
 from tests.support.redis_servers import RedisServer
@@ -110,7 +110,9 @@ def test_hot_state_redis_restarted_empty_loses_no_job_and_sockets_come_back(
     socket_closed = threading.Event()
 
     def restart_empty() -> None:
-        processing = DownloadJob.objects.filter(owner__auth_token__key=token, status="processing").first()
+        processing = DownloadJob.objects.filter(
+            owner__auth_token_set__digest=key_digest(token), status="processing"
+        ).first()
         assert processing is not None
         watch.start(processing.job_id)
         ws_base = hot_stack.base_url.replace("http://", "ws://")

@@ -25,12 +25,11 @@ import psutil  # type: ignore[import-untyped]
 import pytest
 from django.contrib.auth.models import User
 from django.db import connection
-from knox.crypto import hash_token
 
 from conftest import ARTIFACTS, Stack, stack_env
 from jobs import hotstate
 from jobs.models import ApiKey, DownloadJob, LegacyCaller, Status
-from tests.factories import api_key_for
+from tests.factories import api_key_for, key_digest
 from tests.support.flows import eventually, initiate
 from tests.support.origin_server import FileScript, OriginServer
 from tests.support.redis_servers import RedisServer
@@ -103,7 +102,7 @@ def test_a_job_finished_in_time_is_a_302_that_an_old_client_follows_to_its_bytes
     assert redirect.status_code == 302
     assert_deprecated(redirect)
     assert 0.5 < waited_s < WAIT_S + 5
-    job = DownloadJob.objects.get(owner__auth_token__key=token)
+    job = DownloadJob.objects.get(owner__auth_token_set__digest=key_digest(token))
     assert job.status == Status.COMPLETED
     caller = LegacyCaller.objects.get(user=job.owner)
     assert (caller.user_agent, caller.calls, caller.redirected) == ("old-client/2.3", 1, 1)
@@ -202,7 +201,7 @@ def bounded_stack(django_db_setup: None, origin_server: OriginServer, broker: Re
 
 
 def places_held(token: str) -> int:
-    user_id = ApiKey.objects.get(digest=hash_token(token)).user_id
+    user_id = ApiKey.objects.get(digest=key_digest(token)).user_id
     return int(hotstate.client().zcard(f"legacy:waits:{user_id}"))
 
 
@@ -231,7 +230,7 @@ def test_a_users_wait_past_its_places_is_the_202_at_once(bounded_stack: Stack) -
     assert still_waiting  # answered while the user's places were held
     assert [response.status_code for response in waited] == [202] * PLACES
     assert places_held(token) == 0
-    caller = LegacyCaller.objects.get(user__auth_token__key=token)
+    caller = LegacyCaller.objects.get(user__auth_token_set__digest=key_digest(token))
     assert (caller.calls, caller.accepted) == (PLACES + 1, PLACES + 1)
 
 
@@ -308,7 +307,7 @@ def test_a_client_that_leaves_frees_its_place_at_once_and_its_wait_stops(bounded
         waited_s = time.monotonic() - started
     assert response.status_code == 202
     assert waited_s >= BOUNDED_WAIT_S
-    caller = LegacyCaller.objects.get(user__auth_token__key=token)
+    caller = LegacyCaller.objects.get(user__auth_token_set__digest=key_digest(token))
     assert (caller.calls, caller.accepted) == (1, 1)
 
 
@@ -352,7 +351,9 @@ async def _latencies(
 
 def _created(tokens: list[str]) -> int:
     try:
-        return DownloadJob.objects.filter(owner__auth_token__key__in=tokens).count()
+        return DownloadJob.objects.filter(
+            owner__auth_token_set__digest__in=[key_digest(token) for token in tokens]
+        ).count()
     finally:
         connection.close()
 
