@@ -437,7 +437,7 @@ def run_read_many(job_ids: list[str]) -> dict[str, RunState]:
     found = {}
     for job_id, (attempt, live, beat) in zip(job_ids, pipe.execute(), strict=True):
         if attempt is not None:
-            found[job_id] = RunState(int(attempt), live == b"1", float(beat or 0), [])
+            found[job_id] = RunState(int(attempt), live == b"1", float(beat or 0), ())
     return found
 
 

@@ -19,7 +19,7 @@ from jobs.models import ACTIVE_STATUSES, DownloadJob, Status, can_transition
 from jobs.ops import metrics
 from jobs.ops.broker import broker_client
 from jobs.selectors import iso
-from jobs.services.attempt import complete_from_storage
+from jobs.services.attempt_end import complete_from_storage
 from jobs.services.writes import (
     InvalidTransition,
     JobStateConflict,

@@ -44,7 +44,13 @@ class LocalWrite:
 
     @classmethod
     def resume(
-        cls, storage: FileSystemStorage, key: str, *, upload_id: str, parts: Sequence[StoredPart], part_bytes: int
+        cls,
+        storage: FileSystemStorage,
+        key: str,
+        *,
+        upload_id: str,
+        parts: Sequence[StoredPart],
+        part_bytes: int,
     ) -> "LocalWrite | None":
         part_path = _part_path(Path(storage.path(key)), upload_id)
         try:

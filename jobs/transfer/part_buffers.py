@@ -170,7 +170,6 @@ class PartBuffer:
             self.budget.give(self.place, reserved)
 
 
-
 # What a worker process shares between its jobs' S3 uploads: the budget for their parts and
 # the threads that upload them (made on first use, and anew in a forked child, which has
 # none of its parent's threads and holds none of its parts).

@@ -118,9 +118,10 @@ class S3MultipartWrite:
     ) -> "S3MultipartWrite | None":
         """The upload again, after `parts`, if S3 still holds each of them as recorded;
         None if the upload is gone, a part differs (a late writer replaced it), or its
-        parts' checksums cannot be named at the commit (see `resumed_checksum` in jobs/transfer/s3_checksums.py): the
-        caller then aborts it and starts over. Parts recorded without a checksum (before
-        uploads declared one) resume as they were made, without."""
+        parts' checksums cannot be named at the commit (see `resumed_checksum` in
+        jobs/transfer/s3_checksums.py): the caller then aborts it and starts over. Parts
+        recorded without a checksum (before uploads declared one) resume as they were
+        made, without."""
         client = s3_client(storage)
         stored: dict[int, dict[str, Any]] = {}
         declared = ""

@@ -10,8 +10,8 @@ part an earlier attempt stored, where the origin can send the rest of the file.
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from django.conf import settings

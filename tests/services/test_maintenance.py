@@ -27,9 +27,10 @@ from downloads_project.celery import app
 from jobs import hotstate, services
 from jobs.errors import JobSuperseded
 from jobs.models import DownloadJob, Status
+from jobs.parts import StoredPart
 from jobs.services.progress import AttemptHooks
+from jobs.transfer.links import SignedFileSystemStorage
 from jobs.transfer.staging import StagedFile
-from jobs.transfer.storage import SignedFileSystemStorage
 from tests import factories
 from tests.support.s3 import s3_downloads_storage
 
@@ -308,11 +309,11 @@ def test_a_live_attempt_writes_its_lost_state_again_at_its_next_beat(user, reape
     hotstate.run_forget(job.job_id)  # Redis restarted empty
     reaper_settings.JOB_HEARTBEAT_INTERVAL_S = 0
 
-    AttemptHooks(started).part_stored(parts=[{"n": 1, "etag": '"a"', "size": 5}])
+    AttemptHooks(started).part_stored(parts=[StoredPart(number=1, size=5, etag='"a"')])
 
     state = hotstate.run_read(job.job_id)
     assert state is not None
-    assert (state.attempt, state.live, state.parts) == (1, True, [{"n": 1, "etag": '"a"', "size": 5}])
+    assert (state.attempt, state.live, state.parts) == (1, True, (StoredPart(number=1, size=5, etag='"a"'),))
 
 
 def test_an_older_attempt_is_refused_once_a_newer_one_started(
@@ -324,13 +325,13 @@ def test_an_older_attempt_is_refused_once_a_newer_one_started(
         assert services.download_job_start(job_pk=job.pk, task_id="first-message") is not None
 
     with pytest.raises(JobSuperseded):
-        old_attempt.part_stored(parts=[{"n": 1, "etag": '"late"', "size": 5}])
+        old_attempt.part_stored(parts=[StoredPart(number=1, size=5, etag='"late"')])
     reaper_settings.JOB_HEARTBEAT_INTERVAL_S = 0
     with pytest.raises(JobSuperseded):
         old_attempt.chunk_staged(bytes_done=10, bytes_total=100)
     state = hotstate.run_read(job.job_id)
     assert state is not None
-    assert (state.attempt, state.live, state.parts) == (2, True, [])
+    assert (state.attempt, state.live, state.parts) == (2, True, ())
 
 
 def test_while_redis_is_down_no_processing_job_is_reaped_and_queued_ones_still_are(

@@ -22,9 +22,9 @@ from jobs.events import job_group_name
 from jobs.models import TRANSITIONS, DownloadJob, Status
 from jobs.services import writes
 from jobs.services.progress import AttemptHooks
+from jobs.transfer.links import SignedFileSystemStorage
 from jobs.transfer.origins import get_origin
 from jobs.transfer.staging import NoHooks, StagedFile, stage_file
-from jobs.transfer.storage import SignedFileSystemStorage
 from tests import factories
 from tests.support.origin_server import FileScript, OriginServer
 from tests.support.s3 import s3_downloads_storage
@@ -65,7 +65,7 @@ LEGAL = [(a, b) for a in Status.values for b in Status.values if b in TRANSITION
 
 def test_the_transition_table():
     assert {a: sorted(b) for a, b in TRANSITIONS.items()} == {
-        "queued": ["cancelled", "failed", "processing"],
+        "queued": ["cancelled", "failed", "processing", "queued"],
         "processing": ["cancelled", "completed", "failed", "processing", "queued"],
         "completed": ["expired"],
         "failed": ["queued"],
