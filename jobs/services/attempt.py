@@ -63,7 +63,16 @@ def download_job_start(
     the origin: at once if it was processing, after the start of its new attempt if it was
     queued again. Then there is nothing left to run, and this returns None too."""
     job = row if row is not None else DownloadJob.objects.filter(pk=job_pk).first()
-    if job is None or job.status not in ACTIVE_STATUSES:
+    if job is None:
+        return None
+    taken = _attempt_take(job, task_id=task_id)
+    return taken if isinstance(taken, DownloadJob) else None
+
+
+def _attempt_take(job: DownloadJob, *, task_id: str) -> DownloadJob | StagedFile | None:
+    """`download_job_start` on the row as read: the started job, or the stored file the
+    job completed with, or None."""
+    if job.status not in ACTIVE_STATUSES:
         return None
     redelivered = job.status == Status.PROCESSING
     if redelivered and job.task_id and task_id and job.task_id != task_id:
@@ -81,8 +90,7 @@ def download_job_start(
     if not (redelivered and stored is not None) and not _attempt_begin(job, task_id=task_id):
         return None
     if stored is not None:
-        download_job_complete_stored(job=job, staged=stored)
-        return None
+        return download_job_complete_stored(job=job, staged=stored)
     return job
 
 
@@ -188,14 +196,19 @@ def download_job_run(*, job_pk: int, task_id: str = "", breaker: OriginBreaker |
             _wait_for_origin(queued, countdown_s, error, why="the origin's circuit breaker")
             return
         limits.start_count()
-    job = None
+    taken = None
     try:
-        job = download_job_start(job_pk=job_pk, task_id=task_id, row=row)
+        taken = _attempt_take(row, task_id=task_id)
     finally:
-        if job is None and queued is not None:
+        if not isinstance(taken, DownloadJob) and queued is not None:
             limits.release(job_id=queued.job_id)  # it did not start: its lease goes back
-    if job is None:
+    if isinstance(taken, StagedFile) and queued is not None:
+        # The origin sent the file to an earlier attempt, whose completion (and its report
+        # to the breaker) was lost.
+        breaker.record_success()
+    if not isinstance(taken, DownloadJob):
         return
+    job = taken
     # The attempt holds no connection while it waits on the origin and the store.
     connection_release()
     try:
