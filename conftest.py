@@ -27,7 +27,7 @@ from rest_framework.test import APIClient
 from devtools.servers import S3Endpoint, free_port, s3_endpoint, wait_for_port
 from downloads_project import processes
 from jobs import metrics, queues
-from jobs.transfer.storage import SignedFileSystemStorage
+from jobs.transfer.links import SignedFileSystemStorage
 from tests.factories import api_key_for
 from tests.support.origin_server import OriginServer
 
@@ -122,7 +122,7 @@ def local_storage(settings: Any, tmp_path: Path) -> SignedFileSystemStorage:
     settings.STORAGES = {
         **settings.STORAGES,
         "downloads": {
-            "BACKEND": "jobs.transfer.storage.SignedFileSystemStorage",
+            "BACKEND": "jobs.transfer.links.SignedFileSystemStorage",
             "OPTIONS": {"location": str(tmp_path / "media"), "base_url": "/files/"},
         },
     }

@@ -403,7 +403,8 @@ def stored_files(owner_ids: set[int]) -> tuple[Counter[str], Counter[str]]:
     unfinished uploads (local part files, open S3 multipart uploads)."""
     from django.conf import settings
 
-    from jobs.transfer.storage import downloads_storage, s3_object_key, s3_storage
+    from jobs.transfer.s3_clients import s3_object_key
+    from jobs.transfer.storage import downloads_storage, s3_storage
 
     storage = downloads_storage()
     stored: Counter[str] = Counter()
@@ -772,7 +773,8 @@ def bytes_store_bare(file_id: int, key: str, s3_client: Any) -> None:
     from django.conf import settings
 
     from jobs.transfer.origins import get_origin
-    from jobs.transfer.storage import downloads_storage, s3_object_key, s3_storage
+    from jobs.transfer.s3_clients import s3_object_key
+    from jobs.transfer.storage import downloads_storage, s3_storage
 
     part_bytes = settings.STAGING_PART_BYTES
     digest = hashlib.sha256()
@@ -815,13 +817,8 @@ def bytes_main(path: str, spec: dict[str, Any], out: Path) -> None:
     from django.conf import settings
 
     from downloads_project.celery import malloc_tune
-    from jobs.transfer.storage import (
-        downloads_storage,
-        s3_client,
-        s3_storage,
-        stored_file_delete,
-        stored_file_size,
-    )
+    from jobs.transfer.s3_clients import s3_client
+    from jobs.transfer.storage import downloads_storage, s3_storage, stored_file_delete, stored_file_size
 
     if settings.WORKER_MALLOC_TUNE:
         malloc_tune()  # as the worker's process has it

@@ -293,7 +293,8 @@ def throughput_main(target: str, size: int, repeat: int, out: Path) -> None:
     from django.conf import settings
     from storages.backends.s3 import S3Storage
 
-    from jobs.transfer.storage import SignedFileSystemStorage, downloads_storage
+    from jobs.transfer.links import SignedFileSystemStorage
+    from jobs.transfer.storage import downloads_storage
 
     storage = downloads_storage()
     expected = S3Storage if target == "s3" else SignedFileSystemStorage

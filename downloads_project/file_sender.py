@@ -29,7 +29,8 @@ from typing import IO, Any
 
 from django.conf import settings
 
-from jobs.transfer.storage import SignedFileSystemStorage, downloads_storage
+from jobs.transfer.links import SignedFileSystemStorage
+from jobs.transfer.storage import downloads_storage
 
 logger = logging.getLogger(__name__)
 

@@ -574,7 +574,7 @@ STAGING_PART_BYTES = env.int("STAGING_PART_BYTES", default=8 * 1024 * 1024)
 # S3 parts of one job handed to the uploads at once while the origin is read (the job waits
 # for one to finish before it hands over another).
 STAGING_PARTS_IN_FLIGHT = env.int("STAGING_PARTS_IN_FLIGHT", default=4)
-# A worker process's S3 parts, whatever its concurrency (jobs/transfer/storage.py): they are
+# A worker process's S3 parts, whatever its concurrency (jobs/transfer/part_buffers.py): they are
 # uploaded by STAGING_UPLOAD_THREADS threads shared by all its jobs, and held in memory up to
 # STAGING_MEMORY_BYTES in all. Each part reserves its room whole before its first byte: a
 # part that finds no room in memory is filled in a temporary file under STAGING_SPOOL_DIR
@@ -717,7 +717,7 @@ if AWS_STORAGE_BUCKET_NAME:
                 },
                 connect_timeout=env.float("AWS_S3_CONNECT_TIMEOUT_S", default=3.0 if _web else 10.0),
                 read_timeout=env.float("AWS_S3_READ_TIMEOUT_S", default=5.0 if _web else 60.0),
-                # A job's client (jobs/transfer/storage.py) serves its own calls and its
+                # A job's client (jobs/transfer/s3_clients.py) serves its own calls and its
                 # parts in flight at once.
                 max_pool_connections=max(10, STAGING_PARTS_IN_FLIGHT + 2),
             ),
@@ -727,7 +727,7 @@ if AWS_STORAGE_BUCKET_NAME:
     }
 else:
     _downloads_storage = {
-        "BACKEND": "jobs.transfer.storage.SignedFileSystemStorage",
+        "BACKEND": "jobs.transfer.links.SignedFileSystemStorage",
         "OPTIONS": {"location": str(VAR_DIR / "media"), "base_url": "/files/"},
     }
 # Local storage's signed links (jobs/web/signed_links.py) name their file in X-Accel-Redirect.

@@ -11,6 +11,7 @@ import asyncio
 import json
 import time
 import weakref
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from functools import cache
@@ -20,6 +21,7 @@ import redis
 from django.conf import settings
 
 from downloads_project import redis_servers
+from jobs.parts import StoredPart
 
 if TYPE_CHECKING:
     from jobs.models import DownloadJob
@@ -359,14 +361,41 @@ class RunState:
     attempt: int
     live: bool
     beat: float
-    parts: list[dict[str, Any]]
+    parts: tuple[StoredPart, ...]
 
 
-def run_beat(job_id: str, *, attempt: int, parts: list[dict[str, Any]] | None = None) -> bool:
+def _parts_encode(parts: Sequence[StoredPart]) -> str:
+    """The parts as the run key holds them: `n` and `size`, with `etag` and `crc32` only
+    where the storage gave them (a local part has neither). The keys are those the service
+    has always written, so an attempt reads the parts an older version recorded."""
+    records = []
+    for part in parts:
+        record: dict[str, Any] = {"n": part.number, "size": part.size}
+        if part.etag:
+            record["etag"] = part.etag
+        if part.crc32:
+            record["crc32"] = part.crc32
+        records.append(record)
+    return json.dumps(records, separators=(",", ":"))
+
+
+def _parts_decode(raw: bytes) -> tuple[StoredPart, ...]:
+    return tuple(
+        StoredPart(
+            number=int(record["n"]),
+            size=int(record["size"]),
+            etag=record.get("etag") or "",
+            crc32=record.get("crc32") or "",
+        )
+        for record in json.loads(raw)
+    )
+
+
+def run_beat(job_id: str, *, attempt: int, parts: Sequence[StoredPart] | None = None) -> bool:
     """The attempt's heartbeat, with its stored parts (1 to n) when given. Its start (once
     its row write has committed) beats with the parts it resumes after. False if the
     attempt is fenced off: it must stop."""
-    encoded = "" if parts is None else json.dumps(parts, separators=(",", ":"))
+    encoded = "" if parts is None else _parts_encode(parts)
     written = _run_write_script()(
         keys=[_run_key(job_id)], args=[attempt, f"{time.time():.3f}", settings.HOT_STATE_TTL_S, encoded]
     )
@@ -388,7 +417,7 @@ def _run_decode(raw: dict[bytes, bytes]) -> RunState | None:
         attempt=int(raw[b"attempt"]),
         live=raw.get(b"live") == b"1",
         beat=float(raw.get(b"beat", b"0")),
-        parts=json.loads(raw.get(b"parts", b"[]")),
+        parts=_parts_decode(raw.get(b"parts", b"[]")),
     )
 
 
@@ -408,7 +437,7 @@ def run_read_many(job_ids: list[str]) -> dict[str, RunState]:
     found = {}
     for job_id, (attempt, live, beat) in zip(job_ids, pipe.execute(), strict=True):
         if attempt is not None:
-            found[job_id] = RunState(int(attempt), live == b"1", float(beat or 0), [])
+            found[job_id] = RunState(int(attempt), live == b"1", float(beat or 0), ())
     return found
 
 

@@ -32,11 +32,13 @@ ACTIVE_STATUSES = (Status.QUEUED, Status.PROCESSING)
 TERMINAL_STATUSES = (Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.EXPIRED)
 
 # The one table of allowed state changes. Services refuse anything else.
+#   queued -> queued: a job the origin's limits or breaker hold back waits again, its
+#     attempts untouched.
 #   processing -> processing: a redelivered task restarts a job whose worker died.
 #   processing -> queued: a retryable failure waits for its next attempt.
 #   failed/cancelled -> queued: an operator retries the job.
 TRANSITIONS: dict[str, frozenset[str]] = {
-    Status.QUEUED: frozenset({Status.PROCESSING, Status.CANCELLED, Status.FAILED}),
+    Status.QUEUED: frozenset({Status.QUEUED, Status.PROCESSING, Status.CANCELLED, Status.FAILED}),
     Status.PROCESSING: frozenset(
         {Status.PROCESSING, Status.QUEUED, Status.COMPLETED, Status.FAILED, Status.CANCELLED}
     ),

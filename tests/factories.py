@@ -9,6 +9,7 @@ from knox.crypto import hash_token
 from jobs import hotstate
 from jobs.api_keys import api_key_create
 from jobs.models import DownloadJob
+from jobs.parts import StoredPart
 
 
 def api_key_for(user: User, *, name: str = "") -> str:
@@ -38,10 +39,10 @@ def beat(job: DownloadJob, *, seconds_ago: float, attempt: int | None = None) ->
     hotstate.client().hset(f"job:{job.job_id}:run", "beat", f"{time.time() - seconds_ago:.3f}")
 
 
-def recorded_parts(job: DownloadJob) -> list[dict[str, Any]]:
+def recorded_parts(job: DownloadJob) -> tuple[StoredPart, ...]:
     """The parts recorded for the job's next attempt to resume after (none once it ended)."""
     state = hotstate.run_read(job.job_id)
-    return state.parts if state is not None else []
+    return state.parts if state is not None else ()
 
 
 def row_writes(job: DownloadJob) -> int:

@@ -8,6 +8,7 @@ length: when the upload opens and before it is committed."""
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -19,6 +20,7 @@ from jobs.errors import JobCancelled, JobSuperseded
 from jobs.events import job_event_on_hot_state, job_event_publish
 from jobs.hotstate import HotProgress
 from jobs.models import DownloadJob, Status
+from jobs.parts import StoredPart
 from jobs.selectors import iso
 from jobs.services.writes import connection_release, write
 from jobs.transfer.origin_limits import origin_lease_renew
@@ -44,7 +46,7 @@ class AttemptHooks:
         self,
         *,
         upload_id: str,
-        parts: list[dict[str, Any]],
+        parts: Sequence[StoredPart],
         bytes_total: int | None,
         resumed_bytes: int,
         validator: str,
@@ -62,7 +64,7 @@ class AttemptHooks:
         self._beat(parts=parts)
         self.chunk_staged(bytes_done=resumed_bytes, bytes_total=bytes_total)
 
-    def part_stored(self, *, parts: list[dict[str, Any]]) -> None:
+    def part_stored(self, *, parts: Sequence[StoredPart]) -> None:
         self._beat(parts=parts)
 
     def before_commit(self, *, file: StoredFileFacts) -> None:
@@ -124,7 +126,7 @@ class AttemptHooks:
             "timestamp": iso(timezone.now()),
         }
 
-    def _beat(self, *, parts: list[dict[str, Any]] | None = None) -> None:
+    def _beat(self, *, parts: Sequence[StoredPart] | None = None) -> None:
         """The heartbeat the reaper watches, and the stored parts a later attempt resumes
         after, fenced by the attempt number in Redis. While Redis cannot be reached the
         attempt goes on: its row writes are fenced still, and a later attempt that finds

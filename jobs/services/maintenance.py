@@ -18,7 +18,7 @@ from jobs.errors import ErrorCode, JobError
 from jobs.models import ACTIVE_STATUSES, DownloadJob, Status, can_transition
 from jobs.ops.broker import broker_client
 from jobs.selectors import iso
-from jobs.services.attempt import complete_from_storage
+from jobs.services.attempt_end import complete_from_storage
 from jobs.services.stored_files import upload_abort
 from jobs.services.writes import (
     InvalidTransition,

@@ -40,10 +40,12 @@ class JobStateConflict(Exception):
 
 
 def transition(job: DownloadJob, to_status: str, *, attempt: int | None = None, **fields: Any) -> None:
-    """Moves `job` to `to_status` if the row still has the status (and attempt) we read."""
+    """Moves `job` to `to_status` if the row still has the status (and attempt) we read.
+    `updated_at` is now unless given (a write whose other fields are reckoned from its
+    moment gives that moment)."""
     if not can_transition(job.status, to_status):
         raise InvalidTransition(job, to_status)
-    fields["updated_at"] = timezone.now()
+    fields.setdefault("updated_at", timezone.now())
     rows = DownloadJob.objects.filter(pk=job.pk, status=job.status)
     if attempt is not None:
         rows = rows.filter(attempts=attempt)

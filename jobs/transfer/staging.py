@@ -10,17 +10,18 @@ part an earlier attempt stored, where the origin can send the rest of the file.
 import hashlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from django.conf import settings
 
 from jobs.errors import ErrorCode, JobCancelled, JobError
+from jobs.parts import StoredPart, parts_size
 from jobs.transfer.deadline import Deadline
 from jobs.transfer.origins import Origin, read_size_check
 from jobs.transfer.storage import (
     StagedWrite,
-    parts_size,
     staged_write_open,
     staged_write_resume,
     stored_file_delete,
@@ -57,7 +58,7 @@ class Checkpoint:
     recorded by fenced writes) and the origin's validator of the file they came from."""
 
     upload_id: str
-    parts: list[dict[str, Any]]
+    parts: tuple[StoredPart, ...]
     validator: str
 
     @property
@@ -70,14 +71,14 @@ class StagingHooks(Protocol):
         self,
         *,
         upload_id: str,
-        parts: list[dict[str, Any]],
+        parts: Sequence[StoredPart],
         bytes_total: int | None,
         resumed_bytes: int,
         validator: str,
     ) -> None:
         """Called once the origin answered and the upload exists (new or resumed)."""
 
-    def part_stored(self, *, parts: list[dict[str, Any]]) -> None:
+    def part_stored(self, *, parts: Sequence[StoredPart]) -> None:
         """Called when more parts are stored (`parts` is always parts 1 to n, each
         stored); records them, or raises if the attempt no longer owns the job (then the
         upload is left to the attempt that does)."""
@@ -96,7 +97,7 @@ class NoHooks:
     def upload_opened(self, **kwargs: Any) -> None:
         pass
 
-    def part_stored(self, *, parts: list[dict[str, Any]]) -> None:
+    def part_stored(self, *, parts: Sequence[StoredPart]) -> None:
         pass
 
     def chunk_staged(self, *, bytes_done: int, bytes_total: int | None) -> None:

@@ -11,7 +11,8 @@ process's event loop (downloads_project/file_sender.py).
 from django.http import Http404, HttpRequest, HttpResponse
 
 from jobs.transfer.content_headers import safe_content_type
-from jobs.transfer.storage import SignedFileSystemStorage, downloads_storage
+from jobs.transfer.links import SignedFileSystemStorage
+from jobs.transfer.storage import downloads_storage
 
 
 def file_download(request: HttpRequest, token: str) -> HttpResponse:

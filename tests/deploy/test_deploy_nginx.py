@@ -44,7 +44,7 @@ from websockets.typing import Origin
 from conftest import Stack, stack_env
 from devtools.servers import free_port, wait_for_port
 from jobs.models import Status
-from jobs.transfer.storage import SignedFileSystemStorage
+from jobs.transfer.links import SignedFileSystemStorage
 from tests.factories import api_key_for, make_job
 from tests.support.origin_server import FileScript, OriginServer
 

@@ -33,7 +33,7 @@ from django.utils import timezone
 
 from conftest import Stack, stack_env
 from jobs.models import Status
-from jobs.transfer.storage import SignedFileSystemStorage
+from jobs.transfer.links import SignedFileSystemStorage
 from tests.factories import api_key_for, make_job
 from tests.support.origin_server import OriginServer
 

@@ -79,7 +79,7 @@ def test_ready_is_503_naming_storage_when_its_folder_is_not_one(
     settings.STORAGES = {
         **settings.STORAGES,
         "downloads": {
-            "BACKEND": "jobs.transfer.storage.SignedFileSystemStorage",
+            "BACKEND": "jobs.transfer.links.SignedFileSystemStorage",
             "OPTIONS": {"location": str(blocker / "media"), "base_url": "/files/"},
         },
     }

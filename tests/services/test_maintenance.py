@@ -21,16 +21,20 @@ from django.core.files.storage import storages
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from downloads_project.celery import app
 from jobs import hotstate, services
 from jobs.errors import JobSuperseded
 from jobs.models import DownloadJob, Status
+from jobs.parts import StoredPart
+from jobs.services import attempt_end
 from jobs.services.attempt_hooks import AttemptHooks
+from jobs.transfer.links import SignedFileSystemStorage
 from jobs.transfer.staging import StagedFile
-from jobs.transfer.storage import SignedFileSystemStorage
 from tests import factories
+from tests.support.origin_server import FileScript
 from tests.support.s3 import s3_downloads_storage
 
 FILE_ID = 70000
@@ -308,11 +312,42 @@ def test_a_live_attempt_writes_its_lost_state_again_at_its_next_beat(user, reape
     hotstate.run_forget(job.job_id)  # Redis restarted empty
     reaper_settings.JOB_HEARTBEAT_INTERVAL_S = 0
 
-    AttemptHooks(started).part_stored(parts=[{"n": 1, "etag": '"a"', "size": 5}])
+    AttemptHooks(started).part_stored(parts=[StoredPart(number=1, size=5, etag='"a"')])
 
     state = hotstate.run_read(job.job_id)
     assert state is not None
-    assert (state.attempt, state.live, state.parts) == (1, True, [{"n": 1, "etag": '"a"', "size": 5}])
+    assert (state.attempt, state.live, state.parts) == (1, True, (StoredPart(number=1, size=5, etag='"a"'),))
+
+
+def test_stored_parts_are_kept_in_redis_as_the_json_every_version_reads(user, on_commit):
+    """The run key holds the parts as the service has always written them (`n`, `size`,
+    and `etag`, `crc32` only where the storage gave them): an attempt reads the parts an
+    older worker recorded, and an older worker those a newer one recorded."""
+    job = make_job(user)
+    with on_commit():
+        started = services.download_job_start(job_pk=job.pk, task_id="t")
+    assert started is not None
+    run_key = f"job:{job.job_id}:run"
+    recorded = [
+        {"n": 1, "etag": '"a"', "size": 5242880, "crc32": "AAAAAA=="},
+        {"n": 2, "etag": '"b"', "size": 17},
+    ]
+    hotstate.client().hset(run_key, "parts", json.dumps(recorded))
+
+    state = hotstate.run_read(job.job_id)
+
+    assert state is not None
+    assert state.parts == (
+        StoredPart(number=1, size=5242880, etag='"a"', crc32="AAAAAA=="),
+        StoredPart(number=2, size=17, etag='"b"'),
+    )
+    local = (StoredPart(number=1, size=1048576), StoredPart(number=2, size=3))
+    assert hotstate.run_beat(job.job_id, attempt=1, parts=[*state.parts, *local])
+    assert json.loads(hotstate.client().hget(run_key, "parts")) == [
+        *recorded,
+        {"n": 1, "size": 1048576},
+        {"n": 2, "size": 3},
+    ]
 
 
 def test_an_older_attempt_is_refused_once_a_newer_one_started(
@@ -324,13 +359,13 @@ def test_an_older_attempt_is_refused_once_a_newer_one_started(
         assert services.download_job_start(job_pk=job.pk, task_id="first-message") is not None
 
     with pytest.raises(JobSuperseded):
-        old_attempt.part_stored(parts=[{"n": 1, "etag": '"late"', "size": 5}])
+        old_attempt.part_stored(parts=[StoredPart(number=1, size=5, etag='"late"')])
     reaper_settings.JOB_HEARTBEAT_INTERVAL_S = 0
     with pytest.raises(JobSuperseded):
         old_attempt.chunk_staged(bytes_done=10, bytes_total=100)
     state = hotstate.run_read(job.job_id)
     assert state is not None
-    assert (state.attempt, state.live, state.parts) == (2, True, [])
+    assert (state.attempt, state.live, state.parts) == (2, True, ())
 
 
 def test_while_redis_is_down_no_processing_job_is_reaped_and_queued_ones_still_are(
@@ -506,3 +541,36 @@ def test_lifecycle_install_refuses_a_storage_that_is_not_s3(local_storage):
     with pytest.raises(CommandError, match="SignedFileSystemStorage, not S3"):
         call_command("s3_lifecycle_install")
     assert isinstance(local_storage, SignedFileSystemStorage)
+
+
+def test_a_redelivered_message_reads_the_row_once_and_looks_for_the_stored_file_once(
+    user, local_storage, origin, on_commit, monkeypatch
+):
+    """The dead worker's message comes again for a job whose last attempt recorded a file
+    it committed, which storage does not hold as recorded: the attempt restarts and stages
+    the file. The message reads the job's row once (the start is a compare-and-swap on
+    that row) and asks storage for the recorded file once, not again when the restarted
+    attempt begins."""
+    origin.add(FILE_ID, FileScript(size=1000))
+    job = stalled_job(user, Path(local_storage.location), file_size_bytes=5000, sha256="")
+    looked_for: list[str] = []
+    real_size = attempt_end.stored_file_size
+
+    def size_of(key: str) -> int | None:  # counts the calls, answers as storage does
+        looked_for.append(key)
+        return real_size(key)
+
+    monkeypatch.setattr(attempt_end, "stored_file_size", size_of)
+
+    with CaptureQueriesContext(connection) as queries, on_commit():
+        services.download_job_run(job_pk=job.pk, task_id="first-message")
+
+    job.refresh_from_db()
+    assert (job.status, job.attempts, job.file_size_bytes) == (Status.COMPLETED, 2, 1000)
+    assert looked_for == [job.storage_key]
+    row_reads = [
+        query["sql"]
+        for query in queries.captured_queries
+        if query["sql"].startswith("SELECT") and 'FROM "jobs_downloadjob"' in query["sql"]
+    ]
+    assert len(row_reads) == 1, row_reads

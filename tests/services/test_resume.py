@@ -19,7 +19,8 @@ from django.utils import timezone
 from jobs import hotstate, services
 from jobs.errors import ErrorCode, JobSuperseded
 from jobs.models import DownloadJob, Status
-from jobs.services import attempt
+from jobs.parts import StoredPart
+from jobs.services import attempt, attempt_end
 from jobs.services.attempt_hooks import AttemptHooks
 from jobs.transfer.staging import StoredFileFacts
 from tests import factories
@@ -81,7 +82,7 @@ def storage(request: Any, settings: Any, origin: OriginServer, dispatched: Any, 
         settings.STORAGES = {
             **settings.STORAGES,
             "downloads": {
-                "BACKEND": "jobs.transfer.storage.SignedFileSystemStorage",
+                "BACKEND": "jobs.transfer.links.SignedFileSystemStorage",
                 "OPTIONS": {"location": str(tmp_path), "base_url": "/files/"},
             },
         }
@@ -109,7 +110,7 @@ def test_a_retry_resumes_after_the_last_stored_part(user, origin, storage):
 
     job.refresh_from_db()
     assert (job.status, job.error_code) == (Status.QUEUED, ErrorCode.NETWORK_ERROR)
-    assert [part["size"] for part in factories.recorded_parts(job)] == [PART]
+    assert [part.size for part in factories.recorded_parts(job)] == [PART]
     assert job.upload_id
     assert job.origin_validator == script.etag(FILE_ID)
 
@@ -118,7 +119,7 @@ def test_a_retry_resumes_after_the_last_stored_part(user, origin, storage):
     job.refresh_from_db()
     assert (job.status, job.attempts, job.resumed_bytes) == (Status.COMPLETED, 2, PART)
     assert job.storage_key == f"downloads/{user.pk}/{job.job_id}-1"  # the upload of attempt 1
-    assert (job.upload_id, factories.recorded_parts(job)) == ("", [])
+    assert (job.upload_id, factories.recorded_parts(job)) == ("", ())
     assert job.sha256 == script.sha256(FILE_ID)
     assert stored_bytes(job) == script.content(FILE_ID)
     assert storage.objects(job) == [job.storage_key]
@@ -219,7 +220,7 @@ def test_a_fenced_attempt_can_no_longer_record_parts_or_commit(user, origin, sto
     assert services.download_jobs_reap(now=later) == 1
 
     with pytest.raises(JobSuperseded):
-        old_attempt.part_stored(parts=[*recorded, {"n": 2, "etag": '"late"', "size": PART}])
+        old_attempt.part_stored(parts=[*recorded, StoredPart(number=2, size=PART, etag='"late"')])
     with pytest.raises(JobSuperseded):
         old_attempt.before_commit(file=StoredFileFacts(size=SIZE, file_name="f", content_type="", sha256=""))
 
@@ -251,7 +252,7 @@ def test_a_job_past_its_time_limit_fails_and_leaves_no_partial_object(user, orig
         ErrorCode.DOWNLOAD_TIMEOUT,
         False,
     )
-    assert (job.upload_id, factories.recorded_parts(job)) == ("", [])
+    assert (job.upload_id, factories.recorded_parts(job)) == ("", ())
     assert storage.objects(job) == []
     assert storage.leftovers(job) == []
 
@@ -329,7 +330,7 @@ def test_a_redis_error_at_cancel_neither_skips_the_abort_nor_fails_the_request(
 def test_a_database_blip_at_completion_is_retried_and_the_file_kept(user, origin, storage, monkeypatch):
     origin.add(FILE_ID, FileScript(size=SIZE))
     job = make_job(user)
-    real_transition = attempt.transition
+    real_transition = attempt_end.transition
     failures = [OperationalError("server closed the connection unexpectedly")] * 2
     waits: list[float] = []
 
@@ -338,8 +339,8 @@ def test_a_database_blip_at_completion_is_retried_and_the_file_kept(user, origin
             raise failures.pop()
         real_transition(job, to_status, **kwargs)
 
-    monkeypatch.setattr(attempt, "transition", flaky)
-    monkeypatch.setattr(attempt.time, "sleep", waits.append)
+    monkeypatch.setattr(attempt_end, "transition", flaky)
+    monkeypatch.setattr(attempt_end.time, "sleep", waits.append)
 
     services.download_job_run(job_pk=job.pk)
 
@@ -351,15 +352,15 @@ def test_a_database_blip_at_completion_is_retried_and_the_file_kept(user, origin
 
 def _completion_write_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every completion write fails (the database is down past the retries)."""
-    real_transition = attempt.transition
+    real_transition = attempt_end.transition
 
     def down(job: DownloadJob, to_status: str, **kwargs: Any) -> None:
         if to_status == Status.COMPLETED:
             raise OperationalError("the database system is shutting down")
         real_transition(job, to_status, **kwargs)
 
-    monkeypatch.setattr(attempt, "transition", down)
-    monkeypatch.setattr(attempt.time, "sleep", lambda s: None)
+    monkeypatch.setattr(attempt_end, "transition", down)
+    monkeypatch.setattr(attempt_end.time, "sleep", lambda s: None)
 
 
 @committed

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from jobs import services
 from jobs.models import DownloadJob, Status
-from jobs.transfer.storage import SignedFileSystemStorage
+from jobs.transfer.links import SignedFileSystemStorage
 from tests.support.files import served_bytes
 
 INITIATE = "/v1/download/initiate"

@@ -22,9 +22,9 @@ from jobs.events import job_group_name
 from jobs.models import TRANSITIONS, DownloadJob, Status
 from jobs.services import writes
 from jobs.services.attempt_hooks import AttemptHooks
+from jobs.transfer.links import SignedFileSystemStorage
 from jobs.transfer.origins import get_origin
 from jobs.transfer.staging import NoHooks, StagedFile, stage_file
-from jobs.transfer.storage import SignedFileSystemStorage
 from tests import factories
 from tests.support.origin_server import FileScript, OriginServer
 from tests.support.s3 import s3_downloads_storage
@@ -65,7 +65,7 @@ LEGAL = [(a, b) for a in Status.values for b in Status.values if b in TRANSITION
 
 def test_the_transition_table():
     assert {a: sorted(b) for a, b in TRANSITIONS.items()} == {
-        "queued": ["cancelled", "failed", "processing"],
+        "queued": ["cancelled", "failed", "processing", "queued"],
         "processing": ["cancelled", "completed", "failed", "processing", "queued"],
         "completed": ["expired"],
         "failed": ["queued"],
@@ -215,9 +215,9 @@ def run_attempt(db: None, django_capture_on_commit_callbacks: Any) -> Any:
     """One attempt as a worker runs it, in the test's transaction; the on-commit work
     (dispatch, events) runs as the attempt returns."""
 
-    def run(job_pk: int) -> None:
+    def run(job_pk: int, *, breaker: Any = None) -> None:
         with django_capture_on_commit_callbacks(execute=True):
-            services.download_job_run(job_pk=job_pk)
+            services.download_job_run(job_pk=job_pk, breaker=breaker)
 
     return run
 
@@ -646,15 +646,17 @@ def test_a_failing_origin_opens_the_breaker_and_queued_jobs_wait_without_using_a
 ):
     from jobs.transfer.breaker import OriginBreaker, origin_breaker_name
 
+    now = [time.time()]
+    breaker = OriginBreaker(origin_breaker_name(), clock=lambda: now[0])
     for offset in range(3):
         origin.add(FILE_ID + offset, FileScript(size=1000, faults=["503"]))
-        run_attempt(make_job(user, file_id=FILE_ID + offset).pk)
-    assert OriginBreaker(origin_breaker_name()).state().state == "open"
+        run_attempt(make_job(user, file_id=FILE_ID + offset).pk, breaker=breaker)
+    assert breaker.state().state == "open"
     origin.add(FILE_ID + 9, FileScript(size=1000))
     waiting = make_job(user, file_id=FILE_ID + 9)
     dispatched.clear()
 
-    run_attempt(waiting.pk)
+    run_attempt(waiting.pk, breaker=breaker)
 
     waiting.refresh_from_db()
     assert origin.requests[FILE_ID + 9] == 0  # the origin was left alone
@@ -667,12 +669,12 @@ def test_a_failing_origin_opens_the_breaker_and_queued_jobs_wait_without_using_a
     assert len(dispatched) == 1
     assert 1 <= dispatched[0]["countdown"] <= 1.3
 
-    time.sleep(1.1)  # half-open: this job is the probe; the origin has recovered
-    run_attempt(waiting.pk)
+    now[0] += 1.1  # half-open: this job is the probe; the origin has recovered
+    run_attempt(waiting.pk, breaker=breaker)
 
     waiting.refresh_from_db()
     assert (waiting.status, waiting.attempts) == (Status.COMPLETED, 1)
-    assert OriginBreaker(origin_breaker_name()).state().state == "closed"
+    assert breaker.state().state == "closed"
 
 
 def test_a_missing_file_is_not_held_against_the_origin(user, origin, media, breaker_settings, run_attempt):

@@ -4,7 +4,8 @@ downloads_project/file_sender.py (or nginx) sends them."""
 
 from typing import Any
 
-from jobs.transfer.storage import SignedFileSystemStorage, downloads_storage
+from jobs.transfer.links import SignedFileSystemStorage
+from jobs.transfer.storage import downloads_storage
 
 
 def served_bytes(response: Any) -> bytes:

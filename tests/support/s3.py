@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from storages.backends.s3 import S3Storage
 
-from jobs.transfer.storage import s3_client
+from jobs.transfer.s3_clients import s3_client
 
 
 def s3_downloads_storage(s3: Any, *, bucket: str | None = None) -> dict[str, Any]:

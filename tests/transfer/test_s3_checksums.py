@@ -12,24 +12,22 @@ what S3 would list where that is what they are about."""
 import base64
 import zlib
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from django.core.files.storage import Storage, storages
 from storages.backends.s3 import S3Storage
 
+from jobs.parts import StoredPart
 from jobs.transfer.origins import synthetic_chunks
 from jobs.transfer.origins.local import SyntheticOrigin
+from jobs.transfer.part_buffers import PartBody
+from jobs.transfer.s3_checksums import PART_CHECKSUM, crc32_base64
+from jobs.transfer.s3_clients import s3_client
+from jobs.transfer.s3_multipart import S3MultipartWrite
 from jobs.transfer.staging import Checkpoint, NoHooks, stage_file
-from jobs.transfer.storage import (
-    PART_CHECKSUM,
-    PartBody,
-    S3MultipartWrite,
-    crc32_base64,
-    s3_client,
-    staged_write_open,
-    staged_write_resume,
-)
+from jobs.transfer.storage import staged_write_open, staged_write_resume
 from tests.support.s3 import Bucket, s3_downloads_storage
 
 MiB = 1024 * 1024
@@ -109,7 +107,7 @@ def upload_algorithm(bucket: Bucket, key: str) -> str | None:
     return algorithm
 
 
-def old_upload(storage: S3Storage, key: str, content: bytes, parts: int) -> tuple[str, list[dict[str, Any]]]:
+def old_upload(storage: S3Storage, key: str, content: bytes, parts: int) -> tuple[str, list[StoredPart]]:
     """An upload made as the service made them before it declared a checksum, with
     `parts` parts stored and recorded as it recorded them (n, etag, size)."""
     write = S3MultipartWrite(
@@ -117,18 +115,18 @@ def old_upload(storage: S3Storage, key: str, content: bytes, parts: int) -> tupl
     )
     written(write, content[: parts * PART])
     write.settle()
-    assert [part["n"] for part in write.parts] == list(range(1, parts + 1))
-    assert all(set(part) == {"n", "etag", "size"} for part in write.parts)
-    return write.upload_id, write.parts
+    assert [part.number for part in write.parts] == list(range(1, parts + 1))
+    assert all(part.etag and not part.crc32 for part in write.parts)
+    return write.upload_id, list(write.parts)
 
 
-def new_upload(storage: S3Storage, key: str, content: bytes, parts: int) -> tuple[str, list[dict[str, Any]]]:
+def new_upload(storage: S3Storage, key: str, content: bytes, parts: int) -> tuple[str, list[StoredPart]]:
     """An upload of this version, with `parts` parts stored and recorded (with crc32)."""
     write = staged_write_open(key, content_type="application/pdf", part_bytes=PART)
     written(write, content[: parts * PART])
     write.settle()
-    assert [part["n"] for part in write.parts] == list(range(1, parts + 1))
-    return write.upload_id, write.parts
+    assert [part.number for part in write.parts] == list(range(1, parts + 1))
+    return write.upload_id, list(write.parts)
 
 
 # --- a new upload ---------------------------------------------------------------------------
@@ -150,14 +148,13 @@ def test_a_new_upload_declares_crc32_sends_and_records_each_parts_and_names_them
     assert calls.made["create_multipart_upload"][0]["ChecksumAlgorithm"] == PART_CHECKSUM
     pieces = [content[:PART], content[PART : 2 * PART], content[2 * PART :]]
     expected = [crc32_base64(piece) for piece in pieces]
-    assert [part["crc32"] for part in write.parts] == expected
+    assert [part.crc32 for part in write.parts] == expected
     # botocore computes each part's CRC32 (it is not given: that would make it sign the
     # body over https too); S3 answers with it, and that is what is recorded.
     assert all(call["ChecksumAlgorithm"] == PART_CHECKSUM for call in calls.made["upload_part"])
     assert all("ChecksumCRC32" not in call for call in calls.made["upload_part"])
     assert calls.completed_parts() == [
-        {"PartNumber": part["n"], "ETag": part["etag"], "ChecksumCRC32": part["crc32"]}
-        for part in write.parts
+        {"PartNumber": part.number, "ETag": part.etag, "ChecksumCRC32": part.crc32} for part in write.parts
     ]
     # moto combined the CRC32s of the bytes it received: the same as those recorded.
     assert object_crc32(bucket, s3_key) == composite_crc32(expected)
@@ -182,7 +179,7 @@ def test_a_part_whose_answer_has_no_checksum_is_recorded_with_the_one_computed_h
     write.commit()
 
     expected = [crc32_base64(content[:PART]), crc32_base64(content[PART:])]
-    assert [part["crc32"] for part in write.parts] == expected
+    assert [part.crc32 for part in write.parts] == expected
     assert object_crc32(bucket, s3_key) == composite_crc32(expected)
 
 
@@ -193,7 +190,7 @@ def test_a_small_or_empty_file_commits_with_its_one_parts_checksum(bucket, s3_st
 
     write.commit()
 
-    assert [part["crc32"] for part in write.parts] == [crc32_base64(content)]
+    assert [part.crc32 for part in write.parts] == [crc32_base64(content)]
     assert object_crc32(bucket, s3_key) == composite_crc32([crc32_base64(content)])
     assert bucket.read(s3_key)["Body"].read() == content
 
@@ -246,8 +243,8 @@ def test_a_client_that_computes_checksums_only_when_required_declares_none(
 
     assert "ChecksumAlgorithm" not in calls.made["create_multipart_upload"][0]
     assert all("ChecksumCRC32" not in call for call in calls.made["upload_part"])
-    assert all(set(part) == {"n", "etag", "size"} for part in write.parts)
-    assert calls.completed_parts() == [{"PartNumber": p["n"], "ETag": p["etag"]} for p in write.parts]
+    assert all(part.etag and not part.crc32 for part in write.parts)
+    assert calls.completed_parts() == [{"PartNumber": p.number, "ETag": p.etag} for p in write.parts]
     assert bucket.read(s3_key)["Body"].read() == content
 
 
@@ -289,7 +286,7 @@ def test_an_upload_recorded_without_checksums_resumes_without_them(bucket, s3_st
     write.commit()
 
     assert all("ChecksumCRC32" not in call for call in calls.made["upload_part"])
-    assert calls.completed_parts() == [{"PartNumber": p["n"], "ETag": p["etag"]} for p in write.parts]
+    assert calls.completed_parts() == [{"PartNumber": p.number, "ETag": p.etag} for p in write.parts]
     assert bucket.read(s3_key)["Body"].read() == content
     assert bucket.open_uploads(s3_key) == []
 
@@ -325,8 +322,8 @@ def test_a_crc32_upload_recorded_without_checksums_takes_them_from_the_listing(
 ):
     content = content_of(2 * PART + 5)
     upload_id, parts = new_upload(s3_storage, s3_key, content, 1)
-    listed_as_s3_would(s3_storage, monkeypatch, algorithm="CRC32", checksums={1: parts[0]["crc32"]})
-    stripped = [{key: value for key, value in part.items() if key != "crc32"} for part in parts]
+    listed_as_s3_would(s3_storage, monkeypatch, algorithm="CRC32", checksums={1: parts[0].crc32})
+    stripped = [replace(part, crc32="") for part in parts]
     calls = Calls(s3_storage, monkeypatch, "complete_multipart_upload")
 
     write = staged_write_resume(s3_key, upload_id=upload_id, parts=stripped, part_bytes=PART)
@@ -358,18 +355,14 @@ def test_an_upload_whose_part_checksums_cannot_be_named_is_not_resumed(
 ):
     upload_id, parts = new_upload(s3_storage, s3_key, content_of(2 * PART), 2)
     recorded = {
-        "some parts recorded with a checksum, some without": [parts[0], {**parts[1], "crc32": ""}],
+        "some parts recorded with a checksum, some without": [parts[0], replace(parts[1], crc32="")],
         "a recorded checksum that S3 lists otherwise": parts,
-        "a CRC32 upload recorded without checksums, none listed": [
-            {key: value for key, value in part.items() if key != "crc32"} for part in parts
-        ],
-        "an upload of another algorithm": [
-            {key: value for key, value in part.items() if key != "crc32"} for part in parts
-        ],
+        "a CRC32 upload recorded without checksums, none listed": [replace(part, crc32="") for part in parts],
+        "an upload of another algorithm": [replace(part, crc32="") for part in parts],
     }[case]
     checksums = {
-        "recorded": {part["n"]: part["crc32"] for part in parts},
-        "other": {1: parts[0]["crc32"], 2: crc32_base64(b"a late writer's part")},
+        "recorded": {part.number: part.crc32 for part in parts},
+        "other": {1: parts[0].crc32, 2: crc32_base64(b"a late writer's part")},
         "none": {},
     }[listed]
     listed_as_s3_would(s3_storage, monkeypatch, algorithm=algorithm, checksums=checksums)
@@ -390,7 +383,9 @@ def test_staging_resumes_an_upload_recorded_before_part_checksums(bucket, s3_sto
     content = b"".join(synthetic_chunks(FILE_ID, size, MiB))
     upload_id, parts = old_upload(s3_storage, s3_key, content, 2)
 
-    staged = stage(s3_key, size, Checkpoint(upload_id=upload_id, parts=parts, validator=f"synthetic-{size}"))
+    staged = stage(
+        s3_key, size, Checkpoint(upload_id=upload_id, parts=tuple(parts), validator=f"synthetic-{size}")
+    )
 
     assert (staged.size, staged.resumed_bytes) == (size, 2 * PART)
     assert bucket.read(s3_key)["Body"].read() == content
@@ -401,7 +396,7 @@ def test_staging_aborts_an_upload_it_cannot_resume_and_stages_the_file_again(buc
     size = 2 * PART + 77
     content = b"".join(synthetic_chunks(FILE_ID, size, MiB))
     upload_id, parts = new_upload(s3_storage, s3_key, content, 2)
-    mixed = [parts[0], {key: value for key, value in parts[1].items() if key != "crc32"}]
+    mixed = (parts[0], replace(parts[1], crc32=""))
 
     staged = stage(s3_key, size, Checkpoint(upload_id=upload_id, parts=mixed, validator=f"synthetic-{size}"))
 

@@ -6,7 +6,7 @@ its `upload_part` calls."""
 
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -15,10 +15,12 @@ import pytest
 from jobs import services
 from jobs.errors import ErrorCode, JobError
 from jobs.models import Status
+from jobs.parts import StoredPart
 from jobs.transfer.origins import synthetic_chunks
 from jobs.transfer.origins.local import SyntheticOrigin
+from jobs.transfer.s3_multipart import S3MultipartWrite
 from jobs.transfer.staging import NoHooks, stage_file
-from jobs.transfer.storage import S3MultipartWrite, staged_write_open
+from jobs.transfer.storage import staged_write_open
 from tests import factories
 from tests.support.origin_server import FileScript, OriginServer
 from tests.support.s3 import Bucket, UploadCalls
@@ -53,7 +55,7 @@ def test_parts_are_uploaded_concurrently_up_to_the_limit(bucket, s3_storage, s3_
     assert calls.most_active == 3  # overlapping, and never more than the limit
     # 7 parts of 0.3 s each, 3 at a time: about 3 rounds, not 7.
     assert time.monotonic() - started < 7 * 0.3
-    assert [part["n"] for part in write.parts] == [1, 2, 3, 4, 5, 6, 7]
+    assert [part.number for part in write.parts] == [1, 2, 3, 4, 5, 6, 7]
     assert bucket.read(s3_key)["Body"].read() == content
     assert bucket.open_uploads(s3_key) == []
 
@@ -94,8 +96,8 @@ def test_recorded_parts_are_always_a_stored_prefix(bucket, s3_storage, s3_key, m
     recorded: list[tuple[float, list[int]]] = []
 
     class Recording(NoHooks):
-        def part_stored(self, *, parts: list[dict[str, Any]]) -> None:
-            recorded.append((time.monotonic(), [part["n"] for part in parts]))
+        def part_stored(self, *, parts: Sequence[StoredPart]) -> None:
+            recorded.append((time.monotonic(), [part.number for part in parts]))
 
     size = 7 * PART + 123
     staged = stage_file(
@@ -134,7 +136,7 @@ def test_a_failing_part_fails_the_write_and_abort_leaves_no_upload(bucket, s3_st
         ErrorCode.STORAGE_ERROR,
         "Storage refused the upload",
     )
-    assert [part["n"] for part in write.parts] in ([], [1])  # never past the failed part
+    assert [part.number for part in write.parts] in ([], [1])  # never past the failed part
     assert all(end <= aborting for _, _, end in calls.calls)  # no part lands after the abort
     assert bucket.open_uploads(s3_key) == []
     assert not bucket.has(s3_key)
@@ -204,7 +206,7 @@ def test_a_retry_resumes_after_the_parts_in_flight_when_the_origin_dropped(
 
     job.refresh_from_db()
     assert (job.status, job.error_code) == (Status.QUEUED, ErrorCode.NETWORK_ERROR)
-    assert [(part["n"], part["size"]) for part in factories.recorded_parts(job)] == [
+    assert [(part.number, part.size) for part in factories.recorded_parts(job)] == [
         (n, PART) for n in range(1, 5)
     ]
     assert all(end <= returned for _, _, end in calls.calls)  # nothing left uploading

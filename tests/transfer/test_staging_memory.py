@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -19,12 +19,14 @@ from typing import Any
 import pytest
 
 from jobs.errors import ErrorCode, JobError
-from jobs.transfer import storage as storage_module
+from jobs.parts import StoredPart
+from jobs.transfer import part_buffers, storage
 from jobs.transfer.deadline import Deadline
 from jobs.transfer.origins import get_origin, synthetic_chunks
 from jobs.transfer.origins.local import SyntheticOrigin
+from jobs.transfer.part_buffers import PartBudget, PartBuffer
 from jobs.transfer.staging import Checkpoint, NoHooks, stage_file
-from jobs.transfer.storage import PartBudget, PartBuffer, staged_write_open
+from jobs.transfer.storage import staged_write_open
 from tests.support.origin_server import FileScript, OriginServer
 from tests.support.s3 import UploadCalls
 
@@ -53,8 +55,8 @@ def budget_of(settings: Any, monkeypatch: pytest.MonkeyPatch, spool_dir: Path) -
         settings.STAGING_MEMORY_BYTES = memory_bytes
         settings.STAGING_SPOOL_BYTES = spool_bytes
         settings.STAGING_SPOOL_DIR = str(spool_dir)
-        monkeypatch.setattr(storage_module, "_budget", None)
-        budget = storage_module.part_budget()
+        monkeypatch.setattr(part_buffers, "_budget", None)
+        budget = part_buffers.part_budget()
         assert (budget.memory_bytes, budget.spool_bytes) == (memory_bytes, spool_bytes)
         return budget
 
@@ -234,11 +236,11 @@ class Sampling(NoHooks):
         self.most_spooled = 0
         self.upload_id = ""
         self.validator = ""
-        self.parts: list[dict[str, Any]] = []
+        self.parts: list[StoredPart] = []
 
     @property
     def recorded(self) -> list[int]:
-        return [part["n"] for part in self.parts]
+        return [part.number for part in self.parts]
 
     def upload_opened(self, **kwargs: Any) -> None:
         self.upload_id, self.validator = kwargs["upload_id"], kwargs["validator"]
@@ -246,7 +248,7 @@ class Sampling(NoHooks):
     def chunk_staged(self, *, bytes_done: int, bytes_total: int | None) -> None:
         self.most_spooled = max(self.most_spooled, spooled_files(self.spool_dir))
 
-    def part_stored(self, *, parts: list[dict[str, Any]]) -> None:
+    def part_stored(self, *, parts: Sequence[StoredPart]) -> None:
         self.parts = list(parts)
 
 
@@ -323,7 +325,7 @@ def test_a_job_whose_part_fails_gives_back_every_part_without_aborting_its_uploa
     assert spooled_files(spool_dir) == 0
     uploads = bucket.open_uploads(s3_key)
     assert len(uploads) == 1  # the later attempt's to resume, or the job's to abort
-    storage_module.stored_file_delete(s3_key, upload_id=uploads[0])
+    storage.stored_file_delete(s3_key, upload_id=uploads[0])
 
 
 def test_a_job_whose_origin_drops_mid_part_gives_back_the_part_it_was_filling(
@@ -345,7 +347,7 @@ def test_a_job_whose_origin_drops_mid_part_gives_back_the_part_it_was_filling(
     assert held(budget) == (0, 0)
     assert spooled_files(spool_dir) == 0
 
-    checkpoint = Checkpoint(upload_id=hooks.upload_id, parts=hooks.parts, validator=hooks.validator)
+    checkpoint = Checkpoint(upload_id=hooks.upload_id, parts=tuple(hooks.parts), validator=hooks.validator)
     staged = stage_file(
         origin=get_origin(), file_id=FILE_ID, key=s3_key, hooks=NoHooks(), checkpoint=checkpoint
     )

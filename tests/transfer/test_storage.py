@@ -20,11 +20,12 @@ from storages.backends.s3 import S3Storage
 
 from jobs.errors import ErrorCode, JobError
 from jobs.models import DownloadJob, Status
+from jobs.parts import StoredPart
 from jobs.selectors import download_job_link
 from jobs.transfer.content_headers import safe_content_type
+from jobs.transfer.s3_clients import s3_client
+from jobs.transfer.s3_multipart import S3MultipartWrite
 from jobs.transfer.storage import (
-    S3MultipartWrite,
-    s3_client,
     staged_write_open,
     staged_write_resume,
     stored_file_delete,
@@ -278,7 +279,7 @@ def test_s3_write_uploads_parts_and_commits_the_object(bucket, s3_storage, s3_ke
     assert bucket.open_uploads(s3_key) == [write.upload_id]
     write.commit()
 
-    assert [(part["n"], part["size"]) for part in write.parts] == [(1, 5 * MiB), (2, 4)]
+    assert [(part.number, part.size) for part in write.parts] == [(1, 5 * MiB), (2, 4)]
     stored = bucket.read(s3_key)
     assert stored["Body"].read() == content
     assert stored["ContentType"] == "application/pdf"
@@ -457,20 +458,19 @@ def test_s3_download_link_lifetime_is_a_setting(s3, s3_storage, s3_key, user, se
 # --- resuming an upload ---------------------------------------------------------------------
 
 
-def _first_part(key: str, content: bytes, part_bytes: int) -> list[dict[str, Any]]:
-    """An attempt that stored one part of `content` and died."""
+def _first_part(key: str, content: bytes, part_bytes: int) -> tuple[str, list[StoredPart]]:
+    """An attempt that stored one part of `content` and died: its upload and its parts."""
     write = staged_write_open(key, content_type="application/pdf", part_bytes=part_bytes)
     for offset in range(0, part_bytes, MiB):
         write.write(content[offset : offset + MiB])
     write.settle()  # an S3 part is uploaded on a thread of the write's
     assert len(write.parts) == 1, "no part was stored"
-    return [dict(part, upload_id=write.upload_id) for part in write.parts]
+    return write.upload_id, list(write.parts)
 
 
 def test_s3_resume_goes_on_after_the_recorded_parts(bucket, s3_storage, s3_key):
     content = bytes(range(256)) * (12 * MiB // 256)
-    parts = _first_part(s3_key, content, 5 * MiB)
-    upload_id = parts[0].pop("upload_id")
+    upload_id, parts = _first_part(s3_key, content, 5 * MiB)
 
     write = staged_write_resume(s3_key, upload_id=upload_id, parts=parts, part_bytes=5 * MiB)
     assert write is not None
@@ -486,8 +486,7 @@ def test_s3_resume_goes_on_after_the_recorded_parts(bucket, s3_storage, s3_key):
 def test_s3_resume_is_refused_when_a_part_is_not_as_recorded(bucket, s3_storage, s3_key):
     """A late writer of a fenced attempt replaced part 1: resuming would splice its bytes."""
     content = bytes(range(256)) * (6 * MiB // 256)
-    parts = _first_part(s3_key, content, 5 * MiB)
-    upload_id = parts[0].pop("upload_id")
+    upload_id, parts = _first_part(s3_key, content, 5 * MiB)
     bucket.client.upload_part(
         Bucket=bucket.name, Key=s3_key, UploadId=upload_id, PartNumber=1, Body=b"x" * 5 * MiB
     )
@@ -496,8 +495,7 @@ def test_s3_resume_is_refused_when_a_part_is_not_as_recorded(bucket, s3_storage,
 
 
 def test_s3_resume_of_an_aborted_upload_is_refused(bucket, s3_storage, s3_key):
-    parts = _first_part(s3_key, bytes(6 * MiB), 5 * MiB)
-    upload_id = parts[0].pop("upload_id")
+    upload_id, parts = _first_part(s3_key, bytes(6 * MiB), 5 * MiB)
     stored_file_delete(s3_key, upload_id=upload_id)
 
     assert staged_write_resume(s3_key, upload_id=upload_id, parts=parts, part_bytes=5 * MiB) is None
@@ -506,8 +504,7 @@ def test_s3_resume_of_an_aborted_upload_is_refused(bucket, s3_storage, s3_key):
 def test_local_resume_cuts_the_file_back_to_the_recorded_parts(settings, local_storage):
     key = "downloads/1/resume-1"
     content = bytes(range(256)) * (3 * MiB // 256)
-    parts = _first_part(key, content, MiB)
-    upload_id = parts[0].pop("upload_id")
+    upload_id, parts = _first_part(key, content, MiB)
     part_file = Path(local_storage.path(key)).with_name(f"resume-1.{upload_id}.part")
     with part_file.open("ab") as handle:
         handle.write(b"bytes written after the last recorded part")

@@ -17,7 +17,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from storages.backends.s3 import S3Storage
 
-from jobs.transfer.storage import downloads_storage, s3_object_key
+from jobs.transfer.s3_clients import s3_object_key
+from jobs.transfer.storage import downloads_storage
 
 RULE_ID = "downloads-retention"
 SECONDS_PER_DAY = 86400
