@@ -1,6 +1,6 @@
 """The OpenAPI description of the REST API (docs/api.md), for drf-spectacular: the shapes that
-the views of `apis.py` build by hand (`selectors.download_job_status` and friends) and the
-error envelope of `api_errors.py`. Documentation only: nothing here validates or renders,
+the views of `views.py` build by hand (`selectors.download_job_status` and friends) and the
+error envelope of `errors.py`. Documentation only: nothing here validates or renders,
 but for `JOB_ID_PATH_REGEX`, the job id of every route, HTTP and WebSocket alike.
 
 The views reference these through `@extend_schema`; `tests/api/test_openapi.py` holds a

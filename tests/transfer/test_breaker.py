@@ -1,4 +1,4 @@
-"""The circuit breaker per origin (jobs/breaker.py) against the real hot-state Redis: its
+"""The circuit breaker per origin (jobs/transfer/breaker.py) against the real hot-state Redis: its
 verdicts, its single half-open probe among concurrent threads and processes, its keys'
 expiry, failing open without Redis, and how /metrics and the admin show it.
 

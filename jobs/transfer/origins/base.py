@@ -62,7 +62,7 @@ def safe_file_name(name: str, *, fallback: str) -> str:
     """A file name fit for a Content-Disposition header and any file system: no path,
     no control or invisible characters, no leading dots, at most 200 bytes of UTF-8
     (the extension kept). Quotes and semicolons that remain are for the header's
-    builder (`jobs.transfer.storage.attachment_disposition`) to encode."""
+    builder (`jobs.transfer.files.attachment_disposition`) to encode."""
     name = unicodedata.normalize("NFC", name)
     name = "".join("\x00" if unicodedata.category(char) in _INVISIBLE_CATEGORIES else char for char in name)
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
