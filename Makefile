@@ -36,12 +36,12 @@ check: lint typecheck
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/pip install --quiet -r bench/requirements.txt
-	$(BIN)/python -m downloads_project.embedded $(BIN)/python bench/staging.py
-	$(BIN)/python -m downloads_project.embedded $(BIN)/python bench/realtime.py
-	$(BIN)/python -m downloads_project.embedded $(BIN)/python bench/load.py
-	$(BIN)/python -m downloads_project.embedded $(BIN)/python bench/load.py --profile production --users 100
-	$(BIN)/python -m downloads_project.embedded $(BIN)/python bench/capacity.py
-	$(BIN)/python -m downloads_project.embedded $(BIN)/python bench/status.py
+	$(BIN)/python -m downloads_project.embedded $(BIN)/python -m bench.staging
+	$(BIN)/python -m downloads_project.embedded $(BIN)/python -m bench.sockets
+	$(BIN)/python -m downloads_project.embedded $(BIN)/python -m bench.load
+	$(BIN)/python -m downloads_project.embedded $(BIN)/python -m bench.load --profile production --users 100
+	$(BIN)/python -m downloads_project.embedded $(BIN)/python -m bench.capacity
+	$(BIN)/python -m downloads_project.embedded $(BIN)/python -m bench.status
 
 clean:
 	rm -rf $(VENV) var
