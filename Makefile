@@ -3,7 +3,7 @@ PYTHON ?= $(shell scripts/find-python)
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck bench check clean
+.PHONY: run test test-fast lint typecheck bench check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ run: $(VENV)/.run-installed
 # Uses DATABASE_URL / REDIS_URL / AWS_* when set; otherwise SQLite and a private Redis.
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m downloads_project.embedded $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Everything but the slow kinds: `e2e` (real uvicorn, Celery, nginx processes) and `browser`.
+test-fast: $(VENV)/.dev-installed
+	$(BIN)/python -m downloads_project.embedded $(BIN)/python -m pytest -m "not e2e and not browser" $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .

@@ -31,7 +31,6 @@ from uvicorn.logging import AccessFormatter
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as websocket_connect
 
-from conftest import database_url, manage
 from devtools.servers import free_port, wait_for_port
 from downloads_project import processes
 from downloads_project.asgi import application
@@ -42,6 +41,7 @@ from jobs.transfer.origins import safe_file_name
 from tests.factories import api_key_for, make_job
 from tests.support.files import served_bytes
 from tests.support.s3 import s3_downloads_storage
+from tests.support.stack import database_url, manage
 
 ROOT = Path(__file__).resolve().parents[2]
 INITIATE = "/v1/download/initiate"
