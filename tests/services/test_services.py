@@ -26,6 +26,7 @@ from jobs.transfer.origins import get_origin
 from jobs.transfer.staging import NoHooks, StagedFile, stage_file
 from jobs.transfer.storage import SignedFileSystemStorage
 from tests import factories
+from tests.support.clocks import Clock
 from tests.support.origin_server import FileScript, OriginServer
 from tests.support.s3 import s3_downloads_storage
 
@@ -641,8 +642,21 @@ def breaker_settings(worker_settings: Any) -> Any:
     return worker_settings
 
 
+@pytest.fixture
+def breaker_clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """The clock of the breaker that an attempt asks, moved by the test instead of sleeping
+    through the breaker's open time. It starts at the real time: Redis expires the
+    breaker's keys by its own."""
+    from jobs.services import attempt
+    from jobs.transfer.breaker import OriginBreaker
+
+    clock = Clock(time.time())
+    monkeypatch.setattr(attempt, "OriginBreaker", partial(OriginBreaker, clock=clock))
+    return clock
+
+
 def test_a_failing_origin_opens_the_breaker_and_queued_jobs_wait_without_using_attempts(
-    user, origin, media, breaker_settings, dispatched, run_attempt
+    user, origin, media, breaker_settings, breaker_clock, dispatched, run_attempt
 ):
     from jobs.transfer.breaker import OriginBreaker, origin_breaker_name
 
@@ -667,7 +681,7 @@ def test_a_failing_origin_opens_the_breaker_and_queued_jobs_wait_without_using_a
     assert len(dispatched) == 1
     assert 1 <= dispatched[0]["countdown"] <= 1.3
 
-    time.sleep(1.1)  # half-open: this job is the probe; the origin has recovered
+    breaker_clock.advance(1.1)  # half-open: this job is the probe; the origin has recovered
     run_attempt(waiting.pk)
 
     waiting.refresh_from_db()
