@@ -84,9 +84,10 @@ WEB_THREADS = env.int("WEB_THREADS", default=20)
 # What a slow or endless client may hold of a web process (docs/operations.md "What uvicorn
 # itself bounds"). uvicorn's protocol (downloads_project/http_protocol.py): a request's line
 # and headers must arrive within REQUEST_HEAD_TIMEOUT_S of a new connection or of the
-# request's first byte (else 408 and closed; between requests, uvicorn's keep-alive) and fit in REQUEST_HEAD_MAX_BYTES (431), its URL in
-# REQUEST_URL_MAX_BYTES (414). Before the thread pool (downloads_project/request_body.py):
-# the whole body within REQUEST_BODY_TIMEOUT_S (408), at most REQUEST_BODY_MAX_BYTES (413).
+# request's first byte (else 408 and closed; between requests, uvicorn's keep-alive) and
+# fit in REQUEST_HEAD_MAX_BYTES (431), its URL in REQUEST_URL_MAX_BYTES (414). Before the
+# thread pool (downloads_project/request_body.py): the whole body within
+# REQUEST_BODY_TIMEOUT_S (408), at most REQUEST_BODY_MAX_BYTES (413).
 # A client that takes nothing of an answer for SEND_IDLE_TIMEOUT_S loses its connection.
 REQUEST_HEAD_TIMEOUT_S = env.float("REQUEST_HEAD_TIMEOUT_S", default=10.0)
 REQUEST_HEAD_MAX_BYTES = env.int("REQUEST_HEAD_MAX_BYTES", default=64 * 1024)
