@@ -405,6 +405,7 @@ def test_celery_handlers_get_the_filter_once():
         logger.removeHandler(handler)
 
 
+@pytest.mark.e2e
 def test_uvicorn_access_log_is_on_and_shows_no_secret(transactional_db, user):
     """A real uvicorn as runstack and the test stacks start it (access log on)."""
     key = api_key_for(user)
