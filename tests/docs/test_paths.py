@@ -26,7 +26,8 @@ from django.apps import apps
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Files whose whole text is prose or configuration that names paths.
+# Files whose whole text is prose or configuration that names paths (the deploy files name
+# the modules the processes run: `downloads_project.asgi:application`).
 PROSE_PATTERNS = (
     "README.md",
     "docs/*.md",
@@ -35,6 +36,8 @@ PROSE_PATTERNS = (
     "Dockerfile",
     "Makefile",
     "docker-compose.yml",
+    "deploy/**/*.yaml",
+    "deploy/**/*.template",
     ".ci/run",
     ".env.example",
     ".pre-commit-config.yaml",
@@ -247,6 +250,7 @@ def test_a_stale_file_or_module_is_found_with_where_it_is_named():
             (1, "Kept in `jobs/models.py` and `api/urls.py`, read by jobs.models.DownloadJob."),
             (2, "Moved: `jobs/gone.py`, `gone.py`, jobs.gone and jobs.models.Gone (see deploy/)."),
             (3, "Not paths: /v1/download/status/, image/png, `https://example.com/jobs/x.py`."),
+            (4, 'command: ["uvicorn", "jobs.gone:application", "--app-dir", "jobs/"]'),
         ]
     )
 
@@ -257,6 +261,7 @@ def test_a_stale_file_or_module_is_found_with_where_it_is_named():
         "README.md:2: gone.py",
         "README.md:2: jobs.gone",
         "README.md:2: jobs.models.Gone",
+        "README.md:4: jobs.gone",
     ]
 
 
