@@ -73,8 +73,6 @@ def token() -> str:
 
 @pytest.fixture(scope="module")
 def database_proxy(django_db_setup: None) -> Iterator[TcpProxy]:
-    if connection.vendor != "postgresql":
-        pytest.skip(f"PostgreSQL profile only (the test database is {connection.vendor})")
     db = connection.settings_dict
     with tcp_proxy(db["HOST"] or "127.0.0.1", int(db["PORT"] or 5432)) as proxy:
         yield proxy
