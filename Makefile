@@ -3,7 +3,7 @@ PYTHON ?= $(shell scripts/find-python)
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck bench check clean
+.PHONY: run test test-fast lint typecheck bench check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ run: $(VENV)/.run-installed
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m downloads_project.embedded $(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Everything but the slow kinds: `e2e` (real uvicorn, Celery, nginx processes) and `browser`.
+test-fast: $(VENV)/.dev-installed
+	$(BIN)/python -m downloads_project.embedded $(BIN)/python -m pytest -m "not e2e and not browser" $(PYTEST_ARGS)
+
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -36,12 +40,12 @@ check: lint typecheck
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/pip install --quiet -r bench/requirements.txt
-	$(BIN)/python -m downloads_project.embedded $(BIN)/python bench/staging.py
-	$(BIN)/python -m downloads_project.embedded $(BIN)/python bench/realtime.py
-	$(BIN)/python -m downloads_project.embedded $(BIN)/python bench/load.py
-	$(BIN)/python -m downloads_project.embedded $(BIN)/python bench/load.py --profile production --users 100
-	$(BIN)/python -m downloads_project.embedded $(BIN)/python bench/capacity.py
-	$(BIN)/python -m downloads_project.embedded $(BIN)/python bench/status.py
+	$(BIN)/python -m downloads_project.embedded $(BIN)/python -m bench.staging
+	$(BIN)/python -m downloads_project.embedded $(BIN)/python -m bench.sockets
+	$(BIN)/python -m downloads_project.embedded $(BIN)/python -m bench.load
+	$(BIN)/python -m downloads_project.embedded $(BIN)/python -m bench.load --profile production --users 100
+	$(BIN)/python -m downloads_project.embedded $(BIN)/python -m bench.capacity
+	$(BIN)/python -m downloads_project.embedded $(BIN)/python -m bench.status
 
 clean:
 	rm -rf $(VENV) var

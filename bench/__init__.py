@@ -1,1 +1,2 @@
-"""Benchmarks: scripts run by path (`python bench/NAME.py`), not imported by the service."""
+"""Benchmarks: scripts run as modules from the project's root (`python -m bench.<name>`), not
+imported by the service."""

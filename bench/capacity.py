@@ -3,9 +3,9 @@ a size at a rate go through a real web process and ONE real worker process, on b
 profiles, with the worker's thread pool and prefork side by side. Prints figures; exits 1
 when a job did not complete exactly once, so that it doubles as a smoke check.
 
-    .venv/bin/python bench/capacity.py                          # 200 jobs of 8 MiB at 1 MiB/s
-    .venv/bin/python bench/capacity.py --jobs 20 --file-mib 2   # a short run (~1 min a profile)
-    .venv/bin/python bench/capacity.py --profile production --pools threads --concurrency 400 --jobs 400
+    .venv/bin/python -m bench.capacity                          # 200 jobs of 8 MiB at 1 MiB/s
+    .venv/bin/python -m bench.capacity --jobs 20 --file-mib 2   # a short run (~1 min a profile)
+    .venv/bin/python -m bench.capacity --profile production --pools threads --concurrency 400 --jobs 400
 
 For each profile it sets up a stack and removes it again, also after Ctrl-C: a VAR_DIR, the
 database (embedded: SQLite in the VAR_DIR; production: a throwaway PostgreSQL database on
@@ -53,13 +53,8 @@ from urllib.parse import urlsplit
 import httpx
 import psutil  # type: ignore[import-untyped]
 
-ROOT = Path(__file__).resolve().parent.parent
-# Run by path, Python puts bench/ first on sys.path, where bench/realtime.py would hide the
-# `realtime` package (an installed app): the project's root takes its place.
-sys.path[:] = [str(ROOT)] + [entry for entry in sys.path if Path(entry or ".").resolve() != ROOT / "bench"]
-
-from bench.report import Column, Table, log, percentile, ratio, results_save  # noqa: E402
-from bench.sandbox import (  # noqa: E402
+from bench.report import Column, Table, log, percentile, ratio, results_save
+from bench.sandbox import (
     PgConnectionSampler,
     Stack,
     bench_env,
@@ -76,8 +71,10 @@ from bench.sandbox import (  # noqa: E402
     var_dir_for,
     wait_ready,
 )
-from devtools.servers import free_port, wait_for_port  # noqa: E402
-from downloads_project import processes  # noqa: E402
+from devtools.servers import free_port, wait_for_port
+from downloads_project import processes
+
+ROOT = Path(__file__).resolve().parent.parent
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -96,7 +93,7 @@ STARTUP_TIMEOUT_S = 120
 WAIT_POLL_S = 0.5
 SAMPLE_INTERVAL_S = 0.1
 INITIATE_TRIES = 5  # a 429, a 503 or a transport error is tried again after its Retry-After
-SELF = [sys.executable, str(Path(__file__).resolve())]
+SELF = [sys.executable, "-m", "bench.capacity"]
 # What the figures read of each job's row.
 ROW_FIELDS = (
     "job_id",

@@ -1,9 +1,9 @@
 """What initiate's `estimated_time` costs to compute, against the ways it could be read from
 the job table, as the backlog and the completed rows grow. Prints figures; asserts nothing.
 
-    .venv/bin/python -m downloads_project.embedded .venv/bin/python bench/estimate.py   # SQLite
-    .venv/bin/python -m downloads_project.embedded .venv/bin/python bench/estimate.py --profile production
-    .venv/bin/python bench/estimate.py --sizes 1000,10000 --calls 100
+    .venv/bin/python -m downloads_project.embedded .venv/bin/python -m bench.estimate   # SQLite
+    .venv/bin/python -m downloads_project.embedded .venv/bin/python -m bench.estimate --profile production
+    .venv/bin/python -m bench.estimate --sizes 1000,10000 --calls 100
 
 The table first holds `--history` expired jobs (200,000: what 90 days of audit retention
 keep of a few thousand jobs a day). For each size N it also holds N queued jobs (the
@@ -39,13 +39,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-# Run by path, Python puts bench/ first on sys.path, where bench/realtime.py would hide the
-# `realtime` package (an installed app): the project's root takes its place.
-sys.path[:] = [str(ROOT)] + [entry for entry in sys.path if Path(entry or ".").resolve() != ROOT / "bench"]
-
-from bench.report import Column, Table, log, percentile, results_save  # noqa: E402
-from bench.sandbox import (  # noqa: E402
+from bench.report import Column, Table, log, percentile, results_save
+from bench.sandbox import (
     bench_env,
     child_run,
     django_setup,
@@ -53,8 +48,10 @@ from bench.sandbox import (  # noqa: E402
     run_until_interrupted,
 )
 
+ROOT = Path(__file__).resolve().parent.parent
+
 BROKER_DB = 6  # a Redis database of the benchmark's own
-SELF = [sys.executable, str(Path(__file__).resolve())]
+SELF = [sys.executable, "-m", "bench.estimate"]
 READS = ("estimate (Redis)", "rows: mean of last 100", "rows: completed in window", "rows: queued ahead")
 
 

@@ -2,11 +2,11 @@
 server and worker. Prints figures; exits 1 if any request got a 5xx or a transport error,
 so that it doubles as a smoke check.
 
-    .venv/bin/python bench/load.py                          # 50 users, 20 s / 60 s / 20 s (~2 min)
-    .venv/bin/python bench/load.py --users 20 --ramp-up 10 --hold 30 --ramp-down 10
-    .venv/bin/python bench/load.py --profile production --users 100 --ramp-up 10 --hold 30 \
+    .venv/bin/python -m bench.load                          # 50 users, 20 s / 60 s / 20 s (~2 min)
+    .venv/bin/python -m bench.load --users 20 --ramp-up 10 --hold 30 --ramp-down 10
+    .venv/bin/python -m bench.load --profile production --users 100 --ramp-up 10 --hold 30 \
         --ramp-down 10 --file-mib 0.25 --rate-mibps 0
-    .venv/bin/python bench/load.py --url http://127.0.0.1:8000 --tokens-file tokens.txt
+    .venv/bin/python -m bench.load --url http://127.0.0.1:8000 --tokens-file tokens.txt
 
 The reference scenario: virtual users (VUs) ramp up to 100 over 2 min, hold 5 min, ramp down
 over 2 min; each VU loops: POST /v1/download/initiate {"file_id": 70000}, check 200 and
@@ -47,13 +47,8 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-# Run by path, Python puts bench/ first on sys.path, where bench/realtime.py would hide the
-# `realtime` package (an installed app): the project's root takes its place.
-sys.path[:] = [str(ROOT)] + [entry for entry in sys.path if Path(entry or ".").resolve() != ROOT / "bench"]
-
-from bench.report import Column, Table, log, percentile, ratio, results_save  # noqa: E402
-from bench.sandbox import (  # noqa: E402
+from bench.report import Column, Table, log, percentile, ratio, results_save
+from bench.sandbox import (
     PgConnectionSampler,
     Stack,
     bench_env,
@@ -67,8 +62,10 @@ from bench.sandbox import (  # noqa: E402
     var_dir_for,
     wait_ready,
 )
-from devtools.servers import free_port, wait_for_port  # noqa: E402
-from downloads_project import processes  # noqa: E402
+from devtools.servers import free_port, wait_for_port
+from downloads_project import processes
+
+ROOT = Path(__file__).resolve().parent.parent
 
 BROKER_DB = 8  # a broker database of its own (staging and realtime use 9)
 REFERENCE_FILE_ID = 70000
@@ -683,7 +680,7 @@ def stack_setup(stack: ExitStack, args: argparse.Namespace, var_dir: Path) -> St
         env["JOB_REUSE"] = args.job_reuse
     (var_dir / "prometheus").mkdir(exist_ok=True)
     out = var_dir / "setup.json"
-    argv = [sys.executable, str(Path(__file__).resolve()), "_setup", "--users", str(args.users)]
+    argv = [sys.executable, "-m", "bench.load", "_setup", "--users", str(args.users)]
     subprocess.run([*argv, "--out", str(out)], env=env, cwd=ROOT, check=True)
     setup = json.loads(out.read_text())
     (var_dir / "tokens.txt").write_text("\n".join(setup["tokens"]) + "\n")

@@ -2,8 +2,8 @@
 the peak memory of a real Celery worker staging one job. Prints figures; asserts nothing.
 
     make bench                                   # = python -m downloads_project.embedded \\
-                                                 #     .venv/bin/python bench/staging.py
-    .venv/bin/python -m downloads_project.embedded .venv/bin/python bench/staging.py \\
+                                                 #     .venv/bin/python -m bench.staging
+    .venv/bin/python -m downloads_project.embedded .venv/bin/python -m bench.staging \\
         --size-mib 64 --memory-mib 32             # a quick run
 
 Layout: this process (the driver) starts a moto S3 server (unless AWS_S3_ENDPOINT_URL is
@@ -32,13 +32,8 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped]
 
-ROOT = Path(__file__).resolve().parent.parent
-# Run by path, Python puts bench/ first on sys.path, where bench/realtime.py would hide the
-# `realtime` package (an installed app): the project's root takes its place.
-sys.path[:] = [str(ROOT)] + [entry for entry in sys.path if Path(entry or ".").resolve() != ROOT / "bench"]
-
-from bench.report import Column, Table, log, ratio, results_save  # noqa: E402
-from bench.sandbox import (  # noqa: E402
+from bench.report import Column, Table, log, ratio, results_save
+from bench.sandbox import (
     Children,
     bench_env,
     broker_purge,
@@ -47,16 +42,18 @@ from bench.sandbox import (  # noqa: E402
     interrupted,
     run_until_interrupted,
 )
-from bench.streams import ChunkStream  # noqa: E402
-from devtools.servers import S3Endpoint, s3_endpoint  # noqa: E402
-from downloads_project import processes  # noqa: E402
+from bench.streams import ChunkStream
+from devtools.servers import S3Endpoint, s3_endpoint
+from downloads_project import processes
+
+ROOT = Path(__file__).resolve().parent.parent
 
 MIB = 1024 * 1024
 MB = 1_000_000
 BROKER_DB = 9  # a Redis database of the benchmark's own, so no other worker takes its jobs
 FILE_ID = 424242
 TARGETS = ("s3", "local")
-SELF = [sys.executable, str(Path(__file__).resolve())]  # this script, for its parts (`_throughput`, ...)
+SELF = [sys.executable, "-m", "bench.staging"]  # this script, for its parts (`_throughput`, ...)
 
 
 # --- small helpers --------------------------------------------------------------------------

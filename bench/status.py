@@ -3,8 +3,8 @@ bare DRF view that reads the same row, the peer celery-progress, and /health of 
 figures and asserts nothing about speed; exits 1 if a project row had an error (a non-2xx/3xx
 answer or a socket error), so that it doubles as a smoke check.
 
-    .venv/bin/python bench/status.py                               # 256 connections, 10 s a row
-    .venv/bin/python bench/status.py --concurrency 64 --duration 5
+    .venv/bin/python -m bench.status                               # 256 connections, 10 s a row
+    .venv/bin/python -m bench.status --concurrency 64 --duration 5
 
 The production profile: a throwaway PostgreSQL database (bench/sandbox.py's
 postgres_database, on BENCH_POSTGRES_URL's server) and Redis (a private redis-server unless
@@ -34,13 +34,8 @@ from typing import Any
 import httpx
 import psycopg
 
-ROOT = Path(__file__).resolve().parent.parent
-# Run by path, Python puts bench/ first on sys.path, where bench/realtime.py would hide the
-# `realtime` package (an installed app): the project's root takes its place.
-sys.path[:] = [str(ROOT)] + [entry for entry in sys.path if Path(entry or ".").resolve() != ROOT / "bench"]
-
-from bench.report import Column, Table, log, ratio, results_save  # noqa: E402
-from bench.sandbox import (  # noqa: E402
+from bench.report import Column, Table, log, ratio, results_save
+from bench.sandbox import (
     Children,
     bench_env,
     django_setup,
@@ -48,8 +43,10 @@ from bench.sandbox import (  # noqa: E402
     postgres_database,
     run_until_interrupted,
 )
-from devtools.servers import free_port, wait_for_port  # noqa: E402
-from downloads_project import processes  # noqa: E402
+from devtools.servers import free_port, wait_for_port
+from downloads_project import processes
+
+ROOT = Path(__file__).resolve().parent.parent
 
 DATABASE = "bench_status"
 BASELINES_APPLICATION_NAME = "bench-status-baselines"  # as bench/status_baselines.py connects
@@ -65,7 +62,7 @@ RATIO_GOALS = (  # (name, numerator row, denominator row, least ratio of their r
 ACCESS_LINE = re.compile(r'"[A-Z]+ \S+ HTTP/[\d.]+" (\d{3})')
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ")
 TIME_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
-SELF = [sys.executable, str(Path(__file__).resolve())]  # this script, for its `_setup`
+SELF = [sys.executable, "-m", "bench.status"]  # this script, for its `_setup`
 
 
 # --- setup (a subprocess with the bench's environment: `status.py _setup`) -------------------

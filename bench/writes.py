@@ -2,9 +2,9 @@
 small slow file and a large one, run by a real Celery worker. Prints figures; asserts
 nothing.
 
-    .venv/bin/python -m downloads_project.embedded .venv/bin/python bench/writes.py
-    .venv/bin/python bench/writes.py --profile production      # PostgreSQL + Redis + S3 (moto)
-    .venv/bin/python bench/writes.py --jobs 40:2,1024:16       # size MiB : origin rate MiB/s
+    .venv/bin/python -m downloads_project.embedded .venv/bin/python -m bench.writes
+    .venv/bin/python -m bench.writes --profile production      # PostgreSQL + Redis + S3 (moto)
+    .venv/bin/python -m bench.writes --jobs 40:2,1024:16       # size MiB : origin rate MiB/s
 
 Each job is created through `jobs.services.download_job_create`, like an initiate, and run
 by a fresh prefork worker (`-c 1`) whose synthetic origin serves the file at the given rate,
@@ -31,13 +31,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-# Run by path, Python puts bench/ first on sys.path, where bench/realtime.py would hide the
-# `realtime` package (an installed app): the project's root takes its place.
-sys.path[:] = [str(ROOT)] + [entry for entry in sys.path if Path(entry or ".").resolve() != ROOT / "bench"]
-
-from bench.report import Column, Table, log, results_save  # noqa: E402
-from bench.sandbox import (  # noqa: E402
+from bench.report import Column, Table, log, results_save
+from bench.sandbox import (
     Children,
     bench_env,
     child_run,
@@ -45,13 +40,15 @@ from bench.sandbox import (  # noqa: E402
     postgres_database,
     run_until_interrupted,
 )
-from devtools.servers import s3_endpoint  # noqa: E402
-from downloads_project import processes  # noqa: E402
+from devtools.servers import s3_endpoint
+from downloads_project import processes
+
+ROOT = Path(__file__).resolve().parent.parent
 
 MIB = 1024 * 1024
 BROKER_DB = 8  # a Redis database of the benchmark's own, so no other worker takes its jobs
 FILE_ID = 515151
-SELF = [sys.executable, str(Path(__file__).resolve())]
+SELF = [sys.executable, "-m", "bench.writes"]
 
 
 def table_writes(database_url: str) -> int | None:

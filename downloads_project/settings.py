@@ -72,7 +72,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    # Last: answers a sign-in attempt that the login protection refused (jobs/login_protection.py).
+    # Last: answers a sign-in attempt that the login protection refused (jobs/web/login_protection.py).
     "axes.middleware.AxesMiddleware",
 ]
 
@@ -594,7 +594,7 @@ if max(STAGING_PART_BYTES, 5 * 1024 * 1024) > STAGING_MEMORY_BYTES + STAGING_SPO
 
 # --- Login protection --------------------------------------------------------------------
 # Failed sign-ins (the login page and the admin's) are counted in hot-state Redis, shared by
-# every web process, through django-axes (jobs/login_protection.py): per username at a
+# every web process, through django-axes (jobs/web/login_protection.py): per username at a
 # client address, and per address. LOGIN_FAILURE_LIMIT failures of one username from one
 # address within LOGIN_LOCKOUT_S, or LOGIN_FAILURE_LIMIT_PER_IP of any usernames, refuse
 # its sign-ins for LOGIN_LOCKOUT_S: a 429 login page that says when to try again.
@@ -618,7 +618,7 @@ AXES_ENABLE_ADMIN = False  # its admin pages list database records; the counts a
 
 # --- Alerts (docs/operations.md) ----------------------------------------------------------------------
 # Beat's jobs.download_alerts_check logs a WARNING while one fires; /metrics exposes the
-# figures and download_alert_firing{alert} as they are at each scrape (jobs/alerts.py).
+# figures and download_alert_firing{alert} as they are at each scrape (jobs/ops/alerts.py).
 ALERT_BACKLOG_THRESHOLD = env.int("ALERT_BACKLOG_THRESHOLD", default=1000)  # messages waiting
 ALERT_SUCCESS_RATE_MIN = env.float("ALERT_SUCCESS_RATE_MIN", default=0.95)
 ALERT_MIN_SAMPLES = env.int("ALERT_MIN_SAMPLES", default=20)  # fewer ended jobs: no verdict
@@ -651,7 +651,7 @@ ORIGIN_DIRECTORY = env("ORIGIN_DIRECTORY", default=str(VAR_DIR / "origin"))
 SYNTHETIC_FILE_BYTES = env.int("SYNTHETIC_FILE_BYTES", default=40 * 1024 * 1024)
 SYNTHETIC_RATE_BPS = env.int("SYNTHETIC_RATE_BPS", default=2 * 1024 * 1024)  # 0 = unthrottled
 # Circuit breaker per origin, shared by every process through hot-state Redis
-# (jobs/breaker.py): it opens when failures / outcomes in the last WINDOW_S reach
+# (jobs/transfer/breaker.py): it opens when failures / outcomes in the last WINDOW_S reach
 # FAILURE_RATIO with at least MIN_CALLS outcomes, stays open OPEN_S, then lets one probe
 # through. A probe whose outcome never comes (its worker died) frees the slot after
 # PROBE_TIMEOUT_S: by default the soft time limit plus a margin, past the hard limit at
@@ -773,7 +773,7 @@ REST_FRAMEWORK = {
 
 # --- OpenAPI (drf-spectacular) -----------------------------------------------------------
 # The schema at /api/schema/, Swagger UI at /api/docs/ with its assets served from
-# drf-spectacular-sidecar (no CDN). The shapes of bodies and errors are in jobs/openapi.py.
+# drf-spectacular-sidecar (no CDN). The shapes of bodies and errors are in jobs/api/openapi.py.
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Download service API",
@@ -795,7 +795,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_GENERATE_CHOICE_DESCRIPTION": False,  # the values are their own labels
-    # Names of the enums that several components share (jobs/openapi.py).
+    # Names of the enums that several components share (jobs/api/openapi.py).
     "ENUM_NAME_OVERRIDES": {
         "SuccessTrueEnum": [(True, True)],
         "SuccessFalseEnum": [(False, False)],

@@ -78,7 +78,7 @@ class DownloadJob(models.Model):
     # same message may restart the attempt, any other message (a duplicate) may not.
     task_id = models.CharField(max_length=255, blank=True)
     dead_lettered_at = models.DateTimeField(null=True, blank=True)
-    # Raised by one with every write of the row (services.py): the hot copy of the row in
+    # Raised by one with every write of the row (services/writes.py): the hot copy of the row in
     # Redis (hotstate.JobCard) is replaced only by a copy of a higher version, so copies
     # that arrive out of order never bring back an older state.
     version = models.PositiveBigIntegerField(default=1)

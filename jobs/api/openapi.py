@@ -1,6 +1,6 @@
 """The OpenAPI description of the REST API (docs/api.md), for drf-spectacular: the shapes that
-the views of `apis.py` build by hand (`selectors.download_job_status` and friends) and the
-error envelope of `api_errors.py`. Documentation only: nothing here validates or renders.
+the views of `views.py` build by hand (`selectors.download_job_status` and friends) and the
+error envelope of `errors.py`. Documentation only: nothing here validates or renders.
 
 The views reference these through `@extend_schema`; `tests/api/test_openapi.py` holds a
 live server to this description, so a change to a body that is not made here fails there.

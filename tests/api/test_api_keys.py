@@ -26,6 +26,7 @@ from jobs.api_keys import (
 )
 from jobs.models import ApiKey
 from tests.factories import api_key_for
+from tests.support.databases import postgres_only
 
 LIST = "/v1/downloads"
 BEFORE_THE_MOVE = [("jobs", "0008_api_keys"), ("authtoken", "0004_alter_tokenproxy_options")]
@@ -153,11 +154,6 @@ def test_the_revoked_mark_lasts_revoked_hold_s(user: User) -> None:
     api_keys_revoke_cache([user.pk])
     ttl = hotstate.client().ttl(f"api-key-revoked:{user.pk}")
     assert 0 < ttl <= REVOKED_HOLD_S
-
-
-postgres_only = pytest.mark.skipif(
-    connection.vendor != "postgresql", reason="a second connection reads the committed row: PostgreSQL"
-)
 
 
 def _request_from_another_thread(key: str) -> int:

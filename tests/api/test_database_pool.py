@@ -16,15 +16,16 @@ import httpx
 import psycopg
 import pytest
 from django.contrib.auth.models import User
-from django.db import OperationalError, connection
+from django.db import OperationalError
 from django.test import Client
 from rest_framework.test import APIClient
 
-from conftest import Stack, database_url, stack_env
 from jobs import selectors
 from jobs.models import DownloadJob, Status
 from tests.factories import api_key_for
+from tests.support.databases import postgres_only
 from tests.support.origin_server import OriginServer
+from tests.support.stack import Stack, database_url, stack_env
 
 POOL_BROKER_DB = 15  # 5-14: the other test stacks (see test_e2e)
 WEB_POOL_MAX_SIZE = 10  # the default of DATABASE_POOL_MAX_SIZE
@@ -69,10 +70,6 @@ def test_a_page_without_its_database_answers_503(user: User, monkeypatch: pytest
 
 
 # --- PostgreSQL: the pool under a real uvicorn -----------------------------------------------
-
-postgres_only = pytest.mark.skipif(
-    connection.vendor != "postgresql", reason="the connection pool is psycopg's (PostgreSQL)"
-)
 
 
 def _web_connections(application_name: str) -> int:
@@ -142,6 +139,7 @@ def default_pool_web(django_db_setup: None, origin_server: OriginServer) -> Iter
         yield stack
 
 
+@pytest.mark.e2e
 @postgres_only
 @pytest.mark.django_db(transaction=True)
 def test_an_exhausted_pool_answers_503_and_ready_reports_it(small_pool_web: Stack) -> None:
@@ -225,6 +223,7 @@ async def _client_loop(base_url: str, token: str, job_id: str, index: int, codes
             codes[f"{'initiate' if initiate else 'status'} {response.status_code}"] += 1
 
 
+@pytest.mark.e2e
 @postgres_only
 @pytest.mark.django_db(transaction=True)
 def test_128_concurrent_clients_get_no_5xx_and_stay_within_the_pool(default_pool_web: Stack) -> None:

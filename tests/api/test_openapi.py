@@ -32,11 +32,11 @@ from schemathesis.specs.openapi.checks import (
     unsupported_method,
 )
 
-from conftest import Stack, stack_env
 from jobs.api.openapi import JOB_ID_PATTERN
 from jobs.models import DownloadJob, Status
 from tests.factories import api_key_for
 from tests.support.origin_server import OriginServer
+from tests.support.stack import Stack, stack_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 

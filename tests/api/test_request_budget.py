@@ -18,12 +18,12 @@ import pytest
 from botocore.exceptions import ReadTimeoutError
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import connection
 
-from conftest import Stack, database_url, stack_env
 from jobs import selectors
 from tests.factories import api_key_for, make_job
+from tests.support.databases import postgres_only
 from tests.support.origin_server import OriginServer
+from tests.support.stack import Stack, database_url, stack_env
 from tests.support.tcp_proxy import tcp_proxy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,10 +42,6 @@ GENEROUS_BOUND_S = 30.0
 # A request's few Redis commands at 1 s each, with room for a busy machine; under the
 # 5 s per command that a web process had before (initiate then took about 30 s).
 REDIS_BOUND_S = 20.0
-
-postgres_only = pytest.mark.skipif(
-    connection.vendor != "postgresql", reason="statement_timeout is PostgreSQL's"
-)
 
 
 def _token(name: str) -> str:
@@ -68,6 +64,7 @@ def web_process(
         stack.stop()
 
 
+@pytest.mark.e2e
 @postgres_only
 @pytest.mark.django_db(transaction=True)
 def test_a_statement_past_the_web_budget_answers_503_and_frees_its_thread(web_process):
@@ -99,6 +96,7 @@ def test_a_statement_past_the_web_budget_answers_503_and_frees_its_thread(web_pr
     assert after.status_code == 200  # the connection went back to the pool, usable
 
 
+@pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
 def test_a_redis_that_does_not_answer_costs_a_request_seconds_not_a_minute(web_process):
     """Hot state's Redis accepts connections and never answers. Each request asks it

@@ -1,4 +1,4 @@
-"""Properties of the API's request validators (jobs/serializers.py), over generated input:
+"""Properties of the API's request validators (jobs/api/serializers.py), over generated input:
 what each accepts is exactly what docs/api.md allows, and everything else is a field error,
 never an exception. Derandomized, so a failure reproduces on the next run. Only the last
 two tests touch the database (through the API, to show no input reaches a 500)."""

@@ -643,6 +643,47 @@ def test_every_path_the_dockerfile_copies_exists_and_is_in_the_build_context():
         assert any(Path(source).match(pattern) or source.startswith(pattern) for pattern in included), source
 
 
+# What the service's processes import, as the image runs them: the settings and every app,
+# the URLs, the ASGI application and the Celery app with its tasks.
+SERVICE_IMPORTS = """
+import os, sys
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "downloads_project.settings")
+import django
+django.setup()
+from django.conf import settings
+from django.urls import get_resolver
+get_resolver(settings.ROOT_URLCONF).url_patterns
+import downloads_project.asgi
+from celery import current_app
+current_app.loader.import_default_modules()
+root = sys.argv[1]
+for module in list(sys.modules.values()):
+    path = getattr(module, "__file__", None) or ""
+    if path.startswith(root + os.sep) and "/.venv/" not in path:
+        print(os.path.relpath(path, root).split(os.sep)[0])
+"""
+
+
+def test_the_image_holds_every_package_the_service_imports(clean_env):
+    """A package the service imports but the image leaves out fails only when the image
+    runs: each one is copied by the Dockerfile and let into the build context."""
+    listed = subprocess.run(
+        [sys.executable, "-c", SERVICE_IMPORTS, str(ROOT)],
+        cwd=ROOT,
+        env=clean_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.split()
+    imported = {name for name in listed if not name.endswith(".py")}
+    included = {line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()}
+
+    assert {"downloads_project", "jobs", "realtime"} <= imported
+    assert sorted(imported - set(dockerfile_copies())) == []
+    assert sorted(imported - included) == []
+
+
 def test_dockerfile_passes_hadolint():
     hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
     if hadolint is None:

@@ -41,12 +41,12 @@ from websockets.exceptions import ConnectionClosedOK
 from websockets.sync.client import connect
 from websockets.typing import Origin
 
-from conftest import Stack, stack_env
 from devtools.servers import free_port, wait_for_port
 from jobs.models import Status
 from jobs.transfer.links import SignedFileSystemStorage
 from tests.factories import api_key_for, make_job
 from tests.support.origin_server import FileScript, OriginServer
+from tests.support.stack import Stack, stack_env
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = [

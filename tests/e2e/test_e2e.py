@@ -19,7 +19,6 @@ import pytest
 import redis
 from django.conf import settings
 
-from conftest import Stack, stack_env
 from devtools.servers import S3Endpoint
 from jobs.models import DownloadJob
 from tests import factories
@@ -36,6 +35,7 @@ from tests.support.flows import (
     wait_until_finished,
 )
 from tests.support.origin_server import FileScript, OriginServer
+from tests.support.stack import Stack, stack_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 

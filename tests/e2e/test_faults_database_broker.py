@@ -29,16 +29,17 @@ import redis
 from django.contrib.auth.models import User
 from django.db import connection
 
-from conftest import Stack, stack_env
 from jobs.models import DownloadJob, Status
 from tests.factories import api_key_for, key_digest
-from tests.support.faults import FAST_REAPER, jobs_through_a_fault, postgres_profile_only, running_stack
+from tests.support.databases import postgres_only
+from tests.support.faults import FAST_REAPER, jobs_through_a_fault, running_stack
 from tests.support.flows import eventually
 from tests.support.origin_server import OriginServer
 from tests.support.redis_servers import RedisServer
+from tests.support.stack import Stack, stack_env
 from tests.support.tcp_proxy import TcpProxy, tcp_proxy
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), postgres_profile_only]
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), postgres_only]
 
 JOBS = 6
 OUTAGE_S = 10.0
@@ -72,8 +73,6 @@ def token() -> str:
 
 @pytest.fixture(scope="module")
 def database_proxy(django_db_setup: None) -> Iterator[TcpProxy]:
-    if connection.vendor != "postgresql":
-        pytest.skip(f"PostgreSQL profile only (the test database is {connection.vendor})")
     db = connection.settings_dict
     with tcp_proxy(db["HOST"] or "127.0.0.1", int(db["PORT"] or 5432)) as proxy:
         yield proxy

@@ -15,15 +15,16 @@ from uuid import uuid4
 import pytest
 from django.contrib.auth.models import User
 
-from conftest import Stack, stack_env
 from jobs.models import DownloadJob
 from tests.factories import api_key_for
-from tests.support.faults import FAST_REAPER, postgres_profile_only, running_stack
+from tests.support.databases import postgres_only
+from tests.support.faults import FAST_REAPER, running_stack
 from tests.support.flows import eventually, initiate, job_status
 from tests.support.origin_server import FileScript, OriginServer
 from tests.support.redis_servers import RedisServer
+from tests.support.stack import Stack, stack_env
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), postgres_profile_only]
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), postgres_only]
 
 MiB = 1024 * 1024
 DISK_MIB = 4

@@ -22,11 +22,11 @@ from uuid import uuid4
 import pytest
 from django.contrib.auth.models import User
 
-from conftest import Stack, stack_env
 from jobs.models import DownloadJob, Status
 from jobs.transfer.breaker import OriginBreaker
 from tests.factories import api_key_for
-from tests.support.faults import FAST_REAPER, postgres_profile_only, running_stack
+from tests.support.databases import postgres_only
+from tests.support.faults import FAST_REAPER, running_stack
 from tests.support.flows import (
     assert_downloads_exactly,
     eventually,
@@ -38,8 +38,9 @@ from tests.support.flows import (
 )
 from tests.support.origin_server import FileScript, OriginServer
 from tests.support.redis_servers import RedisServer
+from tests.support.stack import Stack, stack_env
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), postgres_profile_only]
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), postgres_only]
 
 TIME_LIMIT_S = 3
 BREAKER_MIN_CALLS = 3

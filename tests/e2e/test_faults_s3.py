@@ -16,15 +16,16 @@ from uuid import uuid4
 import pytest
 from django.contrib.auth.models import User
 
-from conftest import Stack, stack_env
 from devtools.servers import S3Endpoint, s3_endpoint
 from tests.factories import api_key_for
-from tests.support.faults import FAST_REAPER, jobs_through_a_fault, postgres_profile_only, running_stack
+from tests.support.databases import postgres_only
+from tests.support.faults import FAST_REAPER, jobs_through_a_fault, running_stack
 from tests.support.origin_server import OriginServer
 from tests.support.redis_servers import RedisServer
+from tests.support.stack import Stack, stack_env
 from tests.support.tcp_proxy import TcpProxy, tcp_proxy
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), postgres_profile_only]
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), postgres_only]
 
 MiB = 1024 * 1024
 JOBS = 3

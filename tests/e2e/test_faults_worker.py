@@ -17,15 +17,16 @@ import pytest
 import redis
 from django.contrib.auth.models import User
 
-from conftest import Stack, stack_env
 from jobs.models import DownloadJob
 from tests.factories import api_key_for
-from tests.support.faults import FAST_REAPER, jobs_through_a_fault, postgres_profile_only, running_stack
+from tests.support.databases import postgres_only
+from tests.support.faults import FAST_REAPER, jobs_through_a_fault, running_stack
 from tests.support.flows import eventually
 from tests.support.origin_server import OriginServer
 from tests.support.redis_servers import RedisServer
+from tests.support.stack import Stack, stack_env
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), postgres_profile_only]
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), postgres_only]
 
 JOBS = 6
 

@@ -26,13 +26,13 @@ import pytest
 from django.contrib.auth.models import User
 from django.db import connection
 
-from conftest import ARTIFACTS, Stack, stack_env
 from jobs import hotstate
 from jobs.models import ApiKey, DownloadJob, LegacyCaller, Status
 from tests.factories import api_key_for, key_digest
 from tests.support.flows import eventually, initiate
 from tests.support.origin_server import FileScript, OriginServer
 from tests.support.redis_servers import RedisServer
+from tests.support.stack import ARTIFACTS, Stack, stack_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 

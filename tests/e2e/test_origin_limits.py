@@ -17,13 +17,13 @@ import redis
 from django.conf import settings
 from django.contrib.auth.models import User
 
-from conftest import Stack, stack_env
 from jobs import hotstate
 from jobs.models import DownloadJob
 from jobs.transfer.origin_limits import OriginLimits
 from tests.factories import api_key_for
 from tests.support.flows import assert_downloads_exactly, initiate, wait_until_all_finished
 from tests.support.origin_server import FileScript, OriginServer
+from tests.support.stack import Stack, stack_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 

@@ -36,12 +36,12 @@ import redis
 from django.conf import settings
 from django.contrib.auth.models import User
 
-from conftest import Stack, stack_env
 from jobs.models import DownloadJob, Status
 from tests.factories import api_key_for
 from tests.support.flows import assert_downloads_exactly, eventually, initiate, stored_files
 from tests.support.origin_server import FileScript, OriginServer
 from tests.support.scrapes import samples
+from tests.support.stack import Stack, stack_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 

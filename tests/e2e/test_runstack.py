@@ -15,7 +15,6 @@ import httpx
 import psutil  # type: ignore[import-untyped]
 import pytest
 
-from conftest import ARTIFACTS, ROOT, _LogTail
 from devtools.servers import free_port, wait_for_port
 from jobs.management.commands.runstack import (
     WORKER_HEALTHY_S,
@@ -24,6 +23,7 @@ from jobs.management.commands.runstack import (
     worker_restart_delay_s,
 )
 from tests.support.flows import eventually, initiate, job_status, wait_until_finished
+from tests.support.stack import ARTIFACTS, ROOT, LogTail
 
 pytestmark = pytest.mark.e2e
 
@@ -68,7 +68,7 @@ def _workers(runstack: psutil.Process) -> list[psutil.Process]:
     ]
 
 
-def _stack_ready(log: "_LogTail", *, port: int, process: subprocess.Popen[str], timeout_s: float) -> str:
+def _stack_ready(log: "LogTail", *, port: int, process: subprocess.Popen[str], timeout_s: float) -> str:
     """Waits until runstack has printed its demo key, serves on `port` and has a worker
     ready; returns the key."""
     log.wait_for("API token:", timeout_s=timeout_s)
@@ -88,7 +88,7 @@ def test_runstack_starts_a_killed_worker_again_and_its_jobs_complete(tmp_path: P
         stderr=subprocess.STDOUT,
         text=True,
     )
-    log = _LogTail(process, ARTIFACTS / "logs" / "runstack.log")
+    log = LogTail(process, ARTIFACTS / "logs" / "runstack.log")
     runstack = psutil.Process(process.pid)
     try:
         token = _stack_ready(log, port=port, process=process, timeout_s=30)
@@ -173,7 +173,7 @@ def test_a_stop_signal_stops_every_child_in_order_with_a_job_in_flight(
         text=True,
         start_new_session=True,  # its own group, as `make run` has in a terminal
     )
-    log = _LogTail(process, ARTIFACTS / "logs" / f"runstack-stop-{to}-{sig.name}-{times}.log")
+    log = LogTail(process, ARTIFACTS / "logs" / f"runstack-stop-{to}-{sig.name}-{times}.log")
     runstack = psutil.Process(process.pid)
     try:
         token = _stack_ready(log, port=port, process=process, timeout_s=60)

@@ -31,11 +31,11 @@ from django.contrib.auth.models import User
 from django.core.files.base import ContentFile
 from django.utils import timezone
 
-from conftest import Stack, stack_env
 from jobs.models import Status
 from jobs.transfer.links import SignedFileSystemStorage
 from tests.factories import api_key_for, make_job
 from tests.support.origin_server import OriginServer
+from tests.support.stack import Stack, stack_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 

@@ -17,18 +17,15 @@ from uuid import uuid4
 import psycopg
 import pytest
 from django.contrib.auth.models import User
-from django.db import connection
 
-from conftest import Stack, database_url, stack_env
 from jobs.models import DownloadJob
 from tests.factories import api_key_for
+from tests.support.databases import postgres_only
 from tests.support.flows import assert_downloads_exactly, initiate, wait_until_all_finished
 from tests.support.origin_server import FileScript, OriginServer
 from tests.support.redis_servers import RedisServer
+from tests.support.stack import Stack, database_url, stack_env
 
-postgres_only = pytest.mark.skipif(
-    connection.vendor != "postgresql", reason="the connection pool is psycopg's (PostgreSQL)"
-)
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), postgres_only]
 
 MiB = 1024 * 1024

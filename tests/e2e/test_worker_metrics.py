@@ -13,7 +13,6 @@ import httpx
 import pytest
 from django.contrib.auth.models import User
 
-from conftest import Stack, stack_env
 from devtools.servers import free_port, wait_for_port
 from jobs.metrics import multiprocess_dir_reset
 from tests.factories import api_key_for
@@ -21,6 +20,7 @@ from tests.support.flows import eventually, initiate, job_status
 from tests.support.origin_server import FileScript, OriginServer
 from tests.support.redis_servers import RedisServer
 from tests.support.scrapes import samples
+from tests.support.stack import Stack, stack_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 

@@ -20,11 +20,9 @@ from jobs.models import DownloadAnalyticsHour, DownloadJob, Status
 from jobs.ops import broker, hourly_analytics
 from jobs.ops.broker import PRIORITIES, queue_depths
 from jobs.ops.hourly_analytics import AnalyticsHour
+from tests.support.databases import postgres_only
 
 PAGE = "admin:jobs_downloadjob_analytics"
-postgresql_only = pytest.mark.skipif(
-    connection.vendor != "postgresql", reason="the materialized view exists on PostgreSQL only"
-)
 
 
 def make_job(
@@ -89,7 +87,7 @@ def assert_same_figures(found: list[AnalyticsHour], expected: list[AnalyticsHour
 # --- the view on PostgreSQL -----------------------------------------------------------------
 
 
-@postgresql_only
+@postgres_only
 @pytest.mark.django_db
 def test_the_view_exists_with_a_unique_index_on_hour():
     with connection.cursor() as cursor:
@@ -100,7 +98,7 @@ def test_the_view_exists_with_a_unique_index_on_hour():
     assert any("UNIQUE INDEX" in d and "(hour)" in d for d in definitions), definitions
 
 
-@postgresql_only
+@postgres_only
 def test_the_view_refreshes_concurrently_to_the_figures_of_the_jobs(known_jobs, hours):
     # A snapshot: the jobs are not in it until the refresh.
     assert not DownloadAnalyticsHour.objects.filter(hour__in=hours.values()).exists()
@@ -111,7 +109,7 @@ def test_the_view_refreshes_concurrently_to_the_figures_of_the_jobs(known_jobs, 
     assert DownloadAnalyticsHour.objects.count() == 3
 
 
-@postgresql_only
+@postgres_only
 @pytest.mark.django_db
 def test_a_plain_refresh_statement_works_concurrently_too():
     """CONCURRENTLY needs the unique index and a populated view: both hold after migrate."""
@@ -119,7 +117,7 @@ def test_a_plain_refresh_statement_works_concurrently_too():
         cursor.execute("REFRESH MATERIALIZED VIEW CONCURRENTLY download_analytics")
 
 
-@postgresql_only
+@postgres_only
 @pytest.mark.django_db
 @pytest.mark.parametrize(
     "values",

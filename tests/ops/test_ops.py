@@ -18,7 +18,6 @@ import redis
 from django.test import Client
 from websockets.sync.client import connect
 
-from conftest import Stack, stack_env
 from devtools.servers import free_port
 from downloads_project.embedded import _redis_server_binary
 from jobs.ops.broker import queue_depths
@@ -26,6 +25,7 @@ from tests.factories import api_key_for
 from tests.support.brokers import broker_at, empty_broker
 from tests.support.origin_server import FileScript, OriginServer
 from tests.support.scrapes import closed_port_url, samples
+from tests.support.stack import Stack, stack_env
 
 MiB = 1024 * 1024
 

@@ -15,9 +15,9 @@ import pytest
 from websockets.exceptions import ConnectionClosedOK
 from websockets.sync.client import connect
 
-from conftest import Stack
 from tests.factories import api_key_for
 from tests.support.origin_server import FileScript, OriginServer
+from tests.support.stack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 

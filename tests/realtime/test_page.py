@@ -33,10 +33,11 @@ from django.test import Client
 from playwright.sync_api import Page, WebSocketRoute, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-from conftest import ARTIFACTS, BrowserSession, Stack, stack_env
+from tests.support.browser import BrowserSession
 from tests.support.origin_server import FileScript, OriginServer
+from tests.support.stack import ARTIFACTS, Stack, stack_env
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 MiB = 1024 * 1024
 SCREENSHOTS = ARTIFACTS / "screenshots"

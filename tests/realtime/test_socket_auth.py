@@ -18,7 +18,6 @@ from django.test import Client
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from conftest import Stack
 from downloads_project.asgi import application
 from tests.factories import api_key_for, make_job
 from tests.realtime.test_consumers import (
@@ -33,6 +32,7 @@ from tests.realtime.test_consumers import (
     subscribe_path,
 )
 from tests.support.origin_server import FileScript, OriginServer
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

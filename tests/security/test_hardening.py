@@ -13,11 +13,11 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from conftest import ROOT, manage
 from devtools.servers import free_port, wait_for_port
 from downloads_project import processes
 from jobs import services
 from jobs.models import DownloadJob, Status
+from tests.support.stack import ROOT, manage
 
 pytestmark = pytest.mark.django_db
 
@@ -77,6 +77,7 @@ def test_runstack_refuses_a_public_address_with_the_embedded_secret_key(clean_en
     assert "set DJANGO_SECRET_KEY" in result.stderr
 
 
+@pytest.mark.e2e
 def test_uvicorn_refuses_the_embedded_secret_key_on_a_public_address(
     clean_env: dict[str, str],
 ) -> None:
@@ -101,6 +102,7 @@ def test_uvicorn_refuses_the_embedded_secret_key_on_a_public_address(
     assert "set DJANGO_SECRET_KEY" in output
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("host", "secret_key"),
     [("127.0.0.1", None), ("0.0.0.0", "x" * 50)],

@@ -31,7 +31,6 @@ from uvicorn.logging import AccessFormatter
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as websocket_connect
 
-from conftest import database_url, manage
 from devtools.servers import free_port, wait_for_port
 from downloads_project import processes
 from downloads_project.asgi import application
@@ -42,6 +41,7 @@ from jobs.transfer.origins import safe_file_name
 from tests.factories import api_key_for, make_job
 from tests.support.files import served_bytes
 from tests.support.s3 import s3_downloads_storage
+from tests.support.stack import database_url, manage
 
 ROOT = Path(__file__).resolve().parents[2]
 INITIATE = "/v1/download/initiate"
@@ -405,6 +405,7 @@ def test_celery_handlers_get_the_filter_once():
         logger.removeHandler(handler)
 
 
+@pytest.mark.e2e
 def test_uvicorn_access_log_is_on_and_shows_no_secret(transactional_db, user):
     """A real uvicorn as runstack and the test stacks start it (access log on)."""
     key = api_key_for(user)

@@ -26,6 +26,7 @@ from jobs.transfer.links import SignedFileSystemStorage
 from jobs.transfer.origins import get_origin
 from jobs.transfer.staging import NoHooks, StagedFile, stage_file
 from tests import factories
+from tests.support.clocks import Clock
 from tests.support.origin_server import FileScript, OriginServer
 from tests.support.s3 import s3_downloads_storage
 
@@ -646,8 +647,9 @@ def test_a_failing_origin_opens_the_breaker_and_queued_jobs_wait_without_using_a
 ):
     from jobs.transfer.breaker import OriginBreaker, origin_breaker_name
 
-    now = [time.time()]
-    breaker = OriginBreaker(origin_breaker_name(), clock=lambda: now[0])
+    # Starts at the real time: Redis expires the breaker's keys by its own.
+    clock = Clock(time.time())
+    breaker = OriginBreaker(origin_breaker_name(), clock=clock)
     for offset in range(3):
         origin.add(FILE_ID + offset, FileScript(size=1000, faults=["503"]))
         run_attempt(make_job(user, file_id=FILE_ID + offset).pk, breaker=breaker)
@@ -669,7 +671,7 @@ def test_a_failing_origin_opens_the_breaker_and_queued_jobs_wait_without_using_a
     assert len(dispatched) == 1
     assert 1 <= dispatched[0]["countdown"] <= 1.3
 
-    now[0] += 1.1  # half-open: this job is the probe; the origin has recovered
+    clock.advance(1.1)  # half-open: this job is the probe; the origin has recovered
     run_attempt(waiting.pk, breaker=breaker)
 
     waiting.refresh_from_db()

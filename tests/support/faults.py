@@ -23,23 +23,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
-import pytest
 from django.conf import settings
 
-from conftest import ARTIFACTS, Stack
 from jobs.models import DownloadJob, Status
 from tests.support.flows import assert_downloads_exactly, eventually, initiate, stored_files
 from tests.support.origin_server import FileScript, OriginServer
 from tests.support.scrapes import samples
+from tests.support.stack import ARTIFACTS, Stack
 
 MiB = 1024 * 1024
 
 # The fault tests start stacks of their own and take minutes: they run on the PostgreSQL
 # profile (the production one; CI's first), and are skipped on the embedded default.
-postgres_profile_only = pytest.mark.skipif(
-    settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"),
-    reason="a fault test: runs on the PostgreSQL profile (DATABASE_URL=postgres://...)",
-)
 COMPLETED = ("download_job_outcomes_total", (("code", ""), ("outcome", "completed")))
 
 # A fault stack's reaper: every second, with short thresholds, so that what a fault loses

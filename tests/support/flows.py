@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 from django.conf import settings
 
-from conftest import Stack
 from devtools.servers import S3Endpoint
 from tests.support.origin_server import FileScript
+from tests.support.stack import Stack
 
 TERMINAL = {"completed", "failed", "cancelled", "expired"}
 POLL_S = 0.03

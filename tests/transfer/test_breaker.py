@@ -1,4 +1,4 @@
-"""The circuit breaker per origin (jobs/breaker.py) against the real hot-state Redis: its
+"""The circuit breaker per origin (jobs/transfer/breaker.py) against the real hot-state Redis: its
 verdicts, its single half-open probe among concurrent threads and processes, its keys'
 expiry, failing open without Redis, and how /metrics and the admin show it.
 
@@ -31,22 +31,12 @@ from jobs.transfer.breaker import (
     origin_breaker_name,
 )
 from tests.support import breaker_caller
+from tests.support.clocks import Clock
 from tests.support.scrapes import samples
 
 T0 = 1_800_000_000.0
 PAGE = "admin:jobs_downloadjob_analytics"
 RESET = "admin:jobs_downloadjob_breaker_reset"
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def at(epoch_s: float) -> datetime:
@@ -81,7 +71,7 @@ def name(names: list[str]) -> str:
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(T0)
 
 
 def opened_total(name: str) -> float:

@@ -28,20 +28,10 @@ from jobs.transfer.origin_limits import (
     OriginLimits,
     lease_ttl_s,
 )
+from tests.support.clocks import Clock
 from tests.support.scrapes import samples
 
 T0 = 1_800_000_000.0
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def lowest(low: float, high: float) -> float:
@@ -54,7 +44,7 @@ def highest(low: float, high: float) -> float:
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(T0)
 
 
 @pytest.fixture

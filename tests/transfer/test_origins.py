@@ -3,13 +3,13 @@ fault-scripted origin of conftest, and a `ReplyServer` that answers with any hea
 directory origin on a temporary directory, and the synthetic origin."""
 
 import hashlib
-import socket
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from devtools.servers import free_port
 from jobs.errors import ErrorCode, JobError
 from jobs.transfer.origins import (
     DirectoryOrigin,
@@ -146,9 +146,7 @@ def test_http_stall_past_the_read_timeout_is_timeout(origin: OriginServer, monke
 
 
 def test_http_connection_refused_is_network_error():
-    with socket.socket() as probe:  # a port that nothing listens on once closed
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nothing listens on it once the probe is closed
 
     with pytest.raises(JobError) as caught:
         read_all(http_origin(f"http://127.0.0.1:{port}/files/{{file_id}}"))

@@ -43,12 +43,13 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as websocket_connect
 from websockets.typing import Origin
 
-from conftest import ROOT, BrowserSession, Stack, stack_env
 from devtools.servers import free_port
 from tests.factories import api_key_for
+from tests.support.browser import BrowserSession
 from tests.support.origin_server import FileScript, OriginServer
+from tests.support.stack import ROOT, Stack, stack_env
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+pytestmark = pytest.mark.django_db(transaction=True)
 
 CLIENT_DIR = ROOT / "clients" / "react"
 MiB = 1024 * 1024
@@ -308,6 +309,7 @@ def job_id_of(app: App) -> str:
 # --- 1. live over the WebSocket, then saved ---------------------------------------------------
 
 
+@pytest.mark.browser
 def test_the_button_shows_progress_live_over_the_websocket_and_saves_the_file(
     app: App, origin: OriginServer
 ) -> None:
@@ -390,6 +392,7 @@ def test_the_button_shows_progress_live_over_the_websocket_and_saves_the_file(
         pytest.param("constructor-throws", 0, 2000, id="constructor-throws"),
     ],
 )
+@pytest.mark.browser
 def test_without_a_websocket_polling_still_completes(
     app: App, origin: OriginServer, refusal: str, first_poll_after_ms: int, poll_every_ms: int
 ) -> None:
@@ -434,6 +437,7 @@ def test_without_a_websocket_polling_still_completes(
 # --- 3. cancelled and failed jobs ------------------------------------------------------------
 
 
+@pytest.mark.browser
 def test_a_job_cancelled_elsewhere_shows_cancelled_and_retry_starts_over(
     app: App, origin: OriginServer
 ) -> None:
@@ -452,6 +456,7 @@ def test_a_job_cancelled_elsewhere_shows_cancelled_and_retry_starts_over(
     expect(app.page.get_by_role("button", name="Download File")).to_be_visible()
 
 
+@pytest.mark.browser
 def test_a_failed_job_shows_the_apis_message_and_retry(app: App, origin: OriginServer) -> None:
     file_id = 73401  # the origin has no such file: FILE_NOT_FOUND, not retried
     app.start(file_id)
@@ -470,6 +475,7 @@ def test_a_failed_job_shows_the_apis_message_and_retry(app: App, origin: OriginS
 # --- 4. a page of an origin not listed -------------------------------------------------------
 
 
+@pytest.mark.browser
 def test_a_page_of_an_origin_not_listed_gets_no_answer_and_starts_nothing(
     browser_session: BrowserSession,
     unlisted_site: StaticSite,
@@ -492,6 +498,7 @@ def test_a_page_of_an_origin_not_listed_gets_no_answer_and_starts_nothing(
 # --- 5. the server's side of CORS and of the socket's Origin check, without a browser --------
 
 
+@pytest.mark.e2e
 def test_cors_answers_only_listed_origins_and_only_on_the_api(
     react_stack: Stack, listed_site: StaticSite
 ) -> None:
@@ -526,6 +533,7 @@ def test_cors_answers_only_listed_origins_and_only_on_the_api(
         assert "retry-after" in unauthenticated.headers["access-control-expose-headers"].lower()
 
 
+@pytest.mark.e2e
 def test_the_socket_takes_pages_of_listed_origins_and_its_own_hosts_and_refuses_others(
     react_stack: Stack, listed_site: StaticSite
 ) -> None:

@@ -10,8 +10,8 @@ from uuid import uuid4
 
 import pytest
 
-from conftest import Stack
 from tests.factories import api_key_for
+from tests.support.stack import Stack
 
 
 @pytest.fixture(params=["local", "s3"])

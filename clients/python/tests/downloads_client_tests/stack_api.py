@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from conftest import Stack
+from tests.support.stack import Stack
 
 MiB = 1024 * 1024
 TERMINAL_STATUSES = {"completed", "failed", "cancelled", "expired"}

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Stack
+from tests.support.stack import Stack
 
 from .proxies import CuttingProxy, UpgradeRefusingProxy
 from .stack_api import MiB, active_job, job_status, wait_for, wait_until_finished

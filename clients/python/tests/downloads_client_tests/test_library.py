@@ -23,7 +23,7 @@ from downloads_client import (
     Unauthenticated,
 )
 
-from conftest import Stack, stack_env
+from tests.support.stack import Stack, stack_env
 
 from .proxies import CuttingProxy, UpgradeRefusingProxy
 from .stack_api import MiB, active_job, job_status, wait_for

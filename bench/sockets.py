@@ -2,10 +2,10 @@
 for 1, 100 and 1,000 subscribers on one ASGI process, beside the channel layer's own delay.
 Prints figures; asserts nothing.
 
-    .venv/bin/python -m downloads_project.embedded .venv/bin/python bench/realtime.py
-    .venv/bin/python -m downloads_project.embedded .venv/bin/python bench/realtime.py \\
+    .venv/bin/python -m downloads_project.embedded .venv/bin/python -m bench.sockets
+    .venv/bin/python -m downloads_project.embedded .venv/bin/python -m bench.sockets \\
         --subscribers 1,100 --events 50                # a quick run
-    REDIS_URL=redis://127.0.0.1:6379 .venv/bin/python bench/realtime.py --profile production
+    REDIS_URL=redis://127.0.0.1:6379 .venv/bin/python -m bench.sockets --profile production
 
 Layout: this process (the driver) makes a throwaway VAR_DIR with a SQLite database (with
 `--profile production`, a throwaway PostgreSQL database, and the Redis of REDIS_URL),
@@ -21,7 +21,7 @@ count it then runs, one after the other:
   group and `receive()`s on each, as one ASGI process holding that many sockets does; a
   publisher (`_publish baseline`) awaits the bare `layer.group_send`. No ASGI, no WebSocket.
 - bare consumer: the same clients on a second uvicorn process (the same command line)
-  serving `bench/realtime_bare.py`, a stock `AsyncWebsocketConsumer` that forwards its
+  serving `bench/sockets_bare.py`, a stock `AsyncWebsocketConsumer` that forwards its
   group's messages; published with the bare `layer.group_send`.
 
 A second shape (`--jobs`, default 1000): N sockets each of its own job, `--many-events` per
@@ -53,13 +53,8 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped]
 
-ROOT = Path(__file__).resolve().parent.parent
-# Run by path, Python puts bench/ first on sys.path, where this file would hide the
-# `realtime` package: the project's root takes its place.
-sys.path[:] = [str(ROOT)] + [entry for entry in sys.path if Path(entry or ".").resolve() != ROOT / "bench"]
-
-from bench.report import Column, Table, log, percentile, ratio, results_save  # noqa: E402
-from bench.sandbox import (  # noqa: E402
+from bench.report import Column, Table, log, percentile, ratio, results_save
+from bench.sandbox import (
     Children,
     bench_env,
     django_setup,
@@ -67,8 +62,10 @@ from bench.sandbox import (  # noqa: E402
     raised_open_file_limit,
     run_until_interrupted,
 )
-from devtools.servers import free_port, wait_for_port  # noqa: E402
-from downloads_project import processes  # noqa: E402
+from devtools.servers import free_port, wait_for_port
+from downloads_project import processes
+
+ROOT = Path(__file__).resolve().parent.parent
 
 BROKER_DB = 9  # as bench/staging.py: no job is dispatched, but no worker could take one either
 WARMUP_EVENTS = 5  # sent first, at the same rate, and not counted
@@ -78,8 +75,8 @@ WARMUP_EVENTS = 5  # sent first, at the same rate, and not counted
 IN_FLIGHT = 32
 READY_TIMEOUT_S = 300  # to open all sockets (1,000 handshakes, each with a snapshot)
 QUIET_S = 5.0  # once all events are sent, the readers stop after this long without a receipt
-BARE_APP = "bench.realtime_bare:application"  # the bare-consumer baseline, on its own uvicorn
-SELF = [sys.executable, str(Path(__file__).resolve())]  # this script, for its parts (`_clients`, ...)
+BARE_APP = "bench.sockets_bare:application"  # the bare-consumer baseline, on its own uvicorn
+SELF = [sys.executable, "-m", "bench.sockets"]  # this script, for its parts (`_clients`, ...)
 
 
 # --- receivers: what each subscriber got ----------------------------------------------------
@@ -178,7 +175,7 @@ async def read_until_done(readers: list[Awaitable[None]], receipts: Receipts) ->
         await everyone
 
 
-# --- project subscribers (a subprocess: `realtime.py _clients`) ------------------------------
+# --- project subscribers (a subprocess: `sockets.py _clients`) ------------------------------
 
 
 async def clients_main(args: argparse.Namespace) -> None:
@@ -237,7 +234,7 @@ async def clients_main(args: argparse.Namespace) -> None:
     Path(args.out).write_text(json.dumps(asdict(receipts)))
 
 
-# --- baseline subscribers (a subprocess: `realtime.py _baseline`) ----------------------------
+# --- baseline subscribers (a subprocess: `sockets.py _baseline`) ----------------------------
 
 
 async def baseline_main(args: argparse.Namespace) -> None:
@@ -272,7 +269,7 @@ async def baseline_main(args: argparse.Namespace) -> None:
     Path(args.out).write_text(json.dumps(asdict(receipts)))
 
 
-# --- the publisher (a subprocess: `realtime.py _publish`) ------------------------------------
+# --- the publisher (a subprocess: `sockets.py _publish`) ------------------------------------
 
 
 def bench_event(seq: int, events: int, *, terminal: bool = False) -> dict[str, Any]:
@@ -470,7 +467,7 @@ def publish_main(args: argparse.Namespace) -> None:
     print(json.dumps(published.summary()), flush=True)
 
 
-# --- setup (a subprocess: `realtime.py _setup`) ----------------------------------------------
+# --- setup (a subprocess: `sockets.py _setup`) ----------------------------------------------
 
 
 def setup_main(out: Path, jobs: int) -> None:
@@ -748,7 +745,7 @@ def measure_one_job(
     )
     publisher = ["_publish", "baseline", group, "--rate", str(rate), *common]
     sides["bare consumer"] = measure(children, tmp, f"{name}-bare", clients, [publisher], servers.bare)
-    group = f"bench.realtime.{uuid.uuid4().hex}"
+    group = f"bench.sockets.{uuid.uuid4().hex}"
     receivers = [(f"{name}-layer", ["_baseline", "--group", group, "--count", str(count), *common])]
     publisher = ["_publish", "baseline", group, "--rate", str(rate), *common]
     sides["layer"] = measure(children, tmp, f"{name}-layer", receivers, [publisher], None)
@@ -916,7 +913,7 @@ def rows_print(rows: list[Row]) -> None:
         "\ndelay from publish to receipt (ms, over every receipt; last = until the last socket had "
         "an event). server us = CPU of the side's uvicorn process per message delivered; load = its "
         "CPU s over the span of the events (over 1.0: it fell behind). / bare = project over bare "
-        "consumer. Sides: project (JobConsumer), bare consumer (bench/realtime_bare.py), layer "
+        "consumer. Sides: project (JobConsumer), bare consumer (bench/sockets_bare.py), layer "
         "(group_send -> layer.receive in one process, no ASGI). lost = events a socket never had, nor "
         "any later one; skipped = events it missed but had a later one of (when a socket is behind, the "
         "project skips a progress event that a newer one replaces)"
@@ -1103,7 +1100,7 @@ def main(argv: list[str]) -> None:
 
 
 def sub(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog=f"realtime.py {argv[0]}")
+    parser = argparse.ArgumentParser(prog=f"bench.sockets {argv[0]}")
     parser.add_argument("--out", type=Path)
     if argv[0] == "_setup":
         parser.add_argument("--jobs", type=int, default=1)

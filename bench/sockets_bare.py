@@ -1,10 +1,10 @@
-"""The bare-consumer baseline of bench/realtime.py: a stock Channels `AsyncWebsocketConsumer`
+"""The bare-consumer baseline of bench/sockets.py: a stock Channels `AsyncWebsocketConsumer`
 that joins the group its path names, says `{"type": "snapshot"}` once, and forwards every
 `job.event` of the group to its socket (`json.dumps` of the event, per socket, as a stock
 consumer does). No authentication, no middleware, no database: what any Channels fan-out
 costs on the same uvicorn command line and the same channel layer (the project's settings).
 
-    uvicorn bench.realtime_bare:application      # ws://HOST:PORT/bare/<group>
+    uvicorn bench.sockets_bare:application      # ws://HOST:PORT/bare/<group>
 """
 
 import json

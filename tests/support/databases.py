@@ -1,0 +1,11 @@
+"""Which database the tests run on. Some behaviour is PostgreSQL's own (psycopg's pool,
+`statement_timeout`, a materialized view, a second connection reading a committed row): its
+tests run on the PostgreSQL profile (DATABASE_URL=postgres://...) and are skipped on SQLite."""
+
+import pytest
+from django.db import connection
+
+postgres_only = pytest.mark.skipif(
+    connection.vendor != "postgresql",
+    reason="PostgreSQL only: run with DATABASE_URL=postgres://... (the PostgreSQL profile)",
+)
