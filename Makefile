@@ -22,7 +22,7 @@ run: $(VENV)/.run-installed
 
 # Uses DATABASE_URL / REDIS_URL / AWS_* when set; otherwise SQLite and a private Redis.
 test: $(VENV)/.dev-installed
-	$(BIN)/python -m downloads_project.embedded $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m stack.embedded $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
@@ -36,12 +36,12 @@ check: lint typecheck
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/pip install --quiet -r bench/requirements.txt
-	$(BIN)/python -m downloads_project.embedded $(BIN)/python bench/staging.py
-	$(BIN)/python -m downloads_project.embedded $(BIN)/python bench/realtime.py
-	$(BIN)/python -m downloads_project.embedded $(BIN)/python bench/load.py
-	$(BIN)/python -m downloads_project.embedded $(BIN)/python bench/load.py --profile production --users 100
-	$(BIN)/python -m downloads_project.embedded $(BIN)/python bench/capacity.py
-	$(BIN)/python -m downloads_project.embedded $(BIN)/python bench/status.py
+	$(BIN)/python -m stack.embedded $(BIN)/python bench/staging.py
+	$(BIN)/python -m stack.embedded $(BIN)/python bench/realtime.py
+	$(BIN)/python -m stack.embedded $(BIN)/python bench/load.py
+	$(BIN)/python -m stack.embedded $(BIN)/python bench/load.py --profile production --users 100
+	$(BIN)/python -m stack.embedded $(BIN)/python bench/capacity.py
+	$(BIN)/python -m stack.embedded $(BIN)/python bench/status.py
 
 clean:
 	rm -rf $(VENV) var

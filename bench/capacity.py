@@ -77,7 +77,7 @@ from bench.sandbox import (  # noqa: E402
     wait_ready,
 )
 from devtools.servers import free_port, wait_for_port  # noqa: E402
-from downloads_project import processes  # noqa: E402
+from stack import processes  # noqa: E402
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB

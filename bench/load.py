@@ -68,7 +68,7 @@ from bench.sandbox import (  # noqa: E402
     wait_ready,
 )
 from devtools.servers import free_port, wait_for_port  # noqa: E402
-from downloads_project import processes  # noqa: E402
+from stack import processes  # noqa: E402
 
 BROKER_DB = 8  # a broker database of its own (staging and realtime use 9)
 REFERENCE_FILE_ID = 70000

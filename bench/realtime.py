@@ -2,8 +2,8 @@
 for 1, 100 and 1,000 subscribers on one ASGI process, beside the channel layer's own delay.
 Prints figures; asserts nothing.
 
-    .venv/bin/python -m downloads_project.embedded .venv/bin/python bench/realtime.py
-    .venv/bin/python -m downloads_project.embedded .venv/bin/python bench/realtime.py \\
+    .venv/bin/python -m stack.embedded .venv/bin/python bench/realtime.py
+    .venv/bin/python -m stack.embedded .venv/bin/python bench/realtime.py \\
         --subscribers 1,100 --events 50                # a quick run
     REDIS_URL=redis://127.0.0.1:6379 .venv/bin/python bench/realtime.py --profile production
 
@@ -68,7 +68,7 @@ from bench.sandbox import (  # noqa: E402
     run_until_interrupted,
 )
 from devtools.servers import free_port, wait_for_port  # noqa: E402
-from downloads_project import processes  # noqa: E402
+from stack import processes  # noqa: E402
 
 BROKER_DB = 9  # as bench/staging.py: no job is dispatched, but no worker could take one either
 WARMUP_EVENTS = 5  # sent first, at the same rate, and not counted

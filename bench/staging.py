@@ -1,9 +1,9 @@
 """Staging benchmark: throughput of `jobs.transfer.staging.stage_file` against plain baselines, and
 the peak memory of a real Celery worker staging one job. Prints figures; asserts nothing.
 
-    make bench                                   # = python -m downloads_project.embedded \\
+    make bench                                   # = python -m stack.embedded \\
                                                  #     .venv/bin/python bench/staging.py
-    .venv/bin/python -m downloads_project.embedded .venv/bin/python bench/staging.py \\
+    .venv/bin/python -m stack.embedded .venv/bin/python bench/staging.py \\
         --size-mib 64 --memory-mib 32             # a quick run
 
 Layout: this process (the driver) starts a moto S3 server (unless AWS_S3_ENDPOINT_URL is
@@ -49,7 +49,7 @@ from bench.sandbox import (  # noqa: E402
 )
 from bench.streams import ChunkStream  # noqa: E402
 from devtools.servers import S3Endpoint, s3_endpoint  # noqa: E402
-from downloads_project import processes  # noqa: E402
+from stack import processes  # noqa: E402
 
 MIB = 1024 * 1024
 MB = 1_000_000

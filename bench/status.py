@@ -49,7 +49,7 @@ from bench.sandbox import (  # noqa: E402
     run_until_interrupted,
 )
 from devtools.servers import free_port, wait_for_port  # noqa: E402
-from downloads_project import processes  # noqa: E402
+from stack import processes  # noqa: E402
 
 DATABASE = "bench_status"
 BASELINES_APPLICATION_NAME = "bench-status-baselines"  # as bench/status_baselines.py connects
@@ -168,7 +168,7 @@ def server_start(children: Children, name: str, app: str, env: dict[str, str]) -
     """`python -m uvicorn APP` on a free loopback port, as runstack starts it (access log on),
     stopped with the other children (SIGTERM, SIGKILL after 15 s)."""
     port = free_port()
-    # The project's command line (downloads_project/processes.py), with this server's app.
+    # The project's command line (stack/processes.py), with this server's app.
     argv = [app if part == processes.ASGI_APP else part for part in processes.web_argv(port=port)]
     process = children.start(name, argv, env=env)
     server = Server(name, f"http://127.0.0.1:{port}", children.log_path(name))

@@ -2,7 +2,7 @@
 small slow file and a large one, run by a real Celery worker. Prints figures; asserts
 nothing.
 
-    .venv/bin/python -m downloads_project.embedded .venv/bin/python bench/writes.py
+    .venv/bin/python -m stack.embedded .venv/bin/python bench/writes.py
     .venv/bin/python bench/writes.py --profile production      # PostgreSQL + Redis + S3 (moto)
     .venv/bin/python bench/writes.py --jobs 40:2,1024:16       # size MiB : origin rate MiB/s
 
@@ -46,7 +46,7 @@ from bench.sandbox import (  # noqa: E402
     run_until_interrupted,
 )
 from devtools.servers import s3_endpoint  # noqa: E402
-from downloads_project import processes  # noqa: E402
+from stack import processes  # noqa: E402
 
 MIB = 1024 * 1024
 BROKER_DB = 8  # a Redis database of the benchmark's own, so no other worker takes its jobs

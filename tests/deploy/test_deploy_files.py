@@ -24,8 +24,8 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from downloads_project.processes import WEB_FLAGS
 from jobs.queues import QUEUES
+from stack.processes import WEB_FLAGS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -662,7 +662,7 @@ def test_dockerfile_runs_as_a_user_without_build_tools_in_the_final_image():
     assert "apt-get" not in final
     assert re.search(r"^USER 10001:10001$", final, re.MULTILINE)
     assert "HEALTHCHECK" in final
-    assert "downloads_project.healthcheck" in final
+    assert "stack.healthcheck" in final
     assert "collectstatic --noinput" in text
     (cmd,) = re.findall(r"^CMD (\[.*\])$", final, re.MULTILINE)
     assert has_web_flags(json.loads(cmd))

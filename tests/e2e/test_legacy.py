@@ -28,7 +28,7 @@ from django.db import connection
 from knox.crypto import hash_token
 
 from conftest import ARTIFACTS, Stack, stack_env
-from jobs import hotstate
+from infra.redis import state_client
 from jobs.models import ApiKey, DownloadJob, LegacyCaller, Status
 from tests.factories import api_key_for
 from tests.support.flows import eventually, initiate
@@ -203,7 +203,7 @@ def bounded_stack(django_db_setup: None, origin_server: OriginServer, broker: Re
 
 def places_held(token: str) -> int:
     user_id = ApiKey.objects.get(digest=hash_token(token)).user_id
-    return int(hotstate.client().zcard(f"legacy:waits:{user_id}"))
+    return int(state_client().zcard(f"legacy:waits:{user_id}"))
 
 
 def test_a_users_wait_past_its_places_is_the_202_at_once(bounded_stack: Stack) -> None:

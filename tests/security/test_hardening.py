@@ -15,9 +15,9 @@ from rest_framework.test import APIClient
 
 from conftest import ROOT, manage
 from devtools.servers import free_port, wait_for_port
-from downloads_project import processes
 from jobs import services
 from jobs.models import DownloadJob, Status
+from stack import processes
 
 pytestmark = pytest.mark.django_db
 

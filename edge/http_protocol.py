@@ -22,7 +22,7 @@ web processes run this one, which keeps httptools' parser (and its speed) and ad
 
 The size is checked after each read of the socket, so the parser holds at most the limit
 plus one read (uvicorn reads up to 256 KiB at a time) before the connection is dropped.
-The request body is bounded in time and size by downloads_project/request_body.py.
+The request body is bounded in time and size by edge/request_body.py.
 """
 
 import asyncio
