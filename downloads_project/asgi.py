@@ -22,8 +22,8 @@ from typing import Any
 from infra import roles
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "downloads_project.settings")
-# A web process: its database connections come from a pool (settings/database.py), its
-# Redis commands and S3 calls have a request's budget.
+# A web process (infra/roles.py): its database connections come from a pool, its Redis
+# commands and S3 calls have a request's budget (downloads_project/settings/).
 os.environ.setdefault(roles.ROLE_VARIABLE, roles.WEB)
 
 from django.core.wsgi import get_wsgi_application

@@ -40,7 +40,7 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
         rf"\1{REDACTED}",
     ),
     (re.compile(rf"(?i)\b((?:sessionid|csrftoken)=){_QUERY_VALUE}"), rf"\1{REDACTED}"),
-    # The local storage's signed download links (jobs/storage.py): the token is the link.
+    # The local storage's signed download links (jobs/transfer/storage.py): the token is the link.
     # (signed tokens are long; a short segment such as an origin's `/files/70000` is not one)
     (re.compile(r"(/files/)[^/\s?#\"'<>]{30,}"), rf"\1{REDACTED}"),
     # scheme://user:password@host

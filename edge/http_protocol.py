@@ -58,7 +58,7 @@ URL_TOO_LONG = _refusal(414, "URI_TOO_LONG", "The request's URL is too long")
 HEAD_TIMED_OUT = _refusal(408, "REQUEST_TIMEOUT", "The request's headers did not arrive in time")
 
 
-# The settings' defaults (downloads_project/settings.py), for an application served with
+# The settings' defaults (downloads_project/settings/web.py), for an application served with
 # this protocol under settings of its own (bench/status_baselines.py).
 HEAD_MAX_BYTES = 64 * 1024
 URL_MAX_BYTES = 8 * 1024

@@ -45,7 +45,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    # Last: answers a sign-in attempt that the login protection refused (jobs/login_protection.py).
+    # Last: answers a sign-in attempt that the login protection refused (jobs/web/login_protection.py).
     "axes.middleware.AxesMiddleware",
 ]
 

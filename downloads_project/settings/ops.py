@@ -8,7 +8,7 @@ WORKER_METRICS_PORT = env.int("WORKER_METRICS_PORT", default=0)
 WORKER_METRICS_ADDR = env("WORKER_METRICS_ADDR", default="0.0.0.0")  # noqa: S104 (a scrape port)
 
 # Beat's jobs.download_alerts_check logs a WARNING while one fires; /metrics exposes the
-# figures and download_alert_firing{alert} as they are at each scrape (jobs/alerts.py).
+# figures and download_alert_firing{alert} as they are at each scrape (jobs/ops/alerts.py).
 ALERT_BACKLOG_THRESHOLD = env.int("ALERT_BACKLOG_THRESHOLD", default=1000)  # messages waiting
 ALERT_SUCCESS_RATE_MIN = env.float("ALERT_SUCCESS_RATE_MIN", default=0.95)
 ALERT_MIN_SAMPLES = env.int("ALERT_MIN_SAMPLES", default=20)  # fewer ended jobs: no verdict

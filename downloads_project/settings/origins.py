@@ -26,7 +26,7 @@ ORIGIN_DIRECTORY = env("ORIGIN_DIRECTORY", default=str(VAR_DIR / "origin"))
 SYNTHETIC_FILE_BYTES = env.int("SYNTHETIC_FILE_BYTES", default=40 * 1024 * 1024)
 SYNTHETIC_RATE_BPS = env.int("SYNTHETIC_RATE_BPS", default=2 * 1024 * 1024)  # 0 = unthrottled
 # Circuit breaker per origin, shared by every process through hot-state Redis
-# (jobs/breaker.py): it opens when failures / outcomes in the last WINDOW_S reach
+# (jobs/transfer/breaker.py): it opens when failures / outcomes in the last WINDOW_S reach
 # FAILURE_RATIO with at least MIN_CALLS outcomes, stays open OPEN_S, then lets one probe
 # through. A probe whose outcome never comes (its worker died) frees the slot after
 # PROBE_TIMEOUT_S: by default the soft time limit plus a margin, past the hard limit at

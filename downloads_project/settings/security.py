@@ -64,7 +64,7 @@ CORS_EXPOSE_HEADERS = [
 
 # --- Login protection --------------------------------------------------------------------
 # Failed sign-ins (the login page and the admin's) are counted in hot-state Redis, shared by
-# every web process, through django-axes (jobs/login_protection.py): per username at a
+# every web process, through django-axes (jobs/web/login_protection.py): per username at a
 # client address, and per address. LOGIN_FAILURE_LIMIT failures of one username from one
 # address within LOGIN_LOCKOUT_S, or LOGIN_FAILURE_LIMIT_PER_IP of any usernames, refuse
 # its sign-ins for LOGIN_LOCKOUT_S: a 429 login page that says when to try again.

@@ -44,7 +44,7 @@ REST_FRAMEWORK = {
 
 # --- OpenAPI (drf-spectacular) -----------------------------------------------------------
 # The schema at /api/schema/, Swagger UI at /api/docs/ with its assets served from
-# drf-spectacular-sidecar (no CDN). The shapes of bodies and errors are in jobs/openapi.py.
+# drf-spectacular-sidecar (no CDN). The shapes of bodies and errors are in jobs/api/openapi.py.
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Download service API",
@@ -66,7 +66,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_GENERATE_CHOICE_DESCRIPTION": False,  # the values are their own labels
-    # Names of the enums that several components share (jobs/openapi.py).
+    # Names of the enums that several components share (jobs/api/openapi.py).
     "ENUM_NAME_OVERRIDES": {
         "SuccessTrueEnum": [(True, True)],
         "SuccessFalseEnum": [(False, False)],
