@@ -38,8 +38,11 @@ FROM scratch AS source
 WORKDIR /src
 COPY manage.py ./
 COPY downloads_project ./downloads_project
-COPY jobs ./jobs
+COPY stack ./stack
+COPY edge ./edge
 COPY realtime ./realtime
+COPY jobs ./jobs
+COPY infra ./infra
 COPY templates ./templates
 COPY static ./static
 

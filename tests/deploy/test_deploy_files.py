@@ -645,6 +645,22 @@ def test_every_path_the_dockerfile_copies_exists_and_is_in_the_build_context():
         assert any(Path(source).match(pattern) or source.startswith(pattern) for pattern in included), source
 
 
+# Python packages of the repository that the service never imports.
+NOT_IN_THE_IMAGE = {"tests", "bench", "devtools", "clients"}
+
+
+def test_the_image_carries_every_package_of_the_service():
+    """A package the settings, the ASGI application or the Celery app import (stack/, edge/,
+    infra/ beside the apps) must be copied, or the container stops at its first import."""
+    packages = {
+        path.parent.name
+        for path in ROOT.glob("*/__init__.py")
+        if path.parent.name not in NOT_IN_THE_IMAGE
+    }
+
+    assert packages - set(dockerfile_copies()) == set()
+
+
 def test_dockerfile_passes_hadolint():
     hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
     if hadolint is None:
