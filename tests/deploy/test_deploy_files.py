@@ -653,9 +653,7 @@ def test_the_image_carries_every_package_of_the_service():
     """A package the settings, the ASGI application or the Celery app import (stack/, edge/,
     infra/ beside the apps) must be copied, or the container stops at its first import."""
     packages = {
-        path.parent.name
-        for path in ROOT.glob("*/__init__.py")
-        if path.parent.name not in NOT_IN_THE_IMAGE
+        path.parent.name for path in ROOT.glob("*/__init__.py") if path.parent.name not in NOT_IN_THE_IMAGE
     }
 
     assert packages - set(dockerfile_copies()) == set()
