@@ -76,9 +76,10 @@ def rows_add(owner: Any, count: int, *, offset: int) -> None:
 
     from django.utils import timezone
 
+    from infra.redis import broker_client
     from jobs import completions
     from jobs.models import DownloadJob, Status
-    from jobs.ops.broker import PRIORITIES, broker_client
+    from jobs.ops.broker import PRIORITIES
     from jobs.queues import queue_name
 
     now = timezone.now()

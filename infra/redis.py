@@ -130,7 +130,8 @@ def _once[Built](key: tuple[Any, ...], build: Callable[[], Built]) -> Built:
     with _built_lock:
         if key not in _built:
             _built[key] = build()
-        return _built[key]  # type: ignore[no-any-return]
+        built: Built = _built[key]
+        return built
 
 
 def _bounded_options(*, socket_timeout: float | None = None) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.conf import settings
 
@@ -214,7 +214,8 @@ def card_decode(raw: bytes | None) -> JobCard | None:
 
 async def card_read_async(job_id: str) -> JobCard | None:
     """The job's card, read on the running event loop (`state_async_client`)."""
-    return card_decode(await state_async_client().hget(_card_key(job_id), "card"))
+    raw = await state_async_client().hget(_card_key(job_id), "card")
+    return card_decode(cast("bytes | None", raw))  # the client does not decode answers
 
 
 def card_forget(job_id: str) -> None:

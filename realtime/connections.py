@@ -12,7 +12,7 @@ every host).
 If Redis cannot be reached, a socket is let in uncounted and the failure logged, as the
 initiate rate limits do: live progress stays up, and polling would cost the same.
 
-Redis is asked on the event loop (`hotstate.async_client`), not from a thread: a socket's
+Redis is asked on the event loop (`infra.redis.state_async_client`), not from a thread: a socket's
 open and close cost no thread hop. The places given up in one turn of the loop (a burst of
 jobs ending, a deploy closing every socket) go to Redis in one round trip.
 """

@@ -13,11 +13,11 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from infra.redis import broker_client
 from jobs import hotstate, queues
 from jobs.errors import ErrorCode, JobError
 from jobs.models import ACTIVE_STATUSES, DownloadJob, Status, can_transition
 from jobs.ops import metrics
-from jobs.ops.broker import broker_client
 from jobs.selectors import iso
 from jobs.services.attempt import complete_from_storage
 from jobs.services.writes import (
