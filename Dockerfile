@@ -1,13 +1,13 @@
 # syntax=docker/dockerfile:1
 # One image for the three processes of the service; only the command differs:
 #   web:    uvicorn downloads_project.asgi:application --host 0.0.0.0 --port 8000 --no-proxy-headers \
-#               --ws-per-message-deflate false --http downloads_project.http_protocol:BoundedHttpToolsProtocol \
+#               --ws-per-message-deflate false --http edge.http_protocol:BoundedHttpToolsProtocol \
 #               --timeout-graceful-shutdown 20
 #   worker: celery -A downloads_project worker -Q downloads.high,downloads.normal,downloads.low --loglevel INFO
 #   beat:   celery -A downloads_project beat --loglevel INFO --schedule /var/lib/downloads/celerybeat-schedule
 # (the default CMD is web). `--no-proxy-headers`: the app alone decides which forwarded
 # headers to trust (TRUST_X_FORWARDED_PROTO, CLIENT_IP_HEADER), not uvicorn. `--http`: the
-# httptools protocol with limits on a request's head (downloads_project/http_protocol.py). The worker's
+# httptools protocol with limits on a request's head (edge/http_protocol.py). The worker's
 # pool and concurrency come from the environment, not flags: WORKER_POOL (threads, the
 # default: one process runs WORKER_CONCURRENCY jobs at once, 200 by default) or prefork.
 #
@@ -38,8 +38,11 @@ FROM scratch AS source
 WORKDIR /src
 COPY manage.py ./
 COPY downloads_project ./downloads_project
-COPY jobs ./jobs
+COPY stack ./stack
+COPY edge ./edge
 COPY realtime ./realtime
+COPY jobs ./jobs
+COPY infra ./infra
 COPY templates ./templates
 COPY static ./static
 
@@ -81,5 +84,5 @@ EXPOSE 8000
 # No curl in a slim image: the standard library asks /health (liveness: touches nothing),
 # with a Host that ALLOWED_HOSTS accepts. Only web listens: worker and beat override it.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-m", "downloads_project.healthcheck"]
-CMD ["uvicorn", "downloads_project.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--no-proxy-headers", "--ws-per-message-deflate", "false", "--http", "downloads_project.http_protocol:BoundedHttpToolsProtocol", "--timeout-graceful-shutdown", "20"]
+    CMD ["python", "-m", "stack.healthcheck"]
+CMD ["uvicorn", "downloads_project.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--no-proxy-headers", "--ws-per-message-deflate", "false", "--http", "edge.http_protocol:BoundedHttpToolsProtocol", "--timeout-graceful-shutdown", "20"]

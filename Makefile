@@ -22,11 +22,11 @@ run: $(VENV)/.run-installed
 
 # Uses DATABASE_URL / REDIS_URL / AWS_* when set; otherwise SQLite and a private Redis.
 test: $(VENV)/.dev-installed
-	$(BIN)/python -m downloads_project.embedded $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m stack.embedded $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Everything but the slow kinds: `e2e` (real uvicorn, Celery, nginx processes) and `browser`.
 test-fast: $(VENV)/.dev-installed
-	$(BIN)/python -m downloads_project.embedded $(BIN)/python -m pytest -m "not e2e and not browser" $(PYTEST_ARGS)
+	$(BIN)/python -m stack.embedded $(BIN)/python -m pytest -m "not e2e and not browser" $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
@@ -40,12 +40,12 @@ check: lint typecheck
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/pip install --quiet -r bench/requirements.txt
-	$(BIN)/python -m downloads_project.embedded $(BIN)/python -m bench.staging
-	$(BIN)/python -m downloads_project.embedded $(BIN)/python -m bench.sockets
-	$(BIN)/python -m downloads_project.embedded $(BIN)/python -m bench.load
-	$(BIN)/python -m downloads_project.embedded $(BIN)/python -m bench.load --profile production --users 100
-	$(BIN)/python -m downloads_project.embedded $(BIN)/python -m bench.capacity
-	$(BIN)/python -m downloads_project.embedded $(BIN)/python -m bench.status
+	$(BIN)/python -m stack.embedded $(BIN)/python -m bench.staging
+	$(BIN)/python -m stack.embedded $(BIN)/python -m bench.sockets
+	$(BIN)/python -m stack.embedded $(BIN)/python -m bench.load
+	$(BIN)/python -m stack.embedded $(BIN)/python -m bench.load --profile production --users 100
+	$(BIN)/python -m stack.embedded $(BIN)/python -m bench.capacity
+	$(BIN)/python -m stack.embedded $(BIN)/python -m bench.status
 
 clean:
 	rm -rf $(VENV) var

@@ -18,7 +18,9 @@ from django.core.files.storage import storages
 from playwright.sync_api import sync_playwright
 from rest_framework.test import APIClient
 
-from devtools.servers import S3Endpoint, s3_endpoint
+from devtools.servers import S3Endpoint, free_port, s3_endpoint
+from infra import redis as redis_clients
+from infra.roles import ROLE_VARIABLE
 from jobs import queues
 from jobs.transfer.links import SignedFileSystemStorage
 from tests.factories import api_key_for
@@ -73,7 +75,7 @@ def _fresh_cache() -> None:
     keys live in Redis: each test starts with none."""
     from django.core.cache import cache
 
-    from jobs import hotstate
+    from jobs import completions
     from jobs.api.ratelimits import rate_limits_reset
     from jobs.api_keys import api_keys_cache_reset
     from jobs.transfer.breaker import OriginBreaker, breakers_all
@@ -84,7 +86,7 @@ def _fresh_cache() -> None:
     login_failures_reset()
     for breaker in breakers_all():
         OriginBreaker(breaker.name).reset()
-    hotstate.completions_reset()
+    completions.completions_reset()
     api_keys_cache_reset()
 
 
@@ -97,13 +99,24 @@ def clean_env(tmp_path: Path) -> dict[str, str]:
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("DJANGO_", "PYTEST", "TRUST_X_", "USE_X_", "DATABASE_URL"))
+        if not key.startswith(("DJANGO_", "PYTEST", "TRUST_X_", "USE_X_", "DATABASE_URL", ROLE_VARIABLE))
     }
     env |= {"VAR_DIR": str(tmp_path), "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
     return env
 
 
 # --- storage and broker ------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_down(settings: Any) -> Iterator[None]:
+    """Hot-state Redis at a closed port; back to the real one before other fixtures' teardown."""
+    reachable = settings.REDIS_STATE_URL
+    settings.REDIS_STATE_URL = f"redis://127.0.0.1:{free_port()}/1"
+    redis_clients.reset()
+    yield
+    settings.REDIS_STATE_URL = reachable
+    redis_clients.reset()
 
 
 @pytest.fixture

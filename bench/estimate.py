@@ -1,8 +1,8 @@
 """What initiate's `estimated_time` costs to compute, against the ways it could be read from
 the job table, as the backlog and the completed rows grow. Prints figures; asserts nothing.
 
-    .venv/bin/python -m downloads_project.embedded .venv/bin/python -m bench.estimate   # SQLite
-    .venv/bin/python -m downloads_project.embedded .venv/bin/python -m bench.estimate --profile production
+    .venv/bin/python -m stack.embedded .venv/bin/python -m bench.estimate   # SQLite
+    .venv/bin/python -m stack.embedded .venv/bin/python -m bench.estimate --profile production
     .venv/bin/python -m bench.estimate --sizes 1000,10000 --calls 100
 
 The table first holds `--history` expired jobs (200,000: what 90 days of audit retention
@@ -73,9 +73,10 @@ def rows_add(owner: Any, count: int, *, offset: int) -> None:
 
     from django.utils import timezone
 
-    from jobs import hotstate
+    from infra.redis import broker_client
+    from jobs import completions
     from jobs.models import DownloadJob, Status
-    from jobs.ops.broker import PRIORITIES, broker_client
+    from jobs.ops.broker import PRIORITIES
     from jobs.queues import queue_name
 
     now = timezone.now()
@@ -102,7 +103,7 @@ def rows_add(owner: Any, count: int, *, offset: int) -> None:
     pipe.execute()
     for job in completed:
         if job.completed_at and (now - job.completed_at).total_seconds() < 3600:
-            hotstate.completion_record(job)
+            completions.completion_record(job)
 
 
 def history_add(owner: Any, count: int) -> None:

@@ -63,7 +63,7 @@ from bench.sandbox import (
     wait_ready,
 )
 from devtools.servers import free_port, wait_for_port
-from downloads_project import processes
+from stack import processes
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -94,7 +94,7 @@ def bench_env(
         if not key.startswith(("AWS_", "DJANGO_SETTINGS", "DATABASE_URL", "CELERY_"))
     }
     if not env.get("REDIS_URL"):
-        from downloads_project.embedded import embedded_redis
+        from stack.embedded import embedded_redis
 
         env["REDIS_URL"] = stack.enter_context(embedded_redis())
     env.update(

@@ -2,8 +2,8 @@
 for 1, 100 and 1,000 subscribers on one ASGI process, beside the channel layer's own delay.
 Prints figures; asserts nothing.
 
-    .venv/bin/python -m downloads_project.embedded .venv/bin/python -m bench.sockets
-    .venv/bin/python -m downloads_project.embedded .venv/bin/python -m bench.sockets \\
+    .venv/bin/python -m stack.embedded .venv/bin/python -m bench.sockets
+    .venv/bin/python -m stack.embedded .venv/bin/python -m bench.sockets \\
         --subscribers 1,100 --events 50                # a quick run
     REDIS_URL=redis://127.0.0.1:6379 .venv/bin/python -m bench.sockets --profile production
 
@@ -63,7 +63,7 @@ from bench.sandbox import (
     run_until_interrupted,
 )
 from devtools.servers import free_port, wait_for_port
-from downloads_project import processes
+from stack import processes
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,9 +1,9 @@
 """Staging benchmark: throughput of `jobs.transfer.staging.stage_file` against plain baselines, and
 the peak memory of a real Celery worker staging one job. Prints figures; asserts nothing.
 
-    make bench                                   # = python -m downloads_project.embedded \\
+    make bench                                   # = python -m stack.embedded \\
                                                  #     .venv/bin/python -m bench.staging
-    .venv/bin/python -m downloads_project.embedded .venv/bin/python -m bench.staging \\
+    .venv/bin/python -m stack.embedded .venv/bin/python -m bench.staging \\
         --size-mib 64 --memory-mib 32             # a quick run
 
 Layout: this process (the driver) starts a moto S3 server (unless AWS_S3_ENDPOINT_URL is
@@ -44,7 +44,7 @@ from bench.sandbox import (
 )
 from bench.streams import ChunkStream
 from devtools.servers import S3Endpoint, s3_endpoint
-from downloads_project import processes
+from stack import processes
 
 ROOT = Path(__file__).resolve().parent.parent
 

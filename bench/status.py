@@ -44,7 +44,7 @@ from bench.sandbox import (
     run_until_interrupted,
 )
 from devtools.servers import free_port, wait_for_port
-from downloads_project import processes
+from stack import processes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -165,7 +165,7 @@ def server_start(children: Children, name: str, app: str, env: dict[str, str]) -
     """`python -m uvicorn APP` on a free loopback port, as runstack starts it (access log on),
     stopped with the other children (SIGTERM, SIGKILL after 15 s)."""
     port = free_port()
-    # The project's command line (downloads_project/processes.py), with this server's app.
+    # The project's command line (stack/processes.py), with this server's app.
     argv = [app if part == processes.ASGI_APP else part for part in processes.web_argv(port=port)]
     process = children.start(name, argv, env=env)
     server = Server(name, f"http://127.0.0.1:{port}", children.log_path(name))

@@ -2,7 +2,7 @@
 small slow file and a large one, run by a real Celery worker. Prints figures; asserts
 nothing.
 
-    .venv/bin/python -m downloads_project.embedded .venv/bin/python -m bench.writes
+    .venv/bin/python -m stack.embedded .venv/bin/python -m bench.writes
     .venv/bin/python -m bench.writes --profile production      # PostgreSQL + Redis + S3 (moto)
     .venv/bin/python -m bench.writes --jobs 40:2,1024:16       # size MiB : origin rate MiB/s
 
@@ -41,7 +41,7 @@ from bench.sandbox import (
     run_until_interrupted,
 )
 from devtools.servers import s3_endpoint
-from downloads_project import processes
+from stack import processes
 
 ROOT = Path(__file__).resolve().parent.parent
 

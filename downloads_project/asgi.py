@@ -11,21 +11,22 @@ event loop. The thread that served a request returns its database connection to 
 pool (settings.DATABASES) when the request finishes.
 
 No client decides how long it holds a thread: a request reaches the pool with its whole
-body already read (request_body.py), and a signed link's file is sent after its view has
-returned (file_sender.py). uvicorn's protocol (http_protocol.py) bounds the request head.
+body already read (edge/request_body.py), and a signed link's file is sent after its view has
+returned (edge/file_sender.py). uvicorn's protocol (edge/http_protocol.py) bounds the request head.
 """
 
 import logging
 import os
 from typing import Any
 
-from downloads_project import roles
+from infra import roles
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "downloads_project.settings")
-# A web process: its database connections come from a pool (settings.DATABASES).
-roles.declare_web()
+# A web process (infra/roles.py): its database connections come from a pool, its Redis
+# commands and S3 calls have a request's budget (downloads_project/settings/).
+os.environ.setdefault(roles.ROLE_VARIABLE, roles.WEB)
 
-from django.core.wsgi import get_wsgi_application  # noqa: E402
+from django.core.wsgi import get_wsgi_application
 
 # Django must be set up before anything imports models (the consumers do).
 django_wsgi_app = get_wsgi_application()
@@ -35,11 +36,11 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import StaticFilesHandler  # noqa: E402
 
-from downloads_project.file_sender import FileSender  # noqa: E402
 from downloads_project.legacy_wait import LegacyWait  # noqa: E402
-from downloads_project.lifespan import WebLifespan  # noqa: E402
 from downloads_project.logging import redact_handlers  # noqa: E402
-from downloads_project.request_body import RequestBodyRead  # noqa: E402
+from edge.file_sender import FileSender  # noqa: E402
+from edge.lifespan import WebLifespan  # noqa: E402
+from edge.request_body import RequestBodyRead  # noqa: E402
 from realtime.auth import SiteOriginValidator, TokenAuthMiddlewareStack  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
 

@@ -35,6 +35,7 @@ from typing import Any
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from infra.redis import state_async_client
 from jobs import hotstate
 from jobs.events import job_group_name
 from jobs.models import TERMINAL_STATUSES
@@ -127,7 +128,7 @@ async def user_place_take(user_id: str, *, now: float) -> str | None:
     place = uuid.uuid4().hex
     held_s = settings.LEGACY_WAIT_S + PLACE_MARGIN_S
     try:
-        client = hotstate.async_client()
+        client = state_async_client()
         async with client.pipeline(transaction=True) as pipe:
             pipe.zremrangebyscore(key, "-inf", now)
             pipe.zadd(key, {place: now + held_s})
@@ -144,7 +145,7 @@ async def user_place_take(user_id: str, *, now: float) -> str | None:
 
 async def user_place_release(user_id: str, place: str) -> None:
     try:
-        await hotstate.async_client().zrem(_places_key(user_id), place)
+        await state_async_client().zrem(_places_key(user_id), place)
     except Exception:  # it lapses on its own
         logger.warning("Legacy wait: could not free a place of user %s", user_id, exc_info=True)
 

@@ -30,7 +30,6 @@ import logging
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import cache
 from typing import Any
 
 from django.conf import settings
@@ -40,7 +39,7 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 from django.utils import timezone
 
-from jobs import hotstate
+from infra.redis import state_client, state_script
 from jobs.models import ApiKey
 
 logger = logging.getLogger(__name__)
@@ -78,7 +77,7 @@ def _revoked_name(user_id: int) -> str:
 def api_key_cached(digest: str) -> CachedKey | None:
     """The cached user of the key of `digest`, or None: not cached, or Redis unreachable."""
     try:
-        raw = hotstate.client().get(_entry_name(digest))
+        raw = state_client().get(_entry_name(digest))
     except Exception:
         logger.warning("API key cache unreachable; reading the key from the database", exc_info=True)
         return None
@@ -96,17 +95,12 @@ return 1
 """
 
 
-@cache
-def _remember_script() -> Any:
-    return hotstate.client().register_script(_REMEMBER)
-
-
 def api_key_remember(*, digest: str, api_key_id: int, user: User) -> bool:
     """Caches `user` as the user of the key of `digest`, unless the user's keys were revoked
     in the last REVOKED_HOLD_S (the row just read may be from before that); True if cached."""
     entry = json.dumps({"u": [getattr(user, name) for name in _USER_FIELDS], "k": api_key_id})
     try:
-        cached = _remember_script()(
+        cached = state_script(_REMEMBER)(
             keys=[_entry_name(digest), _revoked_name(user.pk)], args=[entry, settings.TOKEN_CACHE_TTL_S]
         )
     except Exception:
@@ -132,7 +126,7 @@ def api_key_used(api_key: ApiKey) -> None:
 
 def _revoke(user_ids: Collection[int], digests: Collection[str]) -> None:
     try:
-        with hotstate.client().pipeline(transaction=True) as pipe:
+        with state_client().pipeline(transaction=True) as pipe:
             for user_id in user_ids:
                 pipe.set(_revoked_name(user_id), 1, ex=REVOKED_HOLD_S)
             if digests:
@@ -161,9 +155,9 @@ def api_keys_revoke_cache(user_ids: Iterable[int]) -> None:
 def api_keys_cache_reset() -> None:
     """Forgets every cached user and revoked mark (tests start from none: a test database
     gives a new user the id of an earlier test's)."""
-    names = list(hotstate.client().scan_iter(match="api-key*", count=1000))
+    names = list(state_client().scan_iter(match="api-key*", count=1000))
     if names:
-        hotstate.client().delete(*names)
+        state_client().delete(*names)
 
 
 @receiver([post_save, post_delete], sender=ApiKey, dispatch_uid="api-key-cache-key")

@@ -9,8 +9,8 @@ starts from a snapshot of it.
 Events are published from sync code (the Celery worker's job threads, the API's services).
 With the pub/sub layer (the default) a group send is one PUBLISH of the layer's serialized
 message on the group's channel: the calling thread sends it itself, through a pool of
-plain connections shared by the process's threads (`_pubsub_publisher`: hot state's, when
-the layer is on its server), so hundreds of jobs publishing at once neither queue behind
+plain connections shared by the process's threads (infra/redis.py `publish_client`: hot state's,
+when the layer is on its server), so hundreds of jobs publishing at once neither queue behind
 one connection nor hop to another thread.
 
 The core layer's group send is a Lua call per member process, which only channels_redis
@@ -28,15 +28,12 @@ import os
 import threading
 import weakref
 from typing import Any
-from urllib.parse import urlsplit
 
-import redis
 from channels.layers import get_channel_layer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
 
-from downloads_project import redis_servers
-from jobs import hotstate
+from infra.redis import publish_client, same_server
 
 logger = logging.getLogger(__name__)
 
@@ -98,10 +95,6 @@ def job_event_on_hot_state(job_id: str, event: dict[str, Any]) -> tuple[str, byt
     return publisher.channel(job_group_name(job_id)), layer.serialize(job_event_message(event))
 
 
-def _same_server(url: str, other: str) -> bool:
-    return urlsplit(url)._replace(path="") == urlsplit(other)._replace(path="")
-
-
 def job_event_message(event: dict[str, Any]) -> dict[str, Any]:
     """The group message of one event: the event (what the consumer decides on) and its
     JSON text, encoded once here rather than once per socket (what the consumer sends)."""
@@ -113,16 +106,16 @@ class _PubSubPublisher:
     the layer's serialized message, on the channel `<prefix>__group__<group>`), from the
     calling thread. tests/realtime/test_consumers.py holds it to the layer's subscribers."""
 
-    def __init__(self, client: redis.Redis, prefix: str, *, on_hot_state: bool) -> None:
-        self.client = client
+    def __init__(self, address: str, prefix: str, *, on_hot_state: bool) -> None:
+        self.address = address
         self.prefix = prefix
-        self.on_hot_state = on_hot_state  # the layer's server is hot state's: `client` is its
+        self.on_hot_state = on_hot_state  # the layer's server is hot state's
 
     def channel(self, group: str) -> str:
         return f"{self.prefix}__group__{group}"
 
     def publish(self, group: str, payload: bytes) -> None:
-        self.client.publish(self.channel(group), payload)
+        publish_client(self.address, timeout_s=PUBLISH_TIMEOUT_S).publish(self.channel(group), payload)
 
 
 _pubsub_publishers: "weakref.WeakKeyDictionary[RedisPubSubChannelLayer, _PubSubPublisher | None]" = (
@@ -134,8 +127,8 @@ _pubsub_publishers_lock = threading.Lock()
 def _pubsub_publisher(layer: RedisPubSubChannelLayer) -> _PubSubPublisher | None:
     """The process's publisher for the pub/sub `layer`, or None where the layer spreads
     groups over several servers (then the layer itself publishes, on the loop thread). Its
-    pool is bounded as hot state's: a busy pool makes a thread wait for a connection (at
-    most REDIS_POOL_TIMEOUT_S) rather than open one more."""
+    client (infra/redis.py `publish_client`) is bounded as hot state's, and is hot state's
+    own where the layer is on that server."""
     with _pubsub_publishers_lock:
         if layer in _pubsub_publishers:
             return _pubsub_publishers[layer]
@@ -144,23 +137,10 @@ def _pubsub_publisher(layer: RedisPubSubChannelLayer) -> _PubSubPublisher | None
         if len(hosts) == 1:
             host = hosts[0]
             address = (host.get("address") if isinstance(host, dict) else host) or settings.CHANNEL_LAYER_URL
-            on_hot_state = _same_server(address, settings.REDIS_STATE_URL)
-            if on_hot_state:
-                # Pub/sub ignores the database number: hot state's pool serves, and a
-                # process holds one pool of connections to that server, not two.
-                client = hotstate.client()
-            else:
-                client = redis_servers.client(
-                    address,
-                    blocking=True,
-                    max_connections=settings.REDIS_POOL_MAX_CONNECTIONS,
-                    timeout=settings.REDIS_POOL_TIMEOUT_S,
-                    socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT_S,
-                    socket_timeout=PUBLISH_TIMEOUT_S,
-                    health_check_interval=30,
-                )
             prefix = layer._kwargs.get("prefix", "asgi")
-            publisher = _PubSubPublisher(client, prefix, on_hot_state=on_hot_state)
+            publisher = _PubSubPublisher(
+                address, prefix, on_hot_state=same_server(address, settings.REDIS_STATE_URL)
+            )
         _pubsub_publishers[layer] = publisher
         return publisher
 

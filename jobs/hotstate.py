@@ -7,64 +7,20 @@ the status answer needs (the card), so that polling a job reads Redis, not the d
 Everything here expires on its own.
 """
 
-import asyncio
 import json
 import time
-import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
-from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-import redis
 from django.conf import settings
 
-from downloads_project import redis_servers
+from infra.redis import state_async_client, state_client, state_script
 from jobs.parts import StoredPart
 
 if TYPE_CHECKING:
     from jobs.models import DownloadJob
-
-
-@cache
-def client() -> redis.Redis:
-    """The process's client of hot-state Redis. Its pool is shared by every thread, and a
-    web process runs each request in a thread of its own: a busy pool makes a thread wait
-    for a connection (at most REDIS_POOL_TIMEOUT_S) rather than fail or open one more."""
-    pool = redis_servers.pool(
-        settings.REDIS_STATE_URL,
-        blocking=True,
-        max_connections=settings.REDIS_POOL_MAX_CONNECTIONS,
-        timeout=settings.REDIS_POOL_TIMEOUT_S,
-        socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT_S,
-        socket_timeout=settings.REDIS_SOCKET_TIMEOUT_S,
-        health_check_interval=30,
-    )
-    return redis.Redis(connection_pool=pool)
-
-
-_async_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = weakref.WeakKeyDictionary()
-
-
-def async_client() -> Any:
-    """The running event loop's asyncio client of hot-state Redis (`redis.asyncio.Redis`),
-    for code on a web process's loop that must not take a thread to ask Redis: the job
-    sockets' places, the legacy wait. One per loop, as a client's connections belong to the
-    loop that opened them; a busy pool makes a task wait for a connection (at most
-    REDIS_POOL_TIMEOUT_S) rather than fail."""
-    loop = asyncio.get_running_loop()
-    found = _async_clients.get(loop)
-    if found is None:
-        found = _async_clients[loop] = redis_servers.async_client(
-            settings.REDIS_STATE_URL,
-            max_connections=settings.REDIS_POOL_MAX_CONNECTIONS,
-            timeout=settings.REDIS_POOL_TIMEOUT_S,
-            socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT_S,
-            socket_timeout=settings.REDIS_SOCKET_TIMEOUT_S,
-            health_check_interval=30,
-        )
-    return found
 
 
 def _progress_key(job_id: str) -> str:
@@ -95,7 +51,7 @@ def _progress_fields(progress: HotProgress) -> dict[str, int]:
 
 def progress_write(*, job_id: str, progress: HotProgress) -> None:
     key = _progress_key(job_id)
-    pipe = client().pipeline(transaction=False)
+    pipe = state_client().pipeline(transaction=False)
     pipe.hset(key, mapping=_progress_fields(progress))  # type: ignore[arg-type]
     pipe.expire(key, settings.HOT_STATE_TTL_S)
     pipe.execute()
@@ -116,11 +72,6 @@ return 0
 """
 
 
-@cache
-def _chunk_report_script() -> Any:
-    return client().register_script(_CHUNK_REPORT)
-
-
 def chunk_report(
     *, job_id: str, progress: HotProgress | None, publish: tuple[str, bytes] | None = None
 ) -> bool:
@@ -130,7 +81,7 @@ def chunk_report(
     this server). A cancelled job's attempt writes and announces nothing more."""
     fields: list[Any] = ["", "", "", ""] if progress is None else list(_progress_fields(progress).values())
     channel, message = publish if publish is not None else ("", b"")
-    cancelled = _chunk_report_script()(
+    cancelled = state_script(_CHUNK_REPORT)(
         keys=[_cancel_key(job_id), _progress_key(job_id)],
         args=[*fields, settings.HOT_STATE_TTL_S, channel, message],
     )
@@ -152,7 +103,7 @@ def _decode(raw: dict[bytes, bytes]) -> HotProgress | None:
 def progress_read_many(job_ids: list[str]) -> dict[str, HotProgress]:
     if not job_ids:
         return {}
-    pipe = client().pipeline(transaction=False)
+    pipe = state_client().pipeline(transaction=False)
     for job_id in job_ids:
         pipe.hgetall(_progress_key(job_id))
     found = {}
@@ -163,19 +114,19 @@ def progress_read_many(job_ids: list[str]) -> dict[str, HotProgress]:
 
 
 def progress_clear(job_id: str) -> None:
-    client().delete(_progress_key(job_id))
+    state_client().delete(_progress_key(job_id))
 
 
 def cancel_flag_set(job_id: str) -> None:
-    client().set(_cancel_key(job_id), 1, ex=settings.HOT_STATE_TTL_S)
+    state_client().set(_cancel_key(job_id), 1, ex=settings.HOT_STATE_TTL_S)
 
 
 def cancel_flag_is_set(job_id: str) -> bool:
-    return bool(client().exists(_cancel_key(job_id)))
+    return bool(state_client().exists(_cancel_key(job_id)))
 
 
 def cancel_flag_clear(job_id: str) -> None:
-    client().delete(_cancel_key(job_id))
+    state_client().delete(_cancel_key(job_id))
 
 
 # --- the card: the row's fields that the status answer needs ------------------------------
@@ -251,14 +202,9 @@ return 1
 """
 
 
-@cache
-def _card_write_script() -> Any:
-    return client().register_script(_CARD_WRITE)
-
-
 def card_write(card: JobCard) -> bool:
     """Stores `card` unless a card of the same or a newer version is there; True if stored."""
-    written = _card_write_script()(
+    written = state_script(_CARD_WRITE)(
         keys=[_card_key(card.job_id)], args=[card.version, card.encode(), settings.JOB_CARD_TTL_S]
     )
     return bool(written)
@@ -269,19 +215,20 @@ def card_decode(raw: bytes | None) -> JobCard | None:
 
 
 async def card_read_async(job_id: str) -> JobCard | None:
-    """The job's card, read on the running event loop (`async_client`)."""
-    return card_decode(await async_client().hget(_card_key(job_id), "card"))
+    """The job's card, read on the running event loop (`state_async_client`)."""
+    raw = await state_async_client().hget(_card_key(job_id), "card")
+    return card_decode(cast("bytes | None", raw))  # the client does not decode answers
 
 
 def card_forget(job_id: str) -> None:
     """Drops the card, before a write of the row commits: until the new card is written,
     a reader goes to the row."""
-    client().delete(_card_key(job_id))
+    state_client().delete(_card_key(job_id))
 
 
 def card_read(job_id: str) -> tuple[JobCard | None, HotProgress | None]:
     """The job's card and its live progress, in one round trip."""
-    pipe = client().pipeline(transaction=False)
+    pipe = state_client().pipeline(transaction=False)
     pipe.hget(_card_key(job_id), "card")
     pipe.hgetall(_progress_key(job_id))
     raw_card, raw_progress = pipe.execute()
@@ -346,16 +293,6 @@ return 1
 """
 
 
-@cache
-def _run_write_script() -> Any:
-    return client().register_script(_RUN_WRITE)
-
-
-@cache
-def _run_fence_script() -> Any:
-    return client().register_script(_RUN_FENCE)
-
-
 @dataclass(frozen=True)
 class RunState:
     attempt: int
@@ -396,7 +333,7 @@ def run_beat(job_id: str, *, attempt: int, parts: Sequence[StoredPart] | None = 
     its row write has committed) beats with the parts it resumes after. False if the
     attempt is fenced off: it must stop."""
     encoded = "" if parts is None else _parts_encode(parts)
-    written = _run_write_script()(
+    written = state_script(_RUN_WRITE)(
         keys=[_run_key(job_id)], args=[attempt, f"{time.time():.3f}", settings.HOT_STATE_TTL_S, encoded]
     )
     return bool(written)
@@ -407,7 +344,7 @@ def run_fence(job_id: str, *, attempt: int, stale_before: float | None = None) -
     `stale_before`, only if it last beat before then (the reaper's check and fence in one
     step). True if this call fenced it off."""
     stale = "" if stale_before is None else f"{stale_before:.3f}"
-    return bool(_run_fence_script()(keys=[_run_key(job_id)], args=[attempt, stale]))
+    return bool(state_script(_RUN_FENCE)(keys=[_run_key(job_id)], args=[attempt, stale]))
 
 
 def _run_decode(raw: dict[bytes, bytes]) -> RunState | None:
@@ -422,7 +359,7 @@ def _run_decode(raw: dict[bytes, bytes]) -> RunState | None:
 
 
 def run_read(job_id: str) -> RunState | None:
-    raw: dict[bytes, bytes] = client().hgetall(_run_key(job_id))  # type: ignore[assignment]
+    raw: dict[bytes, bytes] = state_client().hgetall(_run_key(job_id))  # type: ignore[assignment]
     return _run_decode(raw)
 
 
@@ -431,7 +368,7 @@ def run_read_many(job_ids: list[str]) -> dict[str, RunState]:
     only the attempt and the beat)."""
     if not job_ids:
         return {}
-    pipe = client().pipeline(transaction=False)
+    pipe = state_client().pipeline(transaction=False)
     for job_id in job_ids:
         pipe.hmget(_run_key(job_id), "attempt", "live", "beat")
     found = {}
@@ -443,65 +380,4 @@ def run_read_many(job_ids: list[str]) -> dict[str, RunState]:
 
 def run_forget(job_id: str) -> None:
     """The job ended (completed, failed, cancelled) or starts over: no attempt resumes."""
-    client().delete(_run_key(job_id))
-
-
-# --- recent completions: what the estimate of a new job's wait is made of -------------------
-#
-# Each staged completion adds itself, and its duration, to the bucket of COMPLETIONS_BUCKET_S
-# in which it completed: `completions:<bucket>`, a hash of `n` (jobs) and `s` (their
-# durations summed, seconds), expiring once it has left JOB_ESTIMATE_WINDOW_S. Reading the
-# window is one round trip whatever the load, and a bucket holds two numbers however many
-# jobs complete in it. Jobs completed at once from a stored file are not counted: they take
-# no worker's time.
-
-COMPLETIONS_BUCKET_S = 5
-
-
-@dataclass(frozen=True)
-class RecentCompletions:
-    """The jobs completed within a window that ends now."""
-
-    count: int
-    seconds: float  # their durations, summed
-    first_bucket_s: float | None  # the start of the oldest bucket that counted one (Unix time)
-
-
-def _completions_key(bucket: int) -> str:
-    return f"completions:{bucket}"
-
-
-def completion_record(job: "DownloadJob") -> None:
-    """Counts the job's completion (it has completed_at and duration_seconds) in its bucket."""
-    if job.completed_at is None or job.duration_seconds is None:
-        return
-    key = _completions_key(int(job.completed_at.timestamp() // COMPLETIONS_BUCKET_S))
-    pipe = client().pipeline(transaction=False)
-    pipe.hincrby(key, "n", 1)
-    pipe.hincrbyfloat(key, "s", job.duration_seconds)
-    pipe.expire(key, settings.JOB_ESTIMATE_WINDOW_S + 2 * COMPLETIONS_BUCKET_S)
-    pipe.execute()
-
-
-def completions_read(*, now_s: float) -> RecentCompletions:
-    """The completions of the buckets within JOB_ESTIMATE_WINDOW_S before `now_s`, the
-    current bucket included, in one round trip."""
-    last = int(now_s // COMPLETIONS_BUCKET_S)
-    buckets = range(last - int(settings.JOB_ESTIMATE_WINDOW_S // COMPLETIONS_BUCKET_S) + 1, last + 1)
-    pipe = client().pipeline(transaction=False)
-    for bucket in buckets:
-        pipe.hmget(_completions_key(bucket), "n", "s")
-    count, seconds, first = 0, 0.0, None
-    for bucket, (n, s) in zip(buckets, pipe.execute(), strict=True):
-        if n is not None and int(n) > 0:
-            count += int(n)
-            seconds += float(s or 0)
-            first = bucket * COMPLETIONS_BUCKET_S if first is None else first
-    return RecentCompletions(count=count, seconds=seconds, first_bucket_s=first)
-
-
-def completions_reset() -> None:
-    """Forgets every recorded completion (tests start from none)."""
-    keys = list(client().scan_iter(match="completions:*", count=1000))
-    if keys:
-        client().delete(*keys)
+    state_client().delete(_run_key(job_id))

@@ -13,7 +13,7 @@ from django.contrib.auth.models import User
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from jobs import hotstate
+from jobs import completions, hotstate
 from jobs.hotstate import HotProgress, JobCard
 from jobs.models import ACTIVE_STATUSES, DownloadJob, Status
 from jobs.ops.broker import PRIORITIES, queue_depths
@@ -101,7 +101,7 @@ def download_job_estimate_s(*, job: DownloadJob, now_s: float | None = None) -> 
     hold those until they are due). A job that waits for its own retry waits until it is
     due. Jobs sent later to a higher queue still go first: the estimate cannot know them.
 
-    The rate is the completions counted in hot-state Redis (`hotstate.completions_read`)
+    The rate is the completions counted in hot-state Redis (`completions.completions_read`)
     over the time they cover: the window, or, when the oldest completion in it is more
     recent, from one mean duration before that completion (when the jobs that made it
     started). So after a quiet spell the first completions of a burst do not read as a
@@ -111,7 +111,7 @@ def download_job_estimate_s(*, job: DownloadJob, now_s: float | None = None) -> 
         return 0
     now_s = time.time() if now_s is None else now_s
     try:
-        recent = hotstate.completions_read(now_s=now_s)
+        recent = completions.completions_read(now_s=now_s)
         if not recent.count or recent.first_bucket_s is None:
             return settings.JOB_DEFAULT_ESTIMATE_S
         mean_s = recent.seconds / recent.count

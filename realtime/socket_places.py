@@ -12,7 +12,7 @@ every host).
 If Redis cannot be reached, a socket is let in uncounted and the failure logged, as the
 initiate rate limits do: live progress stays up, and polling would cost the same.
 
-Redis is asked on the event loop (`hotstate.async_client`), not from a thread: a socket's
+Redis is asked on the event loop (`infra.redis.state_async_client`), not from a thread: a socket's
 open and close cost no thread hop. The places given up in one turn of the loop (a burst of
 jobs ending, a deploy closing every socket) go to Redis in one round trip.
 """
@@ -26,7 +26,7 @@ from typing import Any
 import redis
 from django.conf import settings
 
-from jobs import hotstate
+from infra.redis import state_async_client
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def _key(user_id: int) -> str:
 
 async def _take(user_id: int, socket_id: str, cap: int) -> Any:
     # A script object belongs to its client, and each event loop has a client of its own.
-    script = hotstate.async_client().register_script(_TAKE)
+    script = state_async_client().register_script(_TAKE)
     return await script(keys=[_key(user_id)], args=[socket_id, place_lifetime_s(), cap])
 
 
@@ -119,7 +119,7 @@ class _GiveUps:
     async def _send(self) -> None:
         pending, self.pending, self.batch = self.pending, {}, None
         try:
-            pipe = hotstate.async_client().pipeline(transaction=False)
+            pipe = state_async_client().pipeline(transaction=False)
             for user_id, socket_ids in pending.items():
                 pipe.zrem(_key(user_id), *socket_ids)
             await pipe.execute()

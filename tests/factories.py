@@ -6,6 +6,7 @@ from typing import Any
 from django.contrib.auth.models import User
 from knox.crypto import hash_token
 
+from infra.redis import state_client
 from jobs import hotstate
 from jobs.api_keys import api_key_create
 from jobs.models import DownloadJob
@@ -36,7 +37,7 @@ def beat(job: DownloadJob, *, seconds_ago: float, attempt: int | None = None) ->
     otherwise) as sent `seconds_ago`, as a worker that went silent then left it."""
     attempt = job.attempts if attempt is None else attempt
     assert hotstate.run_beat(job.job_id, attempt=attempt)
-    hotstate.client().hset(f"job:{job.job_id}:run", "beat", f"{time.time() - seconds_ago:.3f}")
+    state_client().hset(f"job:{job.job_id}:run", "beat", f"{time.time() - seconds_ago:.3f}")
 
 
 def recorded_parts(job: DownloadJob) -> tuple[StoredPart, ...]:

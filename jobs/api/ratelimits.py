@@ -21,14 +21,14 @@ from django.conf import settings
 from limits import RateLimitItem
 from limits.strategies import MovingWindowRateLimiter
 
-from jobs import hotstate
+from infra.redis import state_client
 from jobs.rates import rate_limiter, rate_parse
 
 logger = logging.getLogger(__name__)
 
 
 def _limiter() -> MovingWindowRateLimiter:
-    return rate_limiter(hotstate.client())
+    return rate_limiter(state_client())
 
 
 @dataclass(frozen=True)

@@ -4,22 +4,12 @@ kombu's Redis transport keeps priority 0 in the queue's own list and the other p
 steps in lists named "<queue>\x06\x16<step>" (PRIORITY_STEPS = [0, 3, 6, 9]).
 """
 
-from functools import cache
-
-import redis
-from django.conf import settings
-
-from downloads_project import redis_servers
+from infra.redis import broker_client
 from jobs.queues import queue_name
 
 PRIORITIES = ("high", "normal", "low")
 _KOMBU_SEP = "\x06\x16"
 _KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
-
-
-@cache
-def broker_client() -> redis.Redis:
-    return redis_servers.client(settings.CELERY_BROKER_URL, socket_connect_timeout=1, socket_timeout=1)
 
 
 def queue_depths() -> dict[str, int]:

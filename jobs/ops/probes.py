@@ -23,7 +23,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from storages.backends.s3 import S3Storage
 
-from downloads_project import redis_servers
+from infra import redis as redis_clients
 from jobs.ops import scrape
 from jobs.transfer.storage import downloads_storage
 
@@ -73,7 +73,7 @@ def _redis_urls() -> dict[str, str]:
 
 
 def _redis(url: str) -> None:
-    client = redis_servers.client(
+    client = redis_clients.client(
         url,
         socket_connect_timeout=CHECK_TIMEOUT_S,
         socket_timeout=CHECK_TIMEOUT_S,

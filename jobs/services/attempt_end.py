@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from jobs import hotstate, metrics
+from jobs import completions, hotstate, metrics
 from jobs.errors import JobError
 from jobs.models import ACTIVE_STATUSES, DownloadJob, Status
 from jobs.services.stored_files import upload_abort
@@ -126,7 +126,7 @@ def _complete(job: DownloadJob, *, attempt: int, staged: StagedFile) -> None:
             publish_on_commit(job, "completed")
             hot_on_commit(job.job_id, "drop the attempt state", lambda: hotstate.run_forget(job.job_id))
             on_commit(lambda: metrics.job_completed(job, size=staged.size))
-            hot_on_commit(job.job_id, "count the completion", lambda: hotstate.completion_record(job))
+            hot_on_commit(job.job_id, "count the completion", lambda: completions.completion_record(job))
     except JobStateConflict:
         # Cancelled (or superseded) after the last chunk: the file must not stay behind,
         # unless the job completed with it, or goes on with the same key (its next attempt

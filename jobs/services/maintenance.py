@@ -13,10 +13,10 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from infra.redis import broker_client
 from jobs import hotstate, metrics, queues
 from jobs.errors import ErrorCode, JobError
 from jobs.models import ACTIVE_STATUSES, DownloadJob, Status, can_transition
-from jobs.ops.broker import broker_client
 from jobs.selectors import iso
 from jobs.services.attempt_end import complete_from_storage
 from jobs.services.stored_files import upload_abort

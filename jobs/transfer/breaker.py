@@ -44,7 +44,8 @@ import redis
 from django.conf import settings
 from redis.commands.core import Script
 
-from jobs import hotstate, metrics
+from infra.redis import state_client
+from jobs import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +230,7 @@ class OriginBreaker:
     def allow(self) -> float | None:
         """None: go ahead (closed, or this caller is the half-open probe). Else the seconds
         to wait before asking again. Fails open when Redis cannot be reached."""
-        client = hotstate.client()
+        client = state_client()
         try:
             wait, event = _scripts(client).allow(
                 keys=self.keys,
@@ -257,7 +258,7 @@ class OriginBreaker:
         self._record("f")
 
     def _record(self, outcome: Literal["s", "f"]) -> None:
-        client = hotstate.client()
+        client = state_client()
         try:
             event, failures, successes = _scripts(client).record(
                 keys=self.keys,
@@ -297,7 +298,7 @@ class OriginBreaker:
 
     def state(self) -> BreakerState:
         """As it is now (open past its open time reads half-open). Raises redis.RedisError."""
-        found = self._read(hotstate.client())
+        found = self._read(state_client())
         return found if found is not None else BreakerState(self.name, "closed", 0, 0, None, None, 0)
 
     def _read(self, client: redis.Redis) -> BreakerState | None:
@@ -323,7 +324,7 @@ class OriginBreaker:
     def reset(self) -> None:
         """Closes it and clears its counts (operators). Raises redis.RedisError."""
         state_key, failures_key, successes_key = self.keys
-        pipe = hotstate.client().pipeline(transaction=True)
+        pipe = state_client().pipeline(transaction=True)
         pipe.delete(failures_key, successes_key)
         pipe.hdel(state_key, "opened_at", "retry_at", "probe_until", "probes")
         pipe.hset(state_key, "state", "closed")
@@ -335,7 +336,7 @@ class OriginBreaker:
 def breakers_all(*, clock: Callable[[], float] | None = None) -> list[BreakerState]:
     """Every breaker with state in Redis, by name; forgets the names whose keys expired.
     Raises redis.RedisError."""
-    client = hotstate.client()
+    client = state_client()
     found = []
     names = (raw.decode() if isinstance(raw, bytes) else raw for raw in client.smembers(REGISTRY_KEY))
     for name in sorted(names):

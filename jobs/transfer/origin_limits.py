@@ -41,7 +41,8 @@ import redis
 from django.conf import settings
 from redis.commands.core import Script
 
-from jobs import hotstate, metrics
+from infra.redis import state_client
+from jobs import metrics
 from jobs.rates import rate_limiter, rate_parse
 from jobs.transfer.breaker import origin_breaker_name
 
@@ -134,7 +135,7 @@ class OriginLimits:
         once it starts, or gives the lease back with `release()`. Else why it may not and
         how long it waits (`waited_s`: its last wait for these limits, from which the next
         grows); nothing is held. Lets the job start when Redis cannot be reached."""
-        client = hotstate.client()
+        client = state_client()
         limit = settings.ORIGIN_MAX_IN_FLIGHT
         try:
             if limit and not self._lease(client, job_id=job_id, limit=limit):
@@ -164,7 +165,7 @@ class OriginLimits:
         if not (rate := settings.ORIGIN_START_RATE):
             return
         try:
-            rate_limiter(hotstate.client()).hit(rate_parse(rate), "origin-start", self.name)
+            rate_limiter(state_client()).hit(rate_parse(rate), "origin-start", self.name)
         except redis.RedisError:
             logger.warning("Origin limits %s: Redis unavailable, start not counted", self.name, exc_info=True)
 
@@ -175,7 +176,7 @@ class OriginLimits:
         if not settings.ORIGIN_MAX_IN_FLIGHT:
             return
         try:
-            self._lease(hotstate.client(), job_id=job_id, limit=0)
+            self._lease(state_client(), job_id=job_id, limit=0)
         except redis.RedisError:
             logger.warning("Origin limits %s: Redis unavailable, lease not renewed", self.name, exc_info=True)
 
@@ -184,7 +185,7 @@ class OriginLimits:
         if not settings.ORIGIN_MAX_IN_FLIGHT:
             return
         try:
-            hotstate.client().zrem(self.key, job_id)
+            state_client().zrem(self.key, job_id)
         except redis.RedisError:
             logger.warning(
                 "Origin limits %s: Redis unavailable, lease left to expire", self.name, exc_info=True

@@ -39,7 +39,7 @@ from django.forms import Form
 from django.http import HttpRequest, HttpResponse
 from django.template.response import SimpleTemplateResponse, TemplateResponse
 
-from jobs import hotstate
+from infra.redis import state_client, state_script
 from jobs.client_address import client_ip
 
 logger = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ return counts
 
 def _lockout_wait_s(counters: list[_Counter]) -> int:
     """Seconds until no counter is at its limit; 0 when none is."""
-    pipe = hotstate.client().pipeline()
+    pipe = state_client().pipeline()
     for counter in counters:
         pipe.get(counter.key)
         pipe.pttl(counter.key)
@@ -103,7 +103,7 @@ def login_failures_reset(*, address: str | None = None, username: str | None = N
     """Forgets the counts of an address (every username's too), of a username (at every
     address), of both together, or all of them; returns how many counters were dropped.
     An IPv6 client is counted per /64 (`2001:db8::/64`)."""
-    client = hotstate.client()
+    client = state_client()
     digest = hashlib.sha256(username.encode()).hexdigest() if username is not None else None
     if address is not None and digest is not None:
         return int(client.delete(f"{_PREFIX}{address}:user:{digest}"))
@@ -145,7 +145,7 @@ class LoginFailureHandler(AxesHandler):
         return _lockout_wait_s(_attempt_counters(request, credentials)) > 0
 
     def get_failures(self, request: Any, credentials: dict[str, Any] | None = None) -> int:
-        return int(hotstate.client().get(_attempt_counters(request, credentials)[0].key) or 0)
+        return int(state_client().get(_attempt_counters(request, credentials)[0].key) or 0)
 
     def user_login_failed(
         self, sender: Any, credentials: dict[str, Any], request: Any = None, **kwargs: Any
@@ -160,7 +160,7 @@ class LoginFailureHandler(AxesHandler):
         address = client_ip(request)
         username = get_client_username(request, credentials)
         counters = _counters(address=address, username=username)
-        script = hotstate.client().register_script(_COUNT)
+        script = state_script(_COUNT)
         counts = script(
             keys=[counter.key for counter in counters],
             args=[settings.LOGIN_LOCKOUT_S, *(counter.limit for counter in counters)],
@@ -183,7 +183,7 @@ class LoginFailureHandler(AxesHandler):
             return
         pair, _address = _counters(address=client_ip(request), username=user.get_username())
         try:
-            hotstate.client().delete(pair.key)
+            state_client().delete(pair.key)
         except redis.RedisError:
             # The user is signed in already; the count lapses after LOGIN_LOCKOUT_S anyway.
             logger.warning("Could not forget the sign-in failures of a user who signed in", exc_info=True)

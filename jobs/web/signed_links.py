@@ -5,7 +5,7 @@ The view checks the link and answers with the file's headers and no body, naming
 in `X-Accel-Redirect`; the bytes are sent by what stands in front of the thread pool, so
 that a client reading slowly never holds one of its threads: nginx from an internal
 location (FILES_ACCEL_REDIRECT=true, deploy/nginx/downloads.conf.template), else the web
-process's event loop (downloads_project/file_sender.py).
+process's event loop (edge/file_sender.py).
 """
 
 from django.http import Http404, HttpRequest, HttpResponse

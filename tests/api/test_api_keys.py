@@ -16,7 +16,7 @@ from knox.crypto import hash_token
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from jobs import hotstate
+from infra.redis import state_client
 from jobs.api_keys import (
     REVOKED_HOLD_S,
     api_key_cached,
@@ -152,7 +152,7 @@ def test_caching_refuses_a_user_revoked_between_a_read_and_its_caching(user: Use
 
 def test_the_revoked_mark_lasts_revoked_hold_s(user: User) -> None:
     api_keys_revoke_cache([user.pk])
-    ttl = hotstate.client().ttl(f"api-key-revoked:{user.pk}")
+    ttl = state_client().ttl(f"api-key-revoked:{user.pk}")
     assert 0 < ttl <= REVOKED_HOLD_S
 
 

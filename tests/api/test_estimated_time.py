@@ -18,7 +18,7 @@ from django.contrib.auth.models import User
 from django.core.files.base import ContentFile
 from django.utils import timezone
 
-from jobs import hotstate, queues, services
+from jobs import completions, queues, services
 from jobs.models import DownloadJob, Status
 from jobs.selectors import download_job_estimate_s
 from tests.factories import make_job
@@ -60,7 +60,7 @@ def completed(owner: User, *durations_ago_s: tuple[float, float]) -> None:
             completed_at=now - timedelta(seconds=ago_s),
             duration_seconds=duration_s,
         )
-        hotstate.completion_record(job)
+        completions.completion_record(job)
 
 
 def estimated_time(client: Any, **body: Any) -> int:
@@ -129,7 +129,7 @@ def test_estimated_time_of_a_reused_file_is_zero(api_client, user, other_user, b
 
     assert response.json()["data"]["status"] == "completed"
     assert response.json()["data"]["estimated_time"] == 0
-    assert hotstate.completions_read(now_s=time.time()).count == len(RECENT)  # it took no worker's time
+    assert completions.completions_read(now_s=time.time()).count == len(RECENT)  # it took no worker's time
 
 
 @committed
@@ -156,8 +156,9 @@ def test_a_completed_attempt_counts_in_the_recent_completions(
 
     job.refresh_from_db()
     assert job.status == Status.COMPLETED
-    bucket_s = job.completed_at.timestamp() // hotstate.COMPLETIONS_BUCKET_S * hotstate.COMPLETIONS_BUCKET_S
-    assert hotstate.completions_read(now_s=time.time()) == hotstate.RecentCompletions(
+    bucket = completions.COMPLETIONS_BUCKET_S
+    bucket_s = job.completed_at.timestamp() // bucket * bucket
+    assert completions.completions_read(now_s=time.time()) == completions.RecentCompletions(
         count=1, seconds=job.duration_seconds, first_bucket_s=bucket_s
     )
 
@@ -170,7 +171,7 @@ T0 = 1_800_000_000.0
 
 def completion_at(at_s: float, *, duration_s: float) -> None:
     job = DownloadJob(completed_at=datetime.fromtimestamp(at_s, tz=UTC), duration_seconds=duration_s)
-    hotstate.completion_record(job)
+    completions.completion_record(job)
 
 
 @pytest.mark.django_db
@@ -209,12 +210,12 @@ def test_completions_leave_the_window_bucket_by_bucket(settings):
     for at_s, duration_s in ((T0 - 1, 1.0), (T0, 2.0), (T0 + 4.9, 3.0), (T0 + 16, 4.0)):
         completion_at(at_s, duration_s=duration_s)
 
-    assert hotstate.completions_read(now_s=T0 + 19.9) == hotstate.RecentCompletions(
+    assert completions.completions_read(now_s=T0 + 19.9) == completions.RecentCompletions(
         count=3, seconds=9.0, first_bucket_s=T0
     )
-    assert hotstate.completions_read(now_s=T0 + 20) == hotstate.RecentCompletions(
+    assert completions.completions_read(now_s=T0 + 20) == completions.RecentCompletions(
         count=1, seconds=4.0, first_bucket_s=T0 + 15
     )
-    assert hotstate.completions_read(now_s=T0 - 1) == hotstate.RecentCompletions(
+    assert completions.completions_read(now_s=T0 - 1) == completions.RecentCompletions(
         count=1, seconds=1.0, first_bucket_s=T0 - 5
     )

@@ -12,7 +12,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import redis
 from django.contrib.auth.models import User
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -243,11 +242,9 @@ def test_another_users_job_is_not_found_from_the_card(
 
 
 def test_status_is_read_from_the_row_when_redis_cannot_answer(
-    api_client: APIClient, user: User, monkeypatch: pytest.MonkeyPatch
+    api_client: APIClient, user: User, redis_down: None
 ) -> None:
     job = DownloadJob.objects.create(owner=user, file_id=1, status=Status.QUEUED)
-    unreachable = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
-    monkeypatch.setattr(hotstate, "client", lambda: unreachable)
     assert polled(api_client, job.job_id) == answer_from_the_row(job.job_id)
 
 

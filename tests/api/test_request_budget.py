@@ -143,11 +143,10 @@ def test_an_s3_timeout_answers_503(api_client, user, monkeypatch):
 
 
 def test_the_web_role_has_the_request_budget_and_workers_do_not(tmp_path):
-    """The role decides the defaults (downloads_project/roles.py): read the settings as a
-    web process and as any other process would."""
+    """The role decides the defaults (infra/roles.py, DOWNLOADS_PROCESS_ROLE): read the
+    settings as a web process and as any other process would."""
     script = (
-        "import sys, django; from downloads_project import roles\n"
-        "if sys.argv[1] == 'web': roles.declare_web()\n"
+        "import django\n"
         "django.setup(); from django.conf import settings as s\n"
         "c = s.STORAGES['downloads']['OPTIONS']['client_config']\n"
         "print(s.REDIS_SOCKET_TIMEOUT_S, c.connect_timeout, c.read_timeout, c.retries['max_attempts'],"
@@ -157,7 +156,7 @@ def test_the_web_role_has_the_request_budget_and_workers_do_not(tmp_path):
         **{
             k: v
             for k, v in os.environ.items()
-            if not k.startswith(("AWS_", "REDIS_SOCKET", "WEB_", "DJANGO_"))
+            if not k.startswith(("AWS_", "REDIS_SOCKET", "WEB_", "DJANGO_", "DOWNLOADS_PROCESS_ROLE"))
         },
         "DJANGO_SETTINGS_MODULE": "downloads_project.settings",
         "AWS_STORAGE_BUCKET_NAME": "budget",
@@ -166,8 +165,8 @@ def test_the_web_role_has_the_request_budget_and_workers_do_not(tmp_path):
     }
     read = {
         role: subprocess.run(
-            [sys.executable, "-c", script, role],
-            env=env,
+            [sys.executable, "-c", script],
+            env={**env, "DOWNLOADS_PROCESS_ROLE": role},
             cwd=ROOT,
             capture_output=True,
             text=True,

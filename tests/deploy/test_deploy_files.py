@@ -24,8 +24,8 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from downloads_project.processes import WEB_FLAGS
 from jobs.queues import QUEUES
+from stack.processes import WEB_FLAGS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,17 +48,19 @@ PRODUCTION_SETTINGS = {
     "CHANNEL_LAYER_URL", "REDIS_CACHE_URL", "AWS_STORAGE_BUCKET_NAME", "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY", "ORIGIN", "JOB_SOFT_TIME_LIMIT_S", "JOB_HARD_TIME_LIMIT_S", "VAR_DIR",
 }  # fmt: skip
-# Read by a library rather than by settings.py.
+# Read by a library rather than by the settings.
 READ_ELSEWHERE = {"AWS_CA_BUNDLE"}  # botocore
 # In the Secret for KEDA's scaler (deploy/k8s/worker-scaledobject.yaml), not for the app.
 READ_BY_KEDA = {"REDIS_BROKER_PASSWORD"}
 
 
 def settings_variables() -> set[str]:
-    """Every variable downloads_project/settings.py reads: through `env(...)` or one of its
-    own helpers that read a variable by name (`_rate("JOB_INITIATE_RATE", ...)`)."""
-    source = (ROOT / "downloads_project" / "settings.py").read_text()
-    return set(re.findall(r"\b(?:env(?:\.\w+)?|_[a-z]\w*)\(\s*\"([A-Z][A-Z0-9_]*)\"", source))
+    """Every variable the settings (downloads_project/settings/) read: through `env(...)` or
+    one of their readers that take a variable by name (`rate("JOB_INITIATE_RATE", ...)`)."""
+    source = "".join(
+        path.read_text() for path in sorted((ROOT / "downloads_project" / "settings").glob("*.py"))
+    )
+    return set(re.findall(r"\b(?:env(?:\.\w+)?|rate|aware_datetime)\(\s*\"([A-Z][A-Z0-9_]*)\"", source))
 
 
 # --- docker-compose.yml ---------------------------------------------------------------------
@@ -703,7 +705,7 @@ def test_dockerfile_runs_as_a_user_without_build_tools_in_the_final_image():
     assert "apt-get" not in final
     assert re.search(r"^USER 10001:10001$", final, re.MULTILINE)
     assert "HEALTHCHECK" in final
-    assert "downloads_project.healthcheck" in final
+    assert "stack.healthcheck" in final
     assert "collectstatic --noinput" in text
     (cmd,) = re.findall(r"^CMD (\[.*\])$", final, re.MULTILINE)
     assert has_web_flags(json.loads(cmd))

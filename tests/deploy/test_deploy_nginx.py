@@ -538,7 +538,7 @@ def test_the_container_healthcheck_names_an_allowed_host(backends):
     url = f"http://127.0.0.1:{backends.ports[0]}/health"
     env = {**os.environ, "DJANGO_ALLOWED_HOSTS": "localhost,127.0.0.1"}
 
-    healthy = subprocess.run([sys.executable, "-m", "downloads_project.healthcheck", url], env=env, cwd=ROOT)
+    healthy = subprocess.run([sys.executable, "-m", "stack.healthcheck", url], env=env, cwd=ROOT)
     as_a_pod_address = httpx.get(url, headers={"Host": "10.1.2.3:8000"})
 
     assert healthy.returncode == 0

@@ -26,7 +26,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.db import connection
 
-from jobs import hotstate
+from infra.redis import state_client
 from jobs.models import ApiKey, DownloadJob, LegacyCaller, Status
 from tests.factories import api_key_for, key_digest
 from tests.support.flows import eventually, initiate
@@ -202,7 +202,7 @@ def bounded_stack(django_db_setup: None, origin_server: OriginServer, broker: Re
 
 def places_held(token: str) -> int:
     user_id = ApiKey.objects.get(digest=key_digest(token)).user_id
-    return int(hotstate.client().zcard(f"legacy:waits:{user_id}"))
+    return int(state_client().zcard(f"legacy:waits:{user_id}"))
 
 
 def test_a_users_wait_past_its_places_is_the_202_at_once(bounded_stack: Stack) -> None:

@@ -17,7 +17,7 @@ import redis
 from django.conf import settings
 from django.contrib.auth.models import User
 
-from jobs import hotstate
+from infra.redis import state_client
 from jobs.models import DownloadJob
 from jobs.transfer.origin_limits import OriginLimits
 from tests.factories import api_key_for
@@ -56,9 +56,9 @@ def leases(origin: OriginServer) -> Iterator[OriginLimits]:
     """The test origin's leases, none held before the test (the test process names the
     origin as the stack's processes do)."""
     limits = OriginLimits(f"http:127.0.0.1:{origin.server_address[1]}")
-    hotstate.client().delete(limits.key)
+    state_client().delete(limits.key)
     yield limits
-    hotstate.client().delete(limits.key)
+    state_client().delete(limits.key)
 
 
 def test_an_in_flight_limit_holds_the_other_jobs_queued_and_lets_each_through_once(
@@ -95,5 +95,5 @@ def test_an_in_flight_limit_holds_the_other_jobs_queued_and_lets_each_through_on
     rows = DownloadJob.objects.filter(job_id__in=jobs)
     assert sorted((row.status, row.attempts, row.error_code) for row in rows) == [("completed", 1, "")] * JOBS
     assert [origin.requests[file_id] for file_id in scripts] == [1] * JOBS
-    assert hotstate.client().zcard(leases.key) == 0  # every lease given back
+    assert state_client().zcard(leases.key) == 0  # every lease given back
     print(f"{JOBS} jobs, {MAX_IN_FLIGHT} at a time: {time.monotonic() - started:.1f} s")

@@ -16,7 +16,7 @@ import psutil  # type: ignore[import-untyped]
 import pytest
 
 from devtools.servers import free_port, wait_for_port
-from jobs.management.commands.runstack import (
+from stack.management.commands.runstack import (
     WORKER_HEALTHY_S,
     WORKER_RESTART_FIRST_S,
     WORKER_RESTART_MAX_S,

@@ -20,7 +20,7 @@ from uuid import uuid4
 import pytest
 from django.contrib.auth.models import User
 
-from downloads_project import redis_servers
+from infra import redis as redis_clients
 from tests.factories import api_key_for
 from tests.support.databases import postgres_only
 from tests.support.faults import FAST_REAPER, jobs_through_a_fault, running_stack
@@ -73,12 +73,12 @@ def test_an_asyncio_client_finds_the_master_and_waits_for_a_free_connection(
     """What the web process's event loop uses for hot state (the sockets' places, the
     legacy wait): the master through the sentinels, and a bounded pool where a command
     waits for a connection instead of failing."""
-    settings.REDIS_SENTINELS = redis_servers.sentinels_parse(sentinel_group.env["REDIS_SENTINELS"].split(","))
+    settings.REDIS_SENTINELS = redis_clients.sentinels_parse(sentinel_group.env["REDIS_SENTINELS"].split(","))
     settings.REDIS_SENTINEL_MASTER = sentinel_group.env["REDIS_SENTINEL_MASTER"]
     key = f"sentinel-async-{uuid4().hex}"
 
     async def scenario() -> Any:
-        client = redis_servers.async_client(f"redis://{settings.REDIS_SENTINEL_MASTER}/5", max_connections=1)
+        client = redis_clients.async_client(f"redis://{settings.REDIS_SENTINEL_MASTER}/5", max_connections=1)
         try:
             await asyncio.gather(*(client.incr(key) for _ in range(20)))
             value = await client.get(key)

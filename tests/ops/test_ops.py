@@ -19,8 +19,8 @@ from django.test import Client
 from websockets.sync.client import connect
 
 from devtools.servers import free_port
-from downloads_project.embedded import _redis_server_binary
 from jobs.ops.broker import queue_depths
+from stack.embedded import _redis_server_binary
 from tests.factories import api_key_for
 from tests.support.brokers import broker_at, empty_broker
 from tests.support.origin_server import FileScript, OriginServer

@@ -32,6 +32,7 @@ from prometheus_client import REGISTRY
 from rest_framework.test import APIClient
 
 from downloads_project.asgi import application
+from infra.redis import state_async_client
 from jobs import hotstate
 from jobs.events import job_event_message, job_event_publish, job_group_name
 from jobs.hotstate import HotProgress
@@ -948,9 +949,9 @@ def test_sockets_closing_together_all_give_up_their_places(user, settings):
 
     async def scenario() -> tuple[int, int, int]:
         first = await open_all()
-        held = await hotstate.async_client().zcard(f"websockets:user:{user.pk}")
+        held = await state_async_client().zcard(f"websockets:user:{user.pk}")
         await asyncio.gather(*(communicator.disconnect(timeout=TIMEOUT_S) for communicator in first))
-        after_close = await hotstate.async_client().zcard(f"websockets:user:{user.pk}")
+        after_close = await state_async_client().zcard(f"websockets:user:{user.pk}")
         again = await open_all()
         await asyncio.gather(*(communicator.disconnect(timeout=TIMEOUT_S) for communicator in again))
         return held, after_close, len(again)

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from django.core.files.base import ContentFile
 
-from downloads_project.file_sender import FileSender
-from downloads_project.request_body import RequestBodyRead
+from edge.file_sender import FileSender
+from edge.request_body import RequestBodyRead
 
 Message = dict[str, Any]
 

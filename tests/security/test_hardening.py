@@ -14,9 +14,9 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from devtools.servers import free_port, wait_for_port
-from downloads_project import processes
 from jobs import services
 from jobs.models import DownloadJob, Status
+from stack import processes
 from tests.support.stack import ROOT, manage
 
 pytestmark = pytest.mark.django_db

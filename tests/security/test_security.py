@@ -32,12 +32,12 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as websocket_connect
 
 from devtools.servers import free_port, wait_for_port
-from downloads_project import processes
 from downloads_project.asgi import application
 from downloads_project.logging import REDACTED, RedactSecrets, redact, redact_handlers
 from jobs.models import DownloadJob, Status, new_job_id
 from jobs.transfer.content_headers import attachment_disposition
 from jobs.transfer.origins import safe_file_name
+from stack import processes
 from tests.factories import api_key_for, make_job
 from tests.support.files import served_bytes
 from tests.support.s3 import s3_downloads_storage

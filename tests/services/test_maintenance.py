@@ -25,6 +25,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from downloads_project.celery import app
+from infra.redis import state_client
 from jobs import hotstate, services
 from jobs.errors import JobSuperseded
 from jobs.models import DownloadJob, Status
@@ -332,7 +333,7 @@ def test_stored_parts_are_kept_in_redis_as_the_json_every_version_reads(user, on
         {"n": 1, "etag": '"a"', "size": 5242880, "crc32": "AAAAAA=="},
         {"n": 2, "etag": '"b"', "size": 17},
     ]
-    hotstate.client().hset(run_key, "parts", json.dumps(recorded))
+    state_client().hset(run_key, "parts", json.dumps(recorded))
 
     state = hotstate.run_read(job.job_id)
 
@@ -343,7 +344,7 @@ def test_stored_parts_are_kept_in_redis_as_the_json_every_version_reads(user, on
     )
     local = (StoredPart(number=1, size=1048576), StoredPart(number=2, size=3))
     assert hotstate.run_beat(job.job_id, attempt=1, parts=[*state.parts, *local])
-    assert json.loads(hotstate.client().hget(run_key, "parts")) == [
+    assert json.loads(state_client().hget(run_key, "parts")) == [
         *recorded,
         {"n": 1, "size": 1048576},
         {"n": 2, "size": 3},

@@ -16,6 +16,7 @@ from django.core.files.storage import storages
 from django.db import connection, transaction
 from django.utils import timezone
 
+from infra.redis import state_client
 from jobs import hotstate, selectors, services
 from jobs.errors import JobSuperseded
 from jobs.events import job_group_name
@@ -701,13 +702,13 @@ def origin_limits(worker_settings: Any) -> Any:
     worker_settings.ORIGIN_MAX_IN_FLIGHT = 2
     worker_settings.ORIGIN_START_RATE = ""
     limits = OriginLimits(origin_breaker_name())
-    hotstate.client().delete(limits.key)
+    state_client().delete(limits.key)
     yield limits
-    hotstate.client().delete(limits.key)
+    state_client().delete(limits.key)
 
 
 def leases(limits: Any) -> list[str]:
-    return sorted(raw.decode() for raw in cast(list[bytes], hotstate.client().zrange(limits.key, 0, -1)))
+    return sorted(raw.decode() for raw in cast(list[bytes], state_client().zrange(limits.key, 0, -1)))
 
 
 class LeaseWatch:
@@ -722,7 +723,7 @@ class LeaseWatch:
 
     def _watch(self) -> None:
         while not self.done.wait(0.01):
-            self.expiries.append(hotstate.client().zscore(self.limits.key, self.job_id))
+            self.expiries.append(state_client().zscore(self.limits.key, self.job_id))
 
     def __enter__(self) -> "LeaseWatch":
         self.thread.start()

@@ -1,5 +1,5 @@
-"""The service's broker pointed elsewhere for a test: its settings and its cached client
-(`jobs.ops.broker.broker_client`), made again on the way in and on the way out."""
+"""The service's broker pointed elsewhere for a test: its settings and its client
+(`infra.redis.broker_client`), made again on the way in and on the way out."""
 
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -7,18 +7,18 @@ from typing import Any
 
 import redis
 
-from jobs.ops.broker import broker_client
+from infra.redis import reset as redis_clients_reset
 
 
 @contextmanager
 def broker_at(settings: Any, url: str) -> Iterator[None]:
     """CELERY_BROKER_URL is `url` within the block (pytest-django's `settings` puts it back)."""
     settings.CELERY_BROKER_URL = url
-    broker_client.cache_clear()
+    redis_clients_reset()
     try:
         yield
     finally:
-        broker_client.cache_clear()
+        redis_clients_reset()
 
 
 @contextmanager

@@ -1,6 +1,6 @@
 """What a signed link's answer serves, read in-process (Django's test client): the view
 answers with headers and `X-Accel-Redirect`; the bytes are those of the file it names, as
-downloads_project/file_sender.py (or nginx) sends them."""
+edge/file_sender.py (or nginx) sends them."""
 
 from typing import Any
 

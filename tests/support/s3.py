@@ -13,7 +13,8 @@ from jobs.transfer.s3_clients import s3_client
 
 
 def s3_downloads_storage(s3: Any, *, bucket: str | None = None) -> dict[str, Any]:
-    """The `downloads` entry of settings.STORAGES for the moto endpoint, as settings.py writes it."""
+    """The `downloads` entry of settings.STORAGES for the moto endpoint, as
+    downloads_project/settings/storage.py writes it."""
     return {
         "BACKEND": "storages.backends.s3.S3Storage",
         "OPTIONS": {

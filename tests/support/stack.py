@@ -17,8 +17,9 @@ from django.conf import settings
 from django.db import connection
 
 from devtools.servers import free_port, wait_for_port
-from downloads_project import processes
+from infra.roles import ROLE_VARIABLE
 from jobs import metrics
+from stack import processes
 from tests.support.origin_server import OriginServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -206,7 +207,9 @@ def stack_env(origin_server: OriginServer, extra: dict[str, str], *, broker_db: 
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("AWS_", "DJANGO_SETTINGS", "PYTEST"))
+        # A test that imported the ASGI application made this process a web process: each
+        # child of a stack takes its own role.
+        if not key.startswith(("AWS_", "DJANGO_SETTINGS", "PYTEST", ROLE_VARIABLE))
     }
     env.update(
         {

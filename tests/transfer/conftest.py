@@ -8,8 +8,6 @@ import pytest
 from django.core.files.storage import Storage, storages
 from storages.backends.s3 import S3Storage
 
-from devtools.servers import free_port
-from jobs import hotstate
 from tests.support.origin_server import ReplyServer
 from tests.support.s3 import Bucket, s3_downloads_storage
 
@@ -51,14 +49,3 @@ def reply_server_running() -> Iterator[ReplyServer]:
 def reply_server(reply_server_running: ReplyServer) -> ReplyServer:
     reply_server_running.reset()
     return reply_server_running
-
-
-@pytest.fixture
-def redis_down(settings: Any) -> Iterator[None]:
-    """Hot-state Redis at a closed port; back to the real one before other fixtures' teardown."""
-    reachable = settings.REDIS_STATE_URL
-    settings.REDIS_STATE_URL = f"redis://127.0.0.1:{free_port()}/1"
-    hotstate.client.cache_clear()
-    yield
-    settings.REDIS_STATE_URL = reachable
-    hotstate.client.cache_clear()

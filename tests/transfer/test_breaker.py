@@ -20,7 +20,7 @@ from django.test import Client
 from django.urls import reverse
 from prometheus_client import REGISTRY
 
-from jobs import hotstate
+from infra.redis import state_client
 from jobs.transfer.breaker import (
     HALF_OPEN_WAIT_S,
     REGISTRY_KEY,
@@ -57,7 +57,7 @@ def names() -> Iterator[list[str]]:
     """Breaker names of this test's own, forgotten afterwards."""
     made: list[str] = []
     yield made
-    client = hotstate.client()
+    client = state_client()
     for name in made:
         client.delete(*OriginBreaker(name).keys)
         client.srem(REGISTRY_KEY, name)
@@ -331,7 +331,7 @@ def test_every_key_expires(name, clock) -> None:
     trip(breaker)
     clock.advance(30)
     breaker.allow()
-    client = hotstate.client()
+    client = state_client()
 
     for key in [*breaker.keys, REGISTRY_KEY]:
         assert 0 < client.ttl(key) <= _ttl_s(), key
@@ -347,10 +347,10 @@ def test_breakers_all_lists_each_breaker_with_state_and_forgets_the_others(names
     assert listed[names[0]] == BreakerState(names[0], "open", 5, 0, at(T0), at(T0 + 30), 0)
     assert listed[names[1]] == BreakerState(names[1], "closed", 0, 1, None, None, 0)
 
-    hotstate.client().delete(*second.keys)  # as if its keys had expired
+    state_client().delete(*second.keys)  # as if its keys had expired
 
     assert names[1] not in {state.name for state in breakers_all(clock=clock)}
-    assert not hotstate.client().sismember(REGISTRY_KEY, names[1])
+    assert not state_client().sismember(REGISTRY_KEY, names[1])
 
 
 def test_without_redis_it_lets_calls_through_and_drops_outcomes(name, redis_down, caplog) -> None:
@@ -452,7 +452,7 @@ def test_resetting_an_unknown_breaker_changes_nothing(superuser, name) -> None:
     response = client.post(reverse(RESET), {"origin": name}, follow=True)
 
     assert f"No circuit breaker &#x27;{name}&#x27;." in response.text
-    assert not hotstate.client().exists(*OriginBreaker(name).keys)
+    assert not state_client().exists(*OriginBreaker(name).keys)
 
 
 def test_reset_is_a_post(superuser) -> None:

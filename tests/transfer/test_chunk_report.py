@@ -11,6 +11,7 @@ import pytest
 import redis
 from django.conf import settings
 
+from infra.redis import state_client
 from jobs import hotstate
 from jobs.hotstate import HotProgress
 
@@ -21,13 +22,13 @@ CHANNEL = "test.chunk-report"
 def job_id() -> Iterator[str]:
     job_id = f"job_{secrets.token_hex(16)}"
     yield job_id
-    hotstate.client().delete(f"job:{job_id}:progress", f"job:{job_id}:cancel")
+    state_client().delete(f"job:{job_id}:progress", f"job:{job_id}:cancel")
 
 
 @pytest.fixture
 def subscriber() -> Iterator[redis.client.PubSub]:
     """Subscribed to CHANNEL on hot state's server (pub/sub ignores the database number)."""
-    pubsub = hotstate.client().pubsub()
+    pubsub = state_client().pubsub()
     pubsub.subscribe(CHANNEL)
     # The subscription is confirmed before the test publishes.
     confirmed = pubsub.get_message(timeout=2)
@@ -56,7 +57,7 @@ def test_a_cancelled_job_is_told_so_and_nothing_is_written_or_published(job_id, 
     )
 
     assert cancelled is True
-    assert hotstate.client().exists(f"job:{job_id}:progress") == 0
+    assert state_client().exists(f"job:{job_id}:progress") == 0
     assert hotstate.progress_read_many([job_id]) == {}
     assert published(subscriber) == []
 
@@ -68,7 +69,7 @@ def test_a_running_job_writes_its_progress_with_its_ttl_and_publishes_once(job_i
 
     assert cancelled is False
     assert hotstate.progress_read_many([job_id]) == {job_id: HotProgress(2, 5_000, 10_000, 50)}
-    ttl_s = hotstate.client().ttl(f"job:{job_id}:progress")
+    ttl_s = state_client().ttl(f"job:{job_id}:progress")
     assert settings.HOT_STATE_TTL_S - 5 <= ttl_s <= settings.HOT_STATE_TTL_S
     assert published(subscriber) == [b"an event"]
 
@@ -81,7 +82,7 @@ def test_an_unknown_total_is_written_as_unknown(job_id):
 
 def test_a_chunk_with_nothing_to_report_only_checks_the_cancel_flag(job_id, subscriber):
     assert hotstate.chunk_report(job_id=job_id, progress=None) is False
-    assert hotstate.client().exists(f"job:{job_id}:progress") == 0
+    assert state_client().exists(f"job:{job_id}:progress") == 0
     assert published(subscriber) == []
 
     hotstate.cancel_flag_set(job_id)

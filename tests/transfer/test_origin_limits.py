@@ -18,7 +18,7 @@ import pytest
 from django.test import Client
 from prometheus_client import REGISTRY
 
-from jobs import hotstate
+from infra.redis import state_client
 from jobs.rates import rate_limiter, rate_parse
 from jobs.transfer.origin_limits import (
     IN_FLIGHT_WAIT_MAX_S,
@@ -53,7 +53,7 @@ def name() -> Iterator[str]:
     suite's reset of every rate)."""
     made = f"test:{uuid4().hex[:12]}"
     yield made
-    hotstate.client().delete(OriginLimits(made).key)
+    state_client().delete(OriginLimits(made).key)
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def refused_total(name: str, limit: str) -> float:
 
 
 def held(limits: OriginLimits) -> list[str]:
-    return sorted(raw.decode() for raw in cast(list[bytes], hotstate.client().zrange(limits.key, 0, -1)))
+    return sorted(raw.decode() for raw in cast(list[bytes], state_client().zrange(limits.key, 0, -1)))
 
 
 # --- in flight ----------------------------------------------------------------------------------
@@ -178,11 +178,11 @@ def test_without_a_clock_leases_expire_on_the_redis_servers(name, in_flight) -> 
     limits.take(job_id="job_a")
 
     ((member, expiry),) = cast(
-        list[tuple[bytes, float]], hotstate.client().zrange(limits.key, 0, -1, withscores=True)
+        list[tuple[bytes, float]], state_client().zrange(limits.key, 0, -1, withscores=True)
     )
     assert member == b"job_a"
     assert abs(expiry - (time.time() + lease_ttl_s())) < 5
-    assert 0 < hotstate.client().ttl(limits.key) <= lease_ttl_s()
+    assert 0 < state_client().ttl(limits.key) <= lease_ttl_s()
 
 
 def test_the_wait_for_a_slot_is_short_jittered_and_grows_with_the_last_one(name, clock, in_flight) -> None:
@@ -207,7 +207,7 @@ def test_no_limit_takes_nothing(name, clock, settings) -> None:
     limits.start_count()
     limits.renew(job_id="job_1")
 
-    assert not hotstate.client().exists(limits.key)
+    assert not state_client().exists(limits.key)
 
 
 # --- the start rate -----------------------------------------------------------------------------
@@ -287,7 +287,7 @@ def test_a_start_the_lease_refuses_takes_nothing_from_the_rate(name, clock, sett
         assert busy is not None
         assert busy.limit == "in_flight"
 
-    window = rate_limiter(hotstate.client()).get_window_stats(rate_parse("2/minute"), "origin-start", name)
+    window = rate_limiter(state_client()).get_window_stats(rate_parse("2/minute"), "origin-start", name)
     assert window.remaining == 1
     limits.release(job_id="job_a")
     assert limits.take(job_id="job_b") is None

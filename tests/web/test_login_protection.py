@@ -14,7 +14,7 @@ from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.test import Client
 
-from jobs import hotstate
+from infra.redis import reset as redis_clients_reset
 
 LOGIN = "/accounts/login/"
 ADMIN_LOGIN = "/admin/login/"
@@ -165,7 +165,7 @@ def test_the_counts_are_in_redis_shared_by_every_process(user):
 
     # Another process: a handler made anew, its own Redis connections, another client.
     AxesProxyHandler.get_implementation(force=True)
-    hotstate.client.cache_clear()
+    redis_clients_reset()
     locking = sign_in(Client(), "alice", "wrong-password")
 
     assert locking.status_code == 429
@@ -278,10 +278,8 @@ def test_a_locked_user_keeps_a_session_opened_before(user):
     assert browser.get("/v1/downloads", REMOTE_ADDR=ADDRESS_A).status_code == 200
 
 
-def test_sign_in_answers_503_while_the_counts_redis_is_unreachable(user, monkeypatch):
+def test_sign_in_answers_503_while_the_counts_redis_is_unreachable(user, redis_down):
     """A real client of a port where nothing listens: refused at once."""
-    unreachable = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1, socket_timeout=1)
-    monkeypatch.setattr(hotstate, "client", lambda: unreachable)
 
     response = sign_in(Client(raise_request_exception=False), "alice", "alice-password")
 

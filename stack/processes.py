@@ -8,7 +8,7 @@ uvicorn runs with WEB_FLAGS, as the Dockerfile, compose and the k8s manifest do:
 - `--ws-per-message-deflate false`: a job socket's messages are a few hundred bytes, a few a
   second. Compressing each costs about a tenth of the process's CPU per message and a zlib
   context per socket (about 40 KiB), to save bytes that do not matter at that rate.
-- `--http downloads_project.http_protocol:BoundedHttpToolsProtocol`: httptools' parser, with
+- `--http edge.http_protocol:BoundedHttpToolsProtocol`: httptools' parser, with
   a size limit and a deadline on each request's head (slow or endless headers).
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from jobs.queues import WORKER_QUEUES_ARG
 
 ASGI_APP = "downloads_project.asgi:application"
-HTTP_PROTOCOL = "downloads_project.http_protocol:BoundedHttpToolsProtocol"
+HTTP_PROTOCOL = "edge.http_protocol:BoundedHttpToolsProtocol"
 WEB_FLAGS = ("--no-proxy-headers", "--ws-per-message-deflate", "false", "--http", HTTP_PROTOCOL)
 
 

@@ -22,7 +22,7 @@ web processes run this one, which keeps httptools' parser (and its speed) and ad
 
 The size is checked after each read of the socket, so the parser holds at most the limit
 plus one read (uvicorn reads up to 256 KiB at a time) before the connection is dropped.
-The request body is bounded in time and size by downloads_project/request_body.py.
+The request body is bounded in time and size by edge/request_body.py.
 """
 
 import asyncio
@@ -58,7 +58,7 @@ URL_TOO_LONG = _refusal(414, "URI_TOO_LONG", "The request's URL is too long")
 HEAD_TIMED_OUT = _refusal(408, "REQUEST_TIMEOUT", "The request's headers did not arrive in time")
 
 
-# The settings' defaults (downloads_project/settings.py), for an application served with
+# The settings' defaults (downloads_project/settings/web.py), for an application served with
 # this protocol under settings of its own (bench/status_baselines.py).
 HEAD_MAX_BYTES = 64 * 1024
 URL_MAX_BYTES = 8 * 1024

@@ -1,4 +1,4 @@
-"""`python -m downloads_project.healthcheck [URL]`: exits 0 when the web process answers
+"""`python -m stack.healthcheck [URL]`: exits 0 when the web process answers
 200 on /health, 1 otherwise. The container's HEALTHCHECK (a slim image has no curl).
 
 Django answers 400 to a Host outside ALLOWED_HOSTS, and a probe's own Host (127.0.0.1, a

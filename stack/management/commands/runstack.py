@@ -32,11 +32,11 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from downloads_project import processes
-from downloads_project.embedded import embedded_redis
 from jobs.api_keys import api_key_create
 from jobs.metrics import dead_processes_forget, multiprocess_dir_reset
 from jobs.models import ApiKey
+from stack import processes
+from stack.embedded import embedded_redis
 
 DEMO_KEY_NAME = "runstack demo"
 
