@@ -20,7 +20,7 @@ from django.urls import reverse
 _URL_SALT = "jobs.storage.download-url"
 # Where a signed link's view sends the bytes to be served from (X-Accel-Redirect): an
 # internal nginx location aliased to the storage's directory, or the web process's loop
-# (downloads_project/file_sender.py). Never a path a client can ask for.
+# (edge/file_sender.py). Never a path a client can ask for.
 INTERNAL_FILES_PREFIX = "/internal/files/"
 
 
