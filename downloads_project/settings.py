@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "jobs",
     "realtime",
+    "legacy",  # the old endpoint and socket login: deleted with legacy/
     "axes",
     "corsheaders",
 ]

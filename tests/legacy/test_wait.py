@@ -1,5 +1,5 @@
 """The old `POST /download/start` through a real uvicorn and a real worker: the ASGI wait
-(downloads_project/legacy_wait.py) in front of the view, the worker's events ending it.
+(legacy/wait.py) in front of the view, the worker's events ending it.
 
 - finished in time: 302 to a fresh link, which an old client follows to the bytes;
 - not finished in time: 202 with Location, Retry-After and initiate's body;
@@ -29,7 +29,8 @@ from knox.crypto import hash_token
 
 from conftest import ARTIFACTS, Stack, stack_env
 from jobs import hotstate
-from jobs.models import ApiKey, DownloadJob, LegacyCaller, Status
+from jobs.models import ApiKey, DownloadJob, Status
+from legacy.models import LegacyCaller
 from tests.factories import api_key_for
 from tests.support.flows import eventually, initiate
 from tests.support.origin_server import FileScript, OriginServer
