@@ -527,7 +527,7 @@ JOB_HEARTBEAT_STALE_S = env.float("JOB_HEARTBEAT_STALE_S", default=90.0)
 # ... and sends again a queued job no worker took for this long (the broker lost it).
 JOB_QUEUED_STALE_S = env.float("JOB_QUEUED_STALE_S", default=600.0)
 
-# The old synchronous POST /download/start (jobs/legacy.py, docs/api.md "Migrating from
+# The old synchronous POST /download/start (legacy/policy.py, docs/api.md "Migrating from
 # POST /download/start"): it waits for its job at most LEGACY_WAIT_S without holding a
 # thread (below common proxies' 30-60 s), answers LEGACY_ASYNC_PERCENT of users (stable
 # per user) at once with the new flow's 202, and answers 410 once LEGACY_SUNSET_AT has

@@ -4,14 +4,52 @@ a `?ticket=` wins over it, and it counts on a page of CORS_ALLOWED_ORIGINS, whos
 does not."""
 
 import logging
+from typing import Any
 
 import pytest
+from django.contrib.auth.models import User
 
+from downloads_project.asgi import application
 from tests.factories import api_key_for, make_job
-from tests.realtime.test_consumers import initiate, socket_path_of, subscribe_path
+from tests.realtime.test_consumers import (
+    close_code,
+    initiate,
+    receive,
+    run,
+    socket,
+    socket_path_of,
+    subscribe_path,
+)
 from tests.realtime.test_socket_auth import APP_ORIGIN, browser_headers, handshake, is_snapshot
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_a_token_in_the_query_authenticates_an_api_client_without_origin(user):
+    """API clients send no Origin header; the full application lets them in, by token."""
+    job = make_job(user)
+    key = api_key_for(user)
+
+    async def scenario() -> dict[str, Any]:
+        async with socket(subscribe_path(job.job_id, f"token={key}"), app=application) as ws:
+            return await receive(ws)
+
+    assert run(scenario)["job_id"] == job.job_id
+
+
+@pytest.mark.parametrize("credentials", ["unknown token", "inactive user's token"])
+def test_a_token_that_is_no_valid_credential_is_closed_4401(user, credentials):
+    job = make_job(user)
+    query = "token=" + "0" * 40
+    if credentials == "inactive user's token":
+        query = f"token={api_key_for(user)}"
+        User.objects.filter(pk=user.pk).update(is_active=False)
+
+    async def scenario() -> int:
+        async with socket(subscribe_path(job.job_id, query), app=application) as ws:
+            return await close_code(ws)
+
+    assert run(scenario) == 4401
 
 
 def test_a_token_in_the_query_is_logged_once_without_the_key(user, caplog):
