@@ -110,7 +110,7 @@ class LegacyDownloadStartApi(_LegacyAnswers, DownloadJobInitiateApi):
     # Not in the OpenAPI description, which is the contract new clients build on: the old
     # endpoint is described in docs/api.md, with the way off it.
     @extend_schema(exclude=True)
-    def post(self, request: Request) -> Response:
+    def post(self, request: Request) -> Any:  # a Response, or the redirect to the file
         if policy.retired():
             raise ApiError(
                 status_code=status.HTTP_410_GONE,

@@ -66,6 +66,21 @@ def test_the_marker_of_the_asgi_wait_gets_the_job_and_owner_back_and_no_count_ye
     assert not LegacyCaller.objects.exists()
 
 
+def test_the_202_carries_initiates_own_body(api_client, dispatched):
+    """One body for both: a replay of initiate's `Idempotency-Key` on the old endpoint
+    answers the data initiate answered, field for field (the ticket aside, minted anew)."""
+    initiated = api_client.post(
+        "/v1/download/initiate", {"file_id": 4242}, format="json", HTTP_IDEMPOTENCY_KEY="k-same"
+    )
+    started = api_client.post(START, {"file_id": 4242}, format="json", HTTP_IDEMPOTENCY_KEY="k-same")
+
+    assert (initiated.status_code, started.status_code) == (200, 202)
+    new, old = initiated.json()["data"], started.json()["data"]
+    assert new.keys() == old.keys()
+    assert {**old, "websocket_url": None} == {**new, "websocket_url": None}
+    assert old["websocket_url"].partition("?")[0] == new["websocket_url"].partition("?")[0]
+
+
 def test_a_file_already_stored_is_a_302_to_a_fresh_link(
     api_client, user, local_storage, settings, dispatched
 ):
