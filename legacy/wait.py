@@ -39,11 +39,12 @@ from django.conf import settings
 from jobs import hotstate
 from jobs.events import job_group_name
 from jobs.models import TERMINAL_STATUSES
+from legacy.apis import WAIT_HEADER
 
 logger = logging.getLogger(__name__)
 
 PATH = "/download/start"
-MARKER = b"x-downloads-legacy-wait"
+MARKER = WAIT_HEADER.lower().encode("latin-1")  # as ASGI names headers
 # How often the card is re-read while no event came: a lost event costs at most this.
 RECHECK_S = 2.0
 # A place of a user's waits is held at most the wait and this margin, whatever becomes of
