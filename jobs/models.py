@@ -186,8 +186,6 @@ class DownloadAnalyticsHour(models.Model):
         return self.hour.isoformat()
 
 
-
-
 class ApiKey(AbstractAuthToken):
     """An API key (`Authorization: Token <key>`), as django-rest-knox stores one: the key's
     digest and its first characters (`token_key`, enough to tell keys apart in a list),
