@@ -36,11 +36,11 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import StaticFilesHandler  # noqa: E402
 
-from downloads_project.legacy_wait import LegacyWait  # noqa: E402
 from downloads_project.logging import redact_handlers  # noqa: E402
 from edge.file_sender import FileSender  # noqa: E402
 from edge.lifespan import WebLifespan  # noqa: E402
 from edge.request_body import RequestBodyRead  # noqa: E402
+from legacy.asgi import legacy_layers  # noqa: E402  (the old endpoint: goes with legacy/)
 from realtime.auth import SiteOriginValidator, TokenAuthMiddlewareStack  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
 
@@ -52,9 +52,9 @@ for _name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
 
 # The page's script and styles come from the app server itself (found by the staticfiles
 # finders, no collectstatic step); a proxy may serve /static/ instead.
-http_application: Any = LegacyWait(
-    WSGIMiddleware(StaticFilesHandler(django_wsgi_app), workers=settings.WEB_THREADS)  # type: ignore[arg-type]
-)
+http_application: Any = WSGIMiddleware(StaticFilesHandler(django_wsgi_app), workers=settings.WEB_THREADS)  # type: ignore[arg-type]
+websocket_routes: Any = URLRouter(websocket_urlpatterns)
+http_application, websocket_routes = legacy_layers(http=http_application, websocket_routes=websocket_routes)
 if not settings.FILES_ACCEL_REDIRECT:
     http_application = FileSender(http_application)
 
@@ -62,11 +62,11 @@ application = ProtocolTypeRouter(
     {
         # What a slow client could hold a thread for is done on the event loop instead:
         # reading a request's body, sending a signed link's file (unless nginx sends it),
-        # and the old POST /download/start's wait for its job.
+        # and the old POST /download/start's wait for its job while it lasts.
         "http": RequestBodyRead(http_application),
         # The job's `?ticket=`, or the session cookie of a page of the site; browsers must come
         # from a page of the site or of CORS_ALLOWED_ORIGINS (realtime/auth.py).
-        "websocket": SiteOriginValidator(TokenAuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": SiteOriginValidator(TokenAuthMiddlewareStack(websocket_routes)),
         # Refuses to start on the embedded secret key beyond loopback.
         "lifespan": WebLifespan(),
     }

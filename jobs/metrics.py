@@ -74,11 +74,6 @@ websocket_connections = Gauge(
     "Open job WebSocket connections.",
     multiprocess_mode="livesum",
 )
-legacy_requests = Counter(
-    "download_legacy_requests",
-    "Answers of the old POST /download/start, by outcome (jobs/legacy.py).",
-    ["outcome"],
-)
 origin_circuit_opens = Counter(
     "download_origin_circuit_opened",
     "Times the circuit breaker of an origin opened (again, after a failed probe).",
@@ -120,10 +115,6 @@ def job_reused() -> None:
 def job_ended(outcome: str, code: str = "") -> None:
     """A failed, retried or cancelled attempt (code: the error code, if any)."""
     job_outcomes.labels(outcome=outcome, code=code).inc()
-
-
-def legacy_request(outcome: str) -> None:
-    legacy_requests.labels(outcome=outcome).inc()
 
 
 def origin_circuit_opened(origin: str) -> None:

@@ -188,33 +188,6 @@ class DownloadAnalyticsHour(models.Model):
         return self.hour.isoformat()
 
 
-class LegacyCaller(models.Model):
-    """Who still calls the old `POST /download/start` (jobs/legacy.py): one row per user and
-    User-Agent, counted by outcome, so that operators know whom to warn before its sunset."""
-
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="legacy_calls")
-    user_agent = models.CharField(max_length=255, blank=True)
-    calls = models.PositiveIntegerField(default=0)
-    first_seen = models.DateTimeField()
-    last_seen = models.DateTimeField()
-    # One count per outcome of jobs.legacy.OUTCOMES.
-    redirected = models.PositiveIntegerField(default=0, help_text="Finished in time: 302 to the file.")
-    accepted = models.PositiveIntegerField(default=0, help_text="Not finished in time: 202, new flow.")
-    moved = models.PositiveIntegerField(default=0, help_text="In LEGACY_ASYNC_PERCENT: 202 at once.")
-    failed = models.PositiveIntegerField(default=0, help_text="The job failed or was cancelled.")
-    refused = models.PositiveIntegerField(default=0, help_text="Bad request, limit or credentials.")
-    gone = models.PositiveIntegerField(default=0, help_text="After retirement: 410.")
-
-    class Meta:
-        verbose_name = "legacy caller"
-        verbose_name_plural = "Legacy callers"
-        constraints = (models.UniqueConstraint(fields=["user", "user_agent"], name="uniq_legacy_caller"),)
-        indexes = (models.Index(fields=["-last_seen"], name="idx_legacy_last_seen"),)
-
-    def __str__(self) -> str:
-        return f"{self.user_id} {self.user_agent}"
-
-
 class ApiKey(AbstractAuthToken):
     """An API key (`Authorization: Token <key>`), as django-rest-knox stores one: the key's
     digest and its first characters (`token_key`, enough to tell keys apart in a list),

@@ -4,9 +4,8 @@ The user is the one a `?ticket=` names (the ticket that the job's `websocket_url
 jobs/tickets.py), for that job only; without a ticket, the session user, but only on a
 page of the site itself: a page of another origin (CORS_ALLOWED_ORIGINS) calls the API
 with a token and no cookie, so its socket needs the ticket, and the cookie that a browser
-sends anyway on its handshake counts for nothing. `?token=<key>` (a DRF token in the URL)
-is still taken from clients written before tickets while WEBSOCKET_TOKEN_QUERY_ALLOWED
-(until WEBSOCKET_TOKEN_QUERY_SUNSET), and logged each time: a URL ends up in proxy logs.
+sends anyway on its handshake counts for nothing. A layer that downloads_project/asgi.py
+puts inside this stack, between it and the routes, may set the user in other ways.
 """
 
 import io
@@ -24,9 +23,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import DisallowedHost
 from django.core.handlers.asgi import ASGIRequest
 from django.utils.http import is_same_domain
-from rest_framework.exceptions import AuthenticationFailed
 
-from jobs.api.authentication import CachedTokenAuthentication
 from jobs.tickets import Ticket, websocket_ticket_read
 
 logger = logging.getLogger(__name__)
@@ -35,17 +32,6 @@ logger = logging.getLogger(__name__)
 ORIGIN_SITE = "site"  # a page of the site itself
 ORIGIN_CROSS_SITE = "cross-site"  # a page of CORS_ALLOWED_ORIGINS: tickets only
 ORIGIN_NONE = "none"  # no Origin header: not a browser
-
-
-@database_sync_to_async
-def _token_user(key: str) -> Any:
-    """The token's user as the API finds it. An unknown key or an inactive user gives the
-    anonymous user, whatever the session: the API answers 401."""
-    try:
-        user, _token = CachedTokenAuthentication().authenticate_credentials(key)
-    except AuthenticationFailed:
-        return AnonymousUser()
-    return user
 
 
 @database_sync_to_async
@@ -61,38 +47,20 @@ def _ticket_user(ticket: Ticket) -> Any:
 class TokenAuthMiddleware(BaseMiddleware):
     """A `?ticket=` replaces the session's user: it goes to scope["ticket"], for the
     consumer to check against its job (`socket_user`), and the scope's user is anonymous.
-    Else `?token=<key>` sets scope["user"] (anonymous once the query token is switched
-    off). Otherwise the session's user stays, on a page of the site or a client without
-    an Origin; a page of another origin gets the anonymous user."""
+    Otherwise the session's user stays, on a page of the site or a client without an
+    Origin; a page of another origin gets the anonymous user."""
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         query = parse_qs(scope.get("query_string", b"").decode("latin1"))
         if tickets := query.get("ticket"):
             scope = {**scope, "user": AnonymousUser(), "ticket": tickets[-1]}
-        elif keys := query.get("token"):
-            scope = {**scope, "user": await _query_token_user(keys[-1])}
         elif scope.get("origin") == ORIGIN_CROSS_SITE:
             scope = {**scope, "user": AnonymousUser()}
         return await super().__call__(scope, receive, send)
 
 
-async def _query_token_user(key: str) -> Any:
-    """The user of a `?token=` key, logged (without the key) as the deprecated way in it is."""
-    if not settings.WEBSOCKET_TOKEN_QUERY_ALLOWED:
-        logger.warning("A socket was refused: ?token= is switched off (WEBSOCKET_TOKEN_QUERY_ALLOWED)")
-        return AnonymousUser()
-    user = await _token_user(key)
-    logger.warning(
-        "A socket was opened with ?token= (user %s), deprecated and refused from %s: use the ?ticket= "
-        "of the job's websocket_url",
-        user.pk,
-        settings.WEBSOCKET_TOKEN_QUERY_SUNSET.isoformat(),
-    )
-    return user
-
-
 def TokenAuthMiddlewareStack(inner: Any) -> Any:
-    """Channels' session authentication, overridden by a ticket or a token when one is given."""
+    """Channels' session authentication, overridden by a ticket when one is given."""
     return AuthMiddlewareStack(TokenAuthMiddleware(inner))
 
 

@@ -29,6 +29,7 @@ INSTALLED_APPS = [
     "jobs",
     "realtime",
     "stack",
+    "legacy",  # the old endpoint and socket login: deleted with legacy/
     "axes",
     "corsheaders",
 ]

@@ -6,7 +6,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from downloads_project.settings.environment import aware_datetime, env
 
-# The old synchronous POST /download/start (jobs/legacy.py, docs/api.md "Migrating from
+# The old synchronous POST /download/start (legacy/policy.py, docs/api.md "Migrating from
 # POST /download/start"): it waits for its job at most LEGACY_WAIT_S without holding a
 # thread (below common proxies' 30-60 s), answers LEGACY_ASYNC_PERCENT of users (stable
 # per user) at once with the new flow's 202, and answers 410 once LEGACY_SUNSET_AT has

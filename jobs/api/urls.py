@@ -1,6 +1,5 @@
 from django.urls import path, register_converter
 
-from jobs.api import legacy as legacy_apis
 from jobs.api import views as apis
 from jobs.job_id_path import JOB_ID_PATH_REGEX
 
@@ -25,11 +24,4 @@ urlpatterns = [
     path("v1/download/subscribe/<job_id:job_id>", apis.websocket_only, name="download-job-subscribe"),
     path("v1/download/<job_id:job_id>", apis.DownloadJobApi.as_view(), name="download-job"),
     path("v1/downloads", apis.DownloadJobListApi.as_view(), name="download-job-list"),
-    # The old synchronous endpoint, deprecated (jobs/legacy.py, docs/api.md).
-    path("download/start", legacy_apis.LegacyDownloadStartApi.as_view(), name="legacy-download-start"),
-    path(
-        "download/start/<job_id:job_id>",
-        legacy_apis.LegacyDownloadResultApi.as_view(),
-        name="legacy-download-result",
-    ),
 ]

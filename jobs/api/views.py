@@ -44,13 +44,30 @@ def _websocket_url(request: Request, job_id: str) -> str:
     return f"{scheme}://{request.get_host()}{path}?{urlencode({'ticket': ticket})}"
 
 
-def _owned_job(request: Request, job_id: str) -> DownloadJob:
+def owned_job(request: Request, job_id: str) -> DownloadJob:
+    """The caller's job, or the 404 `JOB_NOT_FOUND` (another user's job is not found either)."""
     try:
         return selectors.download_job_get_for_owner(owner=request.user, job_id=job_id)  # type: ignore[arg-type]
     except DownloadJob.DoesNotExist:
         raise job_not_found() from None
 
 
+def initiate_answer_data(request: Request, job: DownloadJob) -> dict[str, Any]:
+    """The `data` of initiate's answer: the job, when to poll it, its socket. Built here
+    only, for every answer that hands a client over to the new flow with its job."""
+    return {
+        "job_id": job.job_id,
+        "status": job.status,
+        "estimated_time": selectors.download_job_estimate_s(job=job),
+        "polling_interval": settings.JOB_POLLING_INTERVAL_MS,
+        "websocket_url": _websocket_url(request, job.job_id),
+    }
+
+
+# A view that takes what initiate takes and answers otherwise subclasses it and calls
+# `job_initiate`: the same authentication, validation, limits and `Idempotency-Key`, and
+# the same rate-limit headers on every answer. (A comment, not a docstring: the OpenAPI
+# description would show it.)
 class DownloadJobInitiateApi(APIView):
     # A replay (a client retrying after a lost answer) creates nothing and is answered
     # with its job at once: not counted against the initiate rate unless a subclass that
@@ -81,13 +98,19 @@ class DownloadJobInitiateApi(APIView):
         },
     )
     def post(self, request: Request) -> Response:
+        return ok(initiate_answer_data(request, self.job_initiate(request)))
+
+    def job_initiate(self, request: Request) -> DownloadJob:
+        """The job of this request: the one its `Idempotency-Key` already made (a replay),
+        or a new one once the request is within the rates and valid. Raises the API's
+        errors (400, 429)."""
         idempotency_key = idempotency_key_validate(request.headers.get("Idempotency-Key"))
         if idempotency_key and (
             replayed := selectors.download_job_for_idempotency_key(owner=request.user, key=idempotency_key)  # type: ignore[arg-type]
         ):
             if self.replays_rate_limited:
                 self._rate_limit(request)
-            return self._answer(request, replayed)
+            return replayed
         self._rate_limit(request)
         serializer = DownloadJobInitiateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -108,7 +131,7 @@ class DownloadJobInitiateApi(APIView):
                 extra={"retry_after": retry_after},
                 headers={"Retry-After": str(retry_after)},
             ) from None
-        return self._answer(request, job)
+        return job
 
     def _rate_limit(self, request: Request) -> None:
         verdict = ratelimits.initiate_rate_hit(
@@ -124,17 +147,6 @@ class DownloadJobInitiateApi(APIView):
                 extra={"retry_after": verdict.retry_after_s},
                 headers={"Retry-After": str(verdict.retry_after_s)},
             )
-
-    def _answer(self, request: Request, job: DownloadJob) -> Response:
-        return ok(
-            {
-                "job_id": job.job_id,
-                "status": job.status,
-                "estimated_time": selectors.download_job_estimate_s(job=job),
-                "polling_interval": settings.JOB_POLLING_INTERVAL_MS,
-                "websocket_url": _websocket_url(request, job.job_id),
-            }
-        )
 
 
 class DownloadJobStatusApi(APIView):
@@ -194,7 +206,7 @@ class DownloadJobApi(APIView):
         },
     )
     def get(self, request: Request, job_id: str) -> Response:
-        job = _owned_job(request, job_id)
+        job = owned_job(request, job_id)
         if job.status == Status.COMPLETED:
             link = selectors.download_job_link(job=job)
             link["download_url"] = request.build_absolute_uri(link["download_url"])
@@ -213,7 +225,7 @@ class DownloadJobApi(APIView):
         },
     )
     def delete(self, request: Request, job_id: str) -> Response:
-        job = _owned_job(request, job_id)
+        job = owned_job(request, job_id)
         try:
             services.download_job_cancel(job=job)
         except (services.InvalidTransition, services.JobStateConflict):

@@ -1,11 +1,10 @@
 """Who opens a job's socket, from which page, and for how long: the Origin compared by
 scheme, host and port with the site's own; a ticket required of pages of other origins;
-the deprecated `?token=` logged and switchable off; a user's open sockets closed when the
-user is deactivated or deleted. Through the full ASGI application, on the configured
+a user's open sockets closed when the user is deactivated or deleted (the deprecated
+`?token=` is in tests/legacy/test_socket_login.py). Through the full ASGI application, on the configured
 (Redis) channel layer."""
 
 import json
-import logging
 import time
 from typing import Any
 
@@ -146,7 +145,7 @@ def test_a_page_of_cors_allowed_origins_needs_the_ticket(user, api_client, dispa
     assert is_snapshot(with_ticket)
 
 
-# --- ?token=: deprecated, logged, switchable off ---------------------------------------------
+# --- the contract names no credential in a URL ------------------------------------------------
 
 
 def test_the_schema_describes_no_token_in_the_query(settings, tmp_path):
@@ -164,29 +163,6 @@ def test_the_schema_describes_no_token_in_the_query(settings, tmp_path):
     assert "token=" not in schema["info"]["description"]
     assert "?ticket=" in schema["info"]["description"]
     assert not [parameter for parameter in parameters if parameter["name"] == "token"]
-
-
-def test_a_token_in_the_query_is_logged_once_without_the_key(user, caplog):
-    job = make_job(user)
-    key = api_key_for(user)
-    caplog.set_level(logging.WARNING, logger="realtime.auth")
-
-    result = handshake(subscribe_path(job.job_id, f"token={key}"), [])
-
-    warnings = [record.getMessage() for record in caplog.records if record.name == "realtime.auth"]
-    assert is_snapshot(result)
-    assert len(warnings) == 1
-    assert "?token=" in warnings[0]
-    assert "2027-06-30" in warnings[0]
-    assert all(key not in record.getMessage() for record in caplog.records)
-
-
-def test_a_token_in_the_query_is_refused_once_switched_off(user, settings):
-    settings.WEBSOCKET_TOKEN_QUERY_ALLOWED = False
-    job = make_job(user)
-    key = api_key_for(user)
-
-    assert handshake(subscribe_path(job.job_id, f"token={key}"), []) == 4401
 
 
 # --- a deactivated or deleted user's open sockets close --------------------------------------

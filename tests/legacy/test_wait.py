@@ -1,5 +1,5 @@
 """The old `POST /download/start` through a real uvicorn and a real worker: the ASGI wait
-(downloads_project/legacy_wait.py) in front of the view, the worker's events ending it.
+(legacy/wait.py) in front of the view, the worker's events ending it.
 
 - finished in time: 302 to a fresh link, which an old client follows to the bytes;
 - not finished in time: 202 with Location, Retry-After and initiate's body;
@@ -27,7 +27,8 @@ from django.contrib.auth.models import User
 from django.db import connection
 
 from infra.redis import state_client
-from jobs.models import ApiKey, DownloadJob, LegacyCaller, Status
+from jobs.models import ApiKey, DownloadJob, Status
+from legacy.models import LegacyCaller
 from tests.factories import api_key_for, key_digest
 from tests.support.flows import eventually, initiate
 from tests.support.origin_server import FileScript, OriginServer
@@ -42,6 +43,11 @@ MiB = 1024 * 1024
 
 def new_token(prefix: str) -> str:
     return api_key_for(User.objects.create_user(f"{prefix}-{uuid4().hex[:12]}"))
+
+
+def owner_id(token: str) -> int:
+    """The user of an API key, found as the service finds it: by the key's digest."""
+    return ApiKey.objects.get(digest=key_digest(token)).user_id
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +108,7 @@ def test_a_job_finished_in_time_is_a_302_that_an_old_client_follows_to_its_bytes
     assert redirect.status_code == 302
     assert_deprecated(redirect)
     assert 0.5 < waited_s < WAIT_S + 5
-    job = DownloadJob.objects.get(owner__auth_token_set__digest=key_digest(token))
+    job = DownloadJob.objects.get(owner_id=owner_id(token))
     assert job.status == Status.COMPLETED
     caller = LegacyCaller.objects.get(user=job.owner)
     assert (caller.user_agent, caller.calls, caller.redirected) == ("old-client/2.3", 1, 1)
@@ -201,8 +207,7 @@ def bounded_stack(django_db_setup: None, origin_server: OriginServer, broker: Re
 
 
 def places_held(token: str) -> int:
-    user_id = ApiKey.objects.get(digest=key_digest(token)).user_id
-    return int(state_client().zcard(f"legacy:waits:{user_id}"))
+    return int(state_client().zcard(f"legacy:waits:{owner_id(token)}"))
 
 
 def test_a_users_wait_past_its_places_is_the_202_at_once(bounded_stack: Stack) -> None:
@@ -230,7 +235,7 @@ def test_a_users_wait_past_its_places_is_the_202_at_once(bounded_stack: Stack) -
     assert still_waiting  # answered while the user's places were held
     assert [response.status_code for response in waited] == [202] * PLACES
     assert places_held(token) == 0
-    caller = LegacyCaller.objects.get(user__auth_token_set__digest=key_digest(token))
+    caller = LegacyCaller.objects.get(user_id=owner_id(token))
     assert (caller.calls, caller.accepted) == (PLACES + 1, PLACES + 1)
 
 
@@ -307,7 +312,7 @@ def test_a_client_that_leaves_frees_its_place_at_once_and_its_wait_stops(bounded
         waited_s = time.monotonic() - started
     assert response.status_code == 202
     assert waited_s >= BOUNDED_WAIT_S
-    caller = LegacyCaller.objects.get(user__auth_token_set__digest=key_digest(token))
+    caller = LegacyCaller.objects.get(user_id=owner_id(token))
     assert (caller.calls, caller.accepted) == (1, 1)
 
 

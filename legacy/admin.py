@@ -1,4 +1,4 @@
-"""The operators' view of who still calls the old `POST /download/start` (jobs/legacy.py):
+"""The operators' view of who still calls the old `POST /download/start` (legacy/policy.py):
 each user and User-Agent, how many calls, first and last seen, and the outcome mix, most
 recent first, so they know whom to warn before the sunset. Read-only: the rows are counts
 that the endpoint keeps."""
@@ -8,7 +8,7 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest
 
-from jobs.models import LegacyCaller
+from legacy.models import LegacyCaller
 
 
 @admin.register(LegacyCaller)

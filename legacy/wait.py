@@ -1,12 +1,13 @@
-"""The wait of the old `POST /download/start` (jobs/api/legacy.py), without a thread.
+"""The wait of the old `POST /download/start` (legacy/apis.py), without a thread.
 
-HTTP views run in the WSGI thread pool (asgi.py). A request of the old endpoint that had
-to wait there for its job would hold a thread for up to `LEGACY_WAIT_S`: 20 such callers
-would take the whole pool. So the view only creates the job and hands the wait over: its
-answer carries the job id in `X-Downloads-Legacy-Wait`. This ASGI middleware, in front of
-the pool, then waits on the event loop: subscribed to the job's channel-layer group (the
-events the worker publishes), re-reading the job's card from hot-state Redis every
-`RECHECK_S` in case an event was missed, until the job has ended or the wait is over.
+HTTP views run in the WSGI thread pool (downloads_project/asgi.py). A request of the old
+endpoint that had to wait there for its job would hold a thread for up to `LEGACY_WAIT_S`:
+20 such callers would take the whole pool. So the view only creates the job and hands the
+wait over: its answer carries the job id in `X-Downloads-Legacy-Wait`. This ASGI
+middleware, in front of the pool, then waits on the event loop: subscribed to the job's
+channel-layer group (the events the worker publishes), re-reading the job's card from
+hot-state Redis every `RECHECK_S` in case an event was missed, until the job has ended or
+the wait is over.
 The answer then comes from `GET /download/start/{job_id}` run through the pool with the
 caller's own credentials: a 302 to the file, the job's error, or the 202 to the new flow.
 
@@ -39,11 +40,12 @@ from infra.redis import state_async_client
 from jobs import hotstate
 from jobs.events import job_group_name
 from jobs.models import TERMINAL_STATUSES
+from legacy.apis import WAIT_HEADER
 
 logger = logging.getLogger(__name__)
 
 PATH = "/download/start"
-MARKER = b"x-downloads-legacy-wait"
+MARKER = WAIT_HEADER.lower().encode("latin-1")  # as ASGI names headers
 # How often the card is re-read while no event came: a lost event costs at most this.
 RECHECK_S = 2.0
 # A place of a user's waits is held at most the wait and this margin, whatever becomes of

@@ -1,19 +1,20 @@
-"""`POST /download/start`, the old synchronous endpoint (jobs/legacy.py), on the new pipeline.
+"""`POST /download/start`, the old synchronous endpoint (legacy/policy.py), on the new pipeline.
 
 It takes what initiate takes (the same authentication, validation, limits and
-`Idempotency-Key`) and creates the job the same way. Then:
+`Idempotency-Key`) and creates the job the same way, through initiate's own
+`job_initiate` (jobs/api/views.py). Then:
 
 - retired (`LEGACY_ENABLED=false`, or past `LEGACY_SUNSET_AT`): 410 `ENDPOINT_RETIRED`;
 - the job already finished (a retained file reused at once): 302 to a fresh download URL;
   failed or cancelled: the error of `GET /v1/download/{job_id}`;
 - a caller in `LEGACY_ASYNC_PERCENT`, or no ASGI wait in front of this view: 202 with
   `Location: /v1/download/status/{job_id}`, `Retry-After` and initiate's body;
-- otherwise the view answers the ASGI wait (downloads_project/legacy_wait.py), which waits
+- otherwise the view answers the ASGI wait (legacy/wait.py), which waits
   for the job without a thread, at most `LEGACY_WAIT_S`, and then asks
   `GET /download/start/{job_id}` (`LegacyDownloadResultApi`) for the answer: 302, the
   error, or the 202 if it is still running.
 
-Every answer carries the deprecation headers and is counted (jobs/legacy.py).
+Every answer carries the deprecation headers and is counted (legacy/policy.py).
 """
 
 import math
@@ -28,10 +29,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from jobs import legacy, selectors
+from jobs import selectors
 from jobs.api.errors import ApiError
-from jobs.api.views import DownloadJobInitiateApi, _owned_job, _websocket_url, job_not_collectable
+from jobs.api.views import DownloadJobInitiateApi, initiate_answer_data, job_not_collectable, ok, owned_job
 from jobs.models import DownloadJob, Status
+from legacy import policy
 
 # Set on the request by the ASGI wait (and removed from any client's request first): the
 # view may hand the wait over. Answered with the job's id in the response header of the
@@ -53,42 +55,28 @@ class _LegacyAnswers:
         self, request: Request, job: DownloadJob, *, may_wait: bool
     ) -> Response | HttpResponseRedirect:
         if job.status == Status.COMPLETED:
-            self.legacy_outcome = legacy.REDIRECTED
+            self.legacy_outcome = policy.REDIRECTED
             link = selectors.download_job_link(job=job)
             return HttpResponseRedirect(request.build_absolute_uri(link["download_url"]))
         if not job.is_active:
-            self.legacy_outcome = legacy.FAILED
+            self.legacy_outcome = policy.FAILED
             raise job_not_collectable(job)  # the error the new API answers for it
-        moved = legacy.moved_at_once(request.user.pk)  # type: ignore[arg-type]
+        moved = policy.moved_at_once(request.user.pk)  # type: ignore[arg-type]
         if may_wait and not moved:
             response = self._accepted(request, job)
             # No outcome yet: the answer after the wait has it. The owner's id bounds the
             # user's waits.
             response[WAIT_HEADER] = f"{job.job_id} {job.owner_id}"
             return response
-        self.legacy_outcome = legacy.MOVED if moved else legacy.ACCEPTED
+        self.legacy_outcome = policy.MOVED if moved else policy.ACCEPTED
         return self._accepted(request, job)
 
     def _accepted(self, request: Request, job: DownloadJob) -> Response:
         """202: the job runs on; the client moves on to the new flow with this body."""
-        polling_ms = settings.JOB_POLLING_INTERVAL_MS
-        return Response(
-            {
-                "success": True,
-                "data": {
-                    "job_id": job.job_id,
-                    "status": job.status,
-                    "estimated_time": selectors.download_job_estimate_s(job=job),
-                    "polling_interval": polling_ms,
-                    "websocket_url": _websocket_url(request, job.job_id),
-                },
-            },
-            status=status.HTTP_202_ACCEPTED,
-            headers={
-                "Location": reverse("download-job-status", kwargs={"job_id": job.job_id}),
-                "Retry-After": str(max(1, math.ceil(polling_ms / 1000))),
-            },
-        )
+        response = ok(initiate_answer_data(request, job), status_code=status.HTTP_202_ACCEPTED)
+        response["Location"] = reverse("download-job-status", kwargs={"job_id": job.job_id})
+        response["Retry-After"] = str(max(1, math.ceil(settings.JOB_POLLING_INTERVAL_MS / 1000)))
+        return response
 
     def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
         response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]
@@ -96,15 +84,15 @@ class _LegacyAnswers:
         return response
 
     def _legacy_finalize(self, request: Request, response: Any) -> None:
-        for name, value in legacy.deprecation_headers().items():
+        for name, value in policy.deprecation_headers().items():
             response[name] = value
         if response.has_header(WAIT_HEADER) or not self.legacy_counted(request):
             return
         outcome = self.legacy_outcome
         if outcome is None:
-            outcome = legacy.GONE if response.status_code == status.HTTP_410_GONE else legacy.REFUSED
+            outcome = policy.GONE if response.status_code == status.HTTP_410_GONE else policy.REFUSED
         user = getattr(request, "user", None)
-        legacy.legacy_request_record(
+        policy.legacy_request_record(
             user_id=user.pk if user is not None and user.is_authenticated else None,
             user_agent=request.headers.get("User-Agent", ""),
             outcome=outcome,
@@ -122,17 +110,15 @@ class LegacyDownloadStartApi(_LegacyAnswers, DownloadJobInitiateApi):
     # Not in the OpenAPI description, which is the contract new clients build on: the old
     # endpoint is described in docs/api.md, with the way off it.
     @extend_schema(exclude=True)
-    def post(self, request: Request) -> Response:
-        if legacy.retired():
+    def post(self, request: Request) -> Any:  # a Response, or the redirect to the file
+        if policy.retired():
             raise ApiError(
                 status_code=status.HTTP_410_GONE,
                 code="ENDPOINT_RETIRED",
-                message=f"POST /download/start was retired: use POST {legacy.SUCCESSOR_PATH}",
-                extra={"successor": legacy.SUCCESSOR_PATH, "documentation": settings.LEGACY_MIGRATION_URL},
+                message=f"POST /download/start was retired: use POST {policy.SUCCESSOR_PATH}",
+                extra={"successor": policy.SUCCESSOR_PATH, "documentation": settings.LEGACY_MIGRATION_URL},
             )
-        return super().post(request)
-
-    def _answer(self, request: Request, job: DownloadJob) -> Any:
+        job = self.job_initiate(request)
         return self.legacy_answer(request, job, may_wait=bool(request.headers.get(WAIT_HEADER)))
 
 
@@ -147,4 +133,4 @@ class LegacyDownloadResultApi(_LegacyAnswers, APIView):
 
     @extend_schema(exclude=True)
     def get(self, request: Request, job_id: str) -> Any:
-        return self.legacy_answer(request, _owned_job(request, job_id), may_wait=False)
+        return self.legacy_answer(request, owned_job(request, job_id), may_wait=False)

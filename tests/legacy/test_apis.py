@@ -2,7 +2,7 @@
 without the ASGI wait in front of it (202 at once, 302 for a file already there, the
 errors), its deprecation headers, its retirement, the sticky share of users moved at once,
 and the counts of its callers. The wait itself, through a real uvicorn and worker, is in
-tests/e2e/test_legacy.py. The broker send is the one fake (`dispatched`)."""
+tests/legacy/test_wait.py. The broker send is the one fake (`dispatched`)."""
 
 from datetime import timedelta
 from email.utils import parsedate_to_datetime
@@ -15,8 +15,9 @@ from django.utils import timezone
 from prometheus_client import REGISTRY
 from rest_framework.test import APIClient
 
-from jobs import legacy
-from jobs.models import DownloadJob, LegacyCaller, Status
+from jobs.models import DownloadJob, Status
+from legacy import policy
+from legacy.models import LegacyCaller
 from tests.factories import make_job
 from tests.support.files import served_bytes
 
@@ -53,16 +54,31 @@ def test_a_start_without_the_wait_answers_202_with_the_new_flow(api_client, user
 def test_the_marker_of_the_asgi_wait_gets_the_job_and_owner_back_and_no_count_yet(
     api_client, user, settings, dispatched
 ):
-    """The marker is the ASGI wait's (downloads_project/legacy_wait.py), which removes any
+    """The marker is the ASGI wait's (legacy/wait.py), which removes any
     client's; a request that has it gets the job id back and no count yet."""
-    before = legacy_count(legacy.ACCEPTED)
+    before = legacy_count(policy.ACCEPTED)
 
     response = api_client.post(START, {"file_id": 4242}, format="json", HTTP_X_DOWNLOADS_LEGACY_WAIT="1")
 
     assert response.status_code == 202
     assert response["X-Downloads-Legacy-Wait"] == f"{response.json()['data']['job_id']} {user.pk}"
-    assert legacy_count(legacy.ACCEPTED) == before
+    assert legacy_count(policy.ACCEPTED) == before
     assert not LegacyCaller.objects.exists()
+
+
+def test_the_202_carries_initiates_own_body(api_client, dispatched):
+    """One body for both: a replay of initiate's `Idempotency-Key` on the old endpoint
+    answers the data initiate answered, field for field (the ticket aside, minted anew)."""
+    initiated = api_client.post(
+        "/v1/download/initiate", {"file_id": 4242}, format="json", HTTP_IDEMPOTENCY_KEY="k-same"
+    )
+    started = api_client.post(START, {"file_id": 4242}, format="json", HTTP_IDEMPOTENCY_KEY="k-same")
+
+    assert (initiated.status_code, started.status_code) == (200, 202)
+    new, old = initiated.json()["data"], started.json()["data"]
+    assert new.keys() == old.keys()
+    assert {**old, "websocket_url": None} == {**new, "websocket_url": None}
+    assert old["websocket_url"].partition("?")[0] == new["websocket_url"].partition("?")[0]
 
 
 def test_a_file_already_stored_is_a_302_to_a_fresh_link(
@@ -214,8 +230,8 @@ def test_initiates_own_replays_still_take_nothing_from_the_rate(api_client, sett
 def test_the_share_moved_at_once_is_the_setting_over_a_thousand_users(settings, percent):
     settings.LEGACY_ASYNC_PERCENT = percent
 
-    moved = sum(legacy.moved_at_once(user_id) for user_id in range(1, 1001))
-    spread = sum(legacy.moved_at_once(user_id) for user_id in range(1, 1_000_000, 997))  # ids with gaps
+    moved = sum(policy.moved_at_once(user_id) for user_id in range(1, 1001))
+    spread = sum(policy.moved_at_once(user_id) for user_id in range(1, 1_000_000, 997))  # ids with gaps
 
     assert abs(moved - 10 * percent) <= 10  # within 1 % of the setting
     assert abs(spread / 1004 - percent / 100) <= 0.02
@@ -223,10 +239,10 @@ def test_the_share_moved_at_once_is_the_setting_over_a_thousand_users(settings, 
 
 def test_a_user_stays_on_the_same_side_and_a_higher_percentage_only_adds_users(settings):
     settings.LEGACY_ASYNC_PERCENT = 10
-    at_10 = {user_id for user_id in range(1, 1001) if legacy.moved_at_once(user_id)}
-    assert at_10 == {user_id for user_id in range(1, 1001) if legacy.moved_at_once(user_id)}
+    at_10 = {user_id for user_id in range(1, 1001) if policy.moved_at_once(user_id)}
+    assert at_10 == {user_id for user_id in range(1, 1001) if policy.moved_at_once(user_id)}
     settings.LEGACY_ASYNC_PERCENT = 50
-    at_50 = {user_id for user_id in range(1, 1001) if legacy.moved_at_once(user_id)}
+    at_50 = {user_id for user_id in range(1, 1001) if policy.moved_at_once(user_id)}
 
     assert at_10 < at_50
 
@@ -235,20 +251,20 @@ def test_a_moved_user_gets_the_202_at_once_even_with_the_wait_in_front(
     api_client, user, settings, dispatched
 ):
     settings.LEGACY_ASYNC_PERCENT = 100
-    before = legacy_count(legacy.MOVED)
+    before = legacy_count(policy.MOVED)
 
     response = api_client.post(START, {"file_id": 4242}, format="json", HTTP_X_DOWNLOADS_LEGACY_WAIT="1")
 
     assert response.status_code == 202
     assert "X-Downloads-Legacy-Wait" not in response
-    assert legacy_count(legacy.MOVED) == before + 1
+    assert legacy_count(policy.MOVED) == before + 1
 
 
 # --- who still calls it --------------------------------------------------------------------
 
 
 def test_every_answer_is_counted_per_user_and_user_agent(api_client, user, other_user, settings, dispatched):
-    before = {outcome: legacy_count(outcome) for outcome in legacy.OUTCOMES}
+    before = {outcome: legacy_count(outcome) for outcome in policy.OUTCOMES}
     for _ in range(2):
         api_client.post(START, {"file_id": 4242}, format="json", HTTP_USER_AGENT="old-client/1.0")
     api_client.post(START, {}, format="json", HTTP_USER_AGENT="old-client/1.0")
@@ -263,8 +279,8 @@ def test_every_answer_is_counted_per_user_and_user_agent(api_client, user, other
     assert callers == {"old-client/1.0": (3, 2, 1, 0), "curl/8": (2, 1, 0, 1)}
     first = LegacyCaller.objects.get(user=user, user_agent="old-client/1.0")
     assert first.first_seen <= first.last_seen
-    deltas = {outcome: legacy_count(outcome) - before[outcome] for outcome in legacy.OUTCOMES}
-    assert deltas == {**dict.fromkeys(legacy.OUTCOMES, 0.0), "accepted": 3.0, "refused": 1.0, "gone": 1.0}
+    deltas = {outcome: legacy_count(outcome) - before[outcome] for outcome in policy.OUTCOMES}
+    assert deltas == {**dict.fromkeys(policy.OUTCOMES, 0.0), "accepted": 3.0, "refused": 1.0, "gone": 1.0}
 
 
 def test_the_admin_lists_the_legacy_callers(admin_client, user, dispatched):
@@ -272,7 +288,7 @@ def test_the_admin_lists_the_legacy_callers(admin_client, user, dispatched):
     client.force_authenticate(user)
     client.post(START, {"file_id": 4242}, format="json", HTTP_USER_AGENT="old-client/1.0")
 
-    page = admin_client.get("/admin/jobs/legacycaller/")
+    page = admin_client.get("/admin/legacy/legacycaller/")
 
     assert page.status_code == 200
     html = page.content.decode()
@@ -299,7 +315,7 @@ def test_a_users_agents_past_the_bound_are_counted_in_one_row(api_client, user, 
     api_client.post(START, {"file_id": 4242}, format="json", HTTP_USER_AGENT="agent/1")
 
     rows = {caller.user_agent: caller.calls for caller in LegacyCaller.objects.filter(user=user)}
-    assert rows == {"agent/0": 1, "agent/1": 2, "agent/2": 1, legacy.OTHER_AGENTS: 27}
+    assert rows == {"agent/0": 1, "agent/1": 2, "agent/2": 1, policy.OTHER_AGENTS: 27}
 
 
 def test_the_answer_after_the_wait_is_counted_only_when_the_wait_asks_for_it(api_client, user):
@@ -307,19 +323,19 @@ def test_the_answer_after_the_wait_is_counted_only_when_the_wait_asks_for_it(api
     page of another site sending a signed-in browser there, say) is answered but not
     counted: a client cannot send the wait's marker."""
     job = make_job(user, file_id=4545, status=Status.PROCESSING)
-    before = legacy_count(legacy.ACCEPTED)
+    before = legacy_count(policy.ACCEPTED)
 
     cross_site = api_client.get(f"{START}/{job.job_id}", HTTP_SEC_FETCH_SITE="cross-site")
     direct = api_client.get(f"{START}/{job.job_id}")
 
     assert (cross_site.status_code, direct.status_code) == (202, 202)
-    assert legacy_count(legacy.ACCEPTED) == before
+    assert legacy_count(policy.ACCEPTED) == before
     assert not LegacyCaller.objects.exists()
 
     waited = api_client.get(f"{START}/{job.job_id}", HTTP_X_DOWNLOADS_LEGACY_WAIT="1")
 
     assert waited.status_code == 202
-    assert legacy_count(legacy.ACCEPTED) == before + 1
+    assert legacy_count(policy.ACCEPTED) == before + 1
     assert LegacyCaller.objects.get(user=user).accepted == 1
 
 

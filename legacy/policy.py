@@ -1,8 +1,7 @@
 """The old synchronous endpoint, `POST /download/start`, kept working on the new pipeline
 while its callers move to `/v1/download/initiate`, and retired by settings.
 
-What is decided here, for the views (jobs/api/legacy.py) and the ASGI wait
-(downloads_project/legacy_wait.py):
+What is decided here, for the views (legacy/apis.py) and the ASGI wait (legacy/wait.py):
 
 - whether the endpoint is retired (`LEGACY_ENABLED`, `LEGACY_SUNSET_AT`): 410 Gone;
 - which callers are moved at once (`LEGACY_ASYNC_PERCENT`): a stable share of users,
@@ -23,11 +22,17 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 from django.utils.http import http_date
+from prometheus_client import Counter
 
-from jobs import metrics
-from jobs.models import LegacyCaller
+from legacy.models import LegacyCaller
 
 logger = logging.getLogger(__name__)
+
+legacy_requests = Counter(
+    "download_legacy_requests",
+    "Answers of the old POST /download/start, by outcome (legacy/policy.py).",
+    ["outcome"],
+)
 
 SUCCESSOR_PATH = "/v1/download/initiate"
 
@@ -91,7 +96,7 @@ def legacy_request_record(*, user_id: int | None, user_agent: str, outcome: str)
     A user has a row per User-Agent up to LEGACY_CALLER_AGENTS_PER_USER; calls with any
     further agent are counted in one more row, OTHER_AGENTS. A client that sends a new
     agent with every call (any client can) adds at most that many rows."""
-    metrics.legacy_request(outcome)
+    legacy_requests.labels(outcome=outcome).inc()
     if user_id is None:
         return
     user_agent = user_agent[: LegacyCaller._meta.get_field("user_agent").max_length]
