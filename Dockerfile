@@ -43,6 +43,7 @@ COPY edge ./edge
 COPY realtime ./realtime
 COPY jobs ./jobs
 COPY infra ./infra
+COPY legacy ./legacy
 COPY templates ./templates
 COPY static ./static
 
