@@ -16,11 +16,8 @@ from typing import Any
 
 import boto3
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+# The one free_port, the embedded Redis's: the tests and benchmarks import it from here.
+from stack.embedded import free_port as free_port
 
 
 def wait_for_port(port: int, *, timeout_s: float = 30, process: subprocess.Popen[Any] | None = None) -> None:

