@@ -187,7 +187,7 @@ def test_the_cloudflare_cache_rule_bypasses_the_api(rulesets):
 
     assert rule["action"] == "set_cache_settings"
     assert rule["action_parameters"] == {"cache": False}
-    for path in ("/v1/", reverse("legacy-download-start"), "/files/", "/accounts/", "/admin/"):
+    for path in ("/v1/", "/download/start", "/files/", "/accounts/", "/admin/"):
         assert f'starts_with(http.request.uri.path, "{path}")' in rule["expression"], path
     assert reverse("download-job-list").startswith("/v1/")
 

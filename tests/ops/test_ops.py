@@ -23,6 +23,7 @@ from jobs.ops.broker import queue_depths
 from stack.embedded import _redis_server_binary
 from tests.factories import api_key_for
 from tests.support.brokers import broker_at, empty_broker
+from tests.support.flows import socket_url
 from tests.support.origin_server import FileScript, OriginServer
 from tests.support.scrapes import closed_port_url, samples
 from tests.support.stack import Stack, stack_env
@@ -240,8 +241,8 @@ def test_metrics_move_when_a_job_runs_in_the_real_worker(
         response = api.post("/v1/download/initiate", json={"file_id": file_id})
         assert response.status_code == 200, response.text
         job_id = response.json()["data"]["job_id"]
-        ws_url = local_stack.base_url.replace("http://", "ws://")
-        with connect(f"{ws_url}/v1/download/subscribe/{job_id}?token={token}", open_timeout=5) as ws:
+        ws_url = socket_url(local_stack.base_url, response.json()["data"]["websocket_url"])
+        with connect(ws_url, open_timeout=5) as ws:
             ws.recv(timeout=5)  # the snapshot: the socket is open and counted
             during = scrape(local_stack)
             assert during[SOCKETS] >= before.get(SOCKETS, 0) + 1

@@ -1,7 +1,7 @@
 """Fan-out across ASGI processes: a job initiated through one uvicorn process is watched on
 a WebSocket served by another, with a real Celery worker publishing through the Redis
 channel layer. The client is the `websockets` package, as an API client: no Origin header,
-the DRF token in `?token=`. Child process logs are in test-artifacts/logs/.
+the ticket of the job's `websocket_url`. Child process logs are in test-artifacts/logs/.
 """
 
 import json
@@ -16,6 +16,7 @@ from websockets.exceptions import ConnectionClosedOK
 from websockets.sync.client import connect
 
 from tests.factories import api_key_for
+from tests.support.flows import socket_url
 from tests.support.origin_server import FileScript, OriginServer
 from tests.support.stack import Stack
 
@@ -59,7 +60,7 @@ def test_a_socket_on_another_asgi_process_gets_the_jobs_events(
         response = api_a.post("/v1/download/initiate", json={"file_id": FILE_ID})
         assert response.status_code == 200, response.text
         job_id = response.json()["data"]["job_id"]
-        ws_url = web_b.replace("http://", "ws://") + f"/v1/download/subscribe/{job_id}?token={token}"
+        ws_url = socket_url(web_b, response.json()["data"]["websocket_url"])
         watching = pool.submit(watch, ws_url, timeout_s=30)
 
         polled: list[dict[str, Any]] = []

@@ -5,6 +5,7 @@ import hashlib
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from django.conf import settings
@@ -23,6 +24,13 @@ def initiate(api: httpx.Client, file_id: int, **body: Any) -> str:
     data = response.json()["data"]
     assert data["status"] == "queued"
     return data["job_id"]
+
+
+def socket_url(base_url: str, websocket_url: str) -> str:
+    """A job's `websocket_url` (path and ticket) on the server at `base_url`: the same socket
+    opened on another web process than the one that answered."""
+    parts = urlsplit(websocket_url)
+    return base_url.replace("http://", "ws://", 1) + f"{parts.path}?{parts.query}"
 
 
 def eventually(check: Callable[[], bool], *, timeout_s: float, what: str) -> None:
