@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 from uuid import uuid4
 
 import httpx
@@ -26,6 +27,7 @@ from django.contrib.auth.models import User
 from websockets.sync.client import connect
 
 from jobs.models import DownloadJob
+from jobs.tickets import websocket_ticket_mint
 from tests.factories import api_key_for, key_digest
 from tests.support.databases import postgres_only
 from tests.support.faults import FAST_REAPER, jobs_through_a_fault, running_stack
@@ -107,7 +109,8 @@ class StatusWatch:
 def test_hot_state_redis_restarted_empty_loses_no_job_and_sockets_come_back(
     hot_stack: Stack, hot_state: RedisServer, origin: OriginServer
 ) -> None:
-    token = api_key_for(User.objects.create_user(f"hot-{uuid4().hex[:12]}"))
+    user = User.objects.create_user(f"hot-{uuid4().hex[:12]}")
+    token = api_key_for(user)
     watch = StatusWatch(hot_stack, token)
     socket_closed = threading.Event()
 
@@ -147,12 +150,13 @@ def test_hot_state_redis_restarted_empty_loses_no_job_and_sockets_come_back(
         watch.stop()
         assert (outcome.started, outcome.completed, outcome.duplicated, outcome.lost) == (JOBS, JOBS, 0, 0)
 
-        # A client reconnects: snapshot first. The job has ended, so no status answer carries a
-        # ticket: the old socket login (`?token=`, legacy/) opens it; it goes when legacy/ does.
+        # A client reconnects with a ticket of the job (the status of an ended job carries none,
+        # so it is minted here, with the key the stack signs with too): snapshot first.
         assert watch.job_id is not None
         status = api.get(f"/v1/download/status/{watch.job_id}").json()["data"]
         with connect(
-            f"{hot_stack.base_url.replace('http://', 'ws://')}/v1/download/subscribe/{watch.job_id}?token={token}",
+            f"{hot_stack.base_url.replace('http://', 'ws://')}/v1/download/subscribe/{watch.job_id}"
+            f"?ticket={quote(websocket_ticket_mint(user_id=user.pk, job_id=watch.job_id))}",
             open_timeout=5,
         ) as ws:
             snapshot = json.loads(ws.recv(timeout=5))
