@@ -48,7 +48,6 @@ def db_pool_refresh(role: str, *, at_most_every_s: float = 0.0) -> bool:
             # psycopg's count starts again if the pool was made anew (a reset): count it whole.
             seen = _counted.get(name, 0)
             more = pool[name] - seen if pool[name] >= seen else pool[name]
-            if more:
-                counter.labels(role=role).inc(more)
+            counter.labels(role=role).inc(more)  # made at 0 too: a rate needs the series
             _counted[name] = pool[name]
     return True
