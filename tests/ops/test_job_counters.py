@@ -172,10 +172,11 @@ def test_the_database_pool_is_on_the_scrape_with_postgresql_only(client: Client)
         for (name, labels), v in found.items()
         if name.startswith("download_db_pool_") and labels == (("role", "web"),)
     }
-    if connection.vendor != "postgresql" or getattr(connection, "pool", None) is None:
+    psycopg_pool = getattr(connection, "pool", None)
+    if connection.vendor != "postgresql" or psycopg_pool is None:
         assert pool == {}
         return
-    stats = connection.pool.get_stats()
+    stats = psycopg_pool.get_stats()
     assert pool["download_db_pool_connections"] == stats["pool_size"] >= 1
     assert 0 <= pool["download_db_pool_available"] <= pool["download_db_pool_connections"]
     assert pool["download_db_pool_requests_waiting"] == 0
