@@ -75,6 +75,11 @@ def test_a_workers_heartbeat_appears_and_is_gone_after_its_sigkill(
     assert of(found, "download_workers_alive") == {(("host", host), ("queue", queue)): 1 for queue in QUEUES}
     assert of(found, "download_queue_consumers") == {(("priority", p),): 1 for p in ("high", "normal", "low")}
     assert 0 <= of(found, "download_worker_heartbeat_age_seconds")[(("host", host),)] < 15
+    # The scrapes themselves, counted by the middleware of the real ASGI process.
+    assert (
+        of(found, "download_http_requests_total")[(("code", "200"), ("method", "GET"), ("view", "metrics"))]
+        >= 1
+    )
 
     # A job, so that the worker's pool (on PostgreSQL) has been used.
     token = api_key_for(User.objects.create_user(f"beat-{uuid4().hex[:12]}"))
