@@ -238,8 +238,6 @@ def test_the_oldest_due_job_of_each_queue(client: Client, user: User, local_stor
         "normal": pytest.approx(30, abs=1),
         "low": pytest.approx(300, abs=1),
     }
-        for job in DownloadJob.objects.filter(status=Status.QUEUED, next_retry_at__isnull=True)
-    )
 
     DownloadJob.objects.filter(priority="low").delete()
     found = of(scrape(client), "download_queue_oldest_age_seconds")
