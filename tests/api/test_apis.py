@@ -74,7 +74,7 @@ def test_no_credentials_is_401_unauthenticated(db, method, url):
 
     assert response.status_code == 401
     assert response.json() == error("UNAUTHENTICATED", "Authentication credentials were not provided.")
-    assert response["WWW-Authenticate"] == "Token"
+    assert response["WWW-Authenticate"] == 'Bearer realm="api", Token realm="api"'
     assert DownloadJob.objects.count() == 0
 
 
@@ -230,8 +230,14 @@ def test_initiate_trusts_x_forwarded_proto_only_when_configured(api_client, sett
             {"file_id": 2**63},
             {"file_id": ["Ensure this value is less than or equal to 9223372036854775807."]},
         ),
-        ({"file_id": 1, "priority": "urgent"}, {"priority": ['"urgent" is not a valid choice.']}),
-        ({"file_id": 1, "priority": "HIGH"}, {"priority": ['"HIGH" is not a valid choice.']}),
+        (
+            {"file_id": 1, "priority": "urgent"},
+            {"priority": ['"urgent" is not a valid choice: one of low, normal, high.']},
+        ),
+        (
+            {"file_id": 1, "priority": "HIGH"},
+            {"priority": ['"HIGH" is not a valid choice: one of low, normal, high.']},
+        ),
         (
             {"file_id": 1, "metadata": ["a"]},
             {"metadata": ['Expected a dictionary of items but got type "list".']},
@@ -242,7 +248,10 @@ def test_initiate_trusts_x_forwarded_proto_only_when_configured(api_client, sett
         ),
         (
             {"file_id": "x", "priority": "urgent"},
-            {"file_id": ["A JSON integer is required."], "priority": ['"urgent" is not a valid choice.']},
+            {
+                "file_id": ["A JSON integer is required."],
+                "priority": ['"urgent" is not a valid choice: one of low, normal, high.'],
+            },
         ),
     ],
 )
@@ -1073,7 +1082,14 @@ def test_list_unknown_status_filter_is_400(api_client):
 
     assert response.status_code == 400
     assert response.json() == error(
-        "VALIDATION_ERROR", "Invalid request", fields={"status": ['"bogus" is not a valid choice.']}
+        "VALIDATION_ERROR",
+        "Invalid request",
+        fields={
+            "status": [
+                '"bogus" is not a valid choice: one of active, queued, processing, completed, failed, '
+                "cancelled, expired."
+            ]
+        },
     )
 
 
