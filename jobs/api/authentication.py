@@ -10,7 +10,6 @@ a poll reads Redis only; that module drops an entry when its key or its user cha
 import re
 from typing import Any
 
-from django.http import HttpRequest
 from django.utils.translation import gettext_lazy as _
 from knox.auth import TokenAuthentication
 from knox.crypto import hash_token
@@ -31,7 +30,7 @@ INVALID_KEY_CHALLENGE = 'Bearer realm="api", error="invalid_token", Token realm=
 _SCHEME_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,19}")
 
 
-def unsupported_scheme_message(request: HttpRequest | Request) -> str | None:
+def unsupported_scheme_message(request: Request) -> str | None:
     """What is wrong with an `Authorization` header that carries no API key (a proxy's
     `Basic`, a bare key), for the 401 that no other way in (a session) answered instead.
     The header's value is never echoed: it may be a key sent without its scheme."""

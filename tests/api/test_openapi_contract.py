@@ -45,6 +45,7 @@ def test_the_old_endpoint_is_described_deprecated_with_its_sunset(schema: dict[s
     start = schema["paths"]["/download/start"]["post"]
 
     assert start["deprecated"] is True
+    assert settings.LEGACY_SUNSET_AT is not None
     assert start["x-sunset"] == settings.LEGACY_SUNSET_AT.date().isoformat() == "2027-06-01"
     assert "retired on 2027-06-01" in start["description"]
     assert start["requestBody"]["content"]["application/json"]["schema"] == {

@@ -36,7 +36,7 @@ DEFAULT_POLLING_INTERVAL_S = 2.0
 
 
 class Client:
-    """A client of one server, as one user (`Authorization: Token <token>`).
+    """A client of one server, as one user (`Authorization: Bearer <token>`).
 
     >>> with Client("http://127.0.0.1:8000", token) as client:
     ...     result = client.download(70000, "downloads/")
@@ -73,7 +73,7 @@ class Client:
         self._api = httpx.Client(
             base_url=self.base_url,
             headers={
-                "Authorization": f"Token {token}",
+                "Authorization": f"Bearer {token}",
                 "Accept": "application/json",
                 "User-Agent": USER_AGENT,
             },
