@@ -33,6 +33,7 @@ from jobs import selectors
 from jobs.api.errors import ApiError
 from jobs.api.views import DownloadJobInitiateApi, initiate_answer_data, job_not_collectable, ok, owned_job
 from jobs.models import DownloadJob, Status
+from legacy import openapi as legacy_openapi
 from legacy import policy
 
 # Set on the request by the ASGI wait (and removed from any client's request first): the
@@ -107,9 +108,8 @@ class LegacyDownloadStartApi(_LegacyAnswers, DownloadJobInitiateApi):
     # new request (initiate's own replays are not: they answer at once).
     replays_rate_limited = True
 
-    # Not in the OpenAPI description, which is the contract new clients build on: the old
-    # endpoint is described in docs/api.md, with the way off it.
-    @extend_schema(exclude=True)
+    # Described in the OpenAPI description as deprecated, with its sunset (legacy/openapi.py).
+    @extend_schema(**legacy_openapi.DOWNLOAD_START)
     def post(self, request: Request) -> Any:  # a Response, or the redirect to the file
         if policy.retired():
             raise ApiError(
@@ -131,6 +131,6 @@ class LegacyDownloadResultApi(_LegacyAnswers, APIView):
         another site sending a signed-in browser here, is answered but not counted."""
         return bool(request.headers.get(WAIT_HEADER))
 
-    @extend_schema(exclude=True)
+    @extend_schema(exclude=True)  # the ASGI wait's own request, not an endpoint of clients
     def get(self, request: Request, job_id: str) -> Any:
         return self.legacy_answer(request, owned_job(request, job_id), may_wait=False)

@@ -52,13 +52,17 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": (
         "Start, watch and collect file-preparation jobs. Every JSON response is the envelope "
         '`{"success": true, "data": ...}` or `{"success": false, "error": {"code": ..., '
-        '"message": ...}}`. Authenticate with `Authorization: Token <key>` (API clients) or '
+        '"message": ...}}`. Authenticate with `Authorization: Bearer <key>` (API clients; '
+        "`Token <key>` is accepted too) or "
         "the session cookie of the login page (browser; unsafe methods need the CSRF token).\n\n"
-        "Live progress is pushed on the WebSocket `/v1/download/subscribe/<job_id>` (the "
-        "`websocket_url` that initiate returns, whose `?ticket=` opens it; or the session cookie "
-        "of a page of this site), which OpenAPI does not describe: its first message is a "
-        "`snapshot`, then `status_update`, "
-        "`progress`, `heartbeat` and one of `completed`, `error`, `cancelled`."
+        "Live progress is pushed on the WebSocket `/v1/download/subscribe/<job_id>`, which "
+        "OpenAPI does not describe: open the `websocket_url` that initiate returns as given. "
+        "Its `?ticket=` opens that job's socket for `WEBSOCKET_TICKET_TTL_S` (300 s; an API key never "
+        "goes in a URL); "
+        "the status of a queued or processing job carries a fresh one. A page of this site "
+        "may use its session cookie instead. The first message is a `snapshot`, then "
+        "`status_update`, `progress`, `heartbeat` and one of `completed`, `error`, "
+        "`cancelled`; close code `4401` asks for a fresh ticket, `4404` is no such job."
     ),
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",

@@ -22,6 +22,8 @@ from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
+from jobs.api.authentication import CHALLENGE, INVALID_KEY_CHALLENGE, unsupported_scheme_message
+
 logger = logging.getLogger(__name__)
 
 
@@ -125,10 +127,18 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
+    request = context.get("request")
+    if (
+        isinstance(exc, exceptions.NotAuthenticated)
+        and request is not None
+        and (message := unsupported_scheme_message(request))
+    ):
+        exc = exceptions.NotAuthenticated(message)
     status_code, body, headers = _envelope(exc)
     response = Response(body, status=status_code, headers=headers)
     if status_code == 401:
-        response["WWW-Authenticate"] = "Token"
+        invalid_key = isinstance(exc, exceptions.AuthenticationFailed)
+        response["WWW-Authenticate"] = INVALID_KEY_CHALLENGE if invalid_key else CHALLENGE
     return response
 
 

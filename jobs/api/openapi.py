@@ -9,7 +9,6 @@ live server to this description, so a change to a body that is not made here fai
 from typing import Any
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
-from drf_spectacular.plumbing import build_bearer_security_scheme_object
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -17,7 +16,6 @@ from drf_spectacular.utils import (
     extend_schema_field,
     inline_serializer,
 )
-from knox.settings import knox_settings
 from rest_framework import serializers
 
 from jobs.api.serializers import MAX_FILE_ID
@@ -26,17 +24,22 @@ from jobs.models import Priority, Status
 
 
 class ApiKeyScheme(OpenApiAuthenticationExtension):
-    """`Authorization: Token <key>`, the API key (jobs/api/authentication.py), under the
-    scheme name DRF's token authentication had."""
+    """The API key (jobs/api/authentication.py) as an HTTP bearer scheme, so that Swagger
+    UI's Authorize takes the key alone and sends `Authorization: Bearer <key>`; under the
+    scheme name DRF's token authentication had. `Token <key>` is accepted as well."""
 
     target_class = "jobs.api.authentication.CachedTokenAuthentication"
     name = "tokenAuth"
 
     def get_security_definition(self, auto_schema: Any) -> dict[str, Any]:
-        definition: dict[str, Any] = build_bearer_security_scheme_object(
-            header_name="Authorization", token_prefix=knox_settings.AUTH_HEADER_PREFIX
-        )
-        return definition
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": (
+                "An API key (`python manage.py api_key_create USER`), sent as "
+                "`Authorization: Bearer <key>`; `Authorization: Token <key>` is accepted too."
+            ),
+        }
 
 
 # The job id of docs/api.md: `job_` + lowercase hex from a CSPRNG (`models.new_job_id`), at
@@ -166,7 +169,7 @@ CANCEL_OK = inline_serializer(
 # --- errors: `api_errors.exception_handler` ------------------------------------------------
 
 
-def _error(
+def error_response(
     name: str, codes: list[str], description: str = "", **extra: serializers.Field[Any, Any, Any, Any]
 ) -> OpenApiResponse:
     error = inline_serializer(
@@ -183,7 +186,7 @@ def _error(
     return OpenApiResponse(response=envelope, description=description or ", ".join(codes))
 
 
-VALIDATION_ERROR = _error(
+VALIDATION_ERROR = error_response(
     "Validation",
     ["VALIDATION_ERROR"],
     fields=serializers.DictField(
@@ -192,31 +195,31 @@ VALIDATION_ERROR = _error(
         help_text="Messages by request field (`non_field_errors` for the body as a whole).",
     ),
 )
-UNAUTHENTICATED = _error("Unauthenticated", ["UNAUTHENTICATED"])
-CSRF_FAILED = _error("PermissionDenied", ["PERMISSION_DENIED"])
-UNSUPPORTED_MEDIA_TYPE = _error("UnsupportedMediaType", ["UNSUPPORTED_MEDIA_TYPE"])
+UNAUTHENTICATED = error_response("Unauthenticated", ["UNAUTHENTICATED"])
+CSRF_FAILED = error_response("PermissionDenied", ["PERMISSION_DENIED"])
+UNSUPPORTED_MEDIA_TYPE = error_response("UnsupportedMediaType", ["UNSUPPORTED_MEDIA_TYPE"])
 _NO_SUCH_JOB = (
     "JOB_NOT_FOUND: no job of yours has this id. "
     f"NOT_FOUND: the id is not even of the job id alphabet (`{JOB_ID_PATH_REGEX}`), so no such path."
 )
-JOB_NOT_FOUND = _error("JobNotFound", ["JOB_NOT_FOUND", "NOT_FOUND"], _NO_SUCH_JOB)
-JOB_NOT_FOUND_OR_NOT_READY = _error(
+JOB_NOT_FOUND = error_response("JobNotFound", ["JOB_NOT_FOUND", "NOT_FOUND"], _NO_SUCH_JOB)
+JOB_NOT_FOUND_OR_NOT_READY = error_response(
     "JobNotFoundOrNotReady",
     ["JOB_NOT_FOUND", "NOT_FOUND", "JOB_NOT_READY"],
     f"{_NO_SUCH_JOB} JOB_NOT_READY: the job is still queued or processing.",
 )
-JOB_WILL_NOT_BE_READY = _error(
+JOB_WILL_NOT_BE_READY = error_response(
     "JobWillNotBeReady",
     ["JOB_NOT_READY"],
     status=serializers.ChoiceField(choices=[Status.FAILED, Status.CANCELLED]),
 )
-DOWNLOAD_EXPIRED = _error("DownloadExpired", ["DOWNLOAD_EXPIRED"])
-JOB_ALREADY_FINISHED = _error(
+DOWNLOAD_EXPIRED = error_response("DownloadExpired", ["DOWNLOAD_EXPIRED"])
+JOB_ALREADY_FINISHED = error_response(
     "JobAlreadyFinished",
     ["JOB_ALREADY_FINISHED"],
     status=serializers.ChoiceField(choices=Status.choices),
 )
-RATE_LIMIT_EXCEEDED = _error(
+RATE_LIMIT_EXCEEDED = error_response(
     "RateLimitExceeded",
     ["RATE_LIMIT_EXCEEDED"],
     retry_after=serializers.IntegerField(min_value=1, help_text="Seconds; the same as Retry-After."),

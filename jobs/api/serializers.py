@@ -25,9 +25,22 @@ class StrictIntegerField(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
+def choice_field(choices: list[str], **kwargs: Any) -> serializers.ChoiceField:
+    """DRF's ChoiceField, whose refusal lists the choices (DRF's own says only that the
+    value is not one of them)."""
+    listed = ", ".join(choices)
+    return serializers.ChoiceField(
+        choices=choices,
+        error_messages={"invalid_choice": f'"{{input}}" is not a valid choice: one of {listed}.'},
+        **kwargs,
+    )
+
+
 class DownloadJobInitiateSerializer(serializers.Serializer[dict[str, Any]]):
     file_id = StrictIntegerField(min_value=1, max_value=MAX_FILE_ID)
-    priority = serializers.ChoiceField(choices=Priority.choices, default=Priority.NORMAL)
+    priority = choice_field(
+        Priority.values, default=Priority.NORMAL, help_text="The job's queue: `normal` unless given."
+    )
     metadata = serializers.DictField(
         required=False, default=dict, help_text="At most 4 KiB serialized and 32 levels deep; no U+0000."
     )
@@ -79,4 +92,8 @@ def idempotency_key_validate(value: str | None) -> str | None:
 
 
 class DownloadJobListFilterSerializer(serializers.Serializer[dict[str, Any]]):
-    status = serializers.ChoiceField(choices=["active", *Status.values], required=False)
+    status = choice_field(
+        ["active", *Status.values],
+        required=False,
+        help_text="`active`: the queued and processing jobs; a status: the jobs in it.",
+    )

@@ -74,7 +74,7 @@ def test_no_credentials_is_401_unauthenticated(db, method, url):
 
     assert response.status_code == 401
     assert response.json() == error("UNAUTHENTICATED", "Authentication credentials were not provided.")
-    assert response["WWW-Authenticate"] == "Token"
+    assert response["WWW-Authenticate"] == 'Bearer realm="api", Token realm="api"'
     assert DownloadJob.objects.count() == 0
 
 
@@ -230,8 +230,14 @@ def test_initiate_trusts_x_forwarded_proto_only_when_configured(api_client, sett
             {"file_id": 2**63},
             {"file_id": ["Ensure this value is less than or equal to 9223372036854775807."]},
         ),
-        ({"file_id": 1, "priority": "urgent"}, {"priority": ['"urgent" is not a valid choice.']}),
-        ({"file_id": 1, "priority": "HIGH"}, {"priority": ['"HIGH" is not a valid choice.']}),
+        (
+            {"file_id": 1, "priority": "urgent"},
+            {"priority": ['"urgent" is not a valid choice: one of low, normal, high.']},
+        ),
+        (
+            {"file_id": 1, "priority": "HIGH"},
+            {"priority": ['"HIGH" is not a valid choice: one of low, normal, high.']},
+        ),
         (
             {"file_id": 1, "metadata": ["a"]},
             {"metadata": ['Expected a dictionary of items but got type "list".']},
@@ -242,7 +248,10 @@ def test_initiate_trusts_x_forwarded_proto_only_when_configured(api_client, sett
         ),
         (
             {"file_id": "x", "priority": "urgent"},
-            {"file_id": ["A JSON integer is required."], "priority": ['"urgent" is not a valid choice.']},
+            {
+                "file_id": ["A JSON integer is required."],
+                "priority": ['"urgent" is not a valid choice: one of low, normal, high.'],
+            },
         ),
     ],
 )
@@ -998,6 +1007,37 @@ def test_cancel_an_active_job(api_client, user, status, django_capture_on_commit
     assert api_client.get(status_url(job.job_id)).json()["data"]["status"] == "cancelled"
 
 
+def test_a_job_cancelled_while_processing_keeps_the_progress_it_stopped_at(
+    api_client, user, django_capture_on_commit_callbacks
+):
+    job = processing_job(user)
+    hotstate.progress_write(job_id=job.job_id, progress=HotProgress(2, 37_000, 100_000, 37))
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api_client.delete(job_url(job.job_id)).status_code == 200
+    # The attempt, stopping at its next chunk, drops its hot progress.
+    hotstate.progress_clear(job.job_id)
+
+    data = api_client.get(status_url(job.job_id)).json()["data"]
+    assert (data["status"], data["progress"]) == ("cancelled", 37)
+    listed = api_client.get(LIST).json()["data"]["results"]
+    assert [(item["job_id"], item["progress"]) for item in listed] == [(job.job_id, 37)]
+    job.refresh_from_db()
+    assert (job.progress, job.bytes_done, job.bytes_total) == (37, 37_000, 100_000)
+
+
+def test_a_cancel_keeps_no_progress_of_an_earlier_attempt(
+    api_client, user, django_capture_on_commit_callbacks
+):
+    job = processing_job(user)  # attempt 2, 10 % on its row
+    hotstate.progress_write(job_id=job.job_id, progress=HotProgress(1, 90_000, 100_000, 90))
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api_client.delete(job_url(job.job_id)).status_code == 200
+
+    assert api_client.get(status_url(job.job_id)).json()["data"]["progress"] == 10
+
+
 def test_cancel_sets_the_flag_only_once_committed(api_client, user, django_capture_on_commit_callbacks):
     job = make_job(user)
 
@@ -1073,7 +1113,14 @@ def test_list_unknown_status_filter_is_400(api_client):
 
     assert response.status_code == 400
     assert response.json() == error(
-        "VALIDATION_ERROR", "Invalid request", fields={"status": ['"bogus" is not a valid choice.']}
+        "VALIDATION_ERROR",
+        "Invalid request",
+        fields={
+            "status": [
+                '"bogus" is not a valid choice: one of active, queued, processing, completed, failed, '
+                "cancelled, expired."
+            ]
+        },
     )
 
 

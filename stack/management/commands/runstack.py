@@ -153,7 +153,7 @@ class Command(BaseCommand):
                 self.stdout.write(
                     f"\nDownload service on {base}  (Redis {env['REDIS_URL']})\n"
                     f"Demo user: demo / demo   API token: {token}\n"
-                    f"Try:\n  curl -s -X POST {base}/v1/download/initiate -H 'Authorization: Token {token}' "
+                    f"Try:\n  curl -s -X POST {base}/v1/download/initiate -H 'Authorization: Bearer {token}' "
                     f"-H 'Content-Type: application/json' -d '{{\"file_id\": 70000}}'\n"
                     "Ctrl-C stops everything (a second Ctrl-C hurries it).\n"
                 )

@@ -36,7 +36,7 @@ DEFAULT_POLLING_INTERVAL_S = 2.0
 
 
 class Client:
-    """A client of one server, as one user (`Authorization: Token <token>`).
+    """A client of one server, as one user (`Authorization: Bearer <token>`).
 
     >>> with Client("http://127.0.0.1:8000", token) as client:
     ...     result = client.download(70000, "downloads/")
@@ -73,7 +73,7 @@ class Client:
         self._api = httpx.Client(
             base_url=self.base_url,
             headers={
-                "Authorization": f"Token {token}",
+                "Authorization": f"Bearer {token}",
                 "Accept": "application/json",
                 "User-Agent": USER_AGENT,
             },
@@ -139,7 +139,7 @@ class Client:
     def cancel(self, job_id: str) -> None:
         """Cancels a queued or processing job (DELETE /v1/download/<id>). A finished one
         raises JobAlreadyFinished."""
-        self._request("DELETE", f"/v1/download/{_path_id(job_id)}")
+        self._request("DELETE", f"/v1/download/{_path_id(job_id)}", job_id=job_id)
 
     def jobs(self, *, active: bool = False, page_size: int = 50) -> Iterator[JobStatus]:
         """The caller's jobs, newest first (GET /v1/downloads), page after page; only the
@@ -160,7 +160,9 @@ class Client:
 
     def link(self, job_id: str) -> Link:
         """A fresh download link of a completed job's file (GET /v1/download/<id>)."""
-        answer = self._transient_retried(lambda: self._request("GET", f"/v1/download/{_path_id(job_id)}"))
+        answer = self._transient_retried(
+            lambda: self._request("GET", f"/v1/download/{_path_id(job_id)}", job_id=job_id)
+        )
         return Link.from_api(answer["data"])
 
     # --- following and collecting ----------------------------------------------------------------
@@ -288,43 +290,78 @@ class Client:
     # --- HTTP ----------------------------------------------------------------------------------
 
     def _status_data(self, job_id: str) -> dict[str, Any]:
-        answer = self._request("GET", f"/v1/download/status/{_path_id(job_id)}")
+        answer = self._request("GET", f"/v1/download/status/{_path_id(job_id)}", job_id=job_id)
         data: dict[str, Any] = answer["data"]
         return data
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        """One call of the API: the envelope of a success, or the error it stands for."""
+    def _request(self, method: str, path: str, *, job_id: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        """One call of the API: the envelope of a success, or the error it stands for
+        (about `job_id`, for a call about one job)."""
         try:
             response = self._api.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise errors.ConnectionFailed("NETWORK_ERROR", f"Could not reach {self.base_url}: {exc}") from exc
+            raise errors.ConnectionFailed(
+                "NETWORK_ERROR", f"Could not reach {self.base_url}: {exc}", job_id=job_id
+            ) from exc
         try:
             payload = response.json()
         except ValueError:
             payload = None
         if response.is_success and isinstance(payload, dict) and payload.get("success") is not False:
             return payload
-        raise errors.error_from_answer(response.status_code, payload, response.headers)
+        raise errors.error_from_answer(response.status_code, payload, response.headers, job_id=job_id)
 
     def _transient_retried(self, call: Callable[[], T]) -> T:
         """`call` again when the server could not be reached, or answered 503 / 5xx, a few
-        times; for requests that are safe to repeat."""
+        times; for requests that are safe to repeat. Each retry is announced as it starts
+        (a warning), and the error of the last try says how long it kept trying."""
+        retries = TRANSIENT_TRIES - 1
+        waited_s = 0.0
         for attempt in range(1, TRANSIENT_TRIES + 1):
             try:
                 return call()
             except (errors.ConnectionFailed, errors.ServiceUnavailable, errors.ServerError) as exc:
                 if attempt == TRANSIENT_TRIES:
-                    raise
+                    raise _after_retries(exc, tries=TRANSIENT_TRIES, waited_s=waited_s) from exc
                 wait_s = min(TRANSIENT_WAIT_MAX_S, exc.retry_after or 0.5 * 2**attempt)
-                logger.info("%s; trying again in %g s", exc, wait_s)
+                logger.warning(
+                    "%s, retrying (%d/%d) in %g s: %s",
+                    _unreachable(exc),
+                    attempt,
+                    retries,
+                    wait_s,
+                    exc.message,
+                )
                 self._sleep(wait_s)
+                waited_s += wait_s
         raise AssertionError("unreachable")
+
+
+def _unreachable(exc: errors.ApiError) -> str:
+    if isinstance(exc, errors.ConnectionFailed):
+        return "server unreachable"
+    if isinstance(exc, errors.ServiceUnavailable):
+        return "server unavailable (503)"
+    return f"server error ({exc.status})"
+
+
+def _after_retries(exc: errors.ApiError, *, tries: int, waited_s: float) -> errors.ApiError:
+    """The last try's error, saying that it was the last of several."""
+    message = f"{exc.message} (gave up after {tries} tries over {waited_s:g} s)"
+    return type(exc)(
+        exc.code,
+        message,
+        status=exc.status,
+        details=exc.details,
+        retry_after=exc.retry_after,
+        job_id=exc.job_id,
+    )
 
 
 def _path_id(job_id: str) -> str:
     """A job id as a path segment; an id that is not one cannot name a job."""
     if not re.fullmatch(r"[A-Za-z0-9_-]+", job_id):
-        raise errors.JobNotFound("JOB_NOT_FOUND", f"Not a job id: {job_id!r}", status=None)
+        raise errors.JobNotFound("JOB_NOT_FOUND", f"Not a job id: {job_id!r}", status=None, job_id=job_id)
     return job_id
 
 
@@ -363,7 +400,9 @@ def _outcome(job: JobStatus) -> JobStatus:
             job_id=job.job_id,
         )
     if job.status == "cancelled":
-        raise errors.JobCancelled("JOB_CANCELLED", f"{job.job_id} was cancelled", job_id=job.job_id)
+        raise errors.JobCancelled(
+            "JOB_CANCELLED", f"{job.job_id} was cancelled at {job.progress} %", job_id=job.job_id
+        )
     raise errors.DownloadExpired("DOWNLOAD_EXPIRED", f"{job.job_id} has expired", job_id=job.job_id)
 
 

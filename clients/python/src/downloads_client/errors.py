@@ -154,9 +154,11 @@ def _seconds(value: Any) -> float | None:
     return seconds if seconds >= 0 else None
 
 
-def error_from_answer(status: int, payload: Any, headers: Mapping[str, str]) -> ApiError:
+def error_from_answer(
+    status: int, payload: Any, headers: Mapping[str, str], *, job_id: str | None = None
+) -> ApiError:
     """The error an answer of the API stands for: its envelope's `error` when it has one
-    (a proxy's error page has none), else its status."""
+    (a proxy's error page has none), else its status; about `job_id` if given."""
     error = payload.get("error") if isinstance(payload, dict) else None
     if not isinstance(error, dict):
         error = {}
@@ -167,4 +169,4 @@ def error_from_answer(status: int, payload: Any, headers: Mapping[str, str]) -> 
     if retry_after is None:
         retry_after = _seconds(headers.get("Retry-After"))
     cls = _BY_CODE.get(code) or _BY_STATUS.get(status) or (ServerError if status >= 500 else ApiError)
-    return cls(code, message, status=status, details=details, retry_after=retry_after)
+    return cls(code, message, status=status, details=details, retry_after=retry_after, job_id=job_id)

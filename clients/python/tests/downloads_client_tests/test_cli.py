@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from devtools.servers import free_port
 from tests.support.stack import Stack
 
 from .proxies import CuttingProxy, UpgradeRefusingProxy
@@ -162,7 +163,7 @@ def test_detach_then_status_list_fetch_and_cancel(
     local_stack: Stack, add_file: Callable[..., Any], token: str, tmp_path: Path
 ) -> None:
     file_id = 73006
-    script = add_file(file_id, MiB, rate_bps=MiB)
+    script = add_file(file_id, MiB, rate_bps=MiB // 4)  # 4 s: still active when listed, under load too
     env = cli_env(local_stack.base_url, token)
 
     detached = downloads("get", str(file_id), "--detach", env=env)
@@ -192,9 +193,100 @@ def test_detach_then_status_list_fetch_and_cancel(
     assert refused.stderr.startswith("error: JOB_ALREADY_FINISHED: ")
 
     assert wait_until_finished(local_stack, token, job_id)["status"] == "completed"
-    unknown = downloads("status", "job_" + "0" * 32, "--json", env=env)
+    unknown_id = "job_" + "0" * 32
+    unknown = downloads("status", unknown_id, "--json", env=env)
     assert unknown.returncode == 1
-    assert json.loads(unknown.stdout)["error"]["code"] == "JOB_NOT_FOUND"
+    # The API's error envelope, about the job asked for.
+    assert json.loads(unknown.stdout) == {
+        "success": False,
+        "error": {
+            "code": "JOB_NOT_FOUND",
+            "message": "Job not found",
+            "job_id": unknown_id,
+            "http_status": 404,
+        },
+    }
+    assert unknown.stderr == f"error: JOB_NOT_FOUND: Job not found (job {unknown_id})\n"
+
+
+def test_list_has_a_header_and_says_when_there_is_nothing(
+    local_stack: Stack, add_file: Callable[..., Any], token: str
+) -> None:
+    env = cli_env(local_stack.base_url, token)
+    empty = downloads("list", env=env)
+    assert (empty.returncode, empty.stdout, empty.stderr) == (0, "No downloads yet.\n", "")
+    no_active = downloads("list", "--active", env=env)
+    assert (no_active.returncode, no_active.stdout) == (0, "No active downloads.\n")
+    assert json.loads(downloads("list", "--json", env=env).stdout) == []
+
+    file_id = 73007
+    add_file(file_id, MiB)
+    job_id = downloads("get", str(file_id), "--detach", env=env).stdout.strip()
+    listed = downloads("list", env=env)
+
+    assert listed.returncode == 0, listed.stderr
+    header, row = listed.stdout.splitlines()
+    assert header.split() == ["JOB", "ID", "STATUS", "PROGRESS", "FILE", "PRIORITY", "CREATED"]
+    assert row.split()[0] == job_id
+    assert row.split()[3:5] == [str(file_id), "normal"]
+    assert header.index("STATUS") == row.index(row.split()[1])  # the columns line up
+
+
+def test_a_job_cancelled_midway_shows_the_progress_it_stopped_at(
+    local_stack: Stack, add_file: Callable[..., Any], token: str
+) -> None:
+    file_id = 73008
+    add_file(file_id, 8 * MiB, rate_bps=MiB)  # 8 s if let run
+    env = cli_env(local_stack.base_url, token)
+    job_id = downloads("get", str(file_id), "--detach", env=env).stdout.strip()
+    seen = wait_for(
+        lambda: (job := active_job(local_stack, token)) and job["progress"] >= 10 and job,
+        timeout_s=15,
+        what="the job 10 % done",
+    )
+
+    assert downloads("cancel", job_id, env=env).returncode == 0
+    stopped_at = wait_until_finished(local_stack, token, job_id)["progress"]
+    status = downloads("status", job_id, env=env)
+
+    assert seen["progress"] <= stopped_at < 100
+    assert status.stdout.startswith(f"{job_id}  cancelled  {stopped_at}%  file {file_id}"), status.stdout
+    listed = downloads("list", env=env).stdout.splitlines()
+    assert listed[1].split()[1:3] == ["cancelled", f"{stopped_at}%"]
+
+
+def test_an_unreachable_server_is_announced_at_once_then_exit_3() -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    process = subprocess.Popen(
+        [str(DOWNLOADS), "get", "70000"],
+        env=cli_env(url, "dlk_unused"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        first = process.stderr.readline()
+        # Said while it still tries (the retries take 7 s in all), not when it gives up.
+        assert process.poll() is None
+        stdout, rest = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    assert first.startswith("server unreachable, retrying (1/3) in 1 s: Could not reach "), first
+    notes = [first.rstrip("\n"), *rest.splitlines()]
+    assert [line.split(" in ")[0] for line in notes[:3]] == [
+        "server unreachable, retrying (1/3)",
+        "server unreachable, retrying (2/3)",
+        "server unreachable, retrying (3/3)",
+    ]
+    assert notes[3].startswith(f"error: NETWORK_ERROR: Could not reach {url}: "), notes
+    assert notes[3].endswith("(gave up after 4 tries over 7 s)"), notes
+    assert len(notes) == 4
+    assert stdout == ""
+    assert process.returncode == 3
 
 
 @pytest.mark.parametrize(
