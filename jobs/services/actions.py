@@ -1,6 +1,9 @@
 """What a user or an operator does to a job: cancel it, retry it."""
 
 import logging
+from typing import Any
+
+import redis
 
 from django.conf import settings
 from django.db import transaction
@@ -23,7 +26,8 @@ logger = logging.getLogger(__name__)
 
 def download_job_cancel(*, job: DownloadJob) -> DownloadJob:
     """Cancels a queued or processing job. A processing worker sees the flag within one
-    chunk, aborts its upload and leaves nothing in storage."""
+    chunk, aborts its upload and leaves nothing in storage. The row keeps how far the job
+    had come (its live progress, from hot-state Redis), which its status answers after."""
     key, upload_id = job.storage_key, job.upload_id
     with transaction.atomic():
         transition(
@@ -32,6 +36,7 @@ def download_job_cancel(*, job: DownloadJob) -> DownloadJob:
             cancelled_at=timezone.now(),
             next_retry_at=None,
             upload_id="",
+            **_progress_reached(job),
         )
         on_commit(lambda: hotstate.cancel_flag_set(job.job_id))
         hot_on_commit(
@@ -43,6 +48,21 @@ def download_job_cancel(*, job: DownloadJob) -> DownloadJob:
         publish_on_commit(job, "cancelled")
         on_commit(lambda: metrics.job_ended("cancelled"))
     return job
+
+
+def _progress_reached(job: DownloadJob) -> dict[str, Any]:
+    """The row's progress fields as the running attempt last reported them, or `{}` when
+    it reported nothing newer (or Redis cannot tell: then the row's own stay)."""
+    if job.status != Status.PROCESSING:
+        return {}
+    try:
+        hot = hotstate.progress_read_many([job.job_id]).get(job.job_id)
+    except redis.RedisError:
+        logger.warning("Could not read the progress of %s at its cancel", job.job_id, exc_info=True)
+        return {}
+    if hot is None or hot.attempt != job.attempts or hot.bytes_done < job.bytes_done:
+        return {}
+    return {"progress": hot.progress, "bytes_done": hot.bytes_done, "bytes_total": hot.bytes_total}
 
 
 class NotDeadLettered(InvalidTransition):
