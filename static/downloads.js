@@ -1,6 +1,9 @@
 /*
  * The downloads page: request a file, follow its job live, collect or cancel it.
  *
+ * The list follows jobs started elsewhere (downloads/list_watch.js); a card's words come
+ * from downloads/wording.js (failures by error code, a queued job's place in line).
+ *
  * Each job has one JobController that owns its transport: a WebSocket first (the server
  * sends a snapshot, then events); polling GET /v1/download/status/<id> while the socket is
  * not open within 5 s, errors or drops before a terminal state; the socket reconnects with
@@ -33,6 +36,7 @@
  *   one job         li[data-job-id="job_…"]   [data-testid=job-row]
  *                   data-status="queued|processing|completed|failed|cancelled|expired"
  *                   data-progress="0..100"  data-transport="websocket|polling|none"
+ *                   data-connection="live|lost"  lost: "Reconnecting…", no countdown
  *   in a job row    [data-testid=job-file-id]  the file id
  *                   [data-testid=job-progress] <progress max=100 value=…>
  *                   [data-testid=job-state]    status text, aria-live polite
@@ -48,6 +52,7 @@
  *   ready                 a Promise, resolved once the list has loaded and is being watched
  *   transport(jobId)      "websocket" | "polling" | "none"
  *   transports()          {jobId: transport} of every job on the page
+ *   listChecks()          how many times the list was asked for jobs started elsewhere
  *   jobs()                [{job_id, status, progress, transport}] newest first
  *   debug(jobId)          {transport, socketState, polling, pollTimer, reconnectTimer,
  *                          reconnectAttempt, stopped} of one controller

@@ -264,37 +264,45 @@ def test_reload_mid_download_lists_the_job_and_resumes_live_updates(page: Page, 
 
 
 def test_failed_job_shows_its_error_and_retry_starts_a_new_job(page: Page, origin: OriginServer) -> None:
-    file_id = 72501
-    # The origin answers 404 once; the retry's request gets the file.
-    origin.add(file_id, FileScript(size=MiB, rate_bps=2 * MiB, faults=["404"]))
+    """A file the origin does not have fails at once with a next step and no Retry; one that
+    failed for a passing fault (here 503 on every attempt, three of them) offers Retry, which
+    starts a new job that gets the file."""
+    missing_id, flaky_id = 72501, 72502
+    origin.add(missing_id, FileScript(size=MiB, rate_bps=2 * MiB, faults=["404"]))
+    origin.add(flaky_id, FileScript(size=MiB, rate_bps=2 * MiB, faults=["503", "503", "503"]))
     open_signed_in(page, create_user())
 
-    failed_job = request_file(page, file_id)
+    missing_job = request_file(page, missing_id)
+    wait_for_row(page, missing_job, "row.dataset.status === 'failed'")
+    assert api_status(page, missing_job)["error"]["code"] == "FILE_NOT_FOUND"
+    missing_row = row(page, missing_job)
+    expect(missing_row.get_by_test_id("job-state")).to_contain_text("Failed")
+    expect(missing_row.get_by_test_id("job-error")).to_have_text("No file with this ID. Check the file ID.")
+    expect(missing_row.get_by_test_id("job-detail")).to_have_text("Error code FILE_NOT_FOUND.")
+    expect(missing_row.get_by_test_id("job-retry")).to_be_hidden()
+    expect(missing_row.get_by_test_id("job-cancel")).to_be_hidden()
+    expect(missing_row.get_by_test_id("job-download")).to_be_hidden()
+    assert history(page, missing_job)[-1]["transport"] == "none"
+
+    failed_job = request_file(page, flaky_id)
     wait_for_row(page, failed_job, "row.dataset.status === 'failed'")
     status = api_status(page, failed_job)
-    assert status["error"]["code"] == "FILE_NOT_FOUND", status
+    assert (status["error"]["code"], status["error"]["retryable"]) == ("TEMPORARY_UNAVAILABLE", True), status
     failed_row = row(page, failed_job)
-    expect(failed_row.get_by_test_id("job-state")).to_contain_text("Failed")
-    expect(failed_row.get_by_test_id("job-error")).to_have_text(status["error"]["message"])
-    expect(failed_row.get_by_test_id("job-detail")).to_have_text("Error code FILE_NOT_FOUND.")
     expect(failed_row.get_by_test_id("job-retry")).to_be_visible()
-    expect(failed_row.get_by_test_id("job-cancel")).to_be_hidden()
-    expect(failed_row.get_by_test_id("job-download")).to_be_hidden()
-    assert history(page, failed_job)[-1]["transport"] == "none"
     screenshot(page, "failed")
 
     failed_row.get_by_test_id("job-retry").click()
     page.wait_for_function(
-        "() => document.querySelectorAll('#downloads-list > li[data-job-id]').length === 2", polling=50
+        "() => document.querySelectorAll('#downloads-list > li[data-job-id]').length === 3", polling=50
     )
-    retry_job, first = job_ids(page)
-    assert first == failed_job
-    assert retry_job != failed_job
-    expect(row(page, retry_job).get_by_test_id("job-file-id")).to_have_text(str(file_id))
+    retry_job = job_ids(page)[0]
+    assert retry_job not in (failed_job, missing_job)
+    expect(row(page, retry_job).get_by_test_id("job-file-id")).to_have_text(str(flaky_id))
     wait_for_row(page, retry_job, "row.dataset.status === 'completed'")
     assert_monotonic(history(page, retry_job))
     expect(failed_row).to_have_attribute("data-status", "failed")  # the old job stays as it was
-    assert origin.requests[file_id] == 2
+    assert origin.requests[flaky_id] == 4
 
 
 # --- 6. a phone-sized screen ---------------------------------------------------------------
