@@ -71,8 +71,9 @@ SELF = [sys.executable, "-m", "bench.status"]  # this script, for its `_setup`
 
 def setup_main() -> None:
     """A user with a key, a processing job with its hot progress in Redis, a completed job
-    and a queued one behind QUEUED_AHEAD others; prints the key and the job ids as JSON. The key is both the project's API key and
-    the DRF token of the baseline (bench/status_baselines.py), which reads DRF's table."""
+    and a queued one behind QUEUED_AHEAD others; prints the key and the job ids as JSON.
+    The key is both the project's API key and the DRF token of the baseline
+    (bench/status_baselines.py), which reads DRF's table."""
     django_setup()
     from datetime import timedelta
 
@@ -114,9 +115,7 @@ def setup_main() -> None:
     # A queued job with QUEUED_AHEAD jobs of another user's in line before it: its status
     # answer counts them (its place in the queue).
     other = get_user_model().objects.create_user("bench-status-other")
-    DownloadJob.objects.bulk_create(
-        DownloadJob(owner=other, file_id=3 + n) for n in range(QUEUED_AHEAD)
-    )
+    DownloadJob.objects.bulk_create(DownloadJob(owner=other, file_id=3 + n) for n in range(QUEUED_AHEAD))
     queued = DownloadJob.objects.create(owner=user, file_id=3)
     ids = {"processing": processing.job_id, "completed": completed.job_id, "queued": queued.job_id}
     key = Token.objects.create(user=user).key

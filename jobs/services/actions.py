@@ -4,7 +4,6 @@ import logging
 from typing import Any
 
 import redis
-
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 from django.utils import timezone
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, ViewportSize, expect
 
 from jobs.models import DownloadJob, Status
 from tests.factories import api_key_for, make_job
@@ -41,8 +41,8 @@ from tests.support.stack import Stack
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
-DESKTOP = {"width": 1280, "height": 800}
-PHONE = {"width": 375, "height": 740}
+DESKTOP: ViewportSize = {"width": 1280, "height": 800}
+PHONE: ViewportSize = {"width": 375, "height": 740}
 SIZES = pytest.mark.parametrize("size", [DESKTOP, PHONE], ids=["desktop", "phone"])
 DOCS_SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 LIST_POLL_WAIT_MS = 15_000
@@ -127,7 +127,7 @@ def test_a_double_click_then_enter_starts_one_job(page: Page, origin: OriginServ
 
 
 @SIZES
-def test_a_queued_card_shows_its_place_in_line(page: Page, size: dict[str, int]) -> None:
+def test_a_queued_card_shows_its_place_in_line(page: Page, size: ViewportSize) -> None:
     page.set_viewport_size(size)
     user, other = create_user(), create_user()
     ahead = [rows_of(other, file_id=72710 + n) for n in range(2)]
@@ -251,7 +251,7 @@ def test_on_a_phone_the_new_card_is_scrolled_into_view(page: Page, origin: Origi
 
 @SIZES
 def test_every_card_reads_the_same_after_a_reload(
-    page: Page, origin: OriginServer, size: dict[str, int]
+    page: Page, origin: OriginServer, size: ViewportSize
 ) -> None:
     page.set_viewport_size(size)
     stored_id, slow_id = 72760, 72761
