@@ -53,6 +53,7 @@ BASELINES_APPLICATION_NAME = "bench-status-baselines"  # as bench/status_baselin
 BROKER_DB = 7  # no other benchmark uses it; celery-progress's task state is kept there too
 WARMUP_S = 2
 SAMPLE_EVERY_S = 0.1
+QUEUED_AHEAD = 50
 PEER_PROGRESS = {"pending": False, "current": 40, "total": 100, "percent": 40.0, "description": ""}
 RATIO_GOALS = (  # (name, numerator row, denominator row, least ratio of their requests/s)
     ("status(processing) / bare DRF", "processing", "drf", 1.5),
@@ -69,9 +70,10 @@ SELF = [sys.executable, "-m", "bench.status"]  # this script, for its `_setup`
 
 
 def setup_main() -> None:
-    """A user with a key, a processing job with its hot progress in Redis and a completed
-    job; prints the key and the job ids as JSON. The key is both the project's API key and
-    the DRF token of the baseline (bench/status_baselines.py), which reads DRF's table."""
+    """A user with a key, a processing job with its hot progress in Redis, a completed job
+    and a queued one behind QUEUED_AHEAD others; prints the key and the job ids as JSON.
+    The key is both the project's API key and the DRF token of the baseline
+    (bench/status_baselines.py), which reads DRF's table."""
     django_setup()
     from datetime import timedelta
 
@@ -110,7 +112,12 @@ def setup_main() -> None:
         storage_key="downloads/bench-status.bin",
         sha256="0" * 64,
     )
-    ids = {"processing": processing.job_id, "completed": completed.job_id}
+    # A queued job with QUEUED_AHEAD jobs of another user's in line before it: its status
+    # answer counts them (its place in the queue).
+    other = get_user_model().objects.create_user("bench-status-other")
+    DownloadJob.objects.bulk_create(DownloadJob(owner=other, file_id=3 + n) for n in range(QUEUED_AHEAD))
+    queued = DownloadJob.objects.create(owner=user, file_id=3)
+    ids = {"processing": processing.job_id, "completed": completed.job_id, "queued": queued.job_id}
     key = Token.objects.create(user=user).key
     # As migration jobs 0009 moves a DRF key: the same key works on both servers.
     ApiKey(user=user, digest=hash_token(key), token_key=key[: CONSTANTS.TOKEN_KEY_LENGTH]).save()
@@ -387,11 +394,13 @@ def report(ordered: list[Row], servers: dict[str, Server], args: argparse.Namesp
 # --- the run --------------------------------------------------------------------------------
 
 APPS = {"project": "downloads_project.asgi:application", "baselines": "bench.status_baselines:application"}
-# The rows, as the table shows them: key, label, server, path ({processing} and {completed}
+# The rows, as the table shows them: key, label, server, path ({processing}, {completed} and {queued}
 # are the jobs' ids, {task} the peer's task id), whether it sends the token.
 ROWS = (
     ("processing", "project status, processing job", "project", "/v1/download/status/{processing}", True),
     ("completed", "project status, completed job", "project", "/v1/download/status/{completed}", True),
+    ("queued", "project status, queued job", "project", "/v1/download/status/{queued}", True),
+    ("list", "project list, first page (the page's poll)", "project", "/v1/downloads", True),
     ("drf", "bare DRF + token auth, 1 SQL read (baseline)", "baselines", "/status/{processing}", True),
     ("peer", "celery-progress get_progress (peer)", "baselines", "/celery-progress/{task}/", False),
     ("health", "project /health", "project", "/health", False),

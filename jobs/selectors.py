@@ -10,7 +10,7 @@ from typing import Any
 import redis
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from jobs import completions, hotstate
@@ -85,7 +85,9 @@ def download_job_list_for_owner(*, owner: User, status: str | None) -> QuerySet[
     return jobs.order_by("-created_at", "-id")
 
 
-def download_job_estimate_s(*, job: DownloadJob, now_s: float | None = None) -> int:
+def download_job_estimate_s(
+    *, job: DownloadJob | JobCard, now_s: float | None = None, ahead: int | None = None
+) -> int:
     """Seconds until the job is likely to have completed, as initiate answers it: the wait
     for a worker (the jobs ahead of it over the rate at which jobs complete) plus the time
     one job takes (the mean duration of recent completions). JOB_DEFAULT_ESTIMATE_S while
@@ -106,8 +108,11 @@ def download_job_estimate_s(*, job: DownloadJob, now_s: float | None = None) -> 
     recent, from one mean duration before that completion (when the jobs that made it
     started). So after a quiet spell the first completions of a burst do not read as a
     slow rate; after a spell of sparse completions the rate reads low, and the estimate
-    high, until the window has passed."""
-    if not job.is_active:
+    high, until the window has passed.
+
+    `ahead`, when the caller counted the jobs ahead itself (`download_job_queue_place`),
+    replaces the broker's count."""
+    if job.status not in ACTIVE_STATUSES:
         return 0
     now_s = time.time() if now_s is None else now_s
     try:
@@ -117,7 +122,8 @@ def download_job_estimate_s(*, job: DownloadJob, now_s: float | None = None) -> 
         mean_s = recent.seconds / recent.count
         if job.status == Status.QUEUED and job.next_retry_at is not None:
             return math.ceil(max(0.0, job.next_retry_at.timestamp() - now_s) + mean_s)
-        ahead = _jobs_ahead(job.priority) if job.status == Status.QUEUED else 0
+        if ahead is None:
+            ahead = _jobs_ahead(job.priority) if job.status == Status.QUEUED else 0
     except redis.RedisError as error:
         logger.warning("Cannot estimate the wait (%s); answering the default estimate", error)
         return settings.JOB_DEFAULT_ESTIMATE_S
@@ -132,6 +138,28 @@ def _jobs_ahead(priority: str) -> int:
     depths = queue_depths()
     served_first = PRIORITIES[: PRIORITIES.index(priority) + 1]
     return max(0, sum(depths[name] for name in served_first) - 1)
+
+
+def download_job_queue_place(*, job: DownloadJob | JobCard, now_s: float | None = None) -> dict[str, int]:
+    """`queue_position` (1 is next) and `estimated_time` of a job waiting for its first
+    turn, or `{}` for any other (a job waiting for a retry or for the origin has its
+    `next_retry_at` instead). The place is one count of the queued jobs served before it:
+    those of a higher priority, and those of its own that came first (jobs waiting for a
+    retry are not in line). On `idx_status_created`: it reads the queued jobs' index
+    entries only. Not part of `download_job_status`, which events and lists build without
+    a query: the status answer and a socket's snapshot add it."""
+    if job.status != Status.QUEUED or job.next_retry_at is not None:
+        return {}
+    higher = PRIORITIES[: PRIORITIES.index(job.priority)]
+    ahead = (
+        DownloadJob.objects.filter(status=Status.QUEUED, next_retry_at__isnull=True)
+        .filter(Q(priority__in=higher) | Q(priority=job.priority, created_at__lt=job.created_at))
+        .count()
+    )
+    return {
+        "queue_position": ahead + 1,
+        "estimated_time": download_job_estimate_s(job=job, now_s=now_s, ahead=ahead),
+    }
 
 
 def download_job_hot(jobs: list[DownloadJob]) -> dict[str, HotProgress]:

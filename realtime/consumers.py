@@ -51,13 +51,14 @@ TERMINAL_EVENT_TYPES = frozenset({"completed", "error", "cancelled"})
 
 @database_sync_to_async
 def _snapshot(user: Any, job_id: str) -> tuple[dict[str, Any], int] | None:
-    """The job's status object (as the status API gives it, from the job's card) and its
-    attempt number."""
+    """The job's status object (as the status API gives it, from the job's card, with a
+    queued job's place in line) and its attempt number."""
     try:
         card, hot = selectors.download_job_card_for_owner(owner_id=user.pk, job_id=job_id)
     except DownloadJob.DoesNotExist:
         return None
-    return selectors.download_job_status(job=card, hot=hot), card.attempts
+    status = selectors.download_job_status(job=card, hot=hot)
+    return {**status, **selectors.download_job_queue_place(job=card)}, card.attempts
 
 
 @database_sync_to_async

@@ -1,6 +1,9 @@
 /*
  * The downloads page: request a file, follow its job live, collect or cancel it.
  *
+ * The list follows jobs started elsewhere (downloads/list_watch.js); a card's words come
+ * from downloads/wording.js (failures by error code, a queued job's place in line).
+ *
  * Each job has one JobController that owns its transport: a WebSocket first (the server
  * sends a snapshot, then events); polling GET /v1/download/status/<id> while the socket is
  * not open within 5 s, errors or drops before a terminal state; the socket reconnects with
@@ -33,6 +36,7 @@
  *   one job         li[data-job-id="job_…"]   [data-testid=job-row]
  *                   data-status="queued|processing|completed|failed|cancelled|expired"
  *                   data-progress="0..100"  data-transport="websocket|polling|none"
+ *                   data-connection="live|lost"  lost: "Reconnecting…", no countdown
  *   in a job row    [data-testid=job-file-id]  the file id
  *                   [data-testid=job-progress] <progress max=100 value=…>
  *                   [data-testid=job-state]    status text, aria-live polite
@@ -48,10 +52,14 @@
  *   ready                 a Promise, resolved once the list has loaded and is being watched
  *   transport(jobId)      "websocket" | "polling" | "none"
  *   transports()          {jobId: transport} of every job on the page
+ *   listChecks()          how many times the list was asked for jobs started elsewhere
  *   jobs()                [{job_id, status, progress, transport}] newest first
  *   debug(jobId)          {transport, socketState, polling, pollTimer, reconnectTimer,
  *                          reconnectAttempt, stopped} of one controller
  */
+
+import { ListWatch } from "./downloads/list_watch.js";
+import { failure, formatDuration, queuedDetail } from "./downloads/wording.js";
 
 const TERMINAL = new Set(["completed", "failed", "cancelled", "expired"]);
 const KNOWN_STATUSES = new Set(["queued", "processing", ...TERMINAL]);
@@ -68,6 +76,12 @@ const DEFAULT_POLLING_INTERVAL_MS = 2000;
 // reopened for a fresh snapshot, so a lost terminal event never leaves a row stuck.
 const SOCKET_SILENCE_MS = { queued: 60000, processing: 20000 };
 const RATE_WINDOW_MS = 10000;
+// A queued job's place in line changes as the jobs ahead start, which sends no event of
+// its own: its status is asked again this often while it waits (on a socket or not).
+const QUEUE_PLACE_REFRESH_MS = 5000;
+// A second submit of the same file and priority this soon after the first was answered
+// (a double click, a click then Enter) sends the same Idempotency-Key: the same job.
+const SUBMIT_REPLAY_MS = 3000;
 
 const STATUS_LABELS = {
   queued: "Queued",
@@ -91,17 +105,6 @@ function formatBytes(bytes) {
   }
   if (unit === 0) return `${value} ${value === 1 ? "byte" : "bytes"}`;
   return `${value.toFixed(value < 100 ? 1 : 0)} ${units[unit]}`;
-}
-
-function formatDuration(seconds) {
-  const s = Math.max(0, Math.round(seconds));
-  if (s < 60) return `${s} s`;
-  if (s < 3600) {
-    const rest = s % 60;
-    return rest ? `${Math.floor(s / 60)} min ${rest} s` : `${s / 60} min`;
-  }
-  const minutes = Math.round((s % 3600) / 60);
-  return minutes ? `${Math.floor(s / 3600)} h ${minutes} min` : `${Math.floor(s / 3600)} h`;
 }
 
 const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
@@ -248,6 +251,11 @@ class JobController {
     this.pollTimer = null;
     this.pollAbort = null;
 
+    this.placeTimer = null;
+    // "lost" while neither the socket nor a poll has answered since the connection dropped:
+    // the row says "Reconnecting…" and shows no countdown.
+    this.connection = "live";
+
     this.stopped = false;
     this.queuedAttempts = job.attempts || 0;
     this.samples = [];
@@ -272,15 +280,49 @@ class JobController {
       return;
     }
     this.connectSocket();
+    this.schedulePlaceRefresh();
+  }
+
+  /** The connection is down (the browser went offline, the socket dropped, a poll failed). */
+  connectionLost() {
+    if (this.stopped || this.connection === "lost") return;
+    this.connection = "lost";
+    this.view.render();
+  }
+
+  connectionBack() {
+    if (this.connection === "live") return;
+    this.connection = "live";
+    this.view.render();
+  }
+
+  /** The browser says it is offline: the socket cannot be trusted, poll until it is back. */
+  offline() {
+    if (this.stopped) return;
+    this.connectionLost();
+    this.socketLost();
+  }
+
+  schedulePlaceRefresh() {
+    clearTimeout(this.placeTimer);
+    this.placeTimer = null;
+    if (this.stopped || this.status !== "queued" || this.job.next_retry_at) return;
+    this.placeTimer = setTimeout(async () => {
+      this.placeTimer = null;
+      if (!this.polling) await this.refresh(); // a poll brings the place anyway
+      this.schedulePlaceRefresh();
+    }, QUEUE_PLACE_REFRESH_MS);
   }
 
   /** Stops every timer, request and socket of this job for good. */
   stop() {
     this.stopped = true;
+    this.connection = "live";
     this.stopPolling();
     this.dropSocket();
     clearTimeout(this.reconnectTimer);
-    this.reconnectTimer = null;
+    clearTimeout(this.placeTimer);
+    this.reconnectTimer = this.placeTimer = null;
     this.view.renderTransport();
   }
 
@@ -359,6 +401,7 @@ class JobController {
   socketLost() {
     this.dropSocket();
     if (this.stopped) return;
+    if (!navigator.onLine) this.connectionLost();
     this.startPolling();
     this.scheduleReconnect();
   }
@@ -451,6 +494,7 @@ class JobController {
         return;
       }
       // Anything else is transient (network, 5xx, 429): keep polling.
+      if (error.status === 0 || error.status >= 500) this.connectionLost();
     } finally {
       if (this.pollAbort === abort) this.pollAbort = null;
     }
@@ -480,8 +524,10 @@ class JobController {
       this.samples = [];
       this.etaAt = null;
     } else {
-      // A progress event carries only the numbers; every other message is a whole status.
-      next = update.type === "progress" ? { ...previous, ...update } : { ...update };
+      // A progress event or a heartbeat carries only the numbers; every other message is
+      // a whole status.
+      const partial = update.type === "progress" || update.type === "heartbeat";
+      next = partial ? { ...previous, ...update } : { ...update };
       for (const key of ["file_id", "priority", "created_at"]) {
         if (next[key] === undefined) next[key] = previous[key];
       }
@@ -499,9 +545,15 @@ class JobController {
     delete next.timestamp;
     delete next.websocket_url;
     this.job = next;
+    this.connection = "live"; // it answered
     if (status === "processing") this.estimate(update);
-    if (TERMINAL.has(status)) this.stop();
-    else if (status !== previous.status && this.transport === "websocket") this.armSilenceTimer();
+    if (TERMINAL.has(status)) {
+      this.stop();
+      if (!TERMINAL.has(previous.status)) this.page.jobEnded(this);
+    } else if (status !== previous.status) {
+      if (this.transport === "websocket") this.armSilenceTimer();
+      this.schedulePlaceRefresh();
+    }
     this.view.render();
   }
 
@@ -686,6 +738,7 @@ class JobView {
 
     this.root.dataset.status = status;
     this.root.dataset.progress = String(progress);
+    this.root.dataset.connection = this.controller.connection;
     this.renderTransport();
     this.badge.textContent = STATUS_LABELS[status] || status;
     this.badge.className = `job-badge job-badge-${status}`;
@@ -710,7 +763,7 @@ class JobView {
     const focused = this.actions.contains(document.activeElement) ? document.activeElement : null;
     this.cancelButton.hidden = TERMINAL.has(status);
     this.downloadButton.hidden = status !== "completed";
-    this.retryButton.hidden = status !== "failed";
+    this.retryButton.hidden = !(status === "failed" && failure(job.error).retry);
     this.againButton.hidden = !(status === "cancelled" || status === "expired");
     // aria-disabled, not disabled: a disabled button loses keyboard focus.
     for (const button of this.actions.querySelectorAll("button")) {
@@ -725,6 +778,7 @@ class JobView {
 
   /** The live status text: [text, error message or null]. Changes only with the status. */
   stateContent(job) {
+    if (this.controller.connection === "lost" && !TERMINAL.has(job.status)) return ["Reconnecting…", null];
     switch (job.status) {
       case "queued":
         if (job.attempts && job.error) {
@@ -738,7 +792,7 @@ class JobView {
       case "completed":
         return ["Completed, ready to download", null];
       case "failed":
-        return ["Failed: ", (job.error && job.error.message) || "the download could not be prepared"];
+        return ["Failed: ", failure(job.error).text];
       case "cancelled":
         return ["Cancelled", null];
       case "expired":
@@ -765,15 +819,15 @@ class JobView {
           const inS = (Date.parse(job.next_retry_at) - Date.now()) / 1000;
           return inS > 0 ? `Next attempt in about ${formatDuration(inS)}.` : "Next attempt shortly.";
         }
-        const estimate = this.controller.estimatedTime;
-        return estimate ? `Waiting for a worker. Ready in about ${formatDuration(estimate)}.` : "Waiting for a worker.";
+        return queuedDetail(job.queue_position, job.estimated_time || this.controller.estimatedTime);
       }
       case "processing": {
         const parts = [`${progress}%`];
         if (job.bytes_total) parts.push(`${formatBytes(job.bytes_done || 0)} of ${formatBytes(job.bytes_total)}`);
         else if (job.bytes_done) parts.push(`${formatBytes(job.bytes_done)} so far`);
         const etaAt = this.controller.etaAt;
-        if (etaAt && Number.isFinite(etaAt) && progress < 100) {
+        // No countdown while the connection is lost: nothing says the job moves meanwhile.
+        if (etaAt && Number.isFinite(etaAt) && progress < 100 && this.controller.connection !== "lost") {
           const leftS = (etaAt - Date.now()) / 1000;
           parts.push(leftS >= 1 ? `about ${formatDuration(leftS)} left` : "almost done");
         }
@@ -815,9 +869,14 @@ class DownloadsPage {
     this.list = root.querySelector("#downloads-list");
     this.empty = root.querySelector("#downloads-empty");
     this.more = root.querySelector("#downloads-more");
-    this.pending = null; // {intent, key}: the idempotency key of an unanswered request
+    this.pending = null; // {intent, key, answeredAt}: the idempotency key of the last submit
     this.submitting = false;
     this.loadFailed = false;
+    this.messageEndsWithJob = false; // the message says too many downloads are running
+    this.listWatch = new ListWatch({
+      fetchList: async () => (await api("/v1/downloads")).data.results,
+      onJob: (job) => this.add(job, {}, { prepend: false }),
+    });
   }
 
   start() {
@@ -826,7 +885,10 @@ class DownloadsPage {
     window.addEventListener("online", () => {
       for (const controller of this.controllers.values()) controller.reconnectNow();
     });
-    return this.load();
+    window.addEventListener("offline", () => {
+      for (const controller of this.controllers.values()) controller.offline();
+    });
+    return this.load().then(() => this.listWatch.start());
   }
 
   async load() {
@@ -854,13 +916,19 @@ class DownloadsPage {
     this.root.dataset.ready = "true";
   }
 
+  /** Shows a job (once): on top when `prepend`, else in its place, newest first. */
   add(job, options, { prepend }) {
     const existing = this.controllers.get(job.job_id);
     if (existing) return existing;
     const controller = new JobController(this, job, options);
     this.controllers.set(job.job_id, controller);
-    if (prepend) this.list.prepend(controller.view.root);
-    else this.list.append(controller.view.root);
+    const created = Date.parse(job.created_at);
+    const before = prepend
+      ? this.list.firstElementChild
+      : [...this.controllers.values()].find(
+          (other) => other !== controller && other.view.root.isConnected && Date.parse(other.job.created_at) < created,
+        )?.view.root;
+    this.list.insertBefore(controller.view.root, before || null);
     this.renderEmpty();
     controller.watch();
     return controller;
@@ -892,7 +960,7 @@ class DownloadsPage {
       headers: { "Idempotency-Key": idempotencyKey },
     });
     const now = new Date().toISOString();
-    const job = {
+    let job = {
       job_id: data.job_id,
       status: data.status,
       progress: 0,
@@ -901,12 +969,25 @@ class DownloadsPage {
       created_at: now,
       updated_at: now,
     };
+    if (TERMINAL.has(data.status)) {
+      // Ended at once (a stored file reused): no socket follows it, so its whole status
+      // (file name, size, expiry) is asked here.
+      try {
+        job = (await api(`/v1/download/status/${encodeURIComponent(data.job_id)}`)).data;
+      } catch {
+        // The row shows what initiate said; a reload shows the rest.
+      }
+    }
+    const existed = this.controllers.has(data.job_id);
     const controller = this.add(
       job,
       { websocketUrl: data.websocket_url, pollingInterval: data.polling_interval, estimatedTime: data.estimated_time },
       { prepend: true },
     );
     this.announce(`Download of file ${fileId} requested (${priority} priority).`);
+    // On a phone the list is below the form: the new card is brought into view, once the
+    // message above it has taken its room.
+    if (!existed) requestAnimationFrame(() => controller.view.root.scrollIntoView({ block: "nearest" }));
     return controller;
   }
 
@@ -944,20 +1025,26 @@ class DownloadsPage {
     const fileId = BigInt(this.fileIdInput.value.trim()).toString();
     const priority = this.prioritySelect.value;
     const intent = `${fileId}|${priority}`;
-    if (!this.pending || this.pending.intent !== intent) this.pending = { intent, key: newIdempotencyKey() };
+    const replay =
+      this.pending &&
+      this.pending.intent === intent &&
+      (this.pending.answeredAt === null || Date.now() - this.pending.answeredAt < SUBMIT_REPLAY_MS);
+    if (!replay) this.pending = { intent, key: newIdempotencyKey(), answeredAt: null };
 
     this.submitting = true;
     this.submitButton.setAttribute("aria-disabled", "true");
     this.submitButton.setAttribute("aria-busy", "true");
+    const pending = this.pending;
     try {
-      await this.initiate({ fileId, priority }, this.pending.key);
-      this.pending = null;
+      await this.initiate({ fileId, priority }, pending.key);
+      pending.answeredAt = Date.now();
     } catch (error) {
       // Without an answer the request may have landed: resubmitting reuses its key.
       if (error.status !== 0) this.pending = null;
       const fieldMessages = error.error && error.error.fields && error.error.fields.file_id;
       if (fieldMessages) this.showFieldError([].concat(fieldMessages).join(" "));
       this.showError(error);
+      this.messageEndsWithJob = error.code === "RATE_LIMIT_EXCEEDED";
     } finally {
       this.submitting = false;
       this.submitButton.removeAttribute("aria-disabled");
@@ -971,6 +1058,13 @@ class DownloadsPage {
     this.message.replaceChildren(...content);
     this.message.dataset.kind = kind;
     this.message.className = `message message-${kind}`;
+    this.messageEndsWithJob = false;
+  }
+
+  /** A job of the page ended: a "too many downloads" message is out of date. */
+  jobEnded() {
+    if (!this.messageEndsWithJob) return;
+    this.showMessage("A download has ended: you can request another file.", "info");
   }
 
   announce(text) {
@@ -1000,6 +1094,7 @@ class DownloadsPage {
       ready: null,
       transport: (jobId) => page.transport(jobId),
       transports: () => Object.fromEntries([...page.controllers].map(([id, c]) => [id, c.transport])),
+      listChecks: () => page.listWatch.checks,
       jobs: () =>
         [...page.list.querySelectorAll("li[data-job-id]")].map((row) => {
           const controller = page.controllers.get(row.dataset.jobId);

@@ -102,6 +102,20 @@ class JobStatusSerializer(serializers.Serializer[dict[str, Any]]):
     next_retry_at = serializers.DateTimeField(
         required=False, allow_null=True, help_text="When queued again after a failed attempt."
     )
+    # queued and waiting for its turn, in the status answer and the socket's snapshot
+    queue_position = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        help_text=(
+            "When queued and waiting for its turn (no next_retry_at), in `GET /v1/download/status/"
+            "{job_id}` only: its place in line, 1 being the next to start."
+        ),
+    )
+    estimated_time = serializers.IntegerField(
+        required=False,
+        min_value=0,
+        help_text="With queue_position: seconds until the job is likely to have completed, as initiate's.",
+    )
     # queued or processing, in the status answer (not in the list's items)
     websocket_url = serializers.CharField(
         required=False,

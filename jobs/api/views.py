@@ -163,6 +163,7 @@ class DownloadJobStatusApi(APIView):
         except DownloadJob.DoesNotExist:
             raise job_not_found() from None
         data = selectors.download_job_status(job=card, hot=hot)
+        data.update(selectors.download_job_queue_place(job=card))
         if data["status"] in ACTIVE_STATUSES:
             # A fresh ticket: the one of initiate's websocket_url may be past its TTL by the
             # time a client reconnects.

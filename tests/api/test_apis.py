@@ -670,6 +670,9 @@ def test_status_of_a_queued_job(api_client, user):
             "progress": 0,
             "created_at": z(job.created_at),
             "updated_at": z(job.updated_at),
+            # Next in line; no job completed lately: the default estimate.
+            "queue_position": 1,
+            "estimated_time": 60,
         },
     }
     assert TIMESTAMP.match(response.json()["data"]["created_at"])
@@ -1078,6 +1081,8 @@ def test_list_shows_only_own_jobs_newest_first(api_client, user, other_user):
     assert [item["job_id"] for item in body["data"]["results"]] == [newer.job_id, older.job_id]
     status = api_client.get(status_url(older.job_id)).json()["data"]
     pop_websocket_url(status, older.job_id)  # the status answer's alone
+    # So is a queued job's place in line: a count per job that a list does not make.
+    assert (status.pop("queue_position"), status.pop("estimated_time")) == (1, 60)
     assert body["data"]["results"][1] == status
     assert (body["data"]["next"], body["data"]["previous"]) == (None, None)
 

@@ -41,10 +41,12 @@ def status_path(job_id: str) -> str:
 
 
 def answer_from_the_row(job_id: str) -> dict[str, Any]:
-    """The status answer as it was made before cards: the row, merged with the hot progress."""
+    """The status answer as it was made before cards: the row, merged with the hot progress
+    (and a queued job's place in line, which the view adds)."""
     job = DownloadJob.objects.get(job_id=job_id)
     hot = selectors.download_job_hot([job]).get(job_id)
-    return {"success": True, "data": selectors.download_job_status(job=job, hot=hot)}
+    data = selectors.download_job_status(job=job, hot=hot) | selectors.download_job_queue_place(job=job)
+    return {"success": True, "data": data}
 
 
 def polled(client: APIClient, job_id: str) -> dict[str, Any]:
