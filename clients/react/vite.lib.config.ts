@@ -9,6 +9,7 @@ export default defineConfig({
     outDir: "dist/lib",
     emptyOutDir: true,
     sourcemap: true,
+    minify: false, // readable in an app's node_modules; the app's bundler minifies
     lib: { entry: "src/index.ts", formats: ["es"], fileName: "index" },
     rolldownOptions: { external: ["react", "react-dom", "react/jsx-runtime"] },
   },
