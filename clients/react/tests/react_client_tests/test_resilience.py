@@ -112,7 +112,9 @@ def test_the_job_carries_on_through_a_deploy_and_an_edge_restart(
     app: App, origin: OriginServer, react_stack: Stack, outage: str
 ) -> None:
     file_id = 73701
-    origin.add(file_id, FileScript(size=16 * MiB, rate_bps=2 * MiB))  # ~8 s
+    # ~16 s: long enough for the socket to be back before the end, the web process's
+    # restart and the backoff (up to 8 s by the fourth try) included.
+    origin.add(file_id, FileScript(size=32 * MiB, rate_bps=2 * MiB))
     failed: list[str] = []  # requests to the API that got no answer
     app.page.on("requestfailed", lambda request: failed.append(request.url))
     with ExitStack() as resources:
