@@ -1,23 +1,19 @@
-// components/DownloadButton.tsx
-import React from 'react';
-import { useDownload } from '../hooks/useDownload';
+// components/DownloadButton.tsx: one file's download, from the button to the saved file.
+import { useDownload } from "../hooks/useDownload";
 
 export function DownloadButton({ fileId }: { fileId: number }) {
-  const { state, startDownload, downloadFile, retry } = useDownload();
+  const { state, startDownload, downloadFile, retry } = useDownload({ fileId });
 
   const renderContent = () => {
     switch (state.status) {
-      case 'idle':
+      case "idle":
         return (
-          <button
-            onClick={() => startDownload(fileId)}
-            className="btn-primary"
-          >
+          <button onClick={() => startDownload(fileId)} className="btn-primary" disabled={state.busy}>
             Download File
           </button>
         );
 
-      case 'queued':
+      case "queued":
         return (
           <div className="download-status">
             <div className="spinner" />
@@ -25,30 +21,24 @@ export function DownloadButton({ fileId }: { fileId: number }) {
           </div>
         );
 
-      case 'processing':
+      case "processing":
         return (
           <div className="download-status">
             <div className="progress-bar">
-              <div
-                className="progress-fill"
-                style={{ width: `${state.progress}%` }}
-              />
+              <div className="progress-fill" style={{ width: `${state.progress}%` }} />
             </div>
             <span>{state.progress}% Complete</span>
           </div>
         );
 
-      case 'completed':
+      case "completed":
         return (
-          <button
-            onClick={downloadFile}
-            className="btn-success"
-          >
+          <button onClick={downloadFile} className="btn-success" disabled={state.busy}>
             Download Ready! Click to Download
           </button>
         );
 
-      case 'failed':
+      case "failed":
         return (
           <div className="download-error">
             <span className="error-message">{state.error}</span>
@@ -58,8 +48,8 @@ export function DownloadButton({ fileId }: { fileId: number }) {
           </div>
         );
 
-      case 'cancelled':
-      case 'expired':
+      case "cancelled":
+      case "expired":
         return (
           <div className="download-error">
             <span className="error-message">Download {state.status}</span>
@@ -72,7 +62,7 @@ export function DownloadButton({ fileId }: { fileId: number }) {
   };
 
   return (
-    <div className="download-container">
+    <div className="download-container" data-status={state.status} data-transport={state.transport}>
       {renderContent()}
     </div>
   );
