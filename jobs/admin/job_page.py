@@ -2,12 +2,14 @@
 buttons, which call the same services as the list's actions and the API, for staff with
 the change permission on jobs."""
 
+from datetime import datetime
 from typing import Any
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponseRedirect
 from django.urls import reverse
+from django.utils import timezone
 
 from jobs import services
 from jobs.admin.display import human_bytes
@@ -22,7 +24,7 @@ class JobAttemptInline(admin.TabularInline):
     model = JobAttempt
     verbose_name = "attempt"
     verbose_name_plural = "attempts"
-    fields = ("number", "started_at", "ended_at", "outcome", "error_code", "bytes_shown", "worker")
+    fields = ("number", "started", "ended", "outcome", "error_code", "bytes_shown", "worker")
     readonly_fields = fields
     ordering = ("-number",)
     extra = 0
@@ -42,9 +44,21 @@ class JobAttemptInline(admin.TabularInline):
         # Whoever may see the job may see its attempts.
         return request.user.has_perm("jobs.view_downloadjob")
 
+    @admin.display(description="started")
+    def started(self, attempt: JobAttempt) -> str:
+        return _moment(attempt.started_at)
+
+    @admin.display(description="ended")
+    def ended(self, attempt: JobAttempt) -> str:
+        return _moment(attempt.ended_at) if attempt.ended_at else "-"
+
     @admin.display(description="bytes")
     def bytes_shown(self, attempt: JobAttempt) -> str:
         return human_bytes(attempt.bytes_done)
+
+
+def _moment(at: datetime) -> str:
+    return timezone.localtime(at).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def job_buttons(
