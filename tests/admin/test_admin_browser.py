@@ -36,6 +36,7 @@ LIST_COLUMNS = (
     "created_display",
 )
 MiB = 1024 * 1024
+DOCS_SCREENSHOT_MAX_BYTES = 300_000
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +156,8 @@ def shoot(page: Page, name: str, *, full_page: bool = True) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.png"
     page.screenshot(path=str(path), full_page=full_page, type="png")
+    if SCREENSHOTS is not None:
+        assert path.stat().st_size < DOCS_SCREENSHOT_MAX_BYTES, path  # the README's stay small
     return path
 
 
