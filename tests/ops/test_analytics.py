@@ -16,8 +16,8 @@ from django.utils import timezone
 
 from downloads_project.celery import app
 from jobs import tasks
-from jobs.models import DownloadAnalyticsHour, DownloadJob, Status
 from jobs.admin.charts import COLORS
+from jobs.models import DownloadAnalyticsHour, DownloadJob, Status
 from jobs.ops import broker, hourly_analytics
 from jobs.ops.broker import PRIORITIES, queue_depths
 from jobs.ops.hourly_analytics import AnalyticsHour
@@ -231,7 +231,8 @@ def test_the_p95_line_is_drawn_over_p99_in_a_style_of_its_own_with_a_legend(staf
     p99, p95, p50 = (
         chart.split(f'class="series-{name}">')[1].split("/>")[0] for name in ("p99", "p95", "p50")
     )
-    assert 'stroke-width="6.0"' in p99 and "stroke-dasharray" not in p99
+    assert 'stroke-width="6.0"' in p99
+    assert "stroke-dasharray" not in p99
     assert 'stroke-width="3.0" stroke-dasharray="6 3"' in p95
     assert 'stroke-width="1.5"' in p50
     assert len({COLORS["p50"], COLORS["p95"], COLORS["p99"]}) == 3
