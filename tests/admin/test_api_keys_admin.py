@@ -64,3 +64,6 @@ def test_drfs_token_admin_which_lists_keys_in_clear_is_gone(staff_client):
     with pytest.raises(NoReverseMatch):
         reverse("admin:authtoken_tokenproxy_changelist")
     assert staff_client.get("/admin/authtoken/tokenproxy/").status_code == 404
+    index = staff_client.get(reverse("admin:index")).text
+    assert "/admin/authtoken/" not in index
+    assert ">Tokens<" not in index
