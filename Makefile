@@ -3,7 +3,7 @@ PYTHON ?= $(shell scripts/find-python)
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test test-fast lint typecheck bench check clean
+.PHONY: run test test-fast lint typecheck bench check clean screenshots-admin
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python -m stack.embedded $(BIN)/python -m bench.load --profile production --users 100
 	$(BIN)/python -m stack.embedded $(BIN)/python -m bench.capacity
 	$(BIN)/python -m stack.embedded $(BIN)/python -m bench.status
+
+# The README's admin screenshots (docs/screenshots/admin-*.png), from the admin's browser test.
+screenshots-admin: $(VENV)/.dev-installed
+	ADMIN_SCREENSHOTS_DIR=docs/screenshots $(BIN)/python -m stack.embedded $(BIN)/python -m pytest \
+		tests/admin/test_admin_browser.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) var

@@ -212,3 +212,36 @@ class ApiKey(AbstractAuthToken):
 
     def __str__(self) -> str:
         return f"{self.token_key}… ({self.name or 'unnamed'})"
+
+
+class AttemptOutcome(models.TextChoices):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    RETRIED = "retried"  # failed, and the job was queued for another attempt
+    FAILED = "failed"  # failed, and the job with it
+    CANCELLED = "cancelled"
+    # Stopped without an outcome of its own: the reaper or a newer attempt took the job
+    # over (its worker died or went silent).
+    LOST = "lost"
+
+
+class JobAttempt(models.Model):
+    """One attempt of a job, for the operator's history of it: written once when the
+    attempt starts and once when it ends (jobs/services/attempt_log.py), deleted with its
+    job. The job's row stays the source of truth; this is what happened on the way."""
+
+    job = models.ForeignKey(DownloadJob, on_delete=models.CASCADE, related_name="attempt_log")
+    number = models.PositiveSmallIntegerField()
+    started_at = models.DateTimeField()
+    ended_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=20, choices=AttemptOutcome.choices, default=AttemptOutcome.RUNNING)
+    error_code = models.CharField(max_length=50, blank=True)
+    bytes_done = models.BigIntegerField(default=0, help_text="Bytes of the file stored when it ended.")
+    worker = models.CharField(max_length=255, blank=True, help_text="Host and process id of the worker.")
+
+    class Meta:
+        constraints = (models.UniqueConstraint(fields=["job", "number"], name="uniq_job_attempt_number"),)
+        ordering = ("job", "number")
+
+    def __str__(self) -> str:
+        return f"{self.job_id} attempt {self.number}"

@@ -68,6 +68,8 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                # The firing alerts, as a banner on the admin's pages (read only there).
+                "jobs.admin.alerts_banner.admin_alerts",
             ],
         },
     },

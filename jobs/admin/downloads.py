@@ -9,6 +9,7 @@ row at a time, each a compare-and-swap that refuses a row in the wrong state.
 
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import redis
@@ -17,14 +18,16 @@ from django.contrib.auth.admin import UserAdmin
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
 from jobs import hotstate, services
-from jobs.admin import analytics_page
+from jobs.admin import analytics_page, job_page
+from jobs.admin.display import human_bytes
 from jobs.models import DownloadJob
 
 ACTION_CHUNK_ROWS = 500
@@ -56,21 +59,25 @@ def _in_chunks(queryset: QuerySet[DownloadJob]) -> Iterator[DownloadJob]:
 
 @admin.register(DownloadJob)
 class DownloadJobAdmin(admin.ModelAdmin):
+    # Fits 1280 px beside the filters: a short job id (the whole one is its link's title
+    # and its page's), a progress bar with its percent, the created time without the year.
     list_display = (
-        "job_id",
+        "job_short",
         "status",
         "owner",
         "file_id",
         "progress_display",
         "attempts_display",
         "duration_display",
-        "created_at",
+        "created_display",
     )
+    list_display_links = ("job_short",)
     list_select_related = ("owner",)
     list_filter = (
         "status",
         "priority",
         DeadLetteredFilter,
+        "error_code",
         "created_at",
     )
     search_fields = (
@@ -87,46 +94,50 @@ class DownloadJobAdmin(admin.ModelAdmin):
         "retry_jobs",
         "requeue_dead_lettered_jobs",
     )
+    # What an operator asks first is on top; the technical fields are folded away.
     fieldsets = (
-        (None, {"fields": ["job_id", "owner", "file_id", "priority", "status", "metadata"]}),
-        ("Progress", {"fields": ["progress", "bytes_done", "bytes_total", "attempts", "max_attempts"]}),
         (
-            "Timeline",
+            None,
             {
                 "fields": [
-                    "created_at",
-                    "updated_at",
-                    "started_at",
-                    "next_retry_at",
-                    "completed_at",
-                    "failed_at",
-                    "dead_lettered_at",
-                    "cancelled_at",
-                    "duration_seconds",
-                    "expires_at",
+                    ("job_id", "status", "priority"),
+                    ("owner", "file_id"),
+                    ("progress_summary", "attempts_display"),
+                    ("created_at", "started_at", "duration_display"),
+                    "error_summary",
                 ]
             },
         ),
-        ("Error", {"fields": ["error_code", "error_message", "error_retryable"]}),
+        (
+            "Timeline",
+            {
+                "classes": ["collapse"],
+                "fields": [
+                    ("updated_at", "next_retry_at"),
+                    ("completed_at", "failed_at"),
+                    ("dead_lettered_at", "cancelled_at"),
+                    "expires_at",
+                ],
+            },
+        ),
         (
             "Stored file",
             {
+                "classes": ["collapse"],
                 "fields": [
-                    "file_name",
-                    "file_size_bytes",
-                    "content_type",
+                    ("file_name", "file_size_bytes", "content_type"),
                     "sha256",
                     "storage_key",
                     "upload_id",
                     "running_attempt",
-                    "origin_validator",
-                    "resumed_bytes",
-                    "reused_from",
-                ]
+                    ("origin_validator", "resumed_bytes", "reused_from"),
+                ],
             },
         ),
-        ("Request", {"fields": ["idempotency_key"]}),
+        ("Request", {"classes": ["collapse"], "fields": ["idempotency_key", "metadata"]}),
     )
+    inlines = (job_page.JobAttemptInline,)
+    change_form_template = "admin/jobs/downloadjob/job_page.html"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -150,7 +161,30 @@ class DownloadJobAdmin(admin.ModelAdmin):
             self.admin_site.admin_view(require_POST(self.breaker_reset_view)),
             name="jobs_downloadjob_breaker_reset",
         )
-        return [analytics, breaker_reset, *super().get_urls()]
+        job_actions = [
+            path(
+                f"<path:object_id>/{action}/",
+                self.admin_site.admin_view(require_POST(partial(self.job_action_view, action=action))),
+                name=f"jobs_downloadjob_{action}",
+            )
+            for action in ("cancel", "retry")
+        ]
+        return [analytics, breaker_reset, *job_actions, *super().get_urls()]
+
+    def job_action_view(self, request: HttpRequest, object_id: str, *, action: str) -> HttpResponseRedirect:
+        """The job page's Cancel and Retry buttons (POST, CSRF-checked by admin_view)."""
+        return job_page.job_action(request, self, object_id, action)
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        job = DownloadJob.objects.filter(pk=object_id).first() if object_id.isdigit() else None
+        buttons = job_page.job_buttons(request, self, job) if job is not None else {}
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), **buttons})
 
     def analytics_view(self, request: HttpRequest) -> TemplateResponse:
         """Hourly analytics and the current queue (staff with view permission on jobs)."""
@@ -162,9 +196,36 @@ class DownloadJobAdmin(admin.ModelAdmin):
         """Closes an origin's circuit breaker (POST, CSRF-checked by admin_view)."""
         return analytics_page.breaker_reset(request, self)
 
+    @admin.display(description="job", ordering="job_id")
+    def job_short(self, job: DownloadJob) -> str:
+        return format_html('<span title="{}">{}…</span>', job.job_id, job.job_id[:12])
+
+    @admin.display(description="created", ordering="created_at")
+    def created_display(self, job: DownloadJob) -> str:
+        created = timezone.localtime(job.created_at)
+        return format_html(
+            '<time datetime="{}">{}</time>', created.isoformat(), created.strftime("%m-%d %H:%M")
+        )
+
     @admin.display(description="progress", ordering="progress")
     def progress_display(self, job: DownloadJob) -> str:
-        return f"{job.progress} %"
+        return format_html(
+            '<span class="job-progress"><span class="job-progress-bar" style="width:{}%"></span></span> {} %',
+            job.progress,
+            job.progress,
+        )
+
+    @admin.display(description="progress")
+    def progress_summary(self, job: DownloadJob) -> str:
+        of = f" of {human_bytes(job.bytes_total)}" if job.bytes_total is not None else ""
+        return f"{job.progress} % ({human_bytes(job.bytes_done)}{of})"
+
+    @admin.display(description="error")
+    def error_summary(self, job: DownloadJob) -> str:
+        if not job.error_code:
+            return "-"
+        retry = {True: "retryable", False: "not retryable", None: ""}[job.error_retryable]
+        return f"{job.error_code}: {job.error_message}" + (f" ({retry})" if retry else "")
 
     @admin.display(description="attempts", ordering="attempts")
     def attempts_display(self, job: DownloadJob) -> str:

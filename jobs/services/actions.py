@@ -9,7 +9,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from jobs import hotstate, metrics
-from jobs.models import DownloadJob, Status
+from jobs.models import AttemptOutcome, DownloadJob, Status
+from jobs.services.attempt_log import attempt_log_end
 from jobs.services.stored_files import upload_abort
 from jobs.services.writes import (
     InvalidTransition,
@@ -28,15 +29,21 @@ def download_job_cancel(*, job: DownloadJob) -> DownloadJob:
     chunk, aborts its upload and leaves nothing in storage. The job keeps the progress it
     stopped at."""
     key, upload_id = job.storage_key, job.upload_id
+    running = job.status == Status.PROCESSING
+    now = timezone.now()
     with transaction.atomic():
         transition(
             job,
             Status.CANCELLED,
-            cancelled_at=timezone.now(),
+            cancelled_at=now,
             next_retry_at=None,
             upload_id="",
             **_progress_reached(job),
         )
+        if running:  # its worker, if it is still there, has nothing more to say
+            attempt_log_end(
+                job_pk=job.pk, number=job.attempts, outcome=AttemptOutcome.CANCELLED, ended_at=now
+            )
         on_commit(lambda: hotstate.cancel_flag_set(job.job_id))
         hot_on_commit(
             job.job_id, "fence off the attempt", lambda: hotstate.run_fence(job.job_id, attempt=job.attempts)

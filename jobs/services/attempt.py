@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from jobs import hotstate, metrics
 from jobs.errors import ErrorCode, JobCancelled, JobError, JobSuperseded
-from jobs.models import ACTIVE_STATUSES, DownloadJob, Status
+from jobs.models import ACTIVE_STATUSES, AttemptOutcome, DownloadJob, Status
 from jobs.parts import StoredPart
 from jobs.services.attempt_end import (
     attempt_fail,
@@ -23,6 +23,7 @@ from jobs.services.attempt_end import (
     download_job_complete_stored,
 )
 from jobs.services.attempt_hooks import AttemptHooks
+from jobs.services.attempt_log import attempt_log_end, attempt_log_start
 from jobs.services.stored_files import storage_key_for, upload_abort
 from jobs.services.writes import (
     JobStateConflict,
@@ -105,6 +106,7 @@ def _attempt_begin(job: DownloadJob, *, task_id: str) -> bool:
     if job.upload_id and not resumable:
         upload_abort(job.storage_key, job.upload_id, job.job_id)
     storage_key = job.storage_key if resumable else storage_key_for(job, attempt=job.attempts + 1)
+    taken_over = job.status == Status.PROCESSING
     try:
         with transaction.atomic():
             transition(
@@ -122,6 +124,7 @@ def _attempt_begin(job: DownloadJob, *, task_id: str) -> bool:
                 **({} if resumable else {"file_size_bytes": None, "sha256": ""}),
                 task_id=task_id,
             )
+            attempt_log_start(job=job, started_at=now, taken_over=taken_over)
             publish_on_commit(job, "status_update")
             hot_on_commit(job.job_id, "claim the attempt", lambda: _claim(job, parts if resumable else ()))
             on_commit(lambda: metrics.attempt_started(due_since=due_since, started_at=now))
@@ -268,21 +271,24 @@ def _attempt_run(job: DownloadJob, *, deadline: Deadline | None = None) -> Stage
         if job.upload_id
         else None
     )
+    hooks = AttemptHooks(job)
     try:
         staged = stage_file(
             origin=get_origin(),
             file_id=job.file_id,
             key=job.storage_key,
-            hooks=AttemptHooks(job),
+            hooks=hooks,
             checkpoint=checkpoint,
             deadline=deadline,
         )
-    except (JobCancelled, JobSuperseded):
+    except (JobCancelled, JobSuperseded) as stop:
         logger.info("%s attempt %s stopped: cancelled or superseded", job.job_id, attempt)
+        outcome = AttemptOutcome.CANCELLED if isinstance(stop, JobCancelled) else AttemptOutcome.LOST
+        attempt_log_end(job_pk=job.pk, number=attempt, outcome=outcome, bytes_done=hooks.bytes_done)
         progress_forget(job.job_id)
         return None
     except JobError as error:
-        attempt_fail(job, attempt=attempt, error=error)
+        attempt_fail(job, attempt=attempt, error=error, bytes_done=hooks.bytes_done)
         raise
     except SoftTimeLimitExceeded:
         limit_s = settings.JOB_SOFT_TIME_LIMIT_S
@@ -290,12 +296,16 @@ def _attempt_run(job: DownloadJob, *, deadline: Deadline | None = None) -> Stage
             job,
             attempt=attempt,
             error=JobError(ErrorCode.DOWNLOAD_TIMEOUT, f"File download exceeded {limit_s} s"),
+            bytes_done=hooks.bytes_done,
         )
         return None
     except Exception:
         logger.exception("%s attempt %s failed unexpectedly", job.job_id, attempt)
         attempt_fail(
-            job, attempt=attempt, error=JobError(ErrorCode.PROCESSING_ERROR, "Failed to process file")
+            job,
+            attempt=attempt,
+            error=JobError(ErrorCode.PROCESSING_ERROR, "Failed to process file"),
+            bytes_done=hooks.bytes_done,
         )
         return None
     download_job_complete(job=job, attempt=attempt, staged=staged)

@@ -15,7 +15,8 @@ from django.utils import timezone
 
 from jobs import completions, hotstate, metrics
 from jobs.errors import JobError
-from jobs.models import ACTIVE_STATUSES, DownloadJob, Status
+from jobs.models import ACTIVE_STATUSES, AttemptOutcome, DownloadJob, Status
+from jobs.services.attempt_log import attempt_log_end
 from jobs.services.stored_files import upload_abort
 from jobs.services.writes import (
     JobStateConflict,
@@ -123,6 +124,13 @@ def _complete(job: DownloadJob, *, attempt: int, staged: StagedFile) -> None:
                 error_message="",
                 error_retryable=None,
             )
+            attempt_log_end(
+                job_pk=job.pk,
+                number=attempt,
+                outcome=AttemptOutcome.COMPLETED,
+                bytes_done=staged.size,
+                ended_at=now,
+            )
             publish_on_commit(job, "completed")
             hot_on_commit(job.job_id, "drop the attempt state", lambda: hotstate.run_forget(job.job_id))
             on_commit(lambda: metrics.job_completed(job, size=staged.size))
@@ -146,9 +154,12 @@ def retry_delay_s(attempt: int) -> float:
     return base * random.uniform(1 - jitter, 1 + jitter)  # noqa: S311 (jitter, not a secret)
 
 
-def attempt_fail(job: DownloadJob, *, attempt: int, error: JobError, dead_letter: bool = False) -> None:
+def attempt_fail(
+    job: DownloadJob, *, attempt: int, error: JobError, dead_letter: bool = False, bytes_done: int = 0
+) -> None:
     """Ends an attempt that failed: queued again after a backoff if the error is
-    retryable and attempts remain, otherwise failed (dead-lettered if it was retryable)."""
+    retryable and attempts remain, otherwise failed (dead-lettered if it was retryable).
+    `bytes_done`: how far the attempt got, for its history."""
     now = timezone.now()
     error_fields = {
         "error_code": error.code,
@@ -166,6 +177,14 @@ def attempt_fail(job: DownloadJob, *, attempt: int, error: JobError, dead_letter
                     attempt=attempt,
                     next_retry_at=now + timedelta(seconds=delay_s),
                     **error_fields,
+                )
+                attempt_log_end(
+                    job_pk=job.pk,
+                    number=attempt,
+                    outcome=AttemptOutcome.RETRIED,
+                    error_code=error.code,
+                    bytes_done=bytes_done,
+                    ended_at=now,
                 )
                 publish_on_commit(job, "status_update")
                 # Its parts stay in Redis for the next attempt; this one may write no more.
@@ -190,6 +209,14 @@ def attempt_fail(job: DownloadJob, *, attempt: int, error: JobError, dead_letter
                     upload_id="",
                     dead_lettered_at=now if exhausted else None,
                     **error_fields,
+                )
+                attempt_log_end(
+                    job_pk=job.pk,
+                    number=attempt,
+                    outcome=AttemptOutcome.FAILED,
+                    error_code=error.code,
+                    bytes_done=bytes_done,
+                    ended_at=now,
                 )
                 # No attempt follows: nothing of the file may stay in storage.
                 on_commit(lambda: upload_abort(key, upload_id, job.job_id))

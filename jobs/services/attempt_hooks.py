@@ -42,6 +42,7 @@ class AttemptHooks:
         self.last_beat_at = time.monotonic()
         self.redis_down_until = 0.0
         self.bytes_seen = False
+        self.bytes_done = 0  # of the file, stored or read so far: for the attempt's history
 
     def upload_opened(
         self,
@@ -78,6 +79,7 @@ class AttemptHooks:
         )
 
     def chunk_staged(self, *, bytes_done: int, bytes_total: int | None) -> None:
+        self.bytes_done = bytes_done
         now = time.monotonic()
         if now < self.redis_down_until:
             return  # hot-state Redis failed a moment ago: the attempt goes on without it

@@ -16,9 +16,10 @@ from django.utils import timezone
 from infra.redis import broker_client
 from jobs import hotstate, metrics, queues
 from jobs.errors import ErrorCode, JobError
-from jobs.models import ACTIVE_STATUSES, DownloadJob, Status, can_transition
+from jobs.models import ACTIVE_STATUSES, AttemptOutcome, DownloadJob, Status, can_transition
 from jobs.selectors import iso
 from jobs.services.attempt_end import complete_from_storage
+from jobs.services.attempt_log import attempt_log_end
 from jobs.services.stored_files import upload_abort
 from jobs.services.writes import (
     InvalidTransition,
@@ -266,6 +267,13 @@ def _reap_stalled(job: DownloadJob, *, last_beat: float, stale_before: float) ->
         job.status = to_status
         for name, value in fields.items():
             setattr(job, name, value)
+        attempt_log_end(
+            job_pk=job.pk,
+            number=job.attempts,
+            outcome=AttemptOutcome.FAILED if last_attempt else AttemptOutcome.LOST,
+            error_code=error.code,
+            ended_at=now,
+        )
         if last_attempt:
             publish_on_commit(job, "error")
             hot_on_commit(job.job_id, "drop the attempt state", lambda: hotstate.run_forget(job.job_id))

@@ -6,7 +6,6 @@ from datetime import timedelta
 from functools import partial
 from typing import Any
 
-import pytest
 from django.contrib.auth.models import Permission, User
 from django.test import Client
 from django.urls import reverse
@@ -18,13 +17,6 @@ from jobs.models import DownloadJob, Priority, Status
 from tests import factories
 
 CHANGELIST = "admin:jobs_downloadjob_changelist"
-
-
-@pytest.fixture
-def staff_client(db: None) -> Client:
-    client = Client()
-    client.force_login(User.objects.create_superuser("root", password="root-password"))
-    return client
 
 
 make_job = partial(factories.make_job, file_id=1000)

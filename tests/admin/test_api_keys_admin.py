@@ -4,8 +4,6 @@ never shown but once, on the page that answers their creation."""
 import re
 
 import pytest
-from django.contrib.auth.models import User
-from django.test import Client
 from django.urls import NoReverseMatch, reverse
 from knox.crypto import hash_token
 from rest_framework.test import APIClient
@@ -15,13 +13,6 @@ from jobs.models import ApiKey
 
 CHANGELIST = "admin:jobs_apikey_changelist"
 ADD = "admin:jobs_apikey_add"
-
-
-@pytest.fixture
-def staff_client(db: None) -> Client:
-    client = Client()
-    client.force_login(User.objects.create_superuser("root", password="root-password"))
-    return client
 
 
 def test_the_list_shows_prefix_user_name_created_last_used_and_never_a_key(staff_client, user):
@@ -73,3 +64,6 @@ def test_drfs_token_admin_which_lists_keys_in_clear_is_gone(staff_client):
     with pytest.raises(NoReverseMatch):
         reverse("admin:authtoken_tokenproxy_changelist")
     assert staff_client.get("/admin/authtoken/tokenproxy/").status_code == 404
+    index = staff_client.get(reverse("admin:index")).text
+    assert "/admin/authtoken/" not in index
+    assert ">Tokens<" not in index

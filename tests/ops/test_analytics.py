@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from downloads_project.celery import app
 from jobs import tasks
+from jobs.admin.charts import COLORS
 from jobs.models import DownloadAnalyticsHour, DownloadJob, Status
 from jobs.ops import broker, hourly_analytics
 from jobs.ops.broker import PRIORITIES, queue_depths
@@ -197,20 +198,46 @@ def test_the_page_shows_the_figures_charts_and_queue_to_staff(staff_client, know
 
     assert response.status_code == 200
     page = response.text.split('id="content-main"')[1].split("</section>\n</div>")[0]
-    assert page.count("<svg") == 4
+    assert page.count('<svg viewBox="0 0 720 190"') == 4
     for chart in ("chart-success", "chart-durations", "chart-jobs", "chart-bytes"):
         assert f'aria-labelledby="{chart}-title {chart}-desc"' in page
         assert f'<title id="{chart}-title">' in page
         assert f'<desc id="{chart}-desc">' in page
     # The table carries the numbers.
-    for figure in ("8.80", "9.76", "6.91", "7.18", "3.88", "2000", "3072"):
+    for figure in ("8.80", "9.76", "6.91", "7.18", "3.88"):
         assert figure in page, figure
+    # Bytes are read in KiB, MiB, GiB, the exact count in the cell's title.
+    assert '<td title="2000 bytes">2.0 KiB</td>' in page
+    assert '<td title="3072 bytes">3.0 KiB</td>' in page
     assert response.context["rows"] == hourly_analytics.download_analytics_hourly()
     # The queue per priority is the broker's reading, as /metrics has it.
     assert response.context["depths"] == [queue_depths()[p] for p in PRIORITIES]
     assert 'id="queue-depths"' in page
     assert ("queued", [1 if p == "normal" else 0 for p in PRIORITIES]) in response.context["active_rows"]
     assert "<script" not in page
+
+
+def test_the_p95_line_is_drawn_over_p99_in_a_style_of_its_own_with_a_legend(staff_client, known_jobs):
+    """Where p95 equals p99 (an hour of few jobs), the narrower dashed p95 line is drawn
+    on top of the wider p99 one, and p50 on top of both; the legend shows each style."""
+    hourly_analytics.download_analytics_refresh()
+
+    page = staff_client.get(reverse(PAGE)).text
+    chart = page.split('<figure class="analytics-chart"')[2].split("</figure>")[0]
+
+    assert 'aria-labelledby="chart-durations-title' in chart
+    order = [chart.index(f'class="series-{name}"') for name in ("p99", "p95", "p50")]
+    assert order == sorted(order)
+    p99, p95, p50 = (
+        chart.split(f'class="series-{name}">')[1].split("/>")[0] for name in ("p99", "p95", "p50")
+    )
+    assert 'stroke-width="6.0"' in p99
+    assert "stroke-dasharray" not in p99
+    assert 'stroke-width="3.0" stroke-dasharray="6 3"' in p95
+    assert 'stroke-width="1.5"' in p50
+    assert len({COLORS["p50"], COLORS["p95"], COLORS["p99"]}) == 3
+    for key in ("p50 (solid, circles)", "p95 (dashed, diamonds)", "p99 (solid, squares)"):
+        assert key in chart, key
 
 
 def test_the_page_says_so_when_the_broker_cannot_be_read(staff_client, monkeypatch):

@@ -28,7 +28,7 @@ from downloads_project.celery import app
 from infra.redis import state_client
 from jobs import hotstate, services
 from jobs.errors import JobSuperseded
-from jobs.models import DownloadJob, Status
+from jobs.models import AttemptOutcome, DownloadJob, JobAttempt, Status
 from jobs.parts import StoredPart
 from jobs.services import attempt_end
 from jobs.services.attempt_hooks import AttemptHooks
@@ -173,6 +173,7 @@ def test_reap_fences_a_stalled_job_out_and_dispatches_it_again(
 ):
     media = Path(local_storage.location)
     job = stalled_job(user, media)
+    JobAttempt.objects.create(job=job, number=1, started_at=job.started_at or timezone.now())
     old_attempt = AttemptHooks(DownloadJob.objects.get(pk=job.pk))  # the worker's copy
 
     with on_commit():
@@ -180,6 +181,10 @@ def test_reap_fences_a_stalled_job_out_and_dispatches_it_again(
 
     job.refresh_from_db()
     assert (job.status, job.attempts, job.upload_id) == (Status.QUEUED, 1, "cafe")
+    # Its history says the attempt was lost (and the late completion below changes nothing).
+    assert list(JobAttempt.objects.filter(job=job).values_list("outcome", "error_code")) == [
+        (AttemptOutcome.LOST, "PROCESSING_ERROR")
+    ]
     assert dispatched == [{"args": (job.pk,), "queue": "downloads.normal", "countdown": 0}]
     # The upload stays for the next attempt to resume.
     assert stored_files(media) == [f"{job.storage_key}.cafe.part"]
@@ -191,6 +196,7 @@ def test_reap_fences_a_stalled_job_out_and_dispatches_it_again(
     services.download_job_complete(job=old_attempt.job, attempt=1, staged=staged)
     job.refresh_from_db()
     assert (job.status, job.sha256) == (Status.QUEUED, "")
+    assert JobAttempt.objects.get(job=job).outcome == AttemptOutcome.LOST
 
 
 def test_reap_fails_download_timeout_for_an_attempt_that_ran_past_the_time_limit(

@@ -23,29 +23,14 @@ from jobs.events import job_group_name
 from jobs.models import TRANSITIONS, DownloadJob, Status
 from jobs.services import writes
 from jobs.services.attempt_hooks import AttemptHooks
-from jobs.transfer.links import SignedFileSystemStorage
 from jobs.transfer.origins import get_origin
 from jobs.transfer.staging import NoHooks, StagedFile, stage_file
 from tests import factories
 from tests.support.clocks import Clock
-from tests.support.origin_server import FileScript, OriginServer
+from tests.support.origin_server import FileScript
 from tests.support.s3 import s3_downloads_storage
 
 FILE_ID = 70000
-
-
-@pytest.fixture
-def worker_settings(settings: Any, origin: OriginServer) -> Any:
-    settings.STAGING_CHUNK_BYTES = 64 * 1024
-    settings.JOB_RETRY_JITTER = 0
-    settings.JOB_MAX_ATTEMPTS = 3
-    return settings
-
-
-@pytest.fixture
-def media(worker_settings: Any, local_storage: SignedFileSystemStorage) -> Path:
-    """Local storage in a directory of this test's own."""
-    return Path(local_storage.location)
 
 
 def stored_files(root: Path) -> list[str]:
@@ -210,18 +195,6 @@ def test_retry_delay_jitter_stays_within_its_band(settings):
 # Attempts that commit as a worker's do, for tests where another thread must see the rows
 # or on-commit work (events) must run at the real commit.
 committed = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def run_attempt(db: None, django_capture_on_commit_callbacks: Any) -> Any:
-    """One attempt as a worker runs it, in the test's transaction; the on-commit work
-    (dispatch, events) runs as the attempt returns."""
-
-    def run(job_pk: int, *, breaker: Any = None) -> None:
-        with django_capture_on_commit_callbacks(execute=True):
-            services.download_job_run(job_pk=job_pk, breaker=breaker)
-
-    return run
 
 
 class Watcher:

@@ -431,6 +431,7 @@ def test_the_page_lists_the_breakers_and_staff_reset_one(superuser, name, clock)
     assert row == BreakerState(name, "open", 5, 0, at(T0), at(T0 + 30), 0)
     assert f'<input type="hidden" name="origin" value="{name}">' in page.text
     assert "2027-01-15 08:00:30" in page.text  # open until T0 + 30 s
+    assert "<td>2027-01-15 08:00:00</td>" in page.text  # open since T0
     assert 'name="csrfmiddlewaretoken"' in page.text
 
     assert client.post(reverse(RESET), {"origin": name}).status_code == 403  # no CSRF token
