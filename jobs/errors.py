@@ -52,6 +52,29 @@ ORIGIN_FAILURE_CODES = frozenset(
 )
 
 
+# Failures that are the caller's own: the file id names no file, or one it may not have or
+# that is too large. Asking again gives the same answer whatever the service does, so they
+# do not count against the service's objective (`download_jobs_terminal_total{fault}`).
+CLIENT_FAULT_CODES = frozenset(
+    {
+        ErrorCode.FILE_NOT_FOUND,
+        ErrorCode.INVALID_FILE_ID,
+        ErrorCode.PERMISSION_DENIED,
+        ErrorCode.FILE_TOO_LARGE,
+    }
+)
+
+FAULT_NONE, FAULT_SERVICE, FAULT_CLIENT = "none", "service", "client"
+
+
+def error_fault(code: str) -> str:
+    """Whose fault a job's end is: none (no error), the client's, or the service's (every
+    other code, the origin's and the storage's included: the caller can do nothing about them)."""
+    if not code:
+        return FAULT_NONE
+    return FAULT_CLIENT if code in CLIENT_FAULT_CODES else FAULT_SERVICE
+
+
 class JobError(Exception):
     """A classified failure of a job's work. `message` is shown to the job's owner.
 

@@ -129,6 +129,11 @@ def cancel_flag_clear(job_id: str) -> None:
     state_client().delete(_cancel_key(job_id))
 
 
+def first_progress_claim(job_id: str, *, ttl_s: int = 7 * 24 * 3600) -> bool:
+    """True for the first attempt of the job to report bytes, False for every later one."""
+    return bool(state_client().set(f"first-progress:{job_id}", 1, nx=True, ex=ttl_s))
+
+
 # --- the card: the row's fields that the status answer needs ------------------------------
 
 

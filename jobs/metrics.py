@@ -30,6 +30,8 @@ from prometheus_client import (
     start_http_server,
 )
 
+from jobs.errors import FAULT_CLIENT, FAULT_NONE, FAULT_SERVICE, error_fault
+
 if TYPE_CHECKING:
     from jobs.models import DownloadJob
 
@@ -85,9 +87,81 @@ origin_limit_refusals = Counter(
     ["origin", "limit"],
 )
 
+# Once per job at its terminal write (an operator's retry starts a new run, which ends once
+# more): the objective's numerator and denominator. fault: jobs/errors.py `error_fault`.
+jobs_terminal = Counter(
+    "download_jobs_terminal",
+    "Jobs that reached an end (completed, reused, failed, cancelled), and whose fault a failure was.",
+    ["outcome", "fault"],
+)
+jobs_created = Counter("download_jobs_created", "Jobs created, reused ones included.", ["priority"])
+first_progress = Histogram(
+    "download_job_first_progress_seconds",
+    "Time from a job's creation to the first bytes it reported, once per job.",
+    buckets=(0.5, 1, 2.5, 5, 10, 20, 30, 60, 90, 120, 180, 300, 600),
+)
+TERMINAL_SERIES = (
+    ("completed", FAULT_NONE),
+    ("reused", FAULT_NONE),
+    ("cancelled", FAULT_NONE),
+    ("failed", FAULT_SERVICE),
+    ("failed", FAULT_CLIENT),
+)
+# Made at 0 in every process, so that a rate over them exists before the first job ends.
+for _outcome, _fault in TERMINAL_SERIES:
+    jobs_terminal.labels(outcome=_outcome, fault=_fault)
+for _priority in ("high", "normal", "low"):
+    jobs_created.labels(priority=_priority)
+
+# HTTP requests of the web processes (jobs/ops/http_metrics.py); view is the resolved URL
+# name (a bounded set), "unmatched" for a path no route takes.
+http_requests = Counter(
+    "download_http_requests",
+    "HTTP requests answered, by view, method and status code.",
+    ["view", "method", "code"],
+)
+http_request_duration = Histogram(
+    "download_http_request_duration_seconds",
+    "Time to answer an HTTP request, by view.",
+    ["view"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
+# Each process's psycopg connection pool (jobs/ops/db_pool.py), summed over the live
+# processes of a PROMETHEUS_MULTIPROC_DIR; role is web or worker. None on SQLite.
+db_pool_connections = Gauge(
+    "download_db_pool_connections", "Connections the pool holds open.", ["role"], multiprocess_mode="livesum"
+)
+db_pool_available = Gauge(
+    "download_db_pool_available", "Open connections idle in the pool.", ["role"], multiprocess_mode="livesum"
+)
+db_pool_requests_waiting = Gauge(
+    "download_db_pool_requests_waiting",
+    "Requests waiting for a connection of the pool.",
+    ["role"],
+    multiprocess_mode="livesum",
+)
+db_pool_timeouts = Counter(
+    "download_db_pool_timeouts", "Requests for a connection that failed (timed out) in the pool.", ["role"]
+)
+db_pool_requests = Counter("download_db_pool_requests", "Requests for a connection of the pool.", ["role"])
+
+
+def job_created(priority: str) -> None:
+    jobs_created.labels(priority=priority).inc()
+
+
+def job_terminal(outcome: str, code: str = "") -> None:
+    jobs_terminal.labels(outcome=outcome, fault=error_fault(code)).inc()
+
+
+def job_first_progress(waited_s: float) -> None:
+    first_progress.observe(max(0.0, waited_s))
+
 
 def job_completed(job: "DownloadJob", *, size: int) -> None:
     job_outcomes.labels(outcome="completed", code="").inc()
+    job_terminal("completed")
     if job.duration_seconds is not None:
         job_duration.observe(job.duration_seconds)
     bytes_staged.inc(size)
@@ -110,11 +184,15 @@ def job_in_flight() -> AbstractContextManager[None]:
 def job_reused() -> None:
     """A job completed at once from a file another job staged."""
     job_outcomes.labels(outcome="reused", code="").inc()
+    job_terminal("reused")
 
 
 def job_ended(outcome: str, code: str = "") -> None:
-    """A failed, retried or cancelled attempt (code: the error code, if any)."""
+    """A failed, retried, held or cancelled attempt (code: the error code, if any). Failed
+    and cancelled are the job's end."""
     job_outcomes.labels(outcome=outcome, code=code).inc()
+    if outcome in ("failed", "cancelled"):
+        job_terminal(outcome, code if outcome == "failed" else "")
 
 
 def origin_circuit_opened(origin: str) -> None:

@@ -8,6 +8,8 @@ from django.conf import settings
 
 from jobs import metrics, queues, services
 from jobs.ops import alerts, hourly_analytics
+from jobs.ops import worker_heartbeat as _worker_heartbeat  # noqa: F401 (its signals: the heartbeat)
+from jobs.ops.db_pool import WORKER, db_pool_refresh
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ def download_job_stage(self: Task, job_pk: int) -> None:
     try:
         with metrics.job_in_flight():
             services.download_job_run(job_pk=job_pk, task_id=self.request.id or "")
+        db_pool_refresh(WORKER, at_most_every_s=1.0)
     except (db.OperationalError, db.InterfaceError) as error:
         retries = self.request.retries or 0
         countdown_s = min(DATABASE_FAULT_RETRY_MAX_S, 2**retries)

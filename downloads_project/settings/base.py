@@ -35,6 +35,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outside everything: counts and times every answer (jobs/ops/http_metrics.py).
+    "jobs.ops.http_metrics.HttpMetricsMiddleware",
     # Outermost: `Cache-Control: no-store` on every API answer, whoever made it (jobs/api/cache_control.py).
     "jobs.api.cache_control.ApiNoStoreMiddleware",
     # Then: answers CORS preflights of /v1/ before any other middleware could (CORS_* below).

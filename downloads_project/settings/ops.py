@@ -14,3 +14,11 @@ ALERT_SUCCESS_RATE_MIN = env.float("ALERT_SUCCESS_RATE_MIN", default=0.95)
 ALERT_MIN_SAMPLES = env.int("ALERT_MIN_SAMPLES", default=20)  # fewer ended jobs: no verdict
 ALERT_WINDOW_S = env.int("ALERT_WINDOW_S", default=3600)
 ALERT_CHECK_EVERY_S = env.float("ALERT_CHECK_EVERY_S", default=60.0)
+
+# Each worker's main process writes a heartbeat to the broker's Redis this often, kept for
+# three periods (jobs/ops/worker_heartbeat.py): /metrics lists the live workers from them.
+# 0: none.
+WORKER_HEARTBEAT_S = env.float("WORKER_HEARTBEAT_S", default=10.0)
+# What the stored files may take in all, for the alerting rules against
+# download_storage_held_bytes: /metrics exposes it as download_storage_budget_bytes.
+STORAGE_BUDGET_BYTES = env.int("STORAGE_BUDGET_BYTES", default=50 * 1024**3)

@@ -1,7 +1,7 @@
 """What a Prometheus scrape of /metrics reads: every process's counters (jobs/metrics.py)
 plus the levels that have a source of truth, read from it now: queue depth per priority
 from the broker's Redis, active jobs from the database, the origins' circuit breakers
-from hot-state Redis, and the alerts' figures.
+from hot-state Redis, the alerts' figures, and those of jobs/ops/levels.py.
 """
 
 import logging
@@ -10,6 +10,7 @@ from collections.abc import Iterable
 
 import redis
 from django.db.models import Count
+from django.utils import timezone
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -19,6 +20,8 @@ from jobs.metrics import multiprocess_dir
 from jobs.models import ACTIVE_STATUSES, DownloadJob
 from jobs.ops.alerts import alert_metric_families, alerts_evaluate
 from jobs.ops.broker import PRIORITIES, queue_depths
+from jobs.ops.db_pool import WEB, db_pool_refresh
+from jobs.ops.levels import levels_collect
 from jobs.transfer.breaker import breakers_all
 
 logger = logging.getLogger(__name__)
@@ -58,10 +61,18 @@ def origin_circuit_families() -> list[Metric]:
         "Failures counted in the circuit breaker's rolling window.",
         labels=["origin"],
     )
+    open_since = GaugeMetricFamily(
+        "download_origin_circuit_open_since_seconds",
+        "Seconds since an origin's circuit breaker last opened, while it is open or half-open.",
+        labels=["origin"],
+    )
+    now = timezone.now()
     for breaker in breakers:
         state.add_metric([breaker.name], CIRCUIT_STATE_VALUES[breaker.state])
         failures.add_metric([breaker.name], breaker.failures)
-    return [state, failures]
+        if breaker.state != "closed" and breaker.opened_at is not None:
+            open_since.add_metric([breaker.name], max(0.0, (now - breaker.opened_at).total_seconds()))
+    return [state, failures, open_since]
 
 
 class LevelsCollector(Collector):
@@ -95,6 +106,7 @@ class LevelsCollector(Collector):
                 jobs.add_metric([status, priority], n)
             yield jobs
         yield from origin_circuit_families()
+        yield from levels_collect()
         # The alerts' figures and whether each fires (jobs.ops.alerts), as they are now.
         yield from alert_metric_families(alerts_evaluate(queue_depths=depths))
 
@@ -103,6 +115,7 @@ def exposition() -> tuple[bytes, str]:
     """The text of a scrape: every process's metrics (or this one's) plus the levels."""
     levels = CollectorRegistry(auto_describe=False)
     levels.register(LevelsCollector())
+    db_pool_refresh(WEB)  # this process's pool as it is now; the others' as of their last copy
     if multiprocess_dir():
         processes = CollectorRegistry()
         multiprocess.MultiProcessCollector(processes)

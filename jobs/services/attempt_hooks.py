@@ -15,7 +15,7 @@ import redis
 from django.conf import settings
 from django.utils import timezone
 
-from jobs import hotstate
+from jobs import hotstate, metrics
 from jobs.errors import JobCancelled, JobSuperseded
 from jobs.events import job_event_on_hot_state, job_event_publish
 from jobs.hotstate import HotProgress
@@ -41,6 +41,7 @@ class AttemptHooks:
         self.last_percent = -1
         self.last_beat_at = time.monotonic()
         self.redis_down_until = 0.0
+        self.bytes_seen = False
 
     def upload_opened(
         self,
@@ -80,6 +81,9 @@ class AttemptHooks:
         now = time.monotonic()
         if now < self.redis_down_until:
             return  # hot-state Redis failed a moment ago: the attempt goes on without it
+        if bytes_done > 0 and not self.bytes_seen:
+            self.bytes_seen = True
+            self._first_bytes()
         # 100 % is said by the completion, not while the upload is being finished.
         percent = min(99, bytes_done * 100 // bytes_total) if bytes_total else 0
         due = now - self.last_push_at >= settings.PROGRESS_PUSH_INTERVAL_S
@@ -101,6 +105,17 @@ class AttemptHooks:
             return
         if now - self.last_beat_at >= settings.JOB_HEARTBEAT_INTERVAL_S:
             self._beat()
+
+    def _first_bytes(self) -> None:
+        """The job's first bytes, from its creation: observed by the first attempt that
+        reports any (a later one resumes or restarts a job that had its first bytes)."""
+        try:
+            first = hotstate.first_progress_claim(self.job.job_id)
+        except redis.RedisError:
+            self._redis_failed("the first bytes' claim")
+            return
+        if first:
+            metrics.job_first_progress((timezone.now() - self.job.created_at).total_seconds())
 
     def _redis_failed(self, what: str) -> None:
         """Hot-state Redis failed: the attempt goes on, and leaves Redis alone for one

@@ -79,6 +79,7 @@ def download_job_create(
             return DownloadJob.objects.get(owner=owner, idempotency_key=idempotency_key), False
         card_replace_on_commit(job)
         dispatch_on_commit(job)
+        on_commit(lambda: metrics.job_created(job.priority))
     return job, True
 
 
@@ -141,6 +142,7 @@ def _create_reused(
     )
     card_replace_on_commit(job)
     publish_on_commit(job, "completed")
+    on_commit(lambda: metrics.job_created(job.priority))
     on_commit(lambda: metrics.job_reused())
     logger.info("%s completed at once from the stored file of %s", job.job_id, source.job_id)
     return job
