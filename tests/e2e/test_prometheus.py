@@ -82,7 +82,10 @@ def watched(
     stack = Stack("prometheus", env).start(worker=False)
     worker_port = free_port()
     multiprocess_dir_reset(root / "worker-host")
-    worker_env = {"PROMETHEUS_MULTIPROC_DIR": str(root / "worker-host"), "WORKER_METRICS_PORT": str(worker_port)}
+    worker_env = {
+        "PROMETHEUS_MULTIPROC_DIR": str(root / "worker-host"),
+        "WORKER_METRICS_PORT": str(worker_port),
+    }
     # The shipped expressions, without the waits of `for`.
     quick = rules()
     for rule in all_rules(quick):
@@ -98,7 +101,9 @@ def watched(
         stack.start_worker(concurrency=2, env=worker_env)
         wait_for_port(worker_port, process=stack.worker)
         prometheus.start(log=ARTIFACTS / "logs" / "prometheus.log")
-        eventually(prometheus.targets_up, timeout_s=20, what="Prometheus scrapes the web process and the worker")
+        eventually(
+            prometheus.targets_up, timeout_s=20, what="Prometheus scrapes the web process and the worker"
+        )
         yield stack, prometheus
     finally:
         prometheus.stop()
@@ -132,7 +137,9 @@ def test_prometheus_scrapes_every_metric_the_rules_and_the_dashboard_read(
     except AssertionError:
         pytest.fail(f"Prometheus never scraped: {sorted(missing)}")
     # The recording rules ran on them.
-    eventually(lambda: recorded_names() <= prometheus.metric_names(), timeout_s=10, what="every recorded series")
+    eventually(
+        lambda: recorded_names() <= prometheus.metric_names(), timeout_s=10, what="every recorded series"
+    )
 
 
 def test_prometheus_accepts_every_dashboard_query(watched: tuple[Stack, PrometheusServer]) -> None:
@@ -149,7 +156,8 @@ def test_no_worker_fires_when_the_last_worker_dies_with_jobs_queued(
     watched: tuple[Stack, PrometheusServer], origin: OriginServer
 ) -> None:
     stack, prometheus = watched
-    assert stack.worker is not None and stack.worker.poll() is None
+    assert stack.worker is not None
+    assert stack.worker.poll() is None
     assert prometheus.alert_states("DownloadsNoWorker") == set()
     token = api_key_for(User.objects.create_user(f"prom-{uuid4().hex[:12]}"))
     origin.add(77203, FileScript(size=64 * 1024))

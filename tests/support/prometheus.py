@@ -89,7 +89,8 @@ def duration_s(text: str) -> float:
     """A Prometheus duration ("90s", "1m", "1h30m") in seconds."""
     units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
     parts = re.findall(r"(\d+)(ms|s|m|h|d|w|y)", text)
-    assert parts and "".join(n + u for n, u in parts) == text, f"not a duration: {text!r}"
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a duration: {text!r}")
     return sum(int(n) * units[u] for n, u in parts)
 
 
@@ -97,7 +98,9 @@ class PrometheusServer:
     """The real `prometheus` binary in a temporary directory: its own configuration (the
     given scrape jobs, every `interval_s`), rule files, TSDB and a free port."""
 
-    def __init__(self, binary: str, *, jobs: dict[str, list[str]], rule_files: list[Path], interval_s: float = 1):
+    def __init__(
+        self, binary: str, *, jobs: dict[str, list[str]], rule_files: list[Path], interval_s: float = 1
+    ):
         self.binary = binary
         self.jobs = jobs
         self.rule_files = rule_files
@@ -110,10 +113,15 @@ class PrometheusServer:
     def start(self, *, log: Path) -> "PrometheusServer":
         interval = f"{int(self.interval_s * 1000)}ms"
         config = {
-            "global": {"scrape_interval": interval, "evaluation_interval": interval, "scrape_timeout": interval},
+            "global": {
+                "scrape_interval": interval,
+                "evaluation_interval": interval,
+                "scrape_timeout": interval,
+            },
             "rule_files": [str(path) for path in self.rule_files],
             "scrape_configs": [
-                {"job_name": job, "static_configs": [{"targets": targets}]} for job, targets in self.jobs.items()
+                {"job_name": job, "static_configs": [{"targets": targets}]}
+                for job, targets in self.jobs.items()
             ],
         }
         config_path = self.directory / "prometheus.yml"
@@ -165,4 +173,6 @@ class PrometheusServer:
         return bool(active) and all(target["health"] == "up" for target in active)
 
     def alert_states(self, name: str) -> set[str]:
-        return {alert["state"] for alert in self.api("alerts")["alerts"] if alert["labels"]["alertname"] == name}
+        return {
+            alert["state"] for alert in self.api("alerts")["alerts"] if alert["labels"]["alertname"] == name
+        }
