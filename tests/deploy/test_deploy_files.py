@@ -277,14 +277,18 @@ def manifests() -> dict[tuple[str, str], dict[str, Any]]:
 
 # KEDA's resources: not in the Kubernetes API schemas, checked by keda_problems below.
 KEDA_KINDS = {"ScaledObject", "TriggerAuthentication"}
+# The Prometheus Operator's: generated from deploy/prometheus/rules.yml and checked with
+# promtool by test_prometheus_rules.py.
+MONITORING_KINDS = {"PrometheusRule"}
 
 
 def test_manifests_follow_the_kubernetes_api_schemas(manifests):
     assert {kind for kind, _ in manifests} == {
         "ConfigMap", "Secret", "Deployment", "Service", "HorizontalPodAutoscaler", "Job", *KEDA_KINDS,
+        *MONITORING_KINDS,
     }  # fmt: skip
     for (kind, name), document in manifests.items():
-        if kind in KEDA_KINDS:
+        if kind in KEDA_KINDS | MONITORING_KINDS:
             continue
         try:
             kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
