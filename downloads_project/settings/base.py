@@ -41,6 +41,9 @@ MIDDLEWARE = [
     "jobs.api.cache_control.ApiNoStoreMiddleware",
     # Then: answers CORS preflights of /v1/ before any other middleware could (CORS_* below).
     "corsheaders.middleware.CorsMiddleware",
+    # Then: the probes and the scrape, whatever the Host (jobs/ops/probes.py): orchestrators and
+    # Prometheus reach a process by its address, which DJANGO_ALLOWED_HOSTS need not list.
+    "jobs.ops.probes.ProbesAnyHostMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",

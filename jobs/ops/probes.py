@@ -11,6 +11,7 @@ says only which check failed: the error itself (host names, users) goes to the l
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import resolve
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
@@ -50,3 +51,27 @@ def ready(request: HttpRequest) -> JsonResponse:
 def metrics_view(request: HttpRequest) -> HttpResponse:
     body, content_type = scrape.exposition()
     return HttpResponse(body, content_type=content_type)
+
+
+# The probes' paths, answered whatever the Host header says: the orchestrator and
+# Prometheus reach a web process by its address (a pod's IP, `web:8000`), which
+# DJANGO_ALLOWED_HOSTS does not and should not list. Nothing in these answers is built
+# from the Host, so it cannot poison them; every other path still gets Django's 400.
+PROBE_PATHS = frozenset({"/health", "/ready", "/metrics"})
+
+
+class ProbesAnyHostMiddleware:
+    """Answers `/health`, `/ready` and `/metrics` before any middleware that validates the
+    Host (SecurityMiddleware, CommonMiddleware, CSRF) could refuse it."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path_info not in PROBE_PATHS:
+            response: HttpResponse = self.get_response(request)
+            return response
+        match = resolve(request.path_info)
+        request.resolver_match = match
+        answer: HttpResponse = match.func(request, *match.args, **match.kwargs)
+        return answer

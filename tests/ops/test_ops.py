@@ -47,6 +47,22 @@ def test_health_answers_without_any_query(client: Client, django_assert_num_quer
 
 
 @pytest.mark.django_db
+def test_probes_and_scrape_answer_a_host_that_allowed_hosts_does_not_list(
+    client: Client, local_storage: Any
+) -> None:
+    """Kubernetes probes and Prometheus reach a web process by its address: `/health`,
+    `/ready` and `/metrics` answer whatever the Host; every other path still refuses it."""
+    pod = "10.42.0.17:8000"
+    assert client.get("/health", HTTP_HOST=pod).status_code == 200
+    assert client.get("/ready", HTTP_HOST=pod).status_code == 200
+    scrape = client.get("/metrics", HTTP_HOST=pod)
+    assert scrape.status_code == 200
+    assert b"download_queue_depth" in scrape.content
+    assert client.get("/accounts/login/", HTTP_HOST=pod).status_code == 400
+    assert client.get("/metrics/", HTTP_HOST=pod).status_code == 400
+
+
+@pytest.mark.django_db
 def test_ready_is_ok_when_everything_answers(client: Client, local_storage: Any) -> None:
     response = client.get("/ready")
     assert response.status_code == 200, response.content
