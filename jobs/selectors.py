@@ -10,10 +10,10 @@ from typing import Any
 import redis
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.utils import timezone
 
-from jobs import completions, hotstate
+from jobs import completions, hotstate, queue_line
 from jobs.hotstate import HotProgress, JobCard
 from jobs.models import ACTIVE_STATUSES, DownloadJob, Status
 from jobs.ops.broker import PRIORITIES, queue_depths
@@ -143,22 +143,27 @@ def _jobs_ahead(priority: str) -> int:
 def download_job_queue_place(*, job: DownloadJob | JobCard, now_s: float | None = None) -> dict[str, int]:
     """`queue_position` (1 is next) and `estimated_time` of a job waiting for its first
     turn, or `{}` for any other (a job waiting for a retry or for the origin has its
-    `next_retry_at` instead). The place is one count of the queued jobs served before it:
-    those of a higher priority, and those of its own that came first (jobs waiting for a
-    retry are not in line). On `idx_status_created`: it reads the queued jobs' index
-    entries only. Not part of `download_job_status`, which events and lists build without
-    a query: the status answer and a socket's snapshot add it."""
+    `next_retry_at` instead). Ahead of it are the queued jobs of a higher priority, and
+    those of its own that came first (jobs waiting for a retry are not in line): read from
+    the line's snapshot in hot-state Redis (`jobs.queue_line`), which one request reads
+    again from the database at most every QUEUE_LINE_MAX_AGE_S, not with a query per poll.
+    `{}` too when Redis cannot be reached, or while the first snapshot is being built: the
+    status answer leaves the place out rather than fail. Not part of
+    `download_job_status`, which events and lists build without a query: the status answer
+    and a socket's snapshot add it."""
     if job.status != Status.QUEUED or job.next_retry_at is not None:
         return {}
-    higher = PRIORITIES[: PRIORITIES.index(job.priority)]
-    ahead = (
-        DownloadJob.objects.filter(status=Status.QUEUED, next_retry_at__isnull=True)
-        .filter(Q(priority__in=higher) | Q(priority=job.priority, created_at__lt=job.created_at))
-        .count()
-    )
+    now_s = time.time() if now_s is None else now_s
+    try:
+        place = queue_line.queue_line_place(priority=job.priority, created_at=job.created_at, now_s=now_s)
+    except redis.RedisError as error:
+        logger.warning("Hot state unreachable, answering %s without its place: %s", job.job_id, error)
+        return {}
+    if place is None:
+        return {}
     return {
-        "queue_position": ahead + 1,
-        "estimated_time": download_job_estimate_s(job=job, now_s=now_s, ahead=ahead),
+        "queue_position": place.ahead + 1,
+        "estimated_time": download_job_estimate_s(job=job, now_s=now_s, ahead=place.ahead),
     }
 
 
