@@ -13,7 +13,8 @@ since the epoch). Its members are the number of that priority's jobs created at 
 that instant (`upto`): for the first QUEUE_LINE_EXACT jobs of each priority every one of
 them, beyond that every QUEUE_LINE_STEP-th and the last. A job's place is then one
 `ZREVRANGEBYSCORE` for the last member created before it, plus the totals of the higher
-priorities (`queue-line:meta`, with the instant the snapshot was built): exact within the
+priorities (`queue-line:meta`, with the instant the snapshot was built and the recent
+completions of that instant, for the place's estimate): exact within the
 first QUEUE_LINE_EXACT of its priority, and beyond that short of the truth by less than
 QUEUE_LINE_STEP. A job newer than the snapshot has its priority's whole line ahead of it.
 """
@@ -29,6 +30,7 @@ from django.db.models import Count, F, Q, Window
 from django.db.models.functions import Mod, RowNumber
 
 from infra.redis import state_client
+from jobs.completions import RecentCompletions, completions_read
 from jobs.models import DownloadJob, Status
 from jobs.ops.broker import PRIORITIES
 
@@ -57,6 +59,7 @@ class LinePlace:
 
     ahead: int
     built_s: float  # when the snapshot was built (Unix time)
+    recent: RecentCompletions  # as they were then: what the place's estimate is made of
 
 
 def _line_rows() -> list[tuple[str, datetime, int, int]]:
@@ -77,12 +80,19 @@ def _line_rows() -> list[tuple[str, datetime, int, int]]:
 
 
 def queue_line_build(*, now_s: float) -> None:
-    """Reads the line from the database (one query) and replaces the snapshot at once."""
+    """Reads the line from the database (one query) and replaces the snapshot at once, with
+    the recent completions of the moment, so that a poll reads them in the same round trip."""
     lines: dict[str, dict[str, int]] = {priority: {} for priority in PRIORITIES}
     totals = dict.fromkeys(PRIORITIES, 0)
     for priority, created_at, upto, total in _line_rows():
         lines[priority][str(upto)] = _score(created_at)
         totals[priority] = total
+    recent = completions_read(now_s=now_s)
+    meta = {
+        "built_s": now_s,
+        "totals": totals,
+        "recent": [recent.count, recent.seconds, recent.first_bucket_s],
+    }
     ttl_s = settings.HOT_STATE_TTL_S
     pipe = state_client().pipeline(transaction=True)
     for priority, members in lines.items():
@@ -90,7 +100,7 @@ def queue_line_build(*, now_s: float) -> None:
         if members:
             pipe.zadd(_line_key(priority), members)  # type: ignore[arg-type]
             pipe.expire(_line_key(priority), ttl_s)
-    pipe.set(_META_KEY, json.dumps({"built_s": now_s, "totals": totals}), ex=ttl_s)
+    pipe.set(_META_KEY, json.dumps(meta), ex=ttl_s)
     pipe.execute()
 
 
@@ -105,7 +115,9 @@ def _place_read(priority: str, created_at: datetime) -> LinePlace | None:
     meta = json.loads(raw_meta)
     higher = PRIORITIES[: PRIORITIES.index(priority)]
     ahead = sum(meta["totals"].get(name, 0) for name in higher) + (int(before[0]) if before else 0)
-    return LinePlace(ahead=ahead, built_s=float(meta["built_s"]))
+    count, seconds, first_bucket_s = meta["recent"]
+    recent = RecentCompletions(count=count, seconds=seconds, first_bucket_s=first_bucket_s)
+    return LinePlace(ahead=ahead, built_s=float(meta["built_s"]), recent=recent)
 
 
 def queue_line_place(*, priority: str, created_at: datetime, now_s: float) -> LinePlace | None:

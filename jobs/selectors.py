@@ -86,7 +86,11 @@ def download_job_list_for_owner(*, owner: User, status: str | None) -> QuerySet[
 
 
 def download_job_estimate_s(
-    *, job: DownloadJob | JobCard, now_s: float | None = None, ahead: int | None = None
+    *,
+    job: DownloadJob | JobCard,
+    now_s: float | None = None,
+    ahead: int | None = None,
+    recent: completions.RecentCompletions | None = None,
 ) -> int:
     """Seconds until the job is likely to have completed, as initiate answers it: the wait
     for a worker (the jobs ahead of it over the rate at which jobs complete) plus the time
@@ -110,13 +114,14 @@ def download_job_estimate_s(
     slow rate; after a spell of sparse completions the rate reads low, and the estimate
     high, until the window has passed.
 
-    `ahead`, when the caller counted the jobs ahead itself (`download_job_queue_place`),
-    replaces the broker's count."""
+    `ahead` and `recent`, when the caller has them (`download_job_queue_place`, from the
+    line's snapshot), replace the broker's count and the read of the completions."""
     if job.status not in ACTIVE_STATUSES:
         return 0
     now_s = time.time() if now_s is None else now_s
     try:
-        recent = completions.completions_read(now_s=now_s)
+        if recent is None:
+            recent = completions.completions_read(now_s=now_s)
         if not recent.count or recent.first_bucket_s is None:
             return settings.JOB_DEFAULT_ESTIMATE_S
         mean_s = recent.seconds / recent.count
@@ -163,7 +168,9 @@ def download_job_queue_place(*, job: DownloadJob | JobCard, now_s: float | None 
         return {}
     return {
         "queue_position": place.ahead + 1,
-        "estimated_time": download_job_estimate_s(job=job, now_s=now_s, ahead=place.ahead),
+        "estimated_time": download_job_estimate_s(
+            job=job, now_s=now_s, ahead=place.ahead, recent=place.recent
+        ),
     }
 
 
