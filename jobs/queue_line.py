@@ -64,14 +64,16 @@ class LinePlace:
 
 def _line_rows() -> list[tuple[str, datetime, int, int]]:
     """(priority, created_at, upto, total) of the jobs kept in the snapshot: one query."""
-    by_priority = {"partition_by": [F("priority")]}
+    by_priority = [F("priority")]
     return list(
         DownloadJob.objects.filter(status=Status.QUEUED, next_retry_at__isnull=True)
         .annotate(
-            number=Window(RowNumber(), order_by=[F("created_at").asc(), F("id").asc()], **by_priority),
+            number=Window(
+                RowNumber(), order_by=[F("created_at").asc(), F("id").asc()], partition_by=by_priority
+            ),
             # A count ordered by created_at counts the rows created at the same instant too.
-            upto=Window(Count("id"), order_by=F("created_at").asc(), **by_priority),
-            total=Window(Count("id"), **by_priority),
+            upto=Window(Count("id"), order_by=F("created_at").asc(), partition_by=by_priority),
+            total=Window(Count("id"), partition_by=by_priority),
         )
         .annotate(step=Mod(F("number"), QUEUE_LINE_STEP))
         .filter(Q(number__lte=QUEUE_LINE_EXACT) | Q(step=0) | Q(number=F("total")))
@@ -98,7 +100,7 @@ def queue_line_build(*, now_s: float) -> None:
     for priority, members in lines.items():
         pipe.delete(_line_key(priority))
         if members:
-            pipe.zadd(_line_key(priority), members)  # type: ignore[arg-type]
+            pipe.zadd(_line_key(priority), members)
             pipe.expire(_line_key(priority), ttl_s)
     pipe.set(_META_KEY, json.dumps(meta), ex=ttl_s)
     pipe.execute()
@@ -112,12 +114,18 @@ def _place_read(priority: str, created_at: datetime) -> LinePlace | None:
     raw_meta, before = pipe.execute()
     if raw_meta is None:
         return None
-    meta = json.loads(raw_meta)
-    higher = PRIORITIES[: PRIORITIES.index(priority)]
-    ahead = sum(meta["totals"].get(name, 0) for name in higher) + (int(before[0]) if before else 0)
-    count, seconds, first_bucket_s = meta["recent"]
-    recent = RecentCompletions(count=count, seconds=seconds, first_bucket_s=first_bucket_s)
-    return LinePlace(ahead=ahead, built_s=float(meta["built_s"]), recent=recent)
+    try:
+        meta = json.loads(raw_meta)
+        higher = PRIORITIES[: PRIORITIES.index(priority)]
+        ahead = sum(int(meta["totals"].get(name, 0)) for name in higher) + (int(before[0]) if before else 0)
+        count, seconds, first_bucket_s = meta["recent"]
+        recent = RecentCompletions(count=int(count), seconds=float(seconds), first_bucket_s=first_bucket_s)
+        return LinePlace(ahead=ahead, built_s=float(meta["built_s"]), recent=recent)
+    except (KeyError, TypeError, ValueError):
+        # Written in another shape (by another version of this module, in a rolling deploy):
+        # as if there were none, so that this request builds it again.
+        logger.warning("The queue's line snapshot has an unknown shape; building it again")
+        return None
 
 
 def queue_line_place(*, priority: str, created_at: datetime, now_s: float) -> LinePlace | None:

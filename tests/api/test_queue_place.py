@@ -144,9 +144,7 @@ def test_a_job_newer_than_the_lines_snapshot_has_all_of_it_ahead(user, other_use
     assert position(late, now_s + 0.1) == 4  # the snapshot's high and its three normal ones
 
 
-def test_beyond_the_exact_head_of_the_line_the_place_is_short_by_less_than_a_step(
-    user, monkeypatch
-):
+def test_beyond_the_exact_head_of_the_line_the_place_is_short_by_less_than_a_step(user, monkeypatch):
     monkeypatch.setattr(queue_line, "QUEUE_LINE_EXACT", 3)
     monkeypatch.setattr(queue_line, "QUEUE_LINE_STEP", 4)
     jobs = [make_job(user, priority="normal") for _ in range(10)]
@@ -158,6 +156,15 @@ def test_beyond_the_exact_head_of_the_line_the_place_is_short_by_less_than_a_ste
     # before it (every 4th: the 4th, the 8th), so exact again for the 5th and the 9th.
     assert places == [1, 2, 3, 4, 5, 5, 5, 5, 9, 9]
     assert all(0 <= true - found < 4 for true, found in zip(range(1, 11), places, strict=True))
+
+
+def test_a_snapshot_of_another_shape_is_built_again(user, other_user):
+    # As an older version of the snapshot, without the recent completions.
+    state_client().set("queue-line:meta", '{"built_s": 0, "totals": {"high": 7}}')
+    make_job(other_user, priority="high")
+    mine = make_job(user, priority="normal")
+
+    assert position(mine, time.time()) == 2
 
 
 def test_without_hot_state_the_status_of_a_queued_job_leaves_its_place_out(api_client, user, redis_down):
