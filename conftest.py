@@ -71,11 +71,11 @@ def _fast_password_hasher(settings: Any) -> None:
 
 @pytest.fixture(autouse=True)
 def _fresh_cache() -> None:
-    """The cache, rate-limit counters, circuit breakers, recent completions and cached API
-    keys live in Redis: each test starts with none."""
+    """The cache, rate-limit counters, circuit breakers, recent completions, the queue's
+    line and cached API keys live in Redis: each test starts with none."""
     from django.core.cache import cache
 
-    from jobs import completions
+    from jobs import completions, queue_line
     from jobs.api.ratelimits import rate_limits_reset
     from jobs.api_keys import api_keys_cache_reset
     from jobs.transfer.breaker import OriginBreaker, breakers_all
@@ -87,6 +87,7 @@ def _fresh_cache() -> None:
     for breaker in breakers_all():
         OriginBreaker(breaker.name).reset()
     completions.completions_reset()
+    queue_line.queue_line_reset()
     api_keys_cache_reset()
 
 

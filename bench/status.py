@@ -290,7 +290,9 @@ def probe(url: str, token: str | None) -> str:
     return response.text
 
 
-def measure(server: Server, target: Target, token: str, args: argparse.Namespace, database_url: str) -> Row:
+def measure(
+    server: Server, target: Target, token: str, args: argparse.Namespace, database_url: str | None
+) -> Row:
     url = server.url + target.path
     key = token if target.authenticated else None
     try:
@@ -300,7 +302,13 @@ def measure(server: Server, target: Target, token: str, args: argparse.Namespace
     log(f"{target.label}: GET {target.path} -> 200 {answer[:120]}")
     wrk(url, key, args, WARMUP_S)
     offset = server.log_path.stat().st_size
-    with pg_connections_sampled(database_url, server.name) as peak:
+    with ExitStack() as sampling:
+        # SQLite (the embedded profile) has no connections to count: the column stays 0.
+        peak = (
+            Peak()
+            if database_url is None
+            else sampling.enter_context(pg_connections_sampled(database_url, server.name))
+        )
         output = wrk(url, key, args, args.duration)
     row = wrk_row(target, output, peak.connections, access_log_codes(server, offset))
     log(f"  {row.rps:.0f} requests/s, p50 {row.p50_ms:.1f} ms, p99 {row.p99_ms:.1f} ms, {row.errors} errors")
@@ -421,7 +429,7 @@ def run(args: argparse.Namespace) -> int:
             stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-status-"))
         )
         var_dir.mkdir(parents=True, exist_ok=True)
-        database_url = postgres_database(stack, DATABASE)
+        database_url = postgres_database(stack, args.database) if args.profile == "production" else None
         env = bench_env(stack, var_dir, broker_db=BROKER_DB, database_url=database_url)
         env["DATABASE_POOL_MAX_SIZE"] = str(args.pool_max_size)
         fixture = fixture_create(env)
@@ -433,7 +441,8 @@ def run(args: argparse.Namespace) -> int:
         envs = {"project": env, "baselines": env | baselines_env}
         all_targets = targets(fixture["jobs"], peer_task_store(result_backend))
         log(
-            f"status: PostgreSQL database {DATABASE}, Redis {env['REDIS_URL']}, "
+            f"status: {f'PostgreSQL database {args.database}' if database_url else 'SQLite'}, "
+            f"Redis {env['REDIS_URL']}, "
             f"pool max size {args.pool_max_size}; "
             f"per row {WARMUP_S} s of warm-up, then wrk -t2 -c{args.concurrency} -d{args.duration}s "
             f"--timeout={args.timeout}s --latency; {os.cpu_count()} CPUs, {platform.platform()}"
@@ -470,6 +479,17 @@ def main(argv: list[str]) -> None:
         type=int,
         default=10,
         help="DATABASE_POOL_MAX_SIZE of the project, and of the baselines (default 10)",
+    )
+    parser.add_argument(
+        "--profile",
+        choices=("production", "embedded"),
+        default="production",
+        help="production: a throwaway PostgreSQL database (default); embedded: SQLite in VAR_DIR",
+    )
+    parser.add_argument(
+        "--database",
+        default=DATABASE,
+        help=f"the throwaway PostgreSQL database's name (default {DATABASE}); dropped first and at the end",
     )
     parser.add_argument(
         "--var-dir", type=Path, help="keep VAR_DIR (the uvicorn logs) here; default: a temporary one"

@@ -32,21 +32,18 @@ INSTALLED_APPS = [
 MIDDLEWARE: list[str] = []
 ROOT_URLCONF = __name__
 USE_TZ = True
-DATABASES = {
-    "default": {
-        **environ.Env.db_url_config(os.environ["DATABASE_URL"]),
-        "CONN_MAX_AGE": 0,
-        "OPTIONS": {
-            # bench/status.py tells its connections from the project's by this name.
-            "application_name": "bench-status-baselines",
-            "pool": {
-                "min_size": 2,
-                "max_size": int(os.environ.get("DATABASE_POOL_MAX_SIZE", "10")),
-                "timeout": 5,
-            },
+_DATABASE = environ.Env.db_url_config(os.environ["DATABASE_URL"])
+DATABASES = {"default": {**_DATABASE, "CONN_MAX_AGE": 0}}
+if _DATABASE["ENGINE"].endswith("postgresql"):  # SQLite (bench/status.py --profile embedded): no pool
+    DATABASES["default"]["OPTIONS"] = {
+        # bench/status.py tells its connections from the project's by this name.
+        "application_name": "bench-status-baselines",
+        "pool": {
+            "min_size": 2,
+            "max_size": int(os.environ.get("DATABASE_POOL_MAX_SIZE", "10")),
+            "timeout": 5,
         },
     }
-}
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "UNAUTHENTICATED_USER": None,

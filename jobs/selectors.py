@@ -10,10 +10,10 @@ from typing import Any
 import redis
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.utils import timezone
 
-from jobs import completions, hotstate
+from jobs import completions, hotstate, queue_line
 from jobs.hotstate import HotProgress, JobCard
 from jobs.models import ACTIVE_STATUSES, DownloadJob, Status
 from jobs.ops.broker import PRIORITIES, queue_depths
@@ -86,7 +86,11 @@ def download_job_list_for_owner(*, owner: User, status: str | None) -> QuerySet[
 
 
 def download_job_estimate_s(
-    *, job: DownloadJob | JobCard, now_s: float | None = None, ahead: int | None = None
+    *,
+    job: DownloadJob | JobCard,
+    now_s: float | None = None,
+    ahead: int | None = None,
+    recent: completions.RecentCompletions | None = None,
 ) -> int:
     """Seconds until the job is likely to have completed, as initiate answers it: the wait
     for a worker (the jobs ahead of it over the rate at which jobs complete) plus the time
@@ -110,13 +114,14 @@ def download_job_estimate_s(
     slow rate; after a spell of sparse completions the rate reads low, and the estimate
     high, until the window has passed.
 
-    `ahead`, when the caller counted the jobs ahead itself (`download_job_queue_place`),
-    replaces the broker's count."""
+    `ahead` and `recent`, when the caller has them (`download_job_queue_place`, from the
+    line's snapshot), replace the broker's count and the read of the completions."""
     if job.status not in ACTIVE_STATUSES:
         return 0
     now_s = time.time() if now_s is None else now_s
     try:
-        recent = completions.completions_read(now_s=now_s)
+        if recent is None:
+            recent = completions.completions_read(now_s=now_s)
         if not recent.count or recent.first_bucket_s is None:
             return settings.JOB_DEFAULT_ESTIMATE_S
         mean_s = recent.seconds / recent.count
@@ -143,22 +148,29 @@ def _jobs_ahead(priority: str) -> int:
 def download_job_queue_place(*, job: DownloadJob | JobCard, now_s: float | None = None) -> dict[str, int]:
     """`queue_position` (1 is next) and `estimated_time` of a job waiting for its first
     turn, or `{}` for any other (a job waiting for a retry or for the origin has its
-    `next_retry_at` instead). The place is one count of the queued jobs served before it:
-    those of a higher priority, and those of its own that came first (jobs waiting for a
-    retry are not in line). On `idx_status_created`: it reads the queued jobs' index
-    entries only. Not part of `download_job_status`, which events and lists build without
-    a query: the status answer and a socket's snapshot add it."""
+    `next_retry_at` instead). Ahead of it are the queued jobs of a higher priority, and
+    those of its own that came first (jobs waiting for a retry are not in line): read from
+    the line's snapshot in hot-state Redis (`jobs.queue_line`), which one request reads
+    again from the database at most every QUEUE_LINE_MAX_AGE_S, not with a query per poll.
+    `{}` too when Redis cannot be reached, or while the first snapshot is being built: the
+    status answer leaves the place out rather than fail. Not part of
+    `download_job_status`, which events and lists build without a query: the status answer
+    and a socket's snapshot add it."""
     if job.status != Status.QUEUED or job.next_retry_at is not None:
         return {}
-    higher = PRIORITIES[: PRIORITIES.index(job.priority)]
-    ahead = (
-        DownloadJob.objects.filter(status=Status.QUEUED, next_retry_at__isnull=True)
-        .filter(Q(priority__in=higher) | Q(priority=job.priority, created_at__lt=job.created_at))
-        .count()
-    )
+    now_s = time.time() if now_s is None else now_s
+    try:
+        place = queue_line.queue_line_place(priority=job.priority, created_at=job.created_at, now_s=now_s)
+    except redis.RedisError as error:
+        logger.warning("Hot state unreachable, answering %s without its place: %s", job.job_id, error)
+        return {}
+    if place is None:
+        return {}
     return {
-        "queue_position": ahead + 1,
-        "estimated_time": download_job_estimate_s(job=job, now_s=now_s, ahead=ahead),
+        "queue_position": place.ahead + 1,
+        "estimated_time": download_job_estimate_s(
+            job=job, now_s=now_s, ahead=place.ahead, recent=place.recent
+        ),
     }
 
 

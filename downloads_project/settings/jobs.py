@@ -44,6 +44,11 @@ JOB_DEFAULT_ESTIMATE_S = env.int("JOB_DEFAULT_ESTIMATE_S", default=60)
 JOB_ESTIMATE_WINDOW_S = env.int("JOB_ESTIMATE_WINDOW_S", default=120)
 if not 10 <= JOB_ESTIMATE_WINDOW_S <= 3600:
     raise ImproperlyConfigured("JOB_ESTIMATE_WINDOW_S must be from 10 to 3600 (seconds)")
+# A queued job's queue_position is read from a snapshot of the line in hot-state Redis
+# (jobs/queue_line.py), read again from the database at most this often (0.5-60 s).
+QUEUE_LINE_MAX_AGE_S = env.float("QUEUE_LINE_MAX_AGE_S", default=2.0)
+if not 0.5 <= QUEUE_LINE_MAX_AGE_S <= 60:
+    raise ImproperlyConfigured("QUEUE_LINE_MAX_AGE_S must be from 0.5 to 60 (seconds)")
 JOB_POLLING_INTERVAL_MS = env.int("JOB_POLLING_INTERVAL_MS", default=2000)
 JOB_METADATA_MAX_BYTES = 4096
 JOB_MAX_FILE_BYTES = env.int("JOB_MAX_FILE_BYTES", default=10 * 1024**3)
