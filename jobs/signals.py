@@ -14,6 +14,11 @@ from jobs.models import DownloadJob, Status
 # "job.cancelled" or "job.expired").
 job_finished = Signal()
 
+# Sent by the initiate API with the owner and the validated body (`data`) before the job is
+# made: a receiver refuses the request by raising one of the API's errors (jobs/api/errors.py),
+# e.g. a `webhook_id` that is not one of the owner's endpoints.
+job_initiating = Signal()
+
 FINISHED_EVENTS: dict[str, str] = {
     Status.COMPLETED: "job.completed",
     Status.FAILED: "job.failed",

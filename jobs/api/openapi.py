@@ -153,6 +153,9 @@ def _data(name: str, data: serializers.Serializer[Any]) -> serializers.Serialize
     return inline_serializer(name=name, fields={"success": _TrueField(), "data": data})
 
 
+# For the APIs of the apps above jobs (webhooks/apis.py): the same envelopes.
+data_envelope = _data
+
 INITIATE_OK = _data("DownloadJobInitiateResponse", DownloadJobCreatedSerializer())
 STATUS_OK = _data("DownloadJobStatusResponse", JobStatusSerializer())
 LINK_OK = _data("DownloadLinkResponse", DownloadLinkSerializer())
@@ -182,6 +185,8 @@ def _error(
     )
     return OpenApiResponse(response=envelope, description=description or ", ".join(codes))
 
+
+error_envelope = _error
 
 VALIDATION_ERROR = _error(
     "Validation",
