@@ -33,7 +33,9 @@ _data = openapi.data_envelope
 _error = openapi.error_envelope
 
 
-URL_REFUSED = _error("WebhookInvalid", ["VALIDATION_ERROR", "WEBHOOK_URL_REFUSED"])
+URL_REFUSED = _error(
+    "WebhookInvalid", ["VALIDATION_ERROR", "WEBHOOK_URL_REFUSED"], fields=openapi.validation_fields()
+)
 LIMIT = _error("WebhookLimit", ["WEBHOOK_LIMIT_EXCEEDED"])
 NOT_FOUND = _error("WebhookNotFound", ["WEBHOOK_NOT_FOUND", "NOT_FOUND"])
 DELIVERY_NOT_FOUND = _error(

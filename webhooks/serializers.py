@@ -8,9 +8,28 @@ from jobs.selectors import iso
 from webhooks.models import Event, WebhookDelivery, WebhookEndpoint
 
 
+class EventListField(serializers.ListField):
+    """A list of events whose errors are a flat list of messages, as every other field's
+    are in the error envelope's `fields` (DRF keys a list's errors by item index)."""
+
+    def run_child_validation(self, data: list[Any]) -> list[Any]:
+        try:
+            return super().run_child_validation(data)
+        except serializers.ValidationError as exc:
+            detail = exc.detail
+            items = detail.values() if isinstance(detail, dict) else [detail]
+            raise serializers.ValidationError(
+                [
+                    str(message)
+                    for messages in items
+                    for message in (messages if isinstance(messages, list) else [messages])
+                ]
+            ) from None
+
+
 class EndpointInputSerializer(serializers.Serializer[dict[str, Any]]):
     url = serializers.URLField(max_length=2000)
-    events = serializers.ListField(
+    events = EventListField(
         child=serializers.ChoiceField(choices=Event.choices),
         allow_empty=False,
         max_length=len(Event.choices),
@@ -22,7 +41,7 @@ class EndpointInputSerializer(serializers.Serializer[dict[str, Any]]):
 
 class EndpointPatchSerializer(EndpointInputSerializer):
     url = serializers.URLField(max_length=2000, required=False)
-    events = serializers.ListField(
+    events = EventListField(
         child=serializers.ChoiceField(choices=Event.choices),
         allow_empty=False,
         max_length=len(Event.choices),

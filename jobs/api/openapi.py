@@ -188,14 +188,19 @@ def _error(
 
 error_envelope = _error
 
-VALIDATION_ERROR = _error(
-    "Validation",
-    ["VALIDATION_ERROR"],
-    fields=serializers.DictField(
+
+def validation_fields() -> serializers.DictField:
+    return serializers.DictField(
         child=serializers.ListField(child=serializers.CharField()),
         required=False,  # malformed JSON answers the code without it
         help_text="Messages by request field (`non_field_errors` for the body as a whole).",
-    ),
+    )
+
+
+VALIDATION_ERROR = _error("Validation", ["VALIDATION_ERROR"], fields=validation_fields())
+# initiate's 400: the body, or a `webhook_id` that an app above jobs refused (jobs/signals.py).
+INITIATE_BAD_REQUEST = _error(
+    "InitiateBadRequest", ["VALIDATION_ERROR", "WEBHOOK_NOT_FOUND"], fields=validation_fields()
 )
 UNAUTHENTICATED = _error("Unauthenticated", ["UNAUTHENTICATED"])
 CSRF_FAILED = _error("PermissionDenied", ["PERMISSION_DENIED"])

@@ -92,7 +92,7 @@ class DownloadJobInitiateApi(APIView):
         parameters=[openapi.IDEMPOTENCY_KEY, *openapi.RATE_LIMIT_HEADERS],
         responses={
             200: openapi.INITIATE_OK,
-            400: openapi.VALIDATION_ERROR,
+            400: openapi.INITIATE_BAD_REQUEST,
             **openapi.UNSAFE_AUTH_ERRORS,
             415: openapi.UNSUPPORTED_MEDIA_TYPE,
             429: openapi.RATE_LIMIT_EXCEEDED,
