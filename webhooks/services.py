@@ -232,7 +232,8 @@ def _claim(delivery_pk: int, *, now: datetime) -> WebhookDelivery | None:
     )
     if not claimed:
         return None
-    return WebhookDelivery.objects.select_related("endpoint").get(pk=delivery_pk)
+    # None if its endpoint was deleted (its deliveries with it) since the claim.
+    return WebhookDelivery.objects.select_related("endpoint").filter(pk=delivery_pk).first()
 
 
 def webhook_delivery_attempt(

@@ -206,3 +206,34 @@ def test_after_a_rotation_both_signatures_verify(
 
     (got,) = receipts(receiver, job_id)
     assert got["verified_by"] == [0, 1]  # a receiver holding either secret accepts it
+
+
+def test_urls_that_may_not_be_called_are_refused_and_redirects_are_not_followed(
+    api: httpx.Client, receiver: ReceiverProcess, origin: OriginServer
+) -> None:
+    """Only the receiver's own host:port is allowed: loopback on another port, private
+    ranges, link-local and a name resolving to loopback stay refused."""
+    port = int(receiver.host_port.rsplit(":", 1)[1])
+    for url in (
+        f"http://127.0.0.1:{port + 1}/hook",
+        "https://10.20.30.40/hook",
+        "https://172.16.0.1/hook",
+        "https://169.254.169.254/latest/meta-data",
+        f"http://localhost:{port}/hook",
+    ):
+        response = api.post("/v1/webhooks", json={"url": url})
+        assert response.status_code == 400, url
+        assert response.json()["error"]["code"] == "WEBHOOK_URL_REFUSED", url
+
+    secret = endpoint_add(api, receiver, events=["job.completed"])["secret"]
+    receiver.control(secrets=[secret], script=[307])
+    origin.add(76051, FileScript(size=64 * KiB))
+    job_id = initiate(api, 76051)
+
+    eventually(
+        lambda: WebhookDelivery.objects.filter(job_id=job_id, status=DeliveryStatus.FAILED).exists(),
+        timeout_s=30,
+        what="the delivery failed on the redirect",
+    )
+    assert [r["path"] for r in receipts(receiver, job_id)] == ["/hook"]  # never /elsewhere
+    assert WebhookDelivery.objects.get(job_id=job_id).last_status_code == 307

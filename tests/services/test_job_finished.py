@@ -3,6 +3,7 @@ named after the end; a receiver that raises takes the write back with it."""
 
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +16,10 @@ from jobs.models import DownloadJob, Status
 from jobs.services.attempt_end import attempt_fail
 from jobs.signals import job_finished
 from tests import factories
+from tests.services.test_maintenance import reaper_settings, stalled_job
 from tests.services.test_reuse import initiate, staged_job
+
+__all__ = ["reaper_settings"]  # the reaper's thresholds, a fixture of test_maintenance
 
 
 @pytest.fixture
@@ -45,6 +49,14 @@ def test_a_final_failure_sends_job_failed_and_a_retry_sends_nothing(user, finish
     job.status, job.attempts = Status.PROCESSING, 2
     job.save(update_fields=["status", "attempts"])
     attempt_fail(job, attempt=2, error=JobError(ErrorCode.NETWORK_ERROR, "down"))
+    assert finished == [(job.job_id, "job.failed", True)]
+
+
+def test_the_reaper_failing_a_job_on_its_last_attempt_sends_job_failed(
+    user, finished, local_storage, reaper_settings, dispatched
+):
+    job = stalled_job(user, Path(local_storage.location), attempts=3)
+    assert services.download_jobs_reap() == 1
     assert finished == [(job.job_id, "job.failed", True)]
 
 

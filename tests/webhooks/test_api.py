@@ -128,6 +128,14 @@ def test_patch_changes_what_it_names_and_checks_a_new_url(api_client, hook_setti
     assert WebhookEndpoint.objects.get(public_id=webhook_id).url == receiver.url
 
 
+def test_patch_disables_and_enables_again(api_client, hook_settings, receiver):
+    webhook_id = create(api_client, receiver.url).json()["data"]["id"]
+    disabled = api_client.patch(f"{HOOKS}/{webhook_id}", {"enabled": False}, format="json").json()["data"]
+    assert (disabled["disabled"], disabled["disabled_reason"]) == (True, "Disabled by its owner")
+    enabled = api_client.patch(f"{HOOKS}/{webhook_id}", {"enabled": True}, format="json").json()["data"]
+    assert (enabled["disabled"], enabled["disabled_reason"]) == (False, "")
+
+
 def test_delete_removes_the_endpoint(api_client, hook_settings, receiver):
     webhook_id = create(api_client, receiver.url).json()["data"]["id"]
     assert api_client.delete(f"{HOOKS}/{webhook_id}").json() == {"success": True, "data": {"id": webhook_id}}
