@@ -28,6 +28,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "jobs",
     "realtime",
+    "webhooks",
     "stack",
     "legacy",  # the old endpoint and socket login: deleted with legacy/
     "axes",

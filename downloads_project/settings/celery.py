@@ -8,6 +8,7 @@ from downloads_project.settings.base import TIME_ZONE
 from downloads_project.settings.environment import env
 from downloads_project.settings.ops import ALERT_CHECK_EVERY_S
 from downloads_project.settings.redis import REDIS_SENTINEL_MASTER, REDIS_SENTINELS
+from downloads_project.settings.webhooks import WEBHOOK_REAP_EVERY_S
 from jobs.queues import DEFAULT_QUEUE, MAINTENANCE_QUEUE
 
 # The worker's pool. "threads" (the default): one process runs WORKER_CONCURRENCY jobs at
@@ -69,5 +70,6 @@ CELERY_BEAT_SCHEDULE = {
         ("download-jobs-purge", "jobs.download_jobs_purge", JOB_PURGE_EVERY_S),
         ("download-analytics-refresh", "jobs.download_analytics_refresh", ANALYTICS_REFRESH_EVERY_S),
         ("download-alerts-check", "jobs.download_alerts_check", ALERT_CHECK_EVERY_S),
+        ("webhook-deliveries-reap", "webhooks.webhook_deliveries_reap", WEBHOOK_REAP_EVERY_S),
     )
 }

@@ -170,6 +170,9 @@ def _data(name: str, data: serializers.Serializer[Any]) -> serializers.Serialize
     return inline_serializer(name=name, fields={"success": _TrueField(), "data": data})
 
 
+# For the APIs of the apps above jobs (webhooks/apis.py): the same envelopes.
+data_envelope = _data
+
 INITIATE_OK = _data("DownloadJobInitiateResponse", DownloadJobCreatedSerializer())
 STATUS_OK = _data("DownloadJobStatusResponse", JobStatusSerializer())
 LINK_OK = _data("DownloadLinkResponse", DownloadLinkSerializer())
@@ -200,14 +203,18 @@ def error_response(
     return OpenApiResponse(response=envelope, description=description or ", ".join(codes))
 
 
-VALIDATION_ERROR = error_response(
-    "Validation",
-    ["VALIDATION_ERROR"],
-    fields=serializers.DictField(
+def validation_fields() -> serializers.DictField:
+    return serializers.DictField(
         child=serializers.ListField(child=serializers.CharField()),
         required=False,  # malformed JSON answers the code without it
         help_text="Messages by request field (`non_field_errors` for the body as a whole).",
-    ),
+    )
+
+
+VALIDATION_ERROR = error_response("Validation", ["VALIDATION_ERROR"], fields=validation_fields())
+# initiate's 400: the body, or a `webhook_id` that an app above jobs refused (jobs/signals.py).
+INITIATE_BAD_REQUEST = error_response(
+    "InitiateBadRequest", ["VALIDATION_ERROR", "WEBHOOK_NOT_FOUND"], fields=validation_fields()
 )
 UNAUTHENTICATED = error_response("Unauthenticated", ["UNAUTHENTICATED"])
 CSRF_FAILED = error_response("PermissionDenied", ["PERMISSION_DENIED"])

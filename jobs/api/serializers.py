@@ -44,6 +44,14 @@ class DownloadJobInitiateSerializer(serializers.Serializer[dict[str, Any]]):
     metadata = serializers.DictField(
         required=False, default=dict, help_text="At most 4 KiB serialized and 32 levels deep; no U+0000."
     )
+    webhook_id = serializers.CharField(
+        required=False,
+        default="",
+        allow_blank=True,
+        max_length=40,
+        help_text="One of your webhook endpoints: the job's end is sent there only "
+        "(without it, to every endpoint subscribed to the event).",
+    )
     # Accepted for clients that send it, and ignored: a job belongs to the authenticated user.
     user_id = serializers.CharField(required=False, allow_blank=True, max_length=100)
 

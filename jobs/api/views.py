@@ -26,6 +26,7 @@ from jobs.api.serializers import (
 )
 from jobs.client_address import client_ip
 from jobs.models import ACTIVE_STATUSES, ApiKey, DownloadJob, Status
+from jobs.signals import job_initiating
 from jobs.tickets import websocket_ticket_mint
 
 
@@ -91,7 +92,7 @@ class DownloadJobInitiateApi(APIView):
         parameters=[openapi.IDEMPOTENCY_KEY, *openapi.RATE_LIMIT_HEADERS],
         responses={
             200: openapi.INITIATE_OK,
-            400: openapi.VALIDATION_ERROR,
+            400: openapi.INITIATE_BAD_REQUEST,
             **openapi.UNSAFE_AUTH_ERRORS,
             415: openapi.UNSUPPORTED_MEDIA_TYPE,
             429: openapi.RATE_LIMIT_EXCEEDED,
@@ -114,6 +115,7 @@ class DownloadJobInitiateApi(APIView):
         self._rate_limit(request)
         serializer = DownloadJobInitiateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
+        job_initiating.send(sender=DownloadJob, owner=request.user, data=serializer.validated_data)
         try:
             job, _created = services.download_job_create(
                 owner=request.user,  # type: ignore[arg-type]
@@ -121,6 +123,7 @@ class DownloadJobInitiateApi(APIView):
                 priority=serializer.validated_data["priority"],
                 metadata=serializer.validated_data["metadata"],
                 idempotency_key=idempotency_key,
+                webhook_id=serializer.validated_data["webhook_id"],
             )
         except services.ActiveLimitExceeded as exc:
             retry_after = settings.JOB_ACTIVE_LIMIT_RETRY_AFTER_S

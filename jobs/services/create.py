@@ -19,6 +19,7 @@ from jobs.services.writes import (
     publish_on_commit,
     write,
 )
+from jobs.signals import job_finished_send
 from jobs.transfer.storage import downloads_storage
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ def download_job_create(
     priority: str = Priority.NORMAL,
     metadata: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
+    webhook_id: str = "",
 ) -> tuple[DownloadJob, bool]:
     """Creates a queued job and dispatches it, or returns the job that the same
     idempotency key made within 24 hours. Returns (job, created).
@@ -59,7 +61,7 @@ def download_job_create(
                     updated_at=timezone.now(),
                 )
         if source := _reusable_job(owner=owner, file_id=file_id):
-            return _create_reused(owner, source, priority, metadata, idempotency_key), True
+            return _create_reused(owner, source, priority, metadata, idempotency_key, webhook_id), True
         active = DownloadJob.objects.filter(owner=owner, status__in=ACTIVE_STATUSES).count()
         if active >= settings.JOB_MAX_ACTIVE_PER_USER:
             raise ActiveLimitExceeded(settings.JOB_MAX_ACTIVE_PER_USER)
@@ -72,6 +74,7 @@ def download_job_create(
                     metadata=metadata or {},
                     idempotency_key=idempotency_key or "",
                     max_attempts=settings.JOB_MAX_ATTEMPTS,
+                    webhook_id=webhook_id,
                 )
         except IntegrityError:
             if not idempotency_key:
@@ -114,6 +117,7 @@ def _create_reused(
     priority: str,
     metadata: dict[str, Any] | None,
     idempotency_key: str | None,
+    webhook_id: str,
 ) -> DownloadJob:
     """A job completed at once from `source`'s stored object. It shares the object and
     its retention (the file is deleted once, when they all expire)."""
@@ -125,6 +129,7 @@ def _create_reused(
         metadata=metadata or {},
         idempotency_key=idempotency_key or "",
         max_attempts=settings.JOB_MAX_ATTEMPTS,
+        webhook_id=webhook_id,
         status=Status.COMPLETED,
         progress=100,
         bytes_done=source.file_size_bytes or 0,
@@ -141,6 +146,7 @@ def _create_reused(
         reused_from=source,
     )
     card_replace_on_commit(job)
+    job_finished_send(job)
     publish_on_commit(job, "completed")
     on_commit(lambda: metrics.job_created(job.priority))
     on_commit(lambda: metrics.job_reused())

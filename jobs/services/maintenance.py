@@ -32,6 +32,7 @@ from jobs.services.writes import (
     transition,
     write,
 )
+from jobs.signals import job_finished_send
 from jobs.transfer.storage import stored_file_delete
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,8 @@ def download_jobs_expire(*, now: datetime | None = None, batch: int = 500) -> in
             logger.exception("Could not delete the file of %s; it stays completed", job.job_id)
             continue
         try:
-            transition(job, Status.EXPIRED)
+            with transaction.atomic():  # the expiry and what `job_finished` records with it
+                transition(job, Status.EXPIRED)
         except JobStateConflict:
             continue
         expired += 1
@@ -275,6 +277,7 @@ def _reap_stalled(job: DownloadJob, *, last_beat: float, stale_before: float) ->
             ended_at=now,
         )
         if last_attempt:
+            job_finished_send(job)
             publish_on_commit(job, "error")
             hot_on_commit(job.job_id, "drop the attempt state", lambda: hotstate.run_forget(job.job_id))
             on_commit(lambda: metrics.job_ended("failed", error.code))

@@ -480,7 +480,8 @@ def test_another_message_leaves_a_processing_job_and_its_upload_alone(user, loca
 
 
 def test_beat_sends_registered_tasks_to_a_queue_every_worker_serves(settings):
-    importlib.import_module("jobs.tasks")  # as a worker's autodiscovery does at start
+    for module in ("jobs.tasks", "webhooks.tasks"):  # as a worker's autodiscovery does at start
+        importlib.import_module(module)
     for entry in settings.CELERY_BEAT_SCHEDULE.values():
         assert entry["task"] in app.tasks
         assert entry["options"]["queue"] == "downloads.high"
