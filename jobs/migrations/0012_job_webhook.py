@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('jobs', '0010_legacycaller_to_legacy'),
+        ('jobs', '0011_job_attempts'),
     ]
 
     operations = [
