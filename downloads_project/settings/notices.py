@@ -1,0 +1,32 @@
+"""E-mail notices of finished jobs (notices/): where mail goes, the site's public address
+for the links in it, and how a notice that could not be sent is tried again."""
+
+from django.core.exceptions import ImproperlyConfigured
+
+from downloads_project.settings.environment import env
+
+# Django's e-mail settings from one URL (django-environ): smtp://user:password@host:587,
+# smtp+tls://..., smtp+ssl://..., consolemail:// (the embedded default: the worker's log).
+EMAIL_URL = env("EMAIL_URL", default="consolemail://")
+# Values the URL leaves out (None) keep Django's defaults.
+globals().update({name: value for name, value in env.email_url_config(EMAIL_URL).items() if value is not None})
+EMAIL_TIMEOUT = env.float("EMAIL_TIMEOUT_S", default=10.0)
+DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="Downloads <downloads@localhost>")
+
+# The address people reach the site at: the e-mails' links are made absolute with it.
+SITE_URL = env("SITE_URL", default="http://127.0.0.1:8000").rstrip("/")
+if not SITE_URL.startswith(("http://", "https://")):
+    raise ImproperlyConfigured(f"SITE_URL is {SITE_URL!r}: an http:// or https:// address")
+
+# A notice whose send failed is tried again after each of these delays in turn, then
+# marked failed. The send task retries itself on that schedule; beat's sweep sends what is
+# due and was left (a worker lost, the broker flushed) every EMAIL_NOTICE_SWEEP_EVERY_S.
+EMAIL_NOTICE_RETRY_BACKOFF_S = [float(s) for s in env.list("EMAIL_NOTICE_RETRY_BACKOFF_S", default=[10, 60, 300, 1800, 7200])]
+if not EMAIL_NOTICE_RETRY_BACKOFF_S or min(EMAIL_NOTICE_RETRY_BACKOFF_S) < 0:
+    raise ImproperlyConfigured("EMAIL_NOTICE_RETRY_BACKOFF_S: one or more delays of 0 s or more")
+# A sender's claim on a notice: another sender takes it over only after this long, so it
+# must exceed EMAIL_TIMEOUT_S (one SMTP conversation) by a margin.
+EMAIL_NOTICE_CLAIM_S = env.float("EMAIL_NOTICE_CLAIM_S", default=120.0)
+if EMAIL_NOTICE_CLAIM_S <= EMAIL_TIMEOUT:
+    raise ImproperlyConfigured("EMAIL_NOTICE_CLAIM_S must exceed EMAIL_TIMEOUT_S")
+EMAIL_NOTICE_SWEEP_EVERY_S = env.float("EMAIL_NOTICE_SWEEP_EVERY_S", default=60.0)
