@@ -19,6 +19,7 @@ from jobs.services.writes import (
     publish_on_commit,
     write,
 )
+from jobs.signals import job_finished_send
 from jobs.transfer.storage import downloads_storage
 
 logger = logging.getLogger(__name__)
@@ -140,6 +141,7 @@ def _create_reused(
         reused_from=source,
     )
     card_replace_on_commit(job)
+    job_finished_send(job)
     publish_on_commit(job, "completed")
     on_commit(lambda: metrics.job_reused())
     logger.info("%s completed at once from the stored file of %s", job.job_id, source.job_id)

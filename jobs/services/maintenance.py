@@ -31,6 +31,7 @@ from jobs.services.writes import (
     transition,
     write,
 )
+from jobs.signals import job_finished_send
 from jobs.transfer.storage import stored_file_delete
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,8 @@ def download_jobs_expire(*, now: datetime | None = None, batch: int = 500) -> in
             logger.exception("Could not delete the file of %s; it stays completed", job.job_id)
             continue
         try:
-            transition(job, Status.EXPIRED)
+            with transaction.atomic():  # the expiry and what `job_finished` records with it
+                transition(job, Status.EXPIRED)
         except JobStateConflict:
             continue
         expired += 1
@@ -267,6 +269,7 @@ def _reap_stalled(job: DownloadJob, *, last_beat: float, stale_before: float) ->
         for name, value in fields.items():
             setattr(job, name, value)
         if last_attempt:
+            job_finished_send(job)
             publish_on_commit(job, "error")
             hot_on_commit(job.job_id, "drop the attempt state", lambda: hotstate.run_forget(job.job_id))
             on_commit(lambda: metrics.job_ended("failed", error.code))

@@ -6,7 +6,8 @@ Redis once the write commits; a change of status goes through `transition`, chec
 against the one table of allowed transitions in `models.py`. A worker's writes also
 carry its attempt number, so the writes of an attempt that was cancelled or replaced are
 refused. Work that must follow a write (dispatching the task, publishing an event) runs
-on commit, robustly.
+on commit, robustly. A move to an end (completed, failed, cancelled, expired) sends
+`jobs.signals.job_finished` inside the write's transaction.
 """
 
 import logging
@@ -24,6 +25,7 @@ from jobs.events import job_event_publish
 from jobs.hotstate import JobCard
 from jobs.models import DownloadJob, can_transition
 from jobs.selectors import download_job_card_from_row, download_job_status, iso
+from jobs.signals import job_finished_send
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ def transition(job: DownloadJob, to_status: str, *, attempt: int | None = None, 
     job.status = to_status
     for name, value in fields.items():
         setattr(job, name, value)
+    job_finished_send(job)
 
 
 def on_commit(callback: Callable[[], Any]) -> None:
