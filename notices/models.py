@@ -35,7 +35,9 @@ class EmailNotice(models.Model):
 
     job = models.ForeignKey(DownloadJob, on_delete=models.CASCADE, related_name="email_notices")
     recipient = models.EmailField()
-    event = models.CharField(max_length=20, choices=EmailEvent.choices, blank=True, default=EmailEvent.WAITING)
+    event = models.CharField(
+        max_length=20, choices=EmailEvent.choices, blank=True, default=EmailEvent.WAITING
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     # Null while the job runs; the time from which a sender may take it.
     due_at = models.DateTimeField(null=True, blank=True)

@@ -9,7 +9,9 @@ from downloads_project.settings.environment import env
 # smtp+tls://..., smtp+ssl://..., consolemail:// (the embedded default: the worker's log).
 EMAIL_URL = env("EMAIL_URL", default="consolemail://")
 # Values the URL leaves out (None) keep Django's defaults.
-globals().update({name: value for name, value in env.email_url_config(EMAIL_URL).items() if value is not None})
+globals().update(
+    {name: value for name, value in env.email_url_config(EMAIL_URL).items() if value is not None}
+)
 EMAIL_TIMEOUT = env.float("EMAIL_TIMEOUT_S", default=10.0)
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="Downloads <downloads@localhost>")
 
@@ -21,7 +23,9 @@ if not SITE_URL.startswith(("http://", "https://")):
 # A notice whose send failed is tried again after each of these delays in turn, then
 # marked failed. The send task retries itself on that schedule; beat's sweep sends what is
 # due and was left (a worker lost, the broker flushed) every EMAIL_NOTICE_SWEEP_EVERY_S.
-EMAIL_NOTICE_RETRY_BACKOFF_S = [float(s) for s in env.list("EMAIL_NOTICE_RETRY_BACKOFF_S", default=[10, 60, 300, 1800, 7200])]
+EMAIL_NOTICE_RETRY_BACKOFF_S = [
+    float(s) for s in env.list("EMAIL_NOTICE_RETRY_BACKOFF_S", default=[10, 60, 300, 1800, 7200])
+]
 if not EMAIL_NOTICE_RETRY_BACKOFF_S or min(EMAIL_NOTICE_RETRY_BACKOFF_S) < 0:
     raise ImproperlyConfigured("EMAIL_NOTICE_RETRY_BACKOFF_S: one or more delays of 0 s or more")
 # A sender's claim on a notice: another sender takes it over only after this long, so it

@@ -192,6 +192,17 @@ VALIDATION_ERROR = _error(
         help_text="Messages by request field (`non_field_errors` for the body as a whole).",
     ),
 )
+INITIATE_INVALID = _error(
+    "InitiateValidation",
+    ["VALIDATION_ERROR", "EMAIL_MISSING"],
+    "VALIDATION_ERROR: the body is not valid (`fields` says where). "
+    'EMAIL_MISSING: `notify` names "email" and the account has no e-mail address.',
+    fields=serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()),
+        required=False,
+        help_text="Messages by request field (`non_field_errors` for the body as a whole).",
+    ),
+)
 UNAUTHENTICATED = _error("Unauthenticated", ["UNAUTHENTICATED"])
 CSRF_FAILED = _error("PermissionDenied", ["PERMISSION_DENIED"])
 UNSUPPORTED_MEDIA_TYPE = _error("UnsupportedMediaType", ["UNSUPPORTED_MEDIA_TYPE"])
@@ -302,3 +313,8 @@ LIST_PARAMETERS = [
     ),
     OpenApiParameter("page_size", OpenApiTypes.INT, description="Jobs per page, 20 by default, at most 100."),
 ]
+
+
+# For the apps above `jobs` (notices/) that answer in the same envelope.
+data_response = _data
+error_response = _error

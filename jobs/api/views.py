@@ -91,7 +91,7 @@ class DownloadJobInitiateApi(APIView):
         parameters=[openapi.IDEMPOTENCY_KEY, *openapi.RATE_LIMIT_HEADERS],
         responses={
             200: openapi.INITIATE_OK,
-            400: openapi.VALIDATION_ERROR,
+            400: openapi.INITIATE_INVALID,
             **openapi.UNSAFE_AUTH_ERRORS,
             415: openapi.UNSUPPORTED_MEDIA_TYPE,
             429: openapi.RATE_LIMIT_EXCEEDED,
@@ -114,6 +114,15 @@ class DownloadJobInitiateApi(APIView):
         self._rate_limit(request)
         serializer = DownloadJobInitiateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
+        notify = serializer.validated_data.get("notify")
+        if notify is not None:
+            notify = list(dict.fromkeys(notify))  # each once, in order
+            if "email" in notify and not request.user.email:  # type: ignore[union-attr]
+                raise ApiError(
+                    status_code=status.HTTP_400_BAD_REQUEST,
+                    code="EMAIL_MISSING",
+                    message="Your account has no e-mail address to notify",
+                )
         try:
             job, _created = services.download_job_create(
                 owner=request.user,  # type: ignore[arg-type]
@@ -121,6 +130,7 @@ class DownloadJobInitiateApi(APIView):
                 priority=serializer.validated_data["priority"],
                 metadata=serializer.validated_data["metadata"],
                 idempotency_key=idempotency_key,
+                notify=notify,
             )
         except services.ActiveLimitExceeded as exc:
             retry_after = settings.JOB_ACTIVE_LIMIT_RETRY_AFTER_S
