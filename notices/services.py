@@ -35,13 +35,19 @@ SEND_TASK = "notices.email_notice_send"
 _EVENT_OF_STATUS: dict[str, str] = {Status.COMPLETED: EmailEvent.COMPLETED, Status.FAILED: EmailEvent.FAILED}
 
 
+def email_notice_task_send(notice_pk: int) -> None:
+    """Queues the send task of a notice, by name, on the maintenance queue (which every
+    worker serves first, so a backlog of downloads never holds a notice up)."""
+    current_app.send_task(SEND_TASK, args=(notice_pk,), queue=MAINTENANCE_QUEUE)
+
+
 def email_notice_send_on_commit(notice: EmailNotice) -> None:
-    """Sends the notice's task once the transaction commits (on the maintenance queue, which
-    workers serve first). A broker fault is logged: beat's sweep sends it later."""
+    """Queues the notice's send once the transaction commits. A broker fault is logged:
+    beat's sweep sends it later."""
 
     def send() -> None:
         try:
-            current_app.send_task(SEND_TASK, args=(notice.pk,), queue=MAINTENANCE_QUEUE)
+            email_notice_task_send(notice.pk)
         except Exception:
             logger.warning("Could not queue e-mail notice %s; the sweep sends it", notice.pk, exc_info=True)
 
@@ -191,7 +197,7 @@ def email_notices_sweep(*, now: datetime | None = None, batch: int = 500) -> int
         EmailNotice.objects.filter(_claimable(now)).order_by("due_at").values_list("pk", flat=True)[:batch]
     )
     for pk in pks:
-        current_app.send_task(SEND_TASK, args=(pk,), queue=MAINTENANCE_QUEUE)
+        email_notice_task_send(pk)
     return len(pks)
 
 

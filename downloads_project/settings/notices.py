@@ -5,14 +5,30 @@ from django.core.exceptions import ImproperlyConfigured
 
 from downloads_project.settings.environment import env
 
-# Django's e-mail settings from one URL (django-environ): smtp://user:password@host:587,
+# Django's mailer from one URL (django-environ reads it): smtp://user:password@host:587,
 # smtp+tls://..., smtp+ssl://..., consolemail:// (the embedded default: the worker's log).
 EMAIL_URL = env("EMAIL_URL", default="consolemail://")
-# Values the URL leaves out (None) keep Django's defaults.
-globals().update(
-    {name: value for name, value in env.email_url_config(EMAIL_URL).items() if value is not None}
-)
-EMAIL_TIMEOUT = env.float("EMAIL_TIMEOUT_S", default=10.0)
+EMAIL_TIMEOUT_S = env.float("EMAIL_TIMEOUT_S", default=10.0)
+_email = env.email_url_config(EMAIL_URL)
+_SMTP_OPTIONS = {  # django-environ's names -> the SMTP backend's
+    "EMAIL_HOST": "host",
+    "EMAIL_PORT": "port",
+    "EMAIL_HOST_USER": "username",
+    "EMAIL_HOST_PASSWORD": "password",
+    "EMAIL_USE_TLS": "use_tls",
+    "EMAIL_USE_SSL": "use_ssl",
+}
+MAILERS = {
+    "default": {
+        "BACKEND": _email["EMAIL_BACKEND"],
+        "OPTIONS": (
+            {option: _email[name] for name, option in _SMTP_OPTIONS.items() if _email.get(name) is not None}
+            | {"timeout": EMAIL_TIMEOUT_S}
+            if _email["EMAIL_BACKEND"].endswith("smtp.EmailBackend")
+            else {}
+        ),
+    }
+}
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="Downloads <downloads@localhost>")
 
 # The address people reach the site at: the e-mails' links are made absolute with it.
@@ -31,6 +47,6 @@ if not EMAIL_NOTICE_RETRY_BACKOFF_S or min(EMAIL_NOTICE_RETRY_BACKOFF_S) < 0:
 # A sender's claim on a notice: another sender takes it over only after this long, so it
 # must exceed EMAIL_TIMEOUT_S (one SMTP conversation) by a margin.
 EMAIL_NOTICE_CLAIM_S = env.float("EMAIL_NOTICE_CLAIM_S", default=120.0)
-if EMAIL_NOTICE_CLAIM_S <= EMAIL_TIMEOUT:
+if EMAIL_NOTICE_CLAIM_S <= EMAIL_TIMEOUT_S:
     raise ImproperlyConfigured("EMAIL_NOTICE_CLAIM_S must exceed EMAIL_TIMEOUT_S")
 EMAIL_NOTICE_SWEEP_EVERY_S = env.float("EMAIL_NOTICE_SWEEP_EVERY_S", default=60.0)

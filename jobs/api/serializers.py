@@ -36,7 +36,7 @@ class DownloadJobInitiateSerializer(serializers.Serializer[dict[str, Any]]):
     notify = serializers.ListField(
         child=serializers.ChoiceField(choices=NOTIFY_CHANNELS),
         required=False,
-        max_length=len(NOTIFY_CHANNELS),
+        max_length=8,
         help_text=(
             'How to tell the user that the job completed or failed: ["email"] sends one e-mail '
             "to the account's address; [] none. Without it, the user's default (the page's box)."
