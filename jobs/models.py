@@ -121,6 +121,9 @@ class DownloadJob(models.Model):
 
     metadata = models.JSONField(default=dict, blank=True)
     idempotency_key = models.CharField(max_length=255, blank=True)
+    # The one webhook endpoint the job's end is sent to (its public id, read by the
+    # webhooks app); blank: every endpoint of the owner subscribed to the event.
+    webhook_id = models.CharField(max_length=40, blank=True)
 
     class Meta:
         indexes = (

@@ -1,5 +1,6 @@
 """`job_finished`: sent inside the transaction of every terminal write of a job;
-`job_created`: inside the transaction that creates one.
+`job_created`: inside the transaction that creates one; `job_initiating`: before that, to
+let an app refuse the request.
 
 Apps above `jobs` (webhooks, e-mail notices) connect to it to record what must follow the
 job's end in the same transaction (an outbox row), so a crash between the commit and the
@@ -16,6 +17,11 @@ from jobs.models import DownloadJob, Status
 # kwargs: job (the DownloadJob as written), event ("job.completed", "job.failed",
 # "job.cancelled" or "job.expired").
 job_finished = Signal()
+
+# Sent by the initiate API with the owner and the validated body (`data`) before the job is
+# made: a receiver refuses the request by raising one of the API's errors (jobs/api/errors.py),
+# e.g. a `webhook_id` that is not one of the owner's endpoints.
+job_initiating = Signal()
 
 FINISHED_EVENTS: dict[str, str] = {
     Status.COMPLETED: "job.completed",

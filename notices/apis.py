@@ -27,8 +27,8 @@ _PREFERENCE = inline_serializer(
         "email": serializers.EmailField(allow_null=True, help_text="The account's address; null if none."),
     },
 )
-_PREFERENCE_OK = openapi.data_response("NotificationPreferenceResponse", _PREFERENCE)
-_PREFERENCE_INVALID = openapi.error_response(
+_PREFERENCE_OK = openapi.data_envelope("NotificationPreferenceResponse", _PREFERENCE)
+_PREFERENCE_INVALID = openapi.error_envelope(
     "NotificationPreferenceValidation",
     ["VALIDATION_ERROR", "EMAIL_MISSING"],
     "VALIDATION_ERROR: the body is not valid. EMAIL_MISSING: the account has no e-mail address.",

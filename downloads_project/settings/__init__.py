@@ -21,3 +21,4 @@ from downloads_project.settings.redis import *  # noqa: F403
 from downloads_project.settings.security import *  # noqa: F403
 from downloads_project.settings.storage import *  # noqa: F403
 from downloads_project.settings.web import *  # noqa: F403
+from downloads_project.settings.webhooks import *  # noqa: F403

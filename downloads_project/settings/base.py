@@ -28,6 +28,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "jobs",
     "realtime",
+    "webhooks",
     "stack",
     "legacy",  # the old endpoint and socket login: deleted with legacy/
     "notices",  # e-mail when a job ends (above jobs: it imports jobs, never the other way)

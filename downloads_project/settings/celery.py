@@ -9,6 +9,7 @@ from downloads_project.settings.environment import env
 from downloads_project.settings.notices import EMAIL_NOTICE_SWEEP_EVERY_S
 from downloads_project.settings.ops import ALERT_CHECK_EVERY_S
 from downloads_project.settings.redis import REDIS_SENTINEL_MASTER, REDIS_SENTINELS
+from downloads_project.settings.webhooks import WEBHOOK_REAP_EVERY_S
 from jobs.queues import DEFAULT_QUEUE, MAINTENANCE_QUEUE
 
 # The worker's pool. "threads" (the default): one process runs WORKER_CONCURRENCY jobs at
@@ -71,5 +72,6 @@ CELERY_BEAT_SCHEDULE = {
         ("download-analytics-refresh", "jobs.download_analytics_refresh", ANALYTICS_REFRESH_EVERY_S),
         ("download-alerts-check", "jobs.download_alerts_check", ALERT_CHECK_EVERY_S),
         ("email-notices-sweep", "notices.email_notices_sweep", EMAIL_NOTICE_SWEEP_EVERY_S),
+        ("webhook-deliveries-reap", "webhooks.webhook_deliveries_reap", WEBHOOK_REAP_EVERY_S),
     )
 }

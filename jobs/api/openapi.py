@@ -153,6 +153,9 @@ def _data(name: str, data: serializers.Serializer[Any]) -> serializers.Serialize
     return inline_serializer(name=name, fields={"success": _TrueField(), "data": data})
 
 
+# For the APIs of the apps above jobs (webhooks/apis.py): the same envelopes.
+data_envelope = _data
+
 INITIATE_OK = _data("DownloadJobInitiateResponse", DownloadJobCreatedSerializer())
 STATUS_OK = _data("DownloadJobStatusResponse", JobStatusSerializer())
 LINK_OK = _data("DownloadLinkResponse", DownloadLinkSerializer())
@@ -183,6 +186,8 @@ def _error(
     return OpenApiResponse(response=envelope, description=description or ", ".join(codes))
 
 
+error_envelope = _error
+
 VALIDATION_ERROR = _error(
     "Validation",
     ["VALIDATION_ERROR"],
@@ -194,9 +199,10 @@ VALIDATION_ERROR = _error(
 )
 INITIATE_INVALID = _error(
     "InitiateValidation",
-    ["VALIDATION_ERROR", "EMAIL_MISSING"],
+    ["VALIDATION_ERROR", "EMAIL_MISSING", "WEBHOOK_NOT_FOUND"],
     "VALIDATION_ERROR: the body is not valid (`fields` says where). "
-    'EMAIL_MISSING: `notify` names "email" and the account has no e-mail address.',
+    'EMAIL_MISSING: `notify` names "email" and the account has no e-mail address. '
+    "WEBHOOK_NOT_FOUND: `webhook_id` is not one of your endpoints.",
     fields=serializers.DictField(
         child=serializers.ListField(child=serializers.CharField()),
         required=False,
@@ -313,8 +319,3 @@ LIST_PARAMETERS = [
     ),
     OpenApiParameter("page_size", OpenApiTypes.INT, description="Jobs per page, 20 by default, at most 100."),
 ]
-
-
-# For the apps above `jobs` (notices/) that answer in the same envelope.
-data_response = _data
-error_response = _error

@@ -42,6 +42,14 @@ class DownloadJobInitiateSerializer(serializers.Serializer[dict[str, Any]]):
             "to the account's address; [] none. Without it, the user's default (the page's box)."
         ),
     )
+    webhook_id = serializers.CharField(
+        required=False,
+        default="",
+        allow_blank=True,
+        max_length=40,
+        help_text="One of your webhook endpoints: the job's end is sent there only "
+        "(without it, to every endpoint subscribed to the event).",
+    )
     # Accepted for clients that send it, and ignored: a job belongs to the authenticated user.
     user_id = serializers.CharField(required=False, allow_blank=True, max_length=100)
 

@@ -26,6 +26,7 @@ from jobs.api.serializers import (
 )
 from jobs.client_address import client_ip
 from jobs.models import ACTIVE_STATUSES, ApiKey, DownloadJob, Status
+from jobs.signals import job_initiating
 from jobs.tickets import websocket_ticket_mint
 
 
@@ -123,6 +124,7 @@ class DownloadJobInitiateApi(APIView):
                     code="EMAIL_MISSING",
                     message="Your account has no e-mail address to notify",
                 )
+        job_initiating.send(sender=DownloadJob, owner=request.user, data=serializer.validated_data)
         try:
             job, _created = services.download_job_create(
                 owner=request.user,  # type: ignore[arg-type]
@@ -131,6 +133,7 @@ class DownloadJobInitiateApi(APIView):
                 metadata=serializer.validated_data["metadata"],
                 idempotency_key=idempotency_key,
                 notify=notify,
+                webhook_id=serializer.validated_data["webhook_id"],
             )
         except services.ActiveLimitExceeded as exc:
             retry_after = settings.JOB_ACTIVE_LIMIT_RETRY_AFTER_S

@@ -99,10 +99,21 @@ class LevelsCollector(Collector):
         yield from alert_metric_families(alerts_evaluate(queue_depths=depths))
 
 
+# Levels of the apps above jobs (webhooks' deliveries due), added by each at its start.
+_app_levels: list[Collector] = []
+
+
+def levels_collector_add(collector: Collector) -> None:
+    """Adds `collector` to every scrape, read then as `LevelsCollector` is."""
+    _app_levels.append(collector)
+
+
 def exposition() -> tuple[bytes, str]:
     """The text of a scrape: every process's metrics (or this one's) plus the levels."""
     levels = CollectorRegistry(auto_describe=False)
     levels.register(LevelsCollector())
+    for collector in _app_levels:
+        levels.register(collector)
     if multiprocess_dir():
         processes = CollectorRegistry()
         multiprocess.MultiProcessCollector(processes)

@@ -40,6 +40,7 @@ def download_job_create(
     metadata: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
     notify: Sequence[str] | None = None,
+    webhook_id: str = "",
 ) -> tuple[DownloadJob, bool]:
     """Creates a queued job and dispatches it, or returns the job that the same
     idempotency key made within 24 hours. Returns (job, created).
@@ -65,7 +66,7 @@ def download_job_create(
                     updated_at=timezone.now(),
                 )
         if source := _reusable_job(owner=owner, file_id=file_id):
-            job = _create_reused(owner, source, priority, metadata, idempotency_key)
+            job = _create_reused(owner, source, priority, metadata, idempotency_key, webhook_id)
             job_created_send(job, notify=notify)
             return job, True
         active = DownloadJob.objects.filter(owner=owner, status__in=ACTIVE_STATUSES).count()
@@ -80,6 +81,7 @@ def download_job_create(
                     metadata=metadata or {},
                     idempotency_key=idempotency_key or "",
                     max_attempts=settings.JOB_MAX_ATTEMPTS,
+                    webhook_id=webhook_id,
                 )
         except IntegrityError:
             if not idempotency_key:
@@ -122,6 +124,7 @@ def _create_reused(
     priority: str,
     metadata: dict[str, Any] | None,
     idempotency_key: str | None,
+    webhook_id: str,
 ) -> DownloadJob:
     """A job completed at once from `source`'s stored object. It shares the object and
     its retention (the file is deleted once, when they all expire)."""
@@ -133,6 +136,7 @@ def _create_reused(
         metadata=metadata or {},
         idempotency_key=idempotency_key or "",
         max_attempts=settings.JOB_MAX_ATTEMPTS,
+        webhook_id=webhook_id,
         status=Status.COMPLETED,
         progress=100,
         bytes_done=source.file_size_bytes or 0,

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from infra import addresses
 from jobs import services
 from jobs.errors import JobError
 from jobs.models import DownloadJob, Status
@@ -93,7 +94,7 @@ def loopback_counts_as_public(monkeypatch: pytest.MonkeyPatch) -> None:
     loopback addresses stand for public ones (every other address is classified as usual)."""
     is_public = origins.address_is_public
     monkeypatch.setattr(
-        origins.http,  # where the http origin looks it up
+        addresses,  # where the origin's redirects and the webhook sender look it up
         "address_is_public",
         lambda address: ipaddress.ip_address(address).is_loopback or is_public(address),
     )

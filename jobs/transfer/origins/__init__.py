@@ -19,6 +19,7 @@ import os
 
 from django.conf import settings
 
+from infra.addresses import address_is_public
 from jobs.transfer.origins.base import (
     DEFAULT_CONTENT_TYPE,
     HEADER_VALUE_MAX_CHARS,
@@ -28,7 +29,7 @@ from jobs.transfer.origins.base import (
     read_size_check,
     safe_file_name,
 )
-from jobs.transfer.origins.http import HttpOrigin, address_is_public
+from jobs.transfer.origins.http import HttpOrigin
 from jobs.transfer.origins.local import DirectoryOrigin, SyntheticOrigin, synthetic_chunks
 
 __all__ = [

@@ -2,18 +2,16 @@
 (each hop resolved once and connected to by its checked address), resume by `Range` +
 `If-Range`."""
 
-import ipaddress
 import re
-import socket
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from email.message import Message
 from email.utils import collapse_rfc2231_value
-from urllib.parse import urlsplit
 
 import httpx
 
+from infra import addresses
 from jobs.errors import ErrorCode, JobError
 from jobs.transfer.deadline import Deadline
 from jobs.transfer.origins.base import (
@@ -69,66 +67,20 @@ def name_from_disposition(header: str) -> str | None:
     return msg.get_filename()
 
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def address_is_public(address: str) -> bool:
-    """False for an address of this machine or its networks: loopback, private, link-local
-    (the metadata services at 169.254.169.254 and fd00:ec2::254 among them), shared (carrier
-    NAT), reserved (IPv4-mapped IPv6 among them), multicast and unspecified ones."""
-    ip = ipaddress.ip_address(address)
-    return ip.is_global and not (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_reserved
-        or ip.is_multicast
-        or ip.is_unspecified
-    )
-
-
-def _host_key(host: str) -> str:
-    """A host as compared: an IP address in its canonical form, a name in lower case."""
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        return host.lower()
-
-
-def _endpoint(url: httpx.URL) -> tuple[str, str, int]:
-    return url.scheme, _host_key(url.host), url.port or _DEFAULT_PORTS[url.scheme]
-
-
-def _allowed_host(entry: str) -> tuple[str, int | None]:
-    """An ORIGIN_ALLOWED_HOSTS entry, `host` or `host:port` (an IPv6 address in brackets),
-    as (host, port or None)."""
-    parts = urlsplit(f"//{entry.strip()}")
-    try:
-        port = parts.port
-    except ValueError:
-        port = 0
-    if not parts.hostname or port == 0 or parts.path or parts.query or parts.fragment or parts.username:
-        raise ValueError(f"ORIGIN_ALLOWED_HOSTS: {entry!r} is not a host or host:port")
-    return _host_key(parts.hostname), port
-
-
 def _redirect_refused(reason: str) -> JobError:
     return JobError(ErrorCode.ORIGIN_REDIRECT_REFUSED, f"Origin redirected {reason}")
 
 
 def _public_addresses(url: httpx.URL) -> list[str]:
     """The addresses of `url`'s host, resolved once; refused unless every one is public."""
-    port = url.port or _DEFAULT_PORTS[url.scheme]
     try:
-        found = socket.getaddrinfo(url.raw_host.decode("ascii"), port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as exc:
+        return addresses.public_addresses(url)
+    except addresses.AddressUnresolved as exc:
         raise JobError(
             ErrorCode.NETWORK_ERROR, f"Origin redirected to {url.host}, which could not be resolved"
         ) from exc
-    addresses = list(dict.fromkeys(str(sockaddr[0]) for *_, sockaddr in found))
-    if not all(address_is_public(address) for address in addresses):
-        raise _redirect_refused(f"to {url.host}, which resolves to an address that is not public")
-    return addresses
+    except addresses.AddressNotPublic as exc:
+        raise _redirect_refused(f"to {url.host}, which resolves to an address that is not public") from exc
 
 
 class HttpOrigin:
@@ -154,13 +106,17 @@ class HttpOrigin:
         if "{file_id}" not in url_template:
             raise ValueError("ORIGIN_URL_TEMPLATE must contain {file_id}")
         origin = httpx.URL(url_template.format(file_id=0))
-        if origin.scheme not in _DEFAULT_PORTS or not origin.host:
+        if origin.scheme not in addresses.DEFAULT_PORTS or not origin.host:
             raise ValueError("ORIGIN_URL_TEMPLATE must be an http or https URL")
         if max_redirects < 0:
             raise ValueError("ORIGIN_MAX_REDIRECTS must be 0 or more")
         self.url_template = url_template
-        self.origin = _endpoint(origin)
-        self.allowed_hosts = frozenset(_allowed_host(entry) for entry in allowed_hosts if entry.strip())
+        self.origin = addresses.endpoint(origin)
+        self.allowed_hosts = frozenset(
+            addresses.allowed_host(entry, setting="ORIGIN_ALLOWED_HOSTS")
+            for entry in allowed_hosts
+            if entry.strip()
+        )
         self.max_redirects = max_redirects
         self.timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
         self._client: httpx.Client | None = None
@@ -235,32 +191,23 @@ class HttpOrigin:
             target = url.join(location)
         except httpx.InvalidURL as exc:
             raise _redirect_refused("to an invalid URL") from exc
-        if target.scheme not in _DEFAULT_PORTS:
+        if target.scheme not in addresses.DEFAULT_PORTS:
             raise _redirect_refused(f"to a {target.scheme}: URL")
         if not target.host:
             raise _redirect_refused("to an invalid URL")
-        scheme, host, port = _endpoint(target)
-        allowed = (host, port) in self.allowed_hosts or (
-            (host, None) in self.allowed_hosts and port == _DEFAULT_PORTS[scheme]
-        )
-        if (scheme, host, port) != self.origin and not allowed:
+        allowed = addresses.host_allowed(target, self.allowed_hosts)
+        if addresses.endpoint(target) != self.origin and not allowed:
             raise _redirect_refused(f"to {target.host}, which is not an allowed host")
         return target
 
     def _send(self, http: httpx.Client, url: httpx.URL, headers: dict[str, str]) -> httpx.Response:
-        if _endpoint(url) == self.origin:
+        if addresses.endpoint(url) == self.origin:
             return http.send(http.build_request("GET", url, headers=headers), stream=True)
         # An allowed host: sent to an address checked just now, under its own name (the
         # Host header, and TLS's server name and certificate check).
-        pinned_headers = headers | {"Host": url.netloc.decode("ascii")}
         failure: httpx.ConnectError | None = None
         for address in _public_addresses(url):
-            request = http.build_request(
-                "GET",
-                url.copy_with(host=address),
-                headers=pinned_headers,
-                extensions={"sni_hostname": url.raw_host.decode("ascii")},
-            )
+            request = addresses.pinned_request(http, "GET", url, address, headers=headers)
             try:
                 return http.send(request, stream=True)
             except httpx.ConnectError as exc:  # the next address, as a lookup-and-connect would
