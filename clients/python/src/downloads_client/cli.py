@@ -28,6 +28,7 @@ from rich.progress import (
 )
 
 from . import errors
+from .cli_webhooks import webhooks_commands_add
 from .client import VERSION, Client
 from .models import PRIORITIES, DownloadResult, JobStatus
 from .models import Progress as JobProgress
@@ -104,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("-o", "--output", metavar="PATH", help="the file, or a folder (default: ./<its name>)")
     get.add_argument("--priority", choices=PRIORITIES, default="normal")
     get.add_argument(
+        "--email", action="store_true", help="e-mail me when the job completes or fails (notify)"
+    )
+    get.add_argument(
         "--detach",
         action="store_true",
         help="start the job, print its id and exit (collect it later with `downloads fetch JOB_ID`)",
@@ -135,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=int, default=50, metavar="N", help="at most N jobs (0: all; default 50)"
     )
     listing.set_defaults(handler=_list)
+
+    webhooks_commands_add(commands, common)
     return parser
 
 
@@ -280,7 +286,12 @@ def _result_data(result: DownloadResult) -> dict[str, Any]:
 
 
 def _get(client: Client, args: argparse.Namespace, ui: Ui) -> int:
-    job = client.initiate(args.file_id, priority=args.priority, retry_rate_limited=True)
+    job = client.initiate(
+        args.file_id,
+        priority=args.priority,
+        retry_rate_limited=True,
+        notify=["email"] if args.email else None,
+    )
     if args.detach:
         ui.result(job.job_id, job.raw)
         return EXIT_OK
