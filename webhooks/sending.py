@@ -11,7 +11,6 @@ receiver's answer. At most RESPONSE_KEEP_BYTES of the answer are read.
 import threading
 import time
 from dataclasses import dataclass
-from functools import cache
 
 import httpx
 from django.conf import settings
@@ -41,18 +40,13 @@ class Answer:
     seconds: float
 
 
-@cache
 def _allowed_hosts() -> frozenset[tuple[str, int | None]]:
+    """WEBHOOK_ALLOWED_HOSTS, parsed (a few entries: read at each check)."""
     return frozenset(
         addresses.allowed_host(entry, setting="WEBHOOK_ALLOWED_HOSTS")
         for entry in settings.WEBHOOK_ALLOWED_HOSTS
         if entry.strip()
     )
-
-
-def allowed_hosts_reset() -> None:
-    """Reads WEBHOOK_ALLOWED_HOSTS again (tests that change it)."""
-    _allowed_hosts.cache_clear()
 
 
 def url_check(url: str) -> list[str] | None:
@@ -87,7 +81,6 @@ def _http() -> httpx.Client:
     with _client_lock:
         if _client is None:
             _client = httpx.Client(
-                timeout=httpx.Timeout(settings.WEBHOOK_TIMEOUT_S),
                 follow_redirects=False,
                 limits=httpx.Limits(max_connections=None, max_keepalive_connections=20),
                 headers={"User-Agent": "download-service-webhooks/1"},
@@ -103,14 +96,17 @@ def webhook_post(*, url: str, headers: dict[str, str], body: str) -> Answer:
     http = _http()
     target = httpx.URL(url)
     headers = {**headers, "Content-Type": "application/json"}
+    timeout = httpx.Timeout(settings.WEBHOOK_TIMEOUT_S)
     started = time.perf_counter()
     try:
         if pinned is None:
-            requests = [http.build_request("POST", target, headers=headers, content=body.encode())]
+            requests = [
+                http.build_request("POST", target, headers=headers, content=body.encode(), timeout=timeout)
+            ]
         else:
             requests = [
                 addresses.pinned_request(
-                    http, "POST", target, address, headers=headers, content=body.encode()
+                    http, "POST", target, address, headers=headers, content=body.encode(), timeout=timeout
                 )
                 for address in pinned
             ]

@@ -72,5 +72,6 @@ SPECTACULAR_SETTINGS = {
         "SuccessFalseEnum": [(False, False)],
         "JobStatusEnum": "jobs.models.Status",
         "NotReadyStatusEnum": ["failed", "cancelled"],
+        "WebhookEventEnum": "webhooks.models.Event",
     },
 }

@@ -136,3 +136,16 @@ def test_the_websocket_routes_take_the_job_id_rule_from_no_api_module() -> None:
     REST API's modules for what a job id looks like in a path."""
     module, path = "realtime.routing", ROOT / "realtime" / "routing.py"
     assert sorted(name for name in _imported(module, path) if name.startswith("jobs.api")) == []
+
+
+def test_jobs_never_imports_the_apps_above_it() -> None:
+    """webhooks/ stands above jobs/ (it connects to `jobs.signals`); jobs/ reaches it only
+    through those signals, never by an import."""
+    above = ("webhooks", "realtime", "legacy", "edge", "stack")
+    found = [
+        f"{module} -> {name}"
+        for module, path in _modules("jobs")
+        for name in sorted(_imported(module, path))
+        if name.split(".")[0] in above
+    ]
+    assert found == []

@@ -21,7 +21,7 @@ from django.apps import apps
 from django.conf import settings
 from drf_spectacular.generators import SchemaGenerator
 
-PACKAGES = ("jobs", "realtime", "downloads_project")
+PACKAGES = ("jobs", "realtime", "webhooks", "downloads_project")
 ROOT = Path(settings.BASE_DIR)
 API_DOC = ROOT / "docs" / "api.md"
 ARCHITECTURE_DOC = ROOT / "docs" / "architecture.md"
