@@ -46,6 +46,7 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python -m stack.embedded $(BIN)/python -m bench.load --profile production --users 100
 	$(BIN)/python -m stack.embedded $(BIN)/python -m bench.capacity
 	$(BIN)/python -m stack.embedded $(BIN)/python -m bench.status
+	$(BIN)/python -m stack.embedded $(BIN)/python -m bench.webhooks
 
 clean:
 	rm -rf $(VENV) var
