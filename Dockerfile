@@ -44,6 +44,7 @@ COPY realtime ./realtime
 COPY jobs ./jobs
 COPY infra ./infra
 COPY legacy ./legacy
+COPY notices ./notices
 COPY templates ./templates
 COPY static ./static
 
