@@ -45,6 +45,7 @@ COPY jobs ./jobs
 COPY infra ./infra
 COPY legacy ./legacy
 COPY webhooks ./webhooks
+COPY notices ./notices
 COPY templates ./templates
 COPY static ./static
 

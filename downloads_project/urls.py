@@ -26,6 +26,7 @@ urlpatterns = [
     ),
     path("", downloads_page, name="downloads"),
     path("", include("jobs.api.urls")),
+    path("", include("notices.urls")),
     path("", include("webhooks.urls")),
     path("", include("legacy.urls")),  # the old endpoint (legacy/): deleted with it
 ]

@@ -852,6 +852,64 @@ class JobView {
   }
 }
 
+// --- "E-mail me when it's ready" ------------------------------------------------------------
+
+const PREFERENCES_PATH = "/v1/notifications/preferences";
+
+/** The request form's e-mail box: the user's default (GET and PUT PREFERENCES_PATH), and
+ * what initiate sends as `notify`. The page works without it if it cannot load. */
+class EmailNoticeBox {
+  constructor(root, page) {
+    this.page = page;
+    this.field = root.querySelector("#notify-email-field");
+    this.box = root.querySelector("#notify-email");
+    this.hint = root.querySelector("#notify-email-hint");
+  }
+
+  async start() {
+    if (!this.box) return;
+    try {
+      const { data } = await api(PREFERENCES_PATH);
+      this.render(data);
+      this.box.addEventListener("change", () => this.save());
+    } catch {
+      this.field.hidden = true;
+    }
+  }
+
+  render(data) {
+    this.box.checked = data.email_when_finished;
+    this.box.disabled = !data.email;
+    this.hint.textContent = data.email
+      ? `One e-mail to ${data.email} when a download completes or fails; remembered for your next downloads.`
+      : "Your account has no e-mail address to send it to.";
+    this.field.hidden = false;
+  }
+
+  async save() {
+    const wanted = this.box.checked;
+    this.box.setAttribute("aria-busy", "true");
+    try {
+      const { data } = await api(PREFERENCES_PATH, {
+        method: "PUT",
+        body: JSON.stringify({ email_when_finished: wanted }),
+      });
+      this.render(data);
+    } catch (error) {
+      this.box.checked = !wanted;
+      this.page.showError(error, "Your e-mail choice was not saved: ");
+    } finally {
+      this.box.removeAttribute("aria-busy");
+    }
+  }
+
+  /** initiate's `notify`: the box as shown, or undefined (the server's default) without it. */
+  notify() {
+    if (!this.box || this.field.hidden) return undefined;
+    return this.box.checked ? ["email"] : [];
+  }
+}
+
 // --- The page ------------------------------------------------------------------------------
 
 class DownloadsPage {
@@ -877,9 +935,11 @@ class DownloadsPage {
       fetchList: async () => (await api("/v1/downloads")).data.results,
       onJob: (job) => this.add(job, {}, { prepend: false }),
     });
+    this.emailNotice = new EmailNoticeBox(root, this);
   }
 
   start() {
+    this.emailNotice.start();
     this.form.addEventListener("submit", (event) => this.onSubmit(event));
     this.fileIdInput.addEventListener("input", () => this.clearFieldError());
     window.addEventListener("online", () => {
@@ -953,7 +1013,9 @@ class DownloadsPage {
   /** POST /v1/download/initiate; adds the new job on top. Throws ApiError. */
   async initiate({ fileId, priority }, idempotencyKey) {
     // The id is sent as the digits typed, so an id past 2^53 keeps its precision.
-    const body = `{"file_id":${fileId},"priority":${JSON.stringify(priority)}}`;
+    const notify = this.emailNotice.notify();
+    const notifyPart = notify === undefined ? "" : `,"notify":${JSON.stringify(notify)}`;
+    const body = `{"file_id":${fileId},"priority":${JSON.stringify(priority)}${notifyPart}}`;
     const { data } = await api("/v1/download/initiate", {
       method: "POST",
       body,

@@ -13,6 +13,7 @@ from downloads_project.settings.database import *  # noqa: F403
 from downloads_project.settings.jobs import *  # noqa: F403
 from downloads_project.settings.legacy import *  # noqa: F403
 from downloads_project.settings.logging import *  # noqa: F403
+from downloads_project.settings.notices import *  # noqa: F403
 from downloads_project.settings.ops import *  # noqa: F403
 from downloads_project.settings.origins import *  # noqa: F403
 from downloads_project.settings.realtime import *  # noqa: F403

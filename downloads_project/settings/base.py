@@ -31,6 +31,7 @@ INSTALLED_APPS = [
     "webhooks",
     "stack",
     "legacy",  # the old endpoint and socket login: deleted with legacy/
+    "notices",  # e-mail when a job ends (above jobs: it imports jobs, never the other way)
     "axes",
     "corsheaders",
 ]

@@ -6,6 +6,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from downloads_project.settings.base import TIME_ZONE
 from downloads_project.settings.environment import env
+from downloads_project.settings.notices import EMAIL_NOTICE_SWEEP_EVERY_S
 from downloads_project.settings.ops import ALERT_CHECK_EVERY_S
 from downloads_project.settings.redis import REDIS_SENTINEL_MASTER, REDIS_SENTINELS
 from downloads_project.settings.webhooks import WEBHOOK_REAP_EVERY_S
@@ -70,6 +71,7 @@ CELERY_BEAT_SCHEDULE = {
         ("download-jobs-purge", "jobs.download_jobs_purge", JOB_PURGE_EVERY_S),
         ("download-analytics-refresh", "jobs.download_analytics_refresh", ANALYTICS_REFRESH_EVERY_S),
         ("download-alerts-check", "jobs.download_alerts_check", ALERT_CHECK_EVERY_S),
+        ("email-notices-sweep", "notices.email_notices_sweep", EMAIL_NOTICE_SWEEP_EVERY_S),
         ("webhook-deliveries-reap", "webhooks.webhook_deliveries_reap", WEBHOOK_REAP_EVERY_S),
     )
 }

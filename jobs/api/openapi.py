@@ -214,7 +214,12 @@ def validation_fields() -> serializers.DictField:
 VALIDATION_ERROR = error_response("Validation", ["VALIDATION_ERROR"], fields=validation_fields())
 # initiate's 400: the body, or a `webhook_id` that an app above jobs refused (jobs/signals.py).
 INITIATE_BAD_REQUEST = error_response(
-    "InitiateBadRequest", ["VALIDATION_ERROR", "WEBHOOK_NOT_FOUND"], fields=validation_fields()
+    "InitiateBadRequest",
+    ["VALIDATION_ERROR", "EMAIL_MISSING", "WEBHOOK_NOT_FOUND"],
+    "VALIDATION_ERROR: the body is not valid (`fields` says where). "
+    'EMAIL_MISSING: `notify` names "email" and the account has no e-mail address. '
+    "WEBHOOK_NOT_FOUND: `webhook_id` is not one of your endpoints.",
+    fields=validation_fields(),
 )
 UNAUTHENTICATED = error_response("Unauthenticated", ["UNAUTHENTICATED"])
 CSRF_FAILED = error_response("PermissionDenied", ["PERMISSION_DENIED"])

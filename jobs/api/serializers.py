@@ -12,6 +12,8 @@ from jobs.models import Priority, Status
 MAX_FILE_ID = 2**63 - 1
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # whole value: fullmatch, not `$` (allows a final \n)
 METADATA_MAX_DEPTH = 32
+# The ways of being told of a job's end that `notify` may name (notices/ sends them).
+NOTIFY_CHANNELS = ("email",)
 
 
 class StrictIntegerField(serializers.IntegerField):
@@ -43,6 +45,15 @@ class DownloadJobInitiateSerializer(serializers.Serializer[dict[str, Any]]):
     )
     metadata = serializers.DictField(
         required=False, default=dict, help_text="At most 4 KiB serialized and 32 levels deep; no U+0000."
+    )
+    notify = serializers.ListField(
+        child=serializers.ChoiceField(choices=NOTIFY_CHANNELS),
+        required=False,
+        max_length=8,
+        help_text=(
+            'How to tell the user that the job completed or failed: ["email"] sends one e-mail '
+            "to the account's address; [] none. Without it, the user's default (the page's box)."
+        ),
     )
     webhook_id = serializers.CharField(
         required=False,

@@ -115,6 +115,15 @@ class DownloadJobInitiateApi(APIView):
         self._rate_limit(request)
         serializer = DownloadJobInitiateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
+        notify = serializer.validated_data.get("notify")
+        if notify is not None:
+            notify = list(dict.fromkeys(notify))  # each once, in order
+            if "email" in notify and not request.user.email:  # type: ignore[union-attr]
+                raise ApiError(
+                    status_code=status.HTTP_400_BAD_REQUEST,
+                    code="EMAIL_MISSING",
+                    message="Your account has no e-mail address to notify",
+                )
         job_initiating.send(sender=DownloadJob, owner=request.user, data=serializer.validated_data)
         try:
             job, _created = services.download_job_create(
@@ -123,6 +132,7 @@ class DownloadJobInitiateApi(APIView):
                 priority=serializer.validated_data["priority"],
                 metadata=serializer.validated_data["metadata"],
                 idempotency_key=idempotency_key,
+                notify=notify,
                 webhook_id=serializer.validated_data["webhook_id"],
             )
         except services.ActiveLimitExceeded as exc:

@@ -1,6 +1,7 @@
 """Creating a job: limits, idempotency, and reuse of a file already stored."""
 
 import logging
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -19,7 +20,7 @@ from jobs.services.writes import (
     publish_on_commit,
     write,
 )
-from jobs.signals import job_finished_send
+from jobs.signals import job_created_send, job_finished_send
 from jobs.transfer.storage import downloads_storage
 
 logger = logging.getLogger(__name__)
@@ -38,13 +39,17 @@ def download_job_create(
     priority: str = Priority.NORMAL,
     metadata: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
+    notify: Sequence[str] | None = None,
     webhook_id: str = "",
 ) -> tuple[DownloadJob, bool]:
     """Creates a queued job and dispatches it, or returns the job that the same
     idempotency key made within 24 hours. Returns (job, created).
 
     A file that a job staged and that is still retained (see JOB_REUSE) is not fetched
-    again: the new job is created completed, pointing at the stored object."""
+    again: the new job is created completed, pointing at the stored object.
+
+    `notify` (what the initiate body asked to be told of the job's end; None: the user's
+    default) goes to the receivers of `job_created`, in this transaction."""
     with transaction.atomic():
         # Locking the owner's row serialises this user's initiates, so parallel requests
         # cannot all pass the active-jobs check.
@@ -61,7 +66,9 @@ def download_job_create(
                     updated_at=timezone.now(),
                 )
         if source := _reusable_job(owner=owner, file_id=file_id):
-            return _create_reused(owner, source, priority, metadata, idempotency_key, webhook_id), True
+            job = _create_reused(owner, source, priority, metadata, idempotency_key, webhook_id)
+            job_created_send(job, notify=notify)
+            return job, True
         active = DownloadJob.objects.filter(owner=owner, status__in=ACTIVE_STATUSES).count()
         if active >= settings.JOB_MAX_ACTIVE_PER_USER:
             raise ActiveLimitExceeded(settings.JOB_MAX_ACTIVE_PER_USER)
@@ -83,6 +90,7 @@ def download_job_create(
         card_replace_on_commit(job)
         dispatch_on_commit(job)
         on_commit(lambda: metrics.job_created(job.priority))
+        job_created_send(job, notify=notify)
     return job, True
 
 

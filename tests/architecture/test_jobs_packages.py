@@ -139,9 +139,9 @@ def test_the_websocket_routes_take_the_job_id_rule_from_no_api_module() -> None:
 
 
 def test_jobs_never_imports_the_apps_above_it() -> None:
-    """webhooks/ stands above jobs/ (it connects to `jobs.signals`); jobs/ reaches it only
-    through those signals, never by an import."""
-    above = ("webhooks", "realtime", "legacy", "edge", "stack")
+    """webhooks/ and notices/ stand above jobs/ (they connect to `jobs.signals`); jobs/
+    reaches them only through those signals, never by an import."""
+    above = ("webhooks", "notices", "realtime", "legacy", "edge", "stack")
     found = [
         f"{module} -> {name}"
         for module, path in _modules("jobs")

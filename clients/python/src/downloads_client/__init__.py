@@ -25,6 +25,7 @@ from .errors import (
     WaitTimeout,
 )
 from .models import DownloadResult, Job, JobError, JobStatus, Link, Priority, Progress
+from .webhooks import Webhook, WebhookDelivery, WebhookVerificationError, verify_webhook
 
 __version__ = VERSION
 __all__ = [
@@ -55,5 +56,9 @@ __all__ = [
     "Unauthenticated",
     "ValidationError",
     "WaitTimeout",
+    "Webhook",
+    "WebhookDelivery",
+    "WebhookVerificationError",
     "__version__",
+    "verify_webhook",
 ]

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from . import errors
+from .cli_webhooks import webhooks_commands_add
 from .client import VERSION, Client
 from .models import PRIORITIES, DownloadResult, JobStatus
 from .ui import Ui, jobs_table, log_to, result_data, status_line
@@ -77,6 +78,9 @@ def _add_get(commands: Subparsers, common: argparse.ArgumentParser) -> None:
     get.add_argument("file_id", type=_file_id, metavar="FILE_ID")
     get.add_argument("-o", "--output", metavar="PATH", help="the file, or a folder (default: ./<its name>)")
     get.add_argument("--priority", choices=PRIORITIES, default="normal")
+    get.add_argument(
+        "--email", action="store_true", help="e-mail me when the job completes or fails (notify)"
+    )
     get.add_argument(
         "--detach",
         action="store_true",
@@ -141,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = _common(suppress=True)
     for add in COMMANDS:
         add(commands, common)
+    webhooks_commands_add(commands, common)
     return parser
 
 
@@ -148,7 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _get(client: Client, args: argparse.Namespace, ui: Ui) -> int:
-    job = client.initiate(args.file_id, priority=args.priority, retry_rate_limited=True)
+    job = client.initiate(
+        args.file_id,
+        priority=args.priority,
+        retry_rate_limited=True,
+        notify=["email"] if args.email else None,
+    )
     if args.detach:
         ui.result(job.job_id, job.raw)
         return EXIT_OK

@@ -5,7 +5,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -18,6 +18,7 @@ from . import errors
 from .follow import JobFollower
 from .models import DownloadResult, Job, JobStatus, Link, Phase, Priority, Progress, Transport
 from .transfer import fetch_file
+from .webhooks import Webhook, WebhookDelivery
 
 __all__ = ["Client", "ProgressCallback"]
 
@@ -109,12 +110,20 @@ class Client:
         metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
         retry_rate_limited: bool | None = None,
+        notify: Sequence[str] | None = None,
+        webhook_id: str | None = None,
     ) -> Job:
         """Starts a job (POST /v1/download/initiate). Every call carries an Idempotency-Key
-        (a new one unless given), so that a retry after a lost answer gets the same job."""
+        (a new one unless given), so that a retry after a lost answer gets the same job.
+        `notify=["email"]` e-mails you when it ends (`[]`: not; None: your default);
+        `webhook_id` sends its end to that one of your webhook endpoints only."""
         body: dict[str, Any] = {"file_id": file_id, "priority": priority}
         if metadata is not None:
             body["metadata"] = metadata
+        if notify is not None:
+            body["notify"] = list(notify)
+        if webhook_id is not None:
+            body["webhook_id"] = webhook_id
         headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
         retry = self.retry_rate_limited if retry_rate_limited is None else retry_rate_limited
         waited_s = 0.0
@@ -164,6 +173,34 @@ class Client:
             lambda: self._request("GET", f"/v1/download/{_path_id(job_id)}", job_id=job_id)
         )
         return Link.from_api(answer["data"])
+
+    # --- webhooks (docs/api.md of the service) -------------------------------------------------
+
+    def webhook_create(
+        self, url: str, *, events: Sequence[str] | None = None, description: str = ""
+    ) -> Webhook:
+        """A new endpoint (POST /v1/webhooks), with its `secret`: shown only now, keep it
+        for `verify_webhook`. Without `events`, all of them."""
+        body: dict[str, Any] = {"url": url, "description": description}
+        if events:
+            body["events"] = list(events)
+        answer = self._request("POST", "/v1/webhooks", json=body)
+        return Webhook.from_api(answer["data"])
+
+    def webhooks(self) -> list[Webhook]:
+        """Your endpoints (GET /v1/webhooks), without their secrets."""
+        answer = self._transient_retried(lambda: self._request("GET", "/v1/webhooks"))
+        return [Webhook.from_api(item) for item in answer["data"]]
+
+    def webhook_delete(self, webhook_id: str) -> None:
+        """Deletes an endpoint (DELETE /v1/webhooks/<id>)."""
+        self._request("DELETE", f"/v1/webhooks/{_path_id(webhook_id, what='webhook')}")
+
+    def webhook_deliveries(self, webhook_id: str) -> list[WebhookDelivery]:
+        """An endpoint's recent deliveries (GET /v1/webhooks/<id>/deliveries)."""
+        path = f"/v1/webhooks/{_path_id(webhook_id, what='webhook')}/deliveries"
+        answer = self._transient_retried(lambda: self._request("GET", path))
+        return [WebhookDelivery.from_api(item) for item in answer["data"]]
 
     # --- following and collecting ----------------------------------------------------------------
 
@@ -358,10 +395,12 @@ def _after_retries(exc: errors.ApiError, *, tries: int, waited_s: float) -> erro
     )
 
 
-def _path_id(job_id: str) -> str:
-    """A job id as a path segment; an id that is not one cannot name a job."""
+def _path_id(job_id: str, *, what: str = "job") -> str:
+    """An id as a path segment; an id that is not one cannot name a job (or webhook)."""
     if not re.fullmatch(r"[A-Za-z0-9_-]+", job_id):
-        raise errors.JobNotFound("JOB_NOT_FOUND", f"Not a job id: {job_id!r}", status=None, job_id=job_id)
+        if what == "job":
+            raise errors.JobNotFound("JOB_NOT_FOUND", f"Not a job id: {job_id!r}", status=None, job_id=job_id)
+        raise errors.NotFound(f"{what.upper()}_NOT_FOUND", f"Not a {what} id: {job_id!r}", status=None)
     return job_id
 
 
