@@ -17,7 +17,7 @@ from notices.models import EmailNotice, NotificationPreference
 from tests.support.browser import BrowserSession
 from tests.support.flows import eventually
 from tests.support.origin_server import FileScript, OriginServer
-from tests.support.page import WAIT_MS, open_signed_in, outside_playwright, request_file
+from tests.support.page import open_signed_in, outside_playwright, page_open, request_file
 from tests.support.smtp_server import SmtpServer
 from tests.support.stack import Stack, stack_env
 
@@ -46,20 +46,8 @@ def box_stack(django_db_setup: None, origin_server: OriginServer, smtp: SmtpServ
 
 @pytest.fixture
 def page(browser_session: BrowserSession, box_stack: Stack) -> Iterator[Page]:
-    errors: list[str] = []
-    browser_session.enter()
-    try:
-        context = browser_session.browser.new_context(base_url=box_stack.base_url)
-        try:
-            context.set_default_timeout(WAIT_MS)
-            page = context.new_page()
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            yield page
-        finally:
-            context.close()
-    finally:
-        browser_session.leave()
-    assert errors == [], f"uncaught errors in the page: {errors}"
+    with page_open(browser_session, box_stack.base_url) as page:
+        yield page
 
 
 def a_user(django_user_model: Any, *, email: str) -> User:

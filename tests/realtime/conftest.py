@@ -9,7 +9,7 @@ from playwright.sync_api import Page
 
 from tests.support.browser import BrowserSession
 from tests.support.origin_server import OriginServer
-from tests.support.page import PAGE_BROKER_DB, POLLING_INTERVAL_MS, RECORDER_JS, WAIT_MS
+from tests.support.page import PAGE_BROKER_DB, POLLING_INTERVAL_MS, page_open
 from tests.support.stack import Stack, stack_env
 
 
@@ -30,20 +30,7 @@ def page_stack(django_db_setup: None, origin_server: OriginServer) -> Iterator[S
 def page(browser_session: BrowserSession, page_stack: Stack, origin: OriginServer) -> Iterator[Page]:
     """A page in a fresh browser context, pointed at the page stack. Fails the test on any
     uncaught error in the page's script."""
-    errors: list[str] = []
-    browser_session.enter()
-    try:
-        context = browser_session.browser.new_context(
-            base_url=page_stack.base_url, viewport={"width": 1024, "height": 900}, accept_downloads=True
-        )
-        try:
-            context.set_default_timeout(WAIT_MS)
-            context.add_init_script(RECORDER_JS)
-            page = context.new_page()
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            yield page
-        finally:
-            context.close()
-    finally:
-        browser_session.leave()
-    assert errors == [], f"uncaught errors in the page: {errors}"
+    with page_open(
+        browser_session, page_stack.base_url, viewport={"width": 1024, "height": 900}, accept_downloads=True
+    ) as page:
+        yield page

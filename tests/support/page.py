@@ -18,6 +18,7 @@ from django.test import Client
 from playwright.sync_api import Page, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
+from tests.support.browser import BrowserSession
 from tests.support.stack import ARTIFACTS
 
 MiB = 1024 * 1024
@@ -79,6 +80,27 @@ def outside_playwright() -> Iterator[None]:
         yield
     finally:
         asyncio._set_running_loop(loop)
+
+
+@contextmanager
+def page_open(browser_session: BrowserSession, base_url: str, **context_options: Any) -> Iterator[Page]:
+    """A page in a fresh browser context at `base_url`. Fails the test on any uncaught error
+    in the page's script."""
+    errors: list[str] = []
+    browser_session.enter()
+    try:
+        context = browser_session.browser.new_context(base_url=base_url, **context_options)
+        try:
+            context.set_default_timeout(WAIT_MS)
+            context.add_init_script(RECORDER_JS)
+            page = context.new_page()
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            yield page
+        finally:
+            context.close()
+    finally:
+        browser_session.leave()
+    assert errors == [], f"uncaught errors in the page: {errors}"
 
 
 # --- helpers ---------------------------------------------------------------------------------
