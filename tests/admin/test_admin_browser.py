@@ -19,10 +19,11 @@ from playwright.sync_api import Page, expect
 
 from jobs.models import AttemptOutcome, DownloadJob, JobAttempt, Priority, Status
 from tests.support.browser import BrowserSession
+from tests.support.databases import embedded_only
 from tests.support.origin_server import OriginServer
 from tests.support.stack import ARTIFACTS, ROOT, Stack, stack_env
 
-pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True), embedded_only]
 
 SCREENSHOTS = ROOT / os.environ["ADMIN_SCREENSHOTS_DIR"] if "ADMIN_SCREENSHOTS_DIR" in os.environ else None
 WIDTH = 1280

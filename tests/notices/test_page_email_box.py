@@ -15,13 +15,14 @@ from playwright.sync_api import Page, expect
 
 from notices.models import EmailNotice, NotificationPreference
 from tests.support.browser import BrowserSession
+from tests.support.databases import embedded_only
 from tests.support.flows import eventually
 from tests.support.origin_server import FileScript, OriginServer
 from tests.support.page import open_signed_in, outside_playwright, page_open, request_file
 from tests.support.smtp_server import SmtpServer
 from tests.support.stack import Stack, stack_env
 
-pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True), embedded_only]
 
 # Shared with the other module-scoped stacks on 4 (tests/e2e/test_email_notices.py): never at once.
 BOX_BROKER_DB = 4

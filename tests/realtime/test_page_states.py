@@ -24,6 +24,7 @@ from playwright.sync_api import Page, ViewportSize, expect
 
 from jobs.models import DownloadJob, Status
 from tests.factories import api_key_for, make_job
+from tests.support.databases import embedded_only
 from tests.support.origin_server import FileScript, OriginServer
 from tests.support.page import (
     MiB,
@@ -39,7 +40,7 @@ from tests.support.page import (
 )
 from tests.support.stack import Stack
 
-pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True), embedded_only]
 
 DESKTOP: ViewportSize = {"width": 1280, "height": 800}
 PHONE: ViewportSize = {"width": 375, "height": 740}

@@ -9,3 +9,11 @@ postgres_only = pytest.mark.skipif(
     connection.vendor != "postgresql",
     reason="PostgreSQL only: run with DATABASE_URL=postgres://... (the PostgreSQL profile)",
 )
+
+# A browser client's own behaviour (its states, layout, reconnects) does not depend on the
+# server's database: those tests prove it once, on the embedded default, and the PostgreSQL
+# profile keeps the server's own tests (docs: README, "Tests").
+embedded_only = pytest.mark.skipif(
+    connection.vendor != "sqlite",
+    reason="embedded default only: a browser client's behaviour, proved once on that profile",
+)

@@ -23,13 +23,14 @@ from playwright.sync_api import Route, WebSocketRoute, expect
 
 from devtools.servers import wait_for_port
 from stack import processes
+from tests.support.databases import embedded_only
 from tests.support.origin_server import FileScript, OriginServer
 from tests.support.stack import Stack
 from tests.support.tcp_proxy import tcp_proxy
 
 from .support import PERCENT, READY_TEXT, App, MiB, assert_progress_shown, job_id_of
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), embedded_only]
 
 SUBSCRIBE = "**/v1/download/subscribe/**"
 
