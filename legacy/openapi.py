@@ -93,7 +93,7 @@ DOWNLOAD_START: dict[str, Any] = {
             description="Not finished within the wait: go on with the new flow with this body.",
         ),
         302: OpenApiResponse(description="Completed in time: `Location` is a fresh download link."),
-        400: openapi.VALIDATION_ERROR,
+        400: openapi.INITIATE_BAD_REQUEST,
         **openapi.UNSAFE_AUTH_ERRORS,
         409: openapi.JOB_WILL_NOT_BE_READY,
         410: RETIRED,

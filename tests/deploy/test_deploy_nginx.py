@@ -532,17 +532,20 @@ def test_a_client_bypassing_the_proxy_cannot_claim_https(local_stack, django_use
     assert response.json()["data"]["websocket_url"].startswith(f"ws://127.0.0.1:{local_stack.port}/")
 
 
-def test_the_container_healthcheck_names_an_allowed_host(backends):
-    """Django answers 400 to a Host outside ALLOWED_HOSTS, such as a probe's own address:
-    the image's HEALTHCHECK (and the Kubernetes probes) send an allowed one."""
-    url = f"http://127.0.0.1:{backends.ports[0]}/health"
+def test_the_probes_answer_a_pod_address_and_other_paths_refuse_it(backends):
+    """A probe or a scrape reaches a process by its address (a pod's, an instance's), which
+    DJANGO_ALLOWED_HOSTS does not list: `/health`, `/ready` and `/metrics` answer it, the
+    image's HEALTHCHECK passes, and any other path still answers 400 to that Host."""
+    base = f"http://127.0.0.1:{backends.ports[0]}"
     env = {**os.environ, "DJANGO_ALLOWED_HOSTS": "localhost,127.0.0.1"}
 
-    healthy = subprocess.run([sys.executable, "-m", "stack.healthcheck", url], env=env, cwd=ROOT)
-    as_a_pod_address = httpx.get(url, headers={"Host": "10.1.2.3:8000"})
+    healthy = subprocess.run([sys.executable, "-m", "stack.healthcheck", f"{base}/health"], env=env, cwd=ROOT)
+    pod = {"Host": "10.1.2.3:8000"}
 
     assert healthy.returncode == 0
-    assert as_a_pod_address.status_code == 400
+    assert httpx.get(f"{base}/health", headers=pod).status_code == 200
+    assert httpx.get(f"{base}/metrics", headers=pod).status_code == 200
+    assert httpx.get(f"{base}/accounts/login/", headers=pod).status_code == 400
 
 
 def test_a_signed_link_is_sent_by_nginx_and_its_internal_location_is_not_reachable(proxy, django_user_model):

@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 from django.apps import apps
 
+from tests.support.celery_tasks import tasks_modules_import
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # Files whose whole text is prose or configuration that names paths (the deploy files name
@@ -146,7 +148,7 @@ def dotted_names() -> frozenset[str]:
     and the models' labels (`jobs.ApiKey`)."""
     from celery import current_app
 
-    current_app.loader.import_default_modules()
+    tasks_modules_import()
     return frozenset({*current_app.tasks, *(model._meta.label for model in apps.get_models())})
 
 

@@ -2,7 +2,6 @@
 broker lost, and the S3 lifecycle rule. Storage is a temporary directory or the moto S3
 endpoint; the broker send is the one fake (`dispatched`)."""
 
-import importlib
 import io
 import json
 import threading
@@ -35,6 +34,7 @@ from jobs.services.attempt_hooks import AttemptHooks
 from jobs.transfer.links import SignedFileSystemStorage
 from jobs.transfer.staging import StagedFile
 from tests import factories
+from tests.support.celery_tasks import tasks_modules_import
 from tests.support.origin_server import FileScript
 from tests.support.s3 import s3_downloads_storage
 
@@ -480,8 +480,7 @@ def test_another_message_leaves_a_processing_job_and_its_upload_alone(user, loca
 
 
 def test_beat_sends_registered_tasks_to_a_queue_every_worker_serves(settings):
-    for module in ("jobs.tasks", "webhooks.tasks"):  # as a worker's autodiscovery does at start
-        importlib.import_module(module)
+    tasks_modules_import()  # as a worker's autodiscovery does at start
     for entry in settings.CELERY_BEAT_SCHEDULE.values():
         assert entry["task"] in app.tasks
         assert entry["options"]["queue"] == "downloads.high"

@@ -27,12 +27,13 @@ def wait_for(check: Callable[[], Any], *, timeout_s: float, what: str) -> Any:
     return value
 
 
-def active_job(stack: Stack, token: str) -> dict[str, Any] | None:
-    """The user's one active job, as the API lists it, once it is processing with bytes."""
+def active_job(stack: Stack, token: str, *, file_id: int | None = None) -> dict[str, Any] | None:
+    """The user's one active job (of `file_id`, if given), as the API lists it, once it is
+    processing with bytes."""
     with api(stack, token) as client:
         jobs = client.get("/v1/downloads", params={"status": "active"}).json()["data"]["results"]
     for job in jobs:
-        if job["status"] == "processing" and job.get("bytes_done"):
+        if job["status"] == "processing" and job.get("bytes_done") and file_id in (None, job["file_id"]):
             return dict(job)
     return None
 

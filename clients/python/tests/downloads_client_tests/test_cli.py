@@ -143,7 +143,9 @@ def test_ctrl_c_cancels_the_job_and_exits_130(
         text=True,
     )
     try:
-        job = wait_for(lambda: active_job(local_stack, token), timeout_s=10, what="the job processing")
+        job = wait_for(
+            lambda: active_job(local_stack, token, file_id=file_id), timeout_s=10, what="the job processing"
+        )
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=10)
     finally:

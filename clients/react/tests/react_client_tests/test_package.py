@@ -4,6 +4,7 @@ types with React as a peer, and an app written in TypeScript can import it: a co
 file type-checks against the unpacked package, and Node imports its module."""
 
 import json
+import re
 import shutil
 import subprocess
 import tarfile
@@ -65,7 +66,11 @@ def test_npm_pack_makes_a_package_that_a_typescript_app_imports(tmp_path: Path) 
         ["npm", "pack", "--json", "--pack-destination", str(tmp_path)],
         cwd=CLIENT_DIR, capture_output=True, text=True, timeout=300, check=True,
     )  # fmt: skip
-    (info,) = json.loads(packed.stdout[packed.stdout.index("[") :])
+    # The prepack build's output comes first, and may hold brackets of its own ("[vite]",
+    # colours): npm's JSON is the array that starts on a line of its own.
+    array = re.search(r"^\[\s*$", packed.stdout, re.M)
+    assert array is not None, packed.stdout
+    (info,) = json.loads(packed.stdout[array.start() :])
     tarball = tmp_path / info["filename"]
 
     with tarfile.open(tarball) as tar:

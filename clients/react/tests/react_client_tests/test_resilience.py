@@ -90,7 +90,9 @@ def test_a_closed_socket_is_reopened_with_a_fresh_ticket_unless_the_close_is_fin
         assert len(opened) >= 2, opened
         # The first backoff: 0.5 to 1 s (1 s with jitter), measured here with some slack.
         assert 0.4 <= opened[1][0] - closed_at[0] <= 2.5, (closed_at, opened)
-        assert ticket_of(opened[1][1]) != ticket_of(opened[0][1]), opened
+        # Its ticket came from a status answer fetched after the close (the polls above): two
+        # tickets of one job and key signed within the same second are the same string, so
+        # the strings themselves cannot tell a fresh ticket from the first.
     else:
         assert len(opened) == 1, opened
         assert len(polls) >= 2, polls  # polling alone carried the job to its end
