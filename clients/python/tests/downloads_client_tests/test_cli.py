@@ -141,6 +141,9 @@ def test_ctrl_c_cancels_the_job_and_exits_130(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # As from a terminal: a test run started in the background (`&` without job control)
+        # ignores SIGINT, and Python keeps an ignored SIGINT ignored in its children.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         job = wait_for(
